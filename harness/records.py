@@ -1,0 +1,135 @@
+"""The per-request record: the raw truth every metric is computed from.
+
+Why a plain dataclass and a fixed Arrow schema: records are built on the load
+generator's hot path (one per request, thousands per second), so they must be
+cheap to create, and they are persisted as Parquet so that any metric can be
+recomputed later without trusting an aggregate. Locust's own statistics round
+response times to two significant digits; we never read them.
+
+All ``*_ns`` times are ``time.monotonic_ns()`` values. On Linux that clock is
+system-wide, so records from Locust worker processes, telemetry samples from
+the harness and the simulator's write log share one time axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ErrorClass = Literal["connect", "timeout", "http_4xx", "http_5xx", "stream_broken", "bad_payload"]
+ERROR_CLASSES: tuple[str, ...] = ("connect", "timeout", "http_4xx", "http_5xx", "stream_broken", "bad_payload")
+
+TokenSource = Literal["usage", "usage_per_chunk", "tokenizer", "chunks", "none"]
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request, as the client saw it.
+
+    ``scheduled_ns`` is when the load plan wanted the request sent. In open
+    loop it comes from the Poisson schedule, so if every user is busy the wait
+    shows up as latency instead of vanishing (coordinated omission). In closed
+    loop it equals ``sent_ns``. Latencies (TTFT, E2E) are measured from
+    ``scheduled_ns``.
+    """
+
+    run_id: str
+    cell_id: str
+    step_id: str
+    request_id: int
+    worker: int
+    api: str
+    scheduled_ns: int
+    sent_ns: int
+    end_ns: int
+    first_token_ns: int | None = None
+    chunk_times_ns: list[int] = field(default_factory=list)
+    chunk_tokens: list[int] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    token_source: str = "none"
+    client_output_tokens: int | None = None
+    requested_prompt_tokens: int | None = None
+    requested_output_tokens: int | None = None
+    status: int = 0
+    error_class: str | None = None
+    error_message: str | None = None
+    warmup: bool = False
+    coalesced_chunks: int = 0
+    simulated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error_class is None
+
+
+RECORD_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("cell_id", pa.string()),
+        ("step_id", pa.string()),
+        ("request_id", pa.int64()),
+        ("worker", pa.int32()),
+        ("api", pa.string()),
+        ("scheduled_ns", pa.int64()),
+        ("sent_ns", pa.int64()),
+        ("end_ns", pa.int64()),
+        ("first_token_ns", pa.int64()),
+        ("chunk_times_ns", pa.list_(pa.int64())),
+        ("chunk_tokens", pa.list_(pa.int32())),
+        ("prompt_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("token_source", pa.string()),
+        ("client_output_tokens", pa.int64()),
+        ("requested_prompt_tokens", pa.int64()),
+        ("requested_output_tokens", pa.int64()),
+        ("status", pa.int32()),
+        ("error_class", pa.string()),
+        ("error_message", pa.string()),
+        ("warmup", pa.bool_()),
+        ("coalesced_chunks", pa.int32()),
+        ("simulated", pa.bool_()),
+    ]
+)
+
+RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RequestRecord))
+assert RECORD_FIELDS == tuple(RECORD_SCHEMA.names), "RequestRecord and RECORD_SCHEMA drifted apart"
+
+
+def record_to_dict(record: RequestRecord) -> dict[str, Any]:
+    """A record as plain data, fit for msgpack (Locust worker messages) or JSON."""
+    return {name: getattr(record, name) for name in RECORD_FIELDS}
+
+
+def records_to_table(rows: list[dict[str, Any]] | list[RequestRecord]) -> pa.Table:
+    dicts = [record_to_dict(r) if isinstance(r, RequestRecord) else r for r in rows]
+    columns = {name: [d.get(name) for d in dicts] for name in RECORD_FIELDS}
+    return pa.table(columns, schema=RECORD_SCHEMA)
+
+
+def write_records(path: Path, rows: list[dict[str, Any]] | list[RequestRecord]) -> None:
+    """Write records atomically: a reader never sees a half-written Parquet file."""
+    from harness.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        pq.write_table(records_to_table(rows), tmp)
+
+
+def read_records(path: Path) -> pa.Table:
+    return pq.read_table(path, schema=RECORD_SCHEMA)
+
+
+def concat_record_files(paths: list[Path], out: Path) -> int:
+    """Concatenate per-step record files into one run-level file; returns the row count."""
+    from harness.atomic import atomic_path
+
+    tables = [read_records(p) for p in paths if p.exists()]
+    table = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    return table.num_rows

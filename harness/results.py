@@ -1,0 +1,116 @@
+"""Result models: what a run writes to ``summary.json`` and what reports and gates read.
+
+Why pydantic: these files outlive the code that wrote them (committed
+baselines, CI artefacts), so they carry a schema version and are validated on
+read. Every number here is derived from ``records.parquet`` and
+``timeseries.parquet``; the summary is a cache, never the source of truth.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Dist(_Model):
+    """Summary statistics of one latency metric, in milliseconds."""
+
+    count: int
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+    min: float
+
+
+class HarnessHealth(_Model):
+    """The load generator judging itself: was the client the bottleneck?"""
+
+    loop_lag_p99_ms: float | None = None
+    loop_lag_max_ms: float | None = None
+    client_cpu_pct: float | None = None
+    coalesced_chunk_fraction: float | None = None
+    limited: bool = False
+    reasons: list[str] = Field(default_factory=list)
+
+
+class StepMetrics(_Model):
+    step_id: str
+    kind: Literal["concurrency", "rate"]
+    target: float
+    duration_s: float
+    requests_total: int
+    requests_ok: int
+    requests_warmup: int
+    ttft_ms: Dist | None = None
+    itl_ms: Dist | None = None
+    tpot_ms: Dist | None = None
+    e2e_ms: Dist | None = None
+    queue_ms: Dist | None = None
+    request_throughput: float = 0.0
+    output_tok_s: float = 0.0
+    total_tok_s: float = 0.0
+    goodput_req_s: float | None = None
+    slo_attainment: float | None = None
+    error_rate: float = 0.0
+    errors: dict[str, int] = Field(default_factory=dict)
+    token_agreement: float | None = None
+    token_sources: dict[str, int] = Field(default_factory=dict)
+    chunks_per_token: float | None = None
+    achieved_rate: float | None = None
+    arrival_cv: float | None = None
+    mean_in_flight: float | None = None
+    harness: HarnessHealth = Field(default_factory=HarnessHealth)
+
+
+class MemorySummary(_Model):
+    peak_rss_mb: float | None = None
+    steady_rss_mb: float | None = None
+    gpu_present: bool = False
+    peak_vram_mb: float | None = None
+    steady_vram_mb: float | None = None
+    kv_cache_usage_peak: float | None = None
+
+
+class CellResult(_Model):
+    cell_id: str
+    server: str
+    backend: str
+    model: str
+    settings: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    identity: str
+    status: Literal["ok", "failed", "pending"] = "pending"
+    error: str | None = None
+    log_tail: list[str] = Field(default_factory=list)
+    launch_s: float | None = None
+    command: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    version: str | None = None
+    simulated: bool = False
+    steps: list[StepMetrics] = Field(default_factory=list)
+    memory: MemorySummary = Field(default_factory=MemorySummary)
+
+
+class RunSummary(_Model):
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    scenario: str
+    started_at: str
+    finished_at: str | None = None
+    complete: bool = False
+    interrupted: bool = False
+    harness_version: str
+    cells: list[CellResult] = Field(default_factory=list)
+
+    @property
+    def failed_cells(self) -> list[CellResult]:
+        return [c for c in self.cells if c.status != "ok"]

@@ -1,0 +1,266 @@
+"""Scenario files: the YAML that says which servers to start and what load to drive.
+
+Why pydantic here: a scenario is user input at the edge of the system, and a
+benchmark that starts a 25-second server launch before noticing a typo wastes
+the user's time. Every field is validated up front with ``extra="forbid"``,
+and errors are re-worded to name the file, the field path and the bad value.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Scalar = str | int | float | bool | None
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot run. The message names file, field and value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class LengthDist(_Strict):
+    """A token-length distribution. All draws are clamped to [min, max] and seeded."""
+
+    dist: Literal["fixed", "uniform", "normal"] = "fixed"
+    value: int | None = Field(default=None, gt=0)
+    min: int | None = Field(default=None, gt=0)
+    max: int | None = Field(default=None, gt=0)
+    mean: float | None = Field(default=None, gt=0)
+    stddev: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> LengthDist:
+        if self.dist == "fixed" and self.value is None:
+            raise ValueError("dist 'fixed' needs 'value'")
+        if self.dist == "uniform" and (self.min is None or self.max is None):
+            raise ValueError("dist 'uniform' needs 'min' and 'max'")
+        if self.dist == "normal" and (self.mean is None or self.stddev is None):
+            raise ValueError("dist 'normal' needs 'mean' and 'stddev'")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+    @property
+    def upper_bound(self) -> int:
+        """The longest length this distribution can produce (used for context checks)."""
+        if self.dist == "fixed":
+            assert self.value is not None
+            return self.value
+        if self.max is not None:
+            return self.max
+        assert self.mean is not None and self.stddev is not None
+        return int(self.mean + 6 * self.stddev) + 1
+
+
+def _length(v: Any) -> Any:
+    return {"dist": "fixed", "value": v} if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+LengthSpec = Annotated[LengthDist, Field()]
+
+
+class LoadSteps(_Strict):
+    """Closed-loop concurrencies and/or open-loop Poisson rates, run in that order."""
+
+    concurrency: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
+    rate: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> LoadSteps:
+        if not self.concurrency and not self.rate:
+            raise ValueError("give at least one 'concurrency' or 'rate' step")
+        return self
+
+
+class Workload(_Strict):
+    api: Literal["completions", "chat", "tgi", "tgis"] = "completions"
+    prompt_tokens: LengthSpec
+    output_tokens: LengthSpec
+    ignore_eos: bool = True
+    dataset: Path | None = None
+    steps: LoadSteps
+    warmup_s: float = Field(default=0.0, ge=0)
+    duration_s: float | None = Field(default=None, gt=0)
+    requests: int | None = Field(default=None, gt=0)
+    max_concurrency: int | None = Field(
+        default=None, gt=0, description="open loop: size of the user pool that serves the schedule"
+    )
+    timeout_s: float = Field(default=120.0, gt=0)
+    processes: int = Field(default=1, ge=1, description="Locust --processes")
+    temperature: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lengths(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("prompt_tokens", "output_tokens"):
+                if key in data:
+                    data[key] = _length(data[key])
+        return data
+
+    @model_validator(mode="after")
+    def _stop_rule(self) -> Workload:
+        if (self.duration_s is None) == (self.requests is None):
+            raise ValueError("give exactly one of 'duration_s' or 'requests' per step")
+        return self
+
+
+class Slo(_Strict):
+    ttft_p99_ms: float | None = Field(default=None, gt=0)
+    ttft_p95_ms: float | None = Field(default=None, gt=0)
+    tpot_p99_ms: float | None = Field(default=None, gt=0)
+    tpot_p95_ms: float | None = Field(default=None, gt=0)
+    itl_p99_ms: float | None = Field(default=None, gt=0)
+    e2e_p99_ms: float | None = Field(default=None, gt=0)
+
+    def per_request_limits(self) -> dict[str, float]:
+        """Per-request limits for goodput: a request is 'good' if its own TTFT/TPOT/E2E meet these."""
+        limits: dict[str, float] = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                metric = name.split("_")[0]
+                limits[metric] = min(limits.get(metric, float("inf")), value)
+        return limits
+
+
+BACKENDS = ("vllm", "external", "sim")
+
+
+class Server(_Strict):
+    """One server under test. Settings given as lists are sweep axes."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    backend: Literal["vllm", "external", "sim"]
+    model: str
+    served_model_name: str | None = None
+    tokenizer: str | None = Field(default=None, description="for client-side token counts; defaults to model")
+    python: str | None = Field(default=None, description="interpreter of the backend's own environment")
+    base_url: str | None = Field(default=None, description="external: the endpoint's base URL")
+    api_key_env: str | None = Field(default=None, description="external: env var that holds the API key")
+    env: dict[str, str] = Field(default_factory=dict)
+    args: list[str] = Field(default_factory=list, description="extra CLI args, passed as written")
+    settings: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+    startup_timeout_s: float = Field(default=600.0, gt=0)
+    max_model_len: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> Server:
+        if self.backend == "external" and not self.base_url:
+            raise ValueError("backend 'external' needs 'base_url'")
+        if self.backend != "external" and self.api_key_env:
+            raise ValueError("'api_key_env' is only for backend 'external'")
+        for key, value in self.settings.items():
+            if isinstance(value, list) and not value:
+                raise ValueError(f"settings.{key} is an empty sweep list")
+        return self
+
+
+class Scenario(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = 0
+    repeats: int = Field(default=1, ge=1)
+    servers: list[Server] = Field(min_length=1)
+    workload: Workload
+    slo: Slo = Field(default_factory=Slo)
+
+    @model_validator(mode="after")
+    def _unique_and_fits(self) -> Scenario:
+        names = [s.name for s in self.servers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"server names must be unique; repeated: {dupes}")
+        need = self.workload.prompt_tokens.upper_bound + self.workload.output_tokens.upper_bound
+        for server in self.servers:
+            lens = server.settings.get("max_model_len", server.max_model_len)
+            for ctx in lens if isinstance(lens, list) else [lens]:
+                if isinstance(ctx, int) and need > ctx:
+                    raise ValueError(
+                        f"server '{server.name}': longest prompt + output ({need} tokens) "
+                        f"exceeds max_model_len {ctx}"
+                    )
+        return self
+
+
+def _format_error(source: str, err: ValidationError, data: Any) -> str:
+    lines = [f"{source}: invalid scenario"]
+    for e in err.errors():
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        path = ""
+        for part in loc:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        value = e.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {path or '<top>'}: {msg} (got {shown})")
+    return "\n".join(lines)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``path=value`` overrides (``workload.duration_s=5``, ``servers.0.settings.max_num_seqs=[4,8]``).
+
+    Values are parsed as YAML, so lists and numbers work as they would in the file.
+    """
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ScenarioError(f"--set {item!r}: expected path=value")
+        path, raw = item.split("=", 1)
+        keys = path.strip().split(".")
+        node: Any = data
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ScenarioError(f"--set {item!r}: {'.'.join(keys[: i + 1])} is not a valid list index")
+                if last:
+                    node[int(key)] = yaml.safe_load(raw)
+                else:
+                    node = node[int(key)]
+            elif isinstance(node, dict):
+                if last:
+                    node[key] = yaml.safe_load(raw)
+                else:
+                    node = node.setdefault(key, {})
+            else:
+                raise ScenarioError(f"--set {item!r}: {'.'.join(keys[:i])} is not a mapping or list")
+    return data
+
+
+def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: a scenario must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as err:
+        raise ScenarioError(_format_error(source, err, data)) from None
+
+
+def load_scenario(path: Path | str, overrides: list[str] | None = None) -> Scenario:
+    path = Path(path)
+    if not path.exists():
+        raise ScenarioError(f"{path}: no such scenario file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ScenarioError(f"{path}: not valid YAML: {err}") from None
+    if overrides:
+        if not isinstance(data, dict):
+            raise ScenarioError(f"{path}: a scenario must be a YAML mapping")
+        data = apply_overrides(data, overrides)
+    return parse_scenario(data, str(path))
+
+
+def scenario_to_yaml(scenario: Scenario) -> str:
+    return yaml.safe_dump(scenario.model_dump(mode="json", exclude_none=True), sort_keys=False)
