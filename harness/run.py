@@ -1,0 +1,292 @@
+"""The run: scenario → servers → load → records → metrics → report.
+
+This module only sequences the pieces; each piece lives in its own module.
+Its job is the part nobody else can own: the order of operations and what
+happens when something goes wrong. The rules it enforces:
+
+* everything that can be validated is validated before a server starts;
+* a cell whose server fails to start (or whose load crashes) is marked failed
+  with its log tail, and the run goes on to the next cell;
+* after every step, ``summary.json`` is rewritten, so Ctrl-C or a crash keeps
+  every finished step and the run is marked incomplete;
+* every process the harness started is gone when ``run`` returns or raises.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import pyarrow.parquet as pq
+
+from harness import __version__
+from harness.assets import prepare_backends, resolve_scenario, tokenizer_path
+from harness.matrix import Cell, Step, expand_cells, expand_steps
+from harness.results import CellResult, RunSummary
+from harness.rundir import RunDir, collect_env
+from harness.scenario import Scenario, ScenarioError, scenario_to_yaml
+
+Progress = Callable[[str], None]
+
+
+class RunInterrupted(Exception):
+    """Raised when the user (Ctrl-C) or the system (SIGTERM) stops a run."""
+
+
+@dataclass
+class RunOutcome:
+    run_dir: RunDir
+    summary: RunSummary
+    report_path: Path | None = None
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.summary.interrupted:
+            return 130
+        return 1 if self.failed else 0
+
+
+def validate_cells(scenario: Scenario) -> list[Cell]:
+    """Expand and check every cell against its backend before anything starts."""
+    from harness.backends.registry import validate_settings
+
+    cells = expand_cells(scenario)
+    problems: list[str] = []
+    for cell in cells:
+        problems += [f"cell '{cell.cell_id}': {p}" for p in validate_settings(cell)]
+    ids = [c.cell_id for c in cells]
+    problems += [f"cell id '{i}' appears twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
+    if problems:
+        raise ScenarioError("invalid scenario:\n  " + "\n  ".join(problems))
+    return cells
+
+
+def prompt_count(scenario: Scenario, step: Step) -> int:
+    """Enough distinct prompts that a step rarely reuses one (reuse would hit the prefix cache)."""
+    w = scenario.workload
+    if w.requests is not None:
+        expected = w.requests + (step.target * w.warmup_s if step.kind == "rate" else 4 * step.target)
+    elif step.kind == "rate":
+        expected = step.target * (w.warmup_s + (w.duration_s or 0))
+    else:
+        expected = step.target * (w.warmup_s + (w.duration_s or 0)) * 4
+    return int(min(20_000, max(64, math.ceil(expected * 1.5))))
+
+
+@contextmanager
+def _signals_raise_interrupt() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so every ``finally`` tears down servers."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class Run:
+    """One execution of a scenario. Create, then call :meth:`execute` once."""
+
+    def __init__(self, scenario: Scenario, *, out_root: Path, repo_root: Path, progress: Progress) -> None:
+        self.scenario = scenario
+        self.repo_root = repo_root
+        self.progress = progress
+        self.cells = validate_cells(scenario)
+        self.steps = expand_steps(scenario)
+        self.run_dir = RunDir.create(out_root, scenario.name)
+        self.summary = RunSummary(
+            run_id=self.run_dir.path.name,
+            scenario=scenario.name,
+            started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            harness_version=__version__,
+            cells=[
+                CellResult(
+                    cell_id=c.cell_id,
+                    server=c.server.name,
+                    backend=c.server.backend,
+                    model=c.server.model,
+                    settings=dict(c.settings),
+                    identity=c.identity,
+                    simulated=c.server.backend == "sim",
+                )
+                for c in self.cells
+            ],
+        )
+
+    # -- the sequence -------------------------------------------------------------------------
+    def execute(self) -> RunOutcome:
+        from harness.backends.process import ProcessRegistry
+
+        rd = self.run_dir
+        (rd.path / "scenario.yaml").write_text(scenario_to_yaml(self.scenario), encoding="utf-8")
+        rd.write_summary(self.summary)
+        outcome = RunOutcome(rd, self.summary)
+        registry = ProcessRegistry()
+        try:
+            with _signals_raise_interrupt(), registry:
+                self.progress(f"run folder: {rd.path}")
+                resolved = resolve_scenario(self.scenario, self.repo_root, self.progress)
+                prepare_backends(resolved, self.repo_root, self.progress)
+                cells = [
+                    Cell(c.cell_id, next(s for s in resolved.servers if s.name == c.server.name), c.settings, c.identity)
+                    for c in self.cells
+                ]
+                for cell, result in zip(cells, self.summary.cells, strict=True):
+                    self._run_cell(cell, result, resolved, registry)
+                    if result.status != "ok":
+                        outcome.failed.append(cell.cell_id)
+            self.summary.complete = True
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+            self.progress("interrupted: servers stopped, finished steps kept")
+        finally:
+            self._finish(outcome)
+        return outcome
+
+    def _finish(self, outcome: RunOutcome) -> None:
+        rd = self.run_dir
+        self.summary.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        versions = {c.cell_id: c.version for c in self.summary.cells if c.version}
+        from harness.atomic import write_json
+
+        write_json(rd.path / "env.json", collect_env(versions))
+        rd.write_summary(self.summary)
+        rd.merge()
+        from harness.report.html import write_report
+
+        try:
+            outcome.report_path = write_report(rd.path)
+        except Exception as err:  # a report bug must not lose the measured data
+            self.progress(f"report failed: {err!r}; data kept in {rd.path}")
+
+    # -- one cell -----------------------------------------------------------------------------
+    def _run_cell(self, cell: Cell, result: CellResult, scenario: Scenario, registry: object) -> None:
+        from harness.backends.base import BackendStartError
+        from harness.backends.registry import launch
+        from harness.load.runner import LoadError
+
+        cell_dir = self.run_dir.cell_dir(cell.cell_id)
+        self.progress(f"[{cell.cell_id}] starting {cell.server.backend} server")
+        try:
+            with launch(cell, cell_dir, repo_root=self.repo_root, registry=registry) as handle:
+                result.command = list(handle.command)
+                result.env = dict(handle.env)
+                result.version = handle.version
+                result.launch_s = handle.launch_s
+                result.simulated = handle.simulated
+                self.progress(f"[{cell.cell_id}] healthy in {handle.launch_s or 0:.1f}s ({handle.version})")
+                self._run_steps(cell, result, scenario, handle, cell_dir, registry)
+            result.status = "ok"
+        except BackendStartError as err:
+            result.status, result.error = "failed", f"server failed to start: {err}"
+            result.log_tail = list(getattr(err, "log_tail", []))
+        except LoadError as err:
+            result.status, result.error = "failed", f"load generator failed: {err}"
+            result.log_tail = list(getattr(err, "log_tail", []))
+        except KeyboardInterrupt:
+            result.status, result.error = "failed", "interrupted"
+            raise
+        except Exception as err:  # any other failure of this cell: record it, go on with the next
+            result.status, result.error = "failed", f"{type(err).__name__}: {err}"
+        finally:
+            if result.status == "failed":
+                self.progress(f"[{cell.cell_id}] FAILED: {result.error}")
+            self.run_dir.write_summary(self.summary)
+
+    def _run_steps(
+        self, cell: Cell, result: CellResult, scenario: Scenario, handle: object, cell_dir: Path, registry: object
+    ) -> None:
+        from harness.metrics import compute_step_metrics
+        from harness.telemetry.sampler import TelemetrySampler, write_timeseries
+        from harness.telemetry.summary import memory_summary
+
+        sampler = TelemetrySampler(
+            cell_id=cell.cell_id,
+            server_pid=handle.pid,  # type: ignore[attr-defined]
+            metrics_url=handle.metrics_url,  # type: ignore[attr-defined]
+            headers=handle.headers,  # type: ignore[attr-defined]
+        )
+        sampler.start()
+        rows: list[dict] = []
+        try:
+            for index, step in enumerate(self.steps):
+                sampler.set_step(step.step_id)
+                try:
+                    records_path, health, wall_s = self._load_step(cell, step, index, scenario, handle, registry)
+                finally:
+                    sampler.set_step(None)
+                frame = pq.read_table(records_path).to_pandas()
+                metrics = compute_step_metrics(
+                    frame, step=step, slo=scenario.slo, duration_s=scenario.workload.duration_s, health=health
+                )
+                result.steps.append(metrics)
+                self.run_dir.write_summary(self.summary)
+                self.progress(self._step_line(cell, metrics))
+        finally:
+            rows = sampler.stop()
+            write_timeseries(cell_dir / "timeseries.parquet", rows)
+            result.memory = memory_summary(rows, [s.step_id for s in self.steps])
+
+    def _load_step(
+        self, cell: Cell, step: Step, index: int, scenario: Scenario, handle: object, registry: object
+    ) -> tuple[Path, dict, float]:
+        from harness.load.plan import LoadPlan
+        from harness.load.prompts import build_prompts, write_prompts
+        from harness.load.runner import run_step
+
+        w = scenario.workload
+        step_dir = self.run_dir.step_dir(cell.cell_id, step.step_id)
+        seed = scenario.seed * 1_000 + index
+        tok = tokenizer_path(cell.server)
+        prompts = build_prompts(tok, w.prompt_tokens, w.output_tokens, prompt_count(scenario, step), seed, w.api)
+        prompts_path = step_dir / "prompts.jsonl"
+        write_prompts(prompts_path, prompts)
+        plan = LoadPlan(
+            run_id=self.summary.run_id,
+            cell_id=cell.cell_id,
+            step_id=step.step_id,
+            api=w.api,
+            base_url=handle.base_url,  # type: ignore[attr-defined]
+            model=handle.served_model,  # type: ignore[attr-defined]
+            kind=step.kind,
+            target=step.target,
+            warmup_s=w.warmup_s,
+            duration_s=w.duration_s,
+            requests=w.requests,
+            max_concurrency=w.max_concurrency,
+            timeout_s=w.timeout_s,
+            processes=w.processes,
+            seed=seed,
+            ignore_eos=w.ignore_eos,
+            temperature=w.temperature,
+            prompts_path=str(prompts_path),
+            records_path=str(step_dir / "records.parquet"),
+            health_path=str(step_dir / "health.json"),
+            simulated=cell.server.backend == "sim",
+            tokenizer_path=str(tok) if tok else None,
+        )
+        self.progress(f"[{cell.cell_id}] step {step.step_id}: {step.kind} {step.target:g}")
+        outcome = run_step(plan, step_dir, headers=handle.headers, registry=registry)  # type: ignore[attr-defined]
+        return Path(outcome.records_path), outcome.health, outcome.wall_s
+
+    @staticmethod
+    def _step_line(cell: Cell, m: object) -> str:
+        def p(d: object, q: str) -> str:
+            return f"{getattr(d, q):.1f}" if d is not None else "-"
+
+        return (
+            f"[{cell.cell_id}] {m.step_id}: {m.requests_ok}/{m.requests_total} ok, "  # type: ignore[attr-defined]
+            f"TTFT p50 {p(m.ttft_ms, 'p50')} ms, TPOT p50 {p(m.tpot_ms, 'p50')} ms, "  # type: ignore[attr-defined]
+            f"{m.output_tok_s:.1f} out tok/s, errors {m.error_rate:.1%}"  # type: ignore[attr-defined]
+        )

@@ -1,0 +1,72 @@
+"""Matrix expansion: servers × sweep settings → cells, identified by configuration, not position."""
+
+from __future__ import annotations
+
+from harness.matrix import expand_cells, expand_steps
+from harness.scenario import parse_scenario
+
+
+def scenario(servers: list[dict], steps: dict | None = None) -> dict:
+    return {
+        "name": "m",
+        "servers": servers,
+        "workload": {
+            "prompt_tokens": 8,
+            "output_tokens": 8,
+            "steps": steps or {"concurrency": [1, 4], "rate": [0.5, 2]},
+            "duration_s": 1,
+        },
+    }
+
+
+def test_cartesian_product_in_file_order() -> None:
+    sc = parse_scenario(
+        scenario(
+            [
+                {"name": "a", "backend": "vllm", "model": "m",
+                 "settings": {"quantization": [None, "fp8"], "max_num_seqs": [4, 16], "dtype": "bfloat16"}},
+                {"name": "b", "backend": "sim", "model": "m"},
+            ]
+        )
+    )
+    cells = expand_cells(sc)
+    assert [c.cell_id for c in cells] == [
+        "a__quantization-none__max_num_seqs-4",
+        "a__quantization-none__max_num_seqs-16",
+        "a__quantization-fp8__max_num_seqs-4",
+        "a__quantization-fp8__max_num_seqs-16",
+        "b",
+    ]
+    assert all(c.settings["dtype"] == "bfloat16" for c in cells[:4])
+    assert cells[2].settings == {"dtype": "bfloat16", "quantization": "fp8", "max_num_seqs": 4}
+    assert len({c.identity for c in cells}) == 5
+
+
+def test_identity_is_independent_of_order_and_name() -> None:
+    one = parse_scenario(scenario([
+        {"name": "a", "backend": "vllm", "model": "m", "settings": {"max_num_seqs": [4, 16]}},
+        {"name": "z", "backend": "sim", "model": "q"},
+    ]))
+    two = parse_scenario(scenario([
+        {"name": "z", "backend": "sim", "model": "q"},
+        {"name": "a", "backend": "vllm", "model": "m", "settings": {"max_num_seqs": [16, 4]}},
+    ]))
+    ids_one = {c.settings.get("max_num_seqs"): c.identity for c in expand_cells(one)}
+    ids_two = {c.settings.get("max_num_seqs"): c.identity for c in expand_cells(two)}
+    assert ids_one == ids_two
+
+
+def test_identity_changes_with_workload() -> None:
+    a = parse_scenario(scenario([{"name": "a", "backend": "sim", "model": "m"}]))
+    data = scenario([{"name": "a", "backend": "sim", "model": "m"}])
+    data["workload"]["output_tokens"] = 9
+    b = parse_scenario(data)
+    assert expand_cells(a)[0].identity != expand_cells(b)[0].identity
+
+
+def test_steps_concurrency_then_rate() -> None:
+    sc = parse_scenario(scenario([{"name": "a", "backend": "sim", "model": "m"}]))
+    steps = expand_steps(sc)
+    assert [(s.step_id, s.kind, s.target) for s in steps] == [
+        ("c1", "concurrency", 1.0), ("c4", "concurrency", 4.0), ("r0.5", "rate", 0.5), ("r2", "rate", 2.0)
+    ]
