@@ -1,0 +1,108 @@
+"""The sim's command line: one parser shared by ``python -m harness.sim`` and ``tokenbench sim``.
+
+Why argparse and not typer here: the sim must start in well under a second
+(tests start dozens), and it is launched as a subprocess by the harness, so
+it imports as little as possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.sim.faults import FaultError, FaultPlan
+from harness.sim.timing import MS, ExactTiming
+
+
+@dataclass(slots=True)
+class SimOptions:
+    host: str
+    port: int
+    mode: str
+    api: str
+    model: str
+    timing: ExactTiming
+    faults: FaultPlan
+    write_log: Path | None
+    seed: int
+    default_max_tokens: int
+    max_model_len: int
+    backlog: int
+    uvloop: bool
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tokenbench sim",
+        description="A simulated LLM server with exact, known timings (OpenAI and TGI APIs).",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--mode", choices=["exact"], default="exact")
+    p.add_argument(
+        "--api",
+        choices=["openai", "tgi"],
+        default="openai",
+        help="which metric names /metrics uses; both APIs are always served",
+    )
+    p.add_argument("--model", default="sim-model", help="the model name the sim pretends to serve")
+    p.add_argument("--ttft-ms", type=float, default=100.0)
+    p.add_argument("--itl-ms", type=float, default=10.0)
+    p.add_argument("--tokens-per-chunk", type=int, default=1)
+    p.add_argument("--jitter-ms", type=float, default=0.0)
+    p.add_argument("--stall-every", type=int, default=0, help="stall before every Nth chunk")
+    p.add_argument("--stall-ms", type=float, default=0.0)
+    p.add_argument("--write-log", type=Path, default=None, help="CSV of every chunk's write time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--default-max-tokens", type=int, default=16)
+    p.add_argument("--max-model-len", type=int, default=32768)
+    p.add_argument("--backlog", type=int, default=4096)
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="fault kind to draw with --fault-rate (repeatable), or slow_start:N / exit_after:N",
+    )
+    p.add_argument("--fault-rate", type=float, default=0.0)
+    p.add_argument("--fault-schedule", default="", metavar="KIND@N,...")
+    p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
+    return p
+
+
+def parse_options(argv: list[str]) -> SimOptions:
+    """Parse and validate; exits with a usage error naming the bad option."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        timing = ExactTiming(
+            ttft_ns=int(a.ttft_ms * MS),
+            itl_ns=int(a.itl_ms * MS),
+            tokens_per_chunk=a.tokens_per_chunk,
+            jitter_ns=int(a.jitter_ms * MS),
+            stall_every=a.stall_every,
+            stall_ns=int(a.stall_ms * MS),
+        )
+        faults = FaultPlan.build(a.fault_rate, a.fault, a.fault_schedule, a.seed)
+    except (ValueError, FaultError) as err:
+        parser.error(str(err))
+    if not 0 <= a.port <= 65535:
+        parser.error(f"--port {a.port}: out of range")
+    if a.default_max_tokens < 1:
+        parser.error(f"--default-max-tokens {a.default_max_tokens}: must be >= 1")
+    return SimOptions(
+        host=a.host,
+        port=a.port,
+        mode=a.mode,
+        api=a.api,
+        model=a.model,
+        timing=timing,
+        faults=faults,
+        write_log=a.write_log,
+        seed=a.seed,
+        default_max_tokens=a.default_max_tokens,
+        max_model_len=a.max_model_len,
+        backlog=a.backlog,
+        uvloop=not a.no_uvloop,
+    )

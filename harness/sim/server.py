@@ -1,0 +1,267 @@
+"""The sim server: routing, per-request plans and faults, lifecycle.
+
+Why one object owns all state: counters, RNGs and the write log belong to a
+server instance (no module globals), so tests can run several sims in one
+process and a restart starts clean. Lengths use one seeded RNG drawn in
+arrival order, faults another, so runs with the same seed and request order
+are reproducible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from typing import Any
+
+import orjson
+
+from harness import __version__
+from harness.sim import openai_api, tgi_api
+from harness.sim.faults import HTTP_FAULTS, Fault
+from harness.sim.generation import BadRequest, GenSpec, Plan, StreamFormat
+from harness.sim.httpconn import Connection, HttpRequest
+from harness.sim.metrics import SimCounters, render
+from harness.sim.options import SimOptions
+from harness.sim.stream import StreamJob
+from harness.sim.timing import chunk_offsets, chunk_sizes, natural_length
+from harness.sim.writelog import WriteLog, clean_request_id
+
+OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions")
+TGI_PATHS = ("/generate", "/generate_stream", "/")
+FLUSH_S = 0.25
+
+
+class SimServer:
+    """Serves the sim's HTTP API until ``stop`` (SIGTERM/SIGINT, or an ``exit_after`` fault)."""
+
+    def __init__(self, opts: SimOptions) -> None:
+        self.opts = opts
+        self.counters = SimCounters()
+        self.length_rng = random.Random(opts.seed)
+        self.jitter_rng = random.Random(opts.seed + 1)
+        self.log = WriteLog(opts.write_log)
+        self.connections: set[Connection] = set()
+        self.seq = 0
+        self.finished = 0
+        self.started_ns = time.monotonic_ns()
+        self.exit_code = 0
+        self._stop: asyncio.Event | None = None
+
+    # lifecycle ---------------------------------------------------------------
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop, 0)
+        server = await loop.create_server(
+            lambda: Connection(self, self.connections),
+            self.opts.host,
+            self.opts.port,
+            backlog=self.opts.backlog,
+            reuse_address=True,
+        )
+        port = server.sockets[0].getsockname()[1]
+        print(f"tokenbench sim listening on http://{self.opts.host}:{port} mode={self.opts.mode}", flush=True)
+        flusher = loop.create_task(self._flush_loop())
+        try:
+            await self._stop.wait()
+        finally:
+            flusher.cancel()
+            server.close()
+            for conn in list(self.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+            await asyncio.sleep(0)  # let connection_lost log the streams cut short
+            self.log.close()
+        return self.exit_code
+
+    def stop(self, code: int = 0) -> None:
+        self.exit_code = code
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            self.log.flush()
+
+    # routing -----------------------------------------------------------------
+    def handle(self, conn: Connection, req: HttpRequest) -> None:
+        path, method = req.path, req.method
+        if method == "POST" and path in OPENAI_PATHS:
+            self._generate(conn, req, openai=True)
+        elif method == "POST" and path in TGI_PATHS:
+            self._generate(conn, req, openai=False)
+        elif method not in ("GET", "HEAD"):
+            conn.respond(405 if path in (*OPENAI_PATHS, *TGI_PATHS) else 404, b'{"detail":"Not Found"}')
+        elif path == "/health":
+            up = (time.monotonic_ns() - self.started_ns) / 1e9 >= self.opts.faults.slow_start_s
+            conn.respond(200 if up else 503, b"" if up else b'{"error":"starting"}')
+        elif path == "/metrics":
+            text = render(self.counters, api=self.opts.api, mode=self.opts.mode, model=self.opts.model)
+            conn.respond(200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
+        elif path == "/v1/models":
+            conn.respond(200, openai_api.models_body(self.opts.model, self.opts.max_model_len))
+        elif path == "/version":
+            conn.respond(200, orjson.dumps({"version": f"{__version__}+sim.{self.opts.mode}"}))
+        elif path == "/info":
+            conn.respond(200, tgi_api.info_body(self.opts.model, self.opts.max_model_len))
+        else:
+            conn.respond(404, b'{"detail":"Not Found"}')
+
+    # generation --------------------------------------------------------------
+    def _parse(self, req: HttpRequest, openai: bool) -> GenSpec:
+        try:
+            body: Any = orjson.loads(req.body)
+        except orjson.JSONDecodeError as err:
+            raise BadRequest(f"body: not valid JSON ({err})") from None
+        if not isinstance(body, dict):
+            raise BadRequest("body: expected a JSON object")
+        if openai:
+            return openai_api.parse_openai(req.path, body, self.opts.model, self.opts.default_max_tokens)
+        return tgi_api.parse_tgi(req.path, body, self.opts.model)
+
+    def _plan(self, spec: GenSpec) -> Plan:
+        if spec.ignore_eos:
+            return Plan(spec.max_tokens, "length")
+        n = natural_length(self.length_rng, spec.max_tokens, spec.min_tokens)
+        return Plan(n, "length" if n >= spec.max_tokens else "stop")
+
+    def _generate(self, conn: Connection, req: HttpRequest, openai: bool) -> None:
+        errors = openai_api.error_body if openai else tgi_api.error_body
+        try:
+            spec = self._parse(req, openai)
+        except BadRequest as err:
+            conn.respond(400, errors(400, str(err)))
+            return
+        self.seq += 1
+        self.counters.requests_total += 1
+        rid = clean_request_id(req.headers.get("x-request-id") or f"sim-{self.seq}")
+        fault = self.opts.faults.pick(self.seq)
+        self.log.arrival(rid, req.arrival_ns, spec.prompt_tokens, spec.api)
+        if fault is not None and self._early_fault(conn, fault, rid, errors):
+            return
+        plan = self._plan(spec)
+        fmt: StreamFormat = (
+            openai_api.OpenAIFormat(spec, plan) if openai else tgi_api.TgiFormat(spec, plan, req.path == "/")
+        )
+        timing = self.opts.timing
+        sizes = chunk_sizes(plan.n_tokens, timing.tokens_per_chunk if spec.stream else plan.n_tokens)
+        stall_at = len(sizes) // 2 if fault is not None and fault.kind == "stall" else None
+        offsets = chunk_offsets(
+            timing, len(sizes), self.jitter_rng, stall_at, int((fault.arg if fault else 0) * 1e9)
+        )
+        if not spec.stream:
+            # The whole answer is due when the last token would have been.
+            full = chunk_offsets(
+                timing, len(chunk_sizes(plan.n_tokens, timing.tokens_per_chunk)), self.jitter_rng, None, 0
+            )
+            offsets = [full[-1] + (int(fault.arg * 1e9) if stall_at is not None and fault else 0)]
+        due = [req.arrival_ns + o for o in offsets]
+        self.counters.running += 1
+        self.counters.prompt_tokens_total += spec.prompt_tokens
+        note = fault.kind if fault is not None else plan.finish_reason
+
+        def on_end(outcome: str, tokens: int) -> None:
+            self._ended(outcome, tokens, plan.finish_reason)
+
+        if spec.stream:
+            conn.start_stream(fmt.content_type)
+            job = StreamJob(
+                conn, fmt, sizes, due, rid, self.log, fault.kind if fault else None, on_end, ok_note=note
+            )
+            job.start()
+        else:
+            self._respond_later(conn, fmt, due[0], rid, plan, fault, on_end)
+
+    def _early_fault(self, conn: Connection, fault: Fault, rid: str, errors: Any) -> bool:
+        """Faults that end a request before any token; True when one fired."""
+        now = time.monotonic_ns()
+        if fault.kind in HTTP_FAULTS:
+            status = HTTP_FAULTS[fault.kind]
+            conn.respond(status, errors(status, f"simulated fault {fault.kind}"))
+        elif fault.kind == "reset_before_headers":
+            conn.reset()
+        else:
+            return False
+        self.log.end(rid, 0, 0, now, fault.kind)
+        self.counters.failure_total += 1
+        self._count_finished()
+        return True
+
+    def _respond_later(
+        self,
+        conn: Connection,
+        fmt: StreamFormat,
+        due_ns: int,
+        rid: str,
+        plan: Plan,
+        fault: Fault | None,
+        on_end: Any,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        state = {"gone": False}
+
+        def gone() -> None:
+            state["gone"] = True
+            handle.cancel()
+            self.log.gone(rid, 0, 0, time.monotonic_ns())
+            on_end("client_gone", 0)
+
+        def fire() -> None:
+            if state["gone"]:
+                return
+            if due_ns - time.monotonic_ns() > 100_000:
+                nonlocal handle
+                handle = loop.call_later((due_ns - time.monotonic_ns()) / 1e9, fire)
+                return
+            conn.on_lost.remove(gone)
+            kind = fault.kind if fault else None
+            if kind == "disconnect_mid_stream":
+                conn.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{"
+                )
+                conn.keep_alive = False
+                conn.close()
+            elif kind == "malformed_sse":
+                conn.respond(200, b'{"id": <<not json')
+            else:
+                conn.respond(200, fmt.body())
+            t = time.monotonic_ns()
+            if kind not in ("disconnect_mid_stream", "malformed_sse"):
+                self.log.chunk(rid, 0, plan.n_tokens, t)
+            self.log.end(rid, 1, plan.n_tokens, t, kind or plan.finish_reason)
+            on_end(kind or "ok", plan.n_tokens)
+
+        handle = loop.call_later(max(0, due_ns - time.monotonic_ns()) / 1e9, fire)
+        conn.on_lost.append(gone)
+
+    def _ended(self, outcome: str, tokens: int, finish_reason: str) -> None:
+        c = self.counters
+        c.running -= 1
+        c.generation_tokens_total += tokens
+        if outcome in ("ok", "length", "stop", "stall"):
+            c.success_total[finish_reason] = c.success_total.get(finish_reason, 0) + 1
+        else:
+            c.failure_total += 1
+        self._count_finished()
+
+    def _count_finished(self) -> None:
+        self.finished += 1
+        limit = self.opts.faults.exit_after
+        if limit is not None and self.finished >= limit:
+            asyncio.get_running_loop().call_soon(self.stop, 3)
+
+
+def run(opts: SimOptions) -> int:
+    """Run the server on uvloop when available; returns the process exit code."""
+    if opts.uvloop:
+        try:
+            import uvloop
+
+            return uvloop.run(SimServer(opts).serve())
+        except ImportError:
+            pass
+    return asyncio.run(SimServer(opts).serve())
