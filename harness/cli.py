@@ -58,15 +58,15 @@ def run(
     except ScenarioError as err:
         raise _fail(console, str(err)) from None
     outcome = runner.execute()
-    try:
-        print_summary(load_run(outcome.run_dir.path), console)
-    except Exception as err:  # the data is on disk; a table bug must not hide the path
-        console.print(f"(summary table unavailable: {err!r})")
     if outcome.failed:
         console.print(f"[bold red]failed cells:[/] {', '.join(outcome.failed)}")
     if outcome.summary.interrupted:
         console.print("[yellow]run interrupted: partial results kept, run marked incomplete[/]")
-    console.print(f"report: {outcome.report_path or outcome.run_dir.path}", highlight=False, soft_wrap=True)
+    try:
+        print_summary(load_run(outcome.run_dir.path), console, report_path=outcome.report_path)
+    except Exception as err:  # the data is on disk; a table bug must not hide the path
+        console.print(f"(summary table unavailable: {err!r})")
+        console.print(f"report: {outcome.report_path or outcome.run_dir.path}", highlight=False, soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
 
 

@@ -1,0 +1,145 @@
+"""The summary table's columns, shared by the HTML, Markdown and terminal views.
+
+Why one definition: the three views must agree on what "TTFT p99" means, how
+it is formatted and which direction is better, or a CI comment and the HTML
+report could disagree about the winner.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from harness.results import CellResult, Dist, StepMetrics
+
+Better = Literal["min", "max"] | None
+
+
+@dataclass(frozen=True)
+class Row:
+    """One cell × step of the summary table."""
+
+    cell: CellResult
+    step: StepMetrics
+    simulated: bool
+
+    @property
+    def load_label(self) -> str:
+        return format_load(self.step.kind, self.step.target)
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    value: Callable[[Row], float | None]
+    fmt: Callable[[float | None], str]
+    better: Better = None
+
+
+def format_load(kind: str, target: float) -> str:
+    number = f"{target:g}"
+    if kind == "concurrency":
+        return f"{number} user" if target == 1 else f"{number} users"
+    return f"{number} req/s"
+
+
+def fmt_num(value: float | None, digits: int = 1) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}"
+
+
+def fmt_pct(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def _pct(metric: str, p: str) -> Callable[[Row], float | None]:
+    def get(row: Row) -> float | None:
+        dist: Dist | None = getattr(row.step, metric)
+        return None if dist is None or dist.count == 0 else float(getattr(dist, p))
+
+    return get
+
+
+def _latency(metric: str, label: str) -> list[Column]:
+    return [
+        Column(f"{metric}_p50", f"{label} p50 (ms)", _pct(f"{metric}_ms", "p50"), fmt_ms, "min"),
+        Column(f"{metric}_p99", f"{label} p99 (ms)", _pct(f"{metric}_ms", "p99"), fmt_ms, "min"),
+    ]
+
+
+LATENCY_COLUMNS: list[Column] = [
+    *_latency("ttft", "TTFT"),
+    *_latency("itl", "ITL"),
+    *_latency("tpot", "TPOT"),
+    *_latency("e2e", "E2E"),
+]
+
+THROUGHPUT_COLUMNS: list[Column] = [
+    Column("req_s", "req/s", lambda r: r.step.request_throughput, lambda v: fmt_num(v, 2), "max"),
+    Column("out_tok_s", "output tok/s", lambda r: r.step.output_tok_s, fmt_num, "max"),
+    Column("goodput", "goodput (req/s)", lambda r: r.step.goodput_req_s, lambda v: fmt_num(v, 2), "max"),
+    Column("error_rate", "errors", lambda r: r.step.error_rate, fmt_pct, "min"),
+]
+
+CHECK_COLUMNS: list[Column] = [
+    Column("token_agreement", "token agreement", lambda r: r.step.token_agreement, fmt_pct),
+    Column("chunks_per_token", "chunks/token", lambda r: r.step.chunks_per_token, fmt_ratio),
+]
+
+SUMMARY_COLUMNS: list[Column] = [*LATENCY_COLUMNS, *THROUGHPUT_COLUMNS, *CHECK_COLUMNS]
+
+TERMINAL_KEYS: tuple[str, ...] = (
+    "ttft_p50",
+    "ttft_p99",
+    "tpot_p50",
+    "tpot_p99",
+    "out_tok_s",
+    "req_s",
+    "error_rate",
+)
+
+
+def rows_of(cells: list[CellResult], simulated_cells: set[str]) -> list[Row]:
+    """Every measured step of every cell, in summary order."""
+    return [
+        Row(cell=cell, step=step, simulated=cell.simulated or cell.cell_id in simulated_cells)
+        for cell in cells
+        for step in cell.steps
+    ]
+
+
+def best_values(rows: list[Row], columns: list[Column]) -> dict[str, float]:
+    """The best value per column (min or max), only where at least two rows can be compared.
+
+    Harness-limited steps still compete: they are flagged separately, and
+    hiding them would make a suspicious number look like the clear winner.
+    """
+    best: dict[str, float] = {}
+    for col in columns:
+        if col.better is None:
+            continue
+        values = [v for r in rows if (v := col.value(r)) is not None and math.isfinite(v)]
+        if len(values) >= 2 and min(values) != max(values):
+            best[col.key] = min(values) if col.better == "min" else max(values)
+    return best
+
+
+def is_best(col: Column, row: Row, best: dict[str, float]) -> bool:
+    value = col.value(row)
+    return col.key in best and value is not None and math.isclose(value, best[col.key], rel_tol=1e-12)

@@ -1,0 +1,202 @@
+"""Loading a run folder into memory for the report.
+
+Why tolerant: a run that crashed or was interrupted is exactly the run whose
+report someone needs to read. Every optional file may be missing; what is
+missing is collected in ``RunData.problems`` and shown as an "incomplete"
+banner instead of aborting. Files that exist but are malformed are bad input
+and raise ``ReportError`` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pydantic import ValidationError
+
+from harness.metrics import per_request_frame
+from harness.records import RECORD_SCHEMA, read_records
+from harness.results import CellResult, RunSummary
+
+TIMESERIES_COLUMNS: tuple[str, ...] = ("cell_id", "step_id", "t_ns", "source", "name", "value", "labels")
+
+
+class ReportError(ValueError):
+    """A run folder the report cannot read. The message names the file and field."""
+
+
+@dataclass
+class RunData:
+    """Everything the report shows, read once from a run folder."""
+
+    run_dir: Path
+    summary: RunSummary
+    records: pd.DataFrame
+    timeseries: pd.DataFrame
+    scenario_text: str | None
+    env: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def incomplete(self) -> bool:
+        return bool(self.problems)
+
+    @property
+    def simulated_cells(self) -> set[str]:
+        """Cells whose numbers come from a simulator, by the summary or by the records themselves."""
+        cells = {c.cell_id for c in self.summary.cells if c.simulated}
+        if not self.records.empty and "simulated" in self.records:
+            sim = self.records[self.records["simulated"].fillna(False).astype(bool)]
+            cells |= set(sim["cell_id"].unique())
+        return cells
+
+    @property
+    def cell_ids(self) -> list[str]:
+        """Cells in summary order, then any that only appear in the raw data."""
+        ids = [c.cell_id for c in self.summary.cells]
+        for frame in (self.records, self.timeseries):
+            if not frame.empty:
+                for cid in frame["cell_id"].dropna().unique():
+                    if cid not in ids:
+                        ids.append(str(cid))
+        return ids
+
+    def cell(self, cell_id: str) -> CellResult | None:
+        return next((c for c in self.summary.cells if c.cell_id == cell_id), None)
+
+
+def _validation_message(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid run summary"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<top>"
+        lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r:.80})")
+    return "\n".join(lines)
+
+
+def _read_summary(path: Path, run_dir: Path, problems: list[str]) -> RunSummary:
+    if not path.exists():
+        problems.append("summary.json is missing: metric tables are empty; figures use raw records only")
+        return RunSummary(
+            run_id=run_dir.name, scenario="unknown", started_at="unknown", harness_version="unknown"
+        )
+    try:
+        return RunSummary.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as err:
+        raise ReportError(_validation_message(path, err)) from None
+
+
+def _read_records(path: Path, problems: list[str]) -> pd.DataFrame:
+    if not path.exists():
+        problems.append("records.parquet is missing: no per-request data (CDFs are empty)")
+        return RECORD_SCHEMA.empty_table().to_pandas()
+    try:
+        return read_records(path).to_pandas()
+    except (pa.ArrowException, OSError) as err:
+        raise ReportError(f"{path}: not a readable records file: {err}") from None
+
+
+def _read_timeseries(path: Path, problems: list[str]) -> pd.DataFrame:
+    empty = pd.DataFrame(
+        {c: pd.Series(dtype="float64" if c == "value" else "object") for c in TIMESERIES_COLUMNS}
+    )
+    if not path.exists():
+        problems.append("timeseries.parquet is missing: no memory or server-metric timelines")
+        return empty
+    try:
+        frame = pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise ReportError(f"{path}: not a readable timeseries file: {err}") from None
+    missing = [c for c in ("cell_id", "t_ns", "source", "name", "value") if c not in frame.columns]
+    if missing:
+        raise ReportError(f"{path}: timeseries lacks column(s) {missing}")
+    for col in TIMESERIES_COLUMNS:
+        if col not in frame.columns:
+            frame[col] = None
+    return frame
+
+
+def _read_env(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _summary_problems(summary: RunSummary) -> list[str]:
+    problems: list[str] = []
+    if summary.interrupted:
+        problems.append("the run was interrupted")
+    if not summary.complete:
+        problems.append("the run did not finish (summary.complete is false)")
+    pending = [c.cell_id for c in summary.cells if c.status == "pending"]
+    if pending:
+        problems.append(f"cells never measured: {', '.join(pending)}")
+    return problems
+
+
+def load_run(run_dir: Path | str) -> RunData:
+    """Read a run folder; missing optional files become ``problems``, malformed ones raise."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir}: no such run folder")
+    problems: list[str] = []
+    summary = _read_summary(run_dir / "summary.json", run_dir, problems)
+    if (run_dir / "summary.json").exists():
+        problems.extend(_summary_problems(summary))
+    records = _read_records(run_dir / "records.parquet", problems)
+    timeseries = _read_timeseries(run_dir / "timeseries.parquet", problems)
+    scenario_path = run_dir / "scenario.yaml"
+    scenario_text = scenario_path.read_text(encoding="utf-8") if scenario_path.exists() else None
+    return RunData(
+        run_dir=run_dir,
+        summary=summary,
+        records=records,
+        timeseries=timeseries,
+        scenario_text=scenario_text,
+        env=_read_env(run_dir / "env.json"),
+        problems=problems,
+    )
+
+
+def per_request(records: pd.DataFrame) -> pd.DataFrame:
+    """Per-request latencies (ms) of measured (non-warm-up), successful requests.
+
+    Delegates to ``harness.metrics.per_request_frame`` so the CDFs and the
+    summary share one definition (latency from the scheduled send time).
+    """
+    frame = per_request_frame(records)
+    return frame[frame["ok"] & ~frame["warmup"]].reset_index(drop=True)
+
+
+def run_origin_ns(run: RunData) -> int | None:
+    """The run's first sample: time zero for every timeline, so plots share one axis."""
+    starts: list[float] = []
+    if not run.timeseries.empty:
+        starts.append(float(pd.to_numeric(run.timeseries["t_ns"]).min()))
+    if not run.records.empty:
+        starts.append(float(run.records["scheduled_ns"].min()))
+    starts = [s for s in starts if np.isfinite(s)]
+    return int(min(starts)) if starts else None
+
+
+def step_windows(run: RunData) -> pd.DataFrame:
+    """When each (cell, step) ran, in ns: from the records, else from step-tagged samples."""
+    if not run.records.empty:
+        grouped = run.records.groupby(["cell_id", "step_id"], sort=False)
+        frame = grouped.agg(start_ns=("scheduled_ns", "min"), end_ns=("end_ns", "max")).reset_index()
+        return frame
+    ts = run.timeseries.dropna(subset=["step_id"])
+    if ts.empty:
+        return pd.DataFrame(columns=["cell_id", "step_id", "start_ns", "end_ns"])
+    grouped = ts.groupby(["cell_id", "step_id"], sort=False)
+    return grouped.agg(start_ns=("t_ns", "min"), end_ns=("t_ns", "max")).reset_index()

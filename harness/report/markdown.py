@@ -1,0 +1,63 @@
+"""A compact GitHub-flavoured Markdown summary, for CI comments and job summaries.
+
+Why separate from the HTML: a PR comment has no room for figures; it needs
+the one table a reviewer scans, the same winners the HTML highlights (in
+bold), and loud notes when a run is incomplete, simulated or had failures.
+"""
+
+from __future__ import annotations
+
+from harness.report.columns import (
+    LATENCY_COLUMNS,
+    THROUGHPUT_COLUMNS,
+    Column,
+    Row,
+    best_values,
+    is_best,
+    rows_of,
+)
+from harness.report.data import RunData
+
+MD_COLUMNS: list[Column] = [
+    c for c in LATENCY_COLUMNS if c.key.startswith(("ttft", "tpot", "e2e"))
+] + THROUGHPUT_COLUMNS
+
+
+def _cell(text: str) -> str:
+    """Table-safe text: pipes and newlines would break the row."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _row(row: Row, best: dict[str, float]) -> str:
+    values = []
+    for col in MD_COLUMNS:
+        text = col.fmt(col.value(row))
+        values.append(f"**{text}**" if is_best(col, row, best) else text)
+    name = row.cell.cell_id + (" (SIMULATED)" if row.simulated else "")
+    flag = "⚠ limited" if row.step.harness.limited else ""
+    ok = f"{row.step.requests_ok}/{row.step.requests_total}"
+    return "| " + " | ".join(_cell(v) for v in [name, row.load_label, ok, *values, flag]) + " |"
+
+
+def render_markdown(run: RunData) -> str:
+    """One table row per cell × step, then failures; best values in bold."""
+    s = run.summary
+    rows = rows_of(s.cells, run.simulated_cells)
+    best = best_values(rows, MD_COLUMNS)
+    lines = [f"### tokenbench: {s.scenario} (`{s.run_id}`)", ""]
+    if run.simulated_cells:
+        lines += [f"> **SIMULATED**: {', '.join(sorted(run.simulated_cells))} ran against a simulator.", ""]
+    if run.incomplete:
+        lines += ["> **INCOMPLETE RUN**: " + "; ".join(run.problems), ""]
+    header = ["cell", "load", "ok/total", *(c.label for c in MD_COLUMNS), "harness"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join([":--", ":--", "--:"] + ["--:"] * len(MD_COLUMNS) + [":--"]) + "|")
+    lines += [_row(r, best) for r in rows]
+    if not rows:
+        lines.append("| _no measured steps_ |" + " |" * (len(header) - 1))
+    failed = [c for c in s.cells if c.status == "failed"]
+    if failed:
+        lines += ["", "**Failed cells**", ""]
+        lines += [f"- `{c.cell_id}`: {_cell(c.error or 'failed')}" for c in failed]
+    lines += ["", "_Latencies in ms from the scheduled send time; **bold** = best in column._"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,211 @@
+"""HTML sections of the report other than figures: metadata, cells, tables.
+
+Why separate from page assembly: each section is a pure function from run
+data to escaped markup, so it can be tested on its own. Everything that
+came from a file is escaped, and anything that looks like a secret (API
+keys, tokens, passwords in commands or environments) is redacted here,
+because the report is meant to be pasted into PRs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from html import escape
+from typing import Any
+
+from harness.report.columns import SUMMARY_COLUMNS, Row, best_values, fmt_ms, fmt_pct, is_best
+from harness.report.data import RunData
+from harness.results import CellResult
+
+SECRET = re.compile(r"(key|token|secret|passw|auth|credential)", re.I)
+REDACTED = "REDACTED"
+
+
+def redact_command(argv: list[str]) -> list[str]:
+    """Hide values of secret-looking flags (``--api-key X`` and ``--api-key=X``)."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+        elif arg.startswith("-") and "=" in arg and SECRET.search(arg.split("=", 1)[0]):
+            out.append(f"{arg.split('=', 1)[0]}={REDACTED}")
+        elif arg.startswith("-") and SECRET.search(arg):
+            out.append(arg)
+            hide_next = True
+        else:
+            out.append(arg)
+    return out
+
+
+def redact_mapping(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (REDACTED if SECRET.search(str(k)) else v) for k, v in data.items()}
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Nested env.json as ``a.b: value`` pairs, secrets redacted."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if SECRET.search(str(key)):
+            pairs.append((name, REDACTED))
+        elif isinstance(value, Mapping):
+            pairs.extend(flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            pairs.append((name, ", ".join(str(v) for v in value)))
+        else:
+            missing = "none detected" if key == "gpu" else "–"
+            pairs.append((name, missing if value is None else str(value)))
+    return pairs
+
+
+def _dl(pairs: Iterable[tuple[str, str]]) -> str:
+    items = "".join(f"<div><dt>{escape(k)}</dt><dd>{escape(v)}</dd></div>" for k, v in pairs)
+    return f'<dl class="meta">{items}</dl>'
+
+
+def banners(run: RunData) -> str:
+    parts: list[str] = []
+    sims = run.simulated_cells
+    if sims:
+        parts.append(
+            '<div class="banner simulated" id="simulated_banner">SIMULATED: results of '
+            f"{escape(', '.join(sorted(sims)))} come from a simulator, not a real server. "
+            "They measure the harness, not model serving.</div>"
+        )
+    if run.incomplete:
+        items = "".join(f"<li>{escape(p)}</li>" for p in run.problems)
+        parts.append(
+            '<div class="banner incomplete" id="incomplete_banner">INCOMPLETE RUN: this report shows '
+            f"whatever was measured before the run stopped.<ul>{items}</ul></div>"
+        )
+    return "\n".join(parts)
+
+
+def run_metadata(run: RunData) -> str:
+    s = run.summary
+    status = "complete" if s.complete and not run.incomplete else "incomplete"
+    pairs = [
+        ("scenario", s.scenario),
+        ("run id", s.run_id),
+        ("started", s.started_at),
+        ("finished", s.finished_at or "–"),
+        ("status", status),
+        ("harness version", s.harness_version),
+        ("cells", f"{sum(c.status == 'ok' for c in s.cells)} ok / {len(s.cells)} total"),
+    ]
+    env = flatten(run.env) if run.env else [("environment", "env.json missing")]
+    return f'<section id="run_metadata"><h2>Run</h2>{_dl(pairs)}<h3>Environment</h3>{_dl(env)}</section>'
+
+
+def _swatch(color: str) -> str:
+    return f'<span class="swatch" style="background:{escape(color)}"></span>'
+
+
+def _launch(cell: CellResult) -> str:
+    return "–" if cell.launch_s is None else f"{cell.launch_s:.1f} s"
+
+
+def _cell_row(cell: CellResult, color: str, simulated: bool) -> str:
+    badge = f'<span class="badge {escape(cell.status)}">{escape(cell.status)}</span>'
+    if simulated:
+        badge += ' <span class="badge sim">SIMULATED</span>'
+    settings = ", ".join(f"{k}={v}" for k, v in cell.settings.items()) or "–"
+    command = shlex.join(redact_command(cell.command)) if cell.command else "–"
+    env = ", ".join(f"{k}={v}" for k, v in redact_mapping(cell.env).items())
+    detail = f"<pre>{escape(command)}</pre>"
+    if env:
+        detail += f'<div class="legend-note">env: {escape(env)}</div>'
+    if cell.status != "ok" and (cell.error or cell.log_tail):
+        tail = "\n".join(cell.log_tail) or "(no log captured)"
+        detail += (
+            f'<div class="failure"><div class="err">{escape(cell.error or "failed")}</div>'
+            f"<details open><summary>server log tail ({len(cell.log_tail)} lines)</summary>"
+            f"<pre>{escape(tail)}</pre></details></div>"
+        )
+    return (
+        f'<tr id="cell-{escape(cell.cell_id)}"><td>{_swatch(color)}<strong>{escape(cell.cell_id)}</strong><br>{badge}</td>'
+        f"<td>{escape(cell.backend)}<br>{escape(cell.version or 'version unknown')}</td>"
+        f'<td>{escape(cell.model)}<br><span class="legend-note">{escape(settings)}</span></td>'
+        f'<td class="num">{_launch(cell)}</td><td>{detail}</td></tr>'
+    )
+
+
+def cells_section(run: RunData, colors: dict[str, str]) -> str:
+    sims = run.simulated_cells
+    rows = "".join(
+        _cell_row(c, colors.get(c.cell_id, "#374151"), c.cell_id in sims) for c in run.summary.cells
+    )
+    if not rows:
+        rows = '<tr><td colspan="5">No cells recorded in summary.json.</td></tr>'
+    return (
+        '<section id="cells"><h2>Configurations (cells)</h2><div class="table-wrap"><table class="cells">'
+        '<thead><tr><th class="l">cell</th><th class="l">backend</th><th class="l">model / settings</th>'
+        '<th>launch → healthy</th><th class="l">exact command</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table></div></section>"
+    )
+
+
+def summary_table(rows: list[Row], colors: dict[str, str]) -> str:
+    best = best_values(rows, SUMMARY_COLUMNS)
+    head = "".join(f"<th>{escape(c.label)}</th>" for c in SUMMARY_COLUMNS)
+    body: list[str] = []
+    for row in rows:
+        cells = []
+        for col in SUMMARY_COLUMNS:
+            cls = ' class="best" title="best in column"' if is_best(col, row, best) else ""
+            cells.append(f'<td data-col="{col.key}"{cls}>{escape(col.fmt(col.value(row)))}</td>')
+        limited = row.step.harness.limited
+        flag = '<span class="badge limited">harness-limited</span>' if limited else "no"
+        sim = ' <span class="badge sim">SIMULATED</span>' if row.simulated else ""
+        body.append(
+            f'<tr class="{"limited" if limited else ""}" data-cell="{escape(row.cell.cell_id)}" '
+            f'data-step="{escape(row.step.step_id)}"><td class="l">{_swatch(colors.get(row.cell.cell_id, "#374151"))}'
+            f'{escape(row.cell.cell_id)}{sim}</td><td class="l">{escape(row.load_label)}</td>'
+            f"<td>{row.step.requests_ok}/{row.step.requests_total}</td>{''.join(cells)}"
+            f'<td class="flag">{flag}</td></tr>'
+        )
+    if not body:
+        body.append(f'<tr><td class="l" colspan="{len(SUMMARY_COLUMNS) + 4}">No measured steps.</td></tr>')
+    return (
+        '<section id="summary"><h2>Summary</h2><p class="legend-note">One row per cell × load step. '
+        "Latencies are measured from the scheduled send time. Highlighted: best value in the column "
+        "(lowest latency and error rate, highest throughput).</p>"
+        '<div class="table-wrap"><table id="summary_table"><thead><tr><th class="l">cell</th><th class="l">load</th>'
+        f"<th>ok/total</th>{head}<th>harness-limited</th></tr></thead><tbody>{''.join(body)}</tbody></table></div></section>"
+    )
+
+
+def _num(value: float | None, suffix: str = "") -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.1f}{suffix}"
+
+
+def harness_section(rows: list[Row]) -> str:
+    body: list[str] = []
+    for row in rows:
+        h = row.step.harness
+        verdict = (
+            '<span class="badge limited">LIMITED</span>' if h.limited else '<span class="badge ok">ok</span>'
+        )
+        body.append(
+            f'<tr class="{"limited" if h.limited else ""}"><td class="l">{escape(row.cell.cell_id)}</td>'
+            f'<td class="l">{escape(row.load_label)}</td><td>{fmt_ms(h.loop_lag_p99_ms)}</td>'
+            f"<td>{fmt_ms(h.loop_lag_max_ms)}</td><td>{_num(h.client_cpu_pct, '%')}</td>"
+            f"<td>{fmt_pct(h.coalesced_chunk_fraction)}</td><td>{_num(row.step.achieved_rate)}</td>"
+            f'<td class="flag">{verdict}</td><td class="l">{escape("; ".join(h.reasons))}</td></tr>'
+        )
+    if not body:
+        body.append('<tr><td class="l" colspan="9">No measured steps.</td></tr>')
+    return (
+        '<section id="harness_health"><h2>Harness self-diagnosis</h2><p class="legend-note">Was the load generator '
+        "the bottleneck? High event-loop lag, a saturated client CPU or many coalesced chunks mean the client, "
+        "not the server, set these numbers; such steps are flagged LIMITED and ringed in red in the figures.</p>"
+        '<div class="table-wrap"><table id="harness_table"><thead><tr><th class="l">cell</th><th class="l">load</th>'
+        "<th>loop lag p99 (ms)</th><th>loop lag max (ms)</th><th>client CPU</th><th>coalesced chunks</th>"
+        '<th>achieved rate (req/s)</th><th>verdict</th><th class="l">reasons</th></tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div></section>"
+    )

@@ -1,0 +1,55 @@
+"""The short table printed at the end of ``tokenbench run`` / ``tokenbench report``.
+
+Why short: the terminal is for "did it work and roughly how fast"; the
+HTML report is for the full story, so its path is printed last.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.report.columns import SUMMARY_COLUMNS, TERMINAL_KEYS, best_values, is_best, rows_of
+from harness.report.data import RunData
+
+TERMINAL_COLUMNS = [c for key in TERMINAL_KEYS for c in SUMMARY_COLUMNS if c.key == key]
+
+
+def summary_table(run: RunData) -> Table:
+    rows = rows_of(run.summary.cells, run.simulated_cells)
+    best = best_values(rows, TERMINAL_COLUMNS)
+    title = f"tokenbench: {run.summary.scenario}"
+    if run.simulated_cells:
+        title += " [bold magenta](SIMULATED)[/]"
+    table = Table(title=title, title_justify="left")
+    table.add_column("cell", style="bold")
+    table.add_column("load")
+    table.add_column("ok/total", justify="right")
+    for col in TERMINAL_COLUMNS:
+        table.add_column(col.label, justify="right")
+    for row in rows:
+        values = []
+        for col in TERMINAL_COLUMNS:
+            text = col.fmt(col.value(row))
+            values.append(f"[bold green]{text}[/]" if is_best(col, row, best) else text)
+        name = row.cell.cell_id + (" [magenta]SIM[/]" if row.simulated else "")
+        if row.step.harness.limited:
+            name += " [red](harness-limited)[/]"
+        table.add_row(name, row.load_label, f"{row.step.requests_ok}/{row.step.requests_total}", *values)
+    return table
+
+
+def print_summary(run: RunData, console: Console, report_path: Path | None = None) -> None:
+    """Print the table, any incomplete-run warnings, and where the full report is."""
+    console.print(summary_table(run))
+    for cell in run.summary.cells:
+        if cell.status != "ok":
+            console.print(
+                f"[red]{cell.status}:[/] {cell.cell_id}: {cell.error or 'no measurement'}", markup=True
+            )
+    for problem in run.problems:
+        console.print(f"[yellow]incomplete:[/] {problem}")
+    path = report_path if report_path is not None else run.run_dir / "report.html"
+    console.print(f"report: {path}", highlight=False, soft_wrap=True)
