@@ -1,0 +1,125 @@
+"""Benchmark an OpenAI-compatible endpoint that is already running somewhere else.
+
+Why: the servers users care about most (a GPU deployment on Kubernetes, a
+managed endpoint) are not ours to launch. Nothing is started or stopped; we
+check the endpoint answers, learn what we can (version, whether it exposes
+Prometheus metrics) and hand back the auth header.
+
+The API key is read from the environment variable the scenario names, never
+from the scenario itself, and lives only in ``ServerHandle.headers`` (which is
+excluded from repr and from ``public_dict``): not in env, command, logs or
+error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+
+from harness.backends.base import BackendStartError, ServerHandle
+from harness.backends.process import wait_ready
+from harness.matrix import Cell
+from harness.scenario import Server
+
+
+def normalize_base_url(url: str) -> str:
+    """``https://h/v1/`` → ``https://h``: the harness appends ``/v1/...`` itself."""
+    url = url.strip().rstrip("/")
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    return url.rstrip("/")
+
+
+def auth_headers(server: Server) -> dict[str, str]:
+    """The Authorization header from ``api_key_env``; a clear error if that variable is unset."""
+    if not server.api_key_env:
+        return {}
+    key = os.environ.get(server.api_key_env)
+    if not key:
+        raise BackendStartError(
+            f"server '{server.name}': api_key_env names environment variable "
+            f"'{server.api_key_env}', which is not set (or empty)"
+        )
+    return {"Authorization": f"Bearer {key}"}
+
+
+def validate_settings(server: Server, cell_id: str | None = None) -> list[str]:
+    """External endpoints take no settings: a setting here would be a sweep axis that changes nothing."""
+    if server.settings:
+        return [
+            f"server '{server.name}': backend 'external' cannot apply settings "
+            f"({', '.join(sorted(server.settings))}); configure the deployment itself"
+        ]
+    return []
+
+
+def _probe_version(client: httpx.Client, base_url: str) -> str | None:
+    try:
+        response = client.get(f"{base_url}/version")
+        if response.status_code == 200:
+            data = response.json()
+            if isinstance(data, dict) and data.get("version") is not None:
+                return str(data["version"])
+    except (httpx.HTTPError, ValueError):
+        pass
+    return None
+
+
+def _probe_metrics(client: httpx.Client, base_url: str) -> str | None:
+    """``/metrics`` counts only if it answers 200 with something that looks like Prometheus text."""
+    url = f"{base_url}/metrics"
+    try:
+        response = client.get(url)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    text = response.text
+    if "# TYPE" in text or "# HELP" in text:
+        return url
+    return None
+
+
+class ExternalBackend:
+    """Points the harness at a running endpoint; ``stop`` has nothing to stop."""
+
+    def __init__(self, *, ready_timeout_s: float | None = None) -> None:
+        self.ready_timeout_s = ready_timeout_s
+
+    def start(self, cell: Cell, workdir: Path) -> ServerHandle:
+        server = cell.server
+        assert server.base_url, "scenario validation guarantees base_url for external"
+        base_url = normalize_base_url(server.base_url)
+        headers = auth_headers(server)
+        timeout = (
+            self.ready_timeout_s if self.ready_timeout_s is not None else min(server.startup_timeout_s, 60.0)
+        )
+        started = time.monotonic()
+        try:
+            wait_ready([f"{base_url}/v1/models"], timeout, None, headers=headers)
+        except BackendStartError as err:
+            raise BackendStartError(
+                f"cell '{cell.cell_id}': external endpoint {base_url}: {err.message}"
+            ) from None
+        launch_s = time.monotonic() - started
+        with httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0), headers=headers) as client:
+            version = _probe_version(client, base_url)
+            metrics_url = _probe_metrics(client, base_url)
+        return ServerHandle(
+            base_url=base_url,
+            served_model=server.served_model_name or server.model,
+            command=[],
+            env={},
+            version=version,
+            launch_s=launch_s,
+            log_path=None,
+            pid=None,
+            metrics_url=metrics_url,
+            headers=headers,
+        )
+
+    def stop(self) -> None:
+        return None

