@@ -1,0 +1,207 @@
+"""Background sampling of a server's memory, GPU and ``/metrics`` during a cell.
+
+Why threads (not gevent, not a subprocess): the orchestrator is plain Python
+and the probes are short blocking calls (``/proc`` reads, NVML, one HTTP GET
+a second). Two threads keep a slow ``/metrics`` answer from delaying the
+memory samples: one samples the process tree and GPU every ``interval_s``,
+the other scrapes Prometheus every ``scrape_interval_s``.
+
+Rows are long format, one value per row, stamped with ``time.monotonic_ns()``
+(the clock request records use) and the load step running at that moment, so
+the report can line memory and queue depth up with latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harness.atomic import atomic_path
+from harness.telemetry import Sample
+from harness.telemetry.gpu import GpuProbe
+from harness.telemetry.process_mem import ProcessTreeProbe
+from harness.telemetry.prometheus import PrometheusScraper
+
+log = logging.getLogger(__name__)
+
+TIMESERIES_SCHEMA = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("step_id", pa.string()),
+        ("t_ns", pa.int64()),
+        ("source", pa.string()),
+        ("name", pa.string()),
+        ("value", pa.float64()),
+        ("labels", pa.string()),
+    ]
+)
+TIMESERIES_FIELDS: tuple[str, ...] = tuple(TIMESERIES_SCHEMA.names)
+SOURCES: tuple[str, ...] = ("process", "gpu", "prometheus")
+
+
+def write_timeseries(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write telemetry rows atomically as Parquet with ``TIMESERIES_SCHEMA``."""
+    columns = {name: [r.get(name) for r in rows] for name in TIMESERIES_FIELDS}
+    table = pa.table(columns, schema=TIMESERIES_SCHEMA)
+    with atomic_path(Path(path)) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_timeseries(path: Path) -> list[dict[str, Any]]:
+    """Rows as written by ``write_timeseries`` (the shape ``memory_summary`` takes)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such timeseries file")
+    try:
+        table = pq.read_table(path, schema=TIMESERIES_SCHEMA)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path}: not a readable timeseries file: {err}") from None
+    return table.to_pylist()
+
+
+class TelemetrySampler:
+    """Samples one cell's server until ``stop()``; see the module docstring.
+
+    ``server_pid`` None (an external endpoint) skips process sampling;
+    ``metrics_url`` None skips Prometheus. ``headers`` (auth) are used for the
+    scrape only and never stored. ``gpu`` may be injected for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        cell_id: str,
+        server_pid: int | None,
+        metrics_url: str | None,
+        headers: dict[str, str] | None = None,
+        interval_s: float = 0.25,
+        scrape_interval_s: float = 1.0,
+        gpu: GpuProbe | None = None,
+    ) -> None:
+        if interval_s <= 0 or scrape_interval_s <= 0:
+            raise ValueError(f"intervals must be > 0 (got {interval_s}, {scrape_interval_s})")
+        self.cell_id = cell_id
+        self.server_pid = server_pid
+        self.metrics_url = metrics_url
+        self.interval_s = interval_s
+        self.scrape_interval_s = scrape_interval_s
+        self._headers = dict(headers or {})
+        self._gpu = gpu
+        self._lock = threading.Lock()
+        self._rows: list[dict[str, Any]] = []
+        self._step_id: str | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._scraper: PrometheusScraper | None = None
+        self._stopped = False
+
+    # -- public ---------------------------------------------------------------
+    def start(self) -> None:
+        if self._threads or self._stopped:
+            raise RuntimeError("TelemetrySampler.start() may be called once")
+        gpu = self._gpu if self._gpu is not None else GpuProbe()
+        self._gpu = gpu
+        self._add("gpu", [Sample("gpu_present", 1.0 if gpu.present else 0.0)], time.monotonic_ns())
+        proc = ProcessTreeProbe(self.server_pid) if self.server_pid is not None else None
+        self._spawn("telemetry-local", self.interval_s, lambda: self._sample_local(proc, gpu))
+        if self.metrics_url:
+            scraper = PrometheusScraper(
+                self.metrics_url, headers=self._headers, timeout_s=min(0.8, self.scrape_interval_s)
+            )
+            self._scraper = scraper
+            self._spawn(
+                "telemetry-prometheus", self.scrape_interval_s, lambda: self._sample_prometheus(scraper)
+            )
+
+    def set_step(self, step_id: str | None) -> None:
+        """Tag later samples with this load step (None between steps)."""
+        with self._lock:
+            self._step_id = step_id
+
+    def stop(self) -> list[dict[str, Any]]:
+        """Stop sampling, release the probes and return all rows (time-ordered per source)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+        if not self._stopped:
+            self._stopped = True
+            if self._scraper is not None:
+                self._scraper.close()
+            if self._gpu is not None:
+                self._gpu.close()
+        with self._lock:
+            return list(self._rows)
+
+    @property
+    def scrape_failures(self) -> int:
+        return self._scraper.failures if self._scraper is not None else 0
+
+    def __enter__(self) -> TelemetrySampler:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- internals -------------------------------------------------------------
+    def _spawn(self, name: str, period_s: float, tick: Callable[[], None]) -> None:
+        thread = threading.Thread(target=self._loop, args=(period_s, tick, name), name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _loop(self, period_s: float, tick: Callable[[], None], name: str) -> None:
+        """Tick on a fixed grid; when a tick overruns, skip ahead rather than burst to catch up."""
+        period_ns = int(period_s * 1e9)
+        next_ns = time.monotonic_ns()
+        failed = False
+        while not self._stop.is_set():
+            try:
+                tick()
+            except Exception as err:  # a probe bug must not end telemetry for the whole cell
+                if not failed:
+                    log.warning("%s: sample failed (%s: %s); continuing", name, type(err).__name__, err)
+                    failed = True
+            next_ns += period_ns
+            now = time.monotonic_ns()
+            if next_ns < now:
+                next_ns = now + period_ns - (now - next_ns) % period_ns
+            self._stop.wait((next_ns - now) / 1e9)
+
+    def _sample_local(self, proc: ProcessTreeProbe | None, gpu: GpuProbe) -> None:
+        t_ns = time.monotonic_ns()
+        if proc is not None:
+            self._add("process", proc.sample(), t_ns)
+        if gpu.present:
+            self._add("gpu", gpu.sample(proc.pids if proc is not None else ()), t_ns)
+
+    def _sample_prometheus(self, scraper: PrometheusScraper) -> None:
+        t_ns, samples = scraper.scrape()
+        self._add("prometheus", samples, t_ns)
+
+    def _add(self, source: str, samples: list[Sample], t_ns: int) -> None:
+        if not samples:
+            return
+        with self._lock:
+            step = self._step_id
+            self._rows.extend(
+                {
+                    "cell_id": self.cell_id,
+                    "step_id": step,
+                    "t_ns": t_ns,
+                    "source": source,
+                    "name": s.name,
+                    "value": float(s.value),
+                    "labels": s.labels,
+                }
+                for s in samples
+            )

@@ -1,0 +1,90 @@
+"""Reduce a cell's telemetry rows to the memory numbers in ``summary.json``.
+
+Definitions (also in docs/metrics.md):
+
+* peak RSS: the largest RSS of the server's whole process tree in any sample
+  of the cell, warm-up and idle time included: what the machine must have.
+* steady RSS: the median tree RSS over samples taken while a measured load
+  step was running. The median ignores the short spikes of start-up and
+  step changes, so it tells what the server holds under load.
+* peak / steady VRAM: the same two reductions over device memory used, summed
+  over GPUs at each sample time (NVML's device figure includes other
+  processes on a shared GPU). Only when a GPU was present.
+* KV-cache usage peak: the largest ``vllm:kv_cache_usage_perc`` (or the
+  older ``gpu_``/``cpu_cache_usage_perc``) scraped, a 0-1 fraction.
+
+MB here means MiB (2**20 bytes), as nvidia-smi and vLLM's logs use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.results import MemorySummary
+from harness.telemetry.prometheus import KV_CACHE_NAMES
+
+MIB = float(2**20)
+
+
+def _frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    if frame.empty:
+        return pd.DataFrame(columns=["step_id", "t_ns", "source", "name", "value"])
+    missing = [c for c in ("t_ns", "source", "name", "value") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"telemetry rows lack field(s) {missing}")
+    if "step_id" not in frame.columns:
+        frame = frame.assign(step_id=None)
+    return frame
+
+
+def _per_time(frame: pd.DataFrame, source: str, name: str) -> pd.DataFrame:
+    """One value per sample time (summed over label sets, e.g. GPUs), with its step."""
+    sel = frame[(frame["source"] == source) & (frame["name"] == name)]
+    if sel.empty:
+        return pd.DataFrame(columns=["t_ns", "step_id", "value"])
+    steps = sel.groupby("t_ns")["step_id"].first()
+    values = sel.groupby("t_ns")["value"].sum()
+    return pd.DataFrame({"step_id": steps, "value": values}).reset_index()
+
+
+def _peak_and_steady(series: pd.DataFrame, measured: Collection[str]) -> tuple[float | None, float | None]:
+    if series.empty:
+        return None, None
+    values = series["value"].astype("float64").to_numpy()
+    peak = float(np.nanmax(values)) / MIB
+    during = series[series["step_id"].isin(list(measured))]["value"].astype("float64").to_numpy()
+    steady = float(np.nanmedian(during)) / MIB if during.size else None
+    return peak, steady
+
+
+def memory_summary(
+    rows: Iterable[Mapping[str, Any]] | pd.DataFrame, measured_steps: Collection[str]
+) -> MemorySummary:
+    """Peak/steady RSS and VRAM and peak KV-cache usage of one cell (see module docstring)."""
+    frame = _frame(rows)
+    peak_rss, steady_rss = _peak_and_steady(_per_time(frame, "process", "rss_bytes"), measured_steps)
+
+    flags = frame[(frame["source"] == "gpu") & (frame["name"] == "gpu_present")]["value"]
+    vram = _per_time(frame, "gpu", "gpu_used_bytes")
+    gpu_present = bool((flags > 0).any()) or not vram.empty
+    peak_vram, steady_vram = _peak_and_steady(vram, measured_steps) if gpu_present else (None, None)
+
+    kv_peak = None
+    prom = frame[frame["source"] == "prometheus"]
+    for name in KV_CACHE_NAMES:
+        values = prom[prom["name"] == name]["value"].astype("float64")
+        if not values.empty:
+            kv_peak = float(values.max()) if kv_peak is None else max(kv_peak, float(values.max()))
+    return MemorySummary(
+        peak_rss_mb=peak_rss,
+        steady_rss_mb=steady_rss,
+        gpu_present=gpu_present,
+        peak_vram_mb=peak_vram,
+        steady_vram_mb=steady_vram,
+        kv_cache_usage_peak=kv_peak,
+    )
