@@ -1,0 +1,187 @@
+"""CLI verbs of the gate area: ``compare``, ``gate`` and ``baseline save``.
+
+Exit codes: 0 pass, 1 regression, 2 bad input or usage, 3 inconclusive (0
+instead when the policy sets ``inconclusive_fails: false`` or
+``--inconclusive-passes`` is given). Bad input never becomes a pass.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from harness.atomic import write_text
+from harness.gate.match import MatchBy, rekey
+from harness.gate.policy import PolicyError
+from harness.gate.rundata import GateInputError, GateRun
+
+BASELINE_DIR = Path("reports/baselines")
+MATCH_HELP = (
+    "pair cells by configuration 'identity' (default) or by cell 'name' when the settings are what changed"
+)
+
+
+def _match_by(console: Console, value: str) -> MatchBy:
+    if value not in ("identity", "name"):
+        raise _bad(console, f"--match {value!r}: expected 'identity' or 'name'")
+    return value  # type: ignore[return-value]
+
+
+def _load_side(ref: str | Path) -> GateRun:
+    """A run folder or a baseline file (by path or name under reports/baselines)."""
+    from harness.gate.baseline import load_baseline, resolve_baseline
+    from harness.gate.rundata import load_run_folder
+
+    path = Path(ref)
+    if path.is_dir():
+        return load_run_folder(path)
+    return load_baseline(resolve_baseline(str(ref), BASELINE_DIR))
+
+
+def _load_runs(paths: list[Path], **kw: int) -> GateRun:
+    from harness.gate.rundata import load_run_folder, merge_repeats
+
+    return merge_repeats([load_run_folder(p, **kw) for p in paths])  # type: ignore[arg-type]
+
+
+def _bad(console: Console, message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    return typer.Exit(2)
+
+
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="run folders or baselines; the first is the reference")],
+    out: Annotated[Path | None, typer.Option("--out", help="folder for compare.html and compare.md")] = None,
+    confidence: Annotated[float, typer.Option(help="interval confidence")] = 0.95,
+    match: Annotated[str, typer.Option("--match", help=MATCH_HELP)] = "identity",
+) -> None:
+    """Compare runs matched by configuration identity: deltas with intervals, overlaid figures."""
+    from harness.gate.compare_report import write_compare
+    from harness.gate.comparison import compare_runs
+
+    console = Console()
+    if len(runs) < 2:
+        raise _bad(console, "compare needs at least two runs")
+    if not 0.5 < confidence < 1:
+        raise _bad(console, f"--confidence {confidence}: expected a value between 0.5 and 1")
+    by = _match_by(console, match)
+    try:
+        sides = [rekey(_load_side(r), by) for r in runs]
+    except GateInputError as err:
+        raise _bad(console, str(err)) from None
+    labels = [s.label for s in sides]
+    for i, s in enumerate(sides):  # labels identify runs in tables and legends: keep them unique
+        if labels.count(s.label) > 1:
+            s.label = f"{s.label}#{i + 1}"
+    comp = compare_runs(sides, confidence=confidence)
+    if not comp.keys:
+        raise _bad(
+            console,
+            "no configuration (cell identity + step) appears in every run:\n  "
+            + "\n  ".join(m.describe() for m in comp.mismatches),
+        )
+    out = out or Path("reports") / f"compare-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    html_path, md_path = write_compare(comp, out)
+    for m in comp.mismatches:
+        console.print(f"not matched ({m.side}): {m.describe()}", highlight=False)
+    console.print(f"compare: {html_path}\nmarkdown: {md_path}", highlight=False)
+
+
+def gate(
+    baseline: Annotated[
+        str, typer.Option("--baseline", help="baseline file, name under reports/baselines, or run folder")
+    ],
+    run: Annotated[list[Path], typer.Option("--run", help="run folder; repeat the option to pool repeats")],
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="gate policy YAML (default: shipped)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="folder for gate.md/.xml/.json (default RUN/gate)")
+    ] = None,
+    allow_env_mismatch: Annotated[
+        bool, typer.Option("--allow-env-mismatch", help="compare across GPU/CPU/backend builds")
+    ] = False,
+    inconclusive_passes: Annotated[
+        bool, typer.Option("--inconclusive-passes", help="exit 0 instead of 3 on inconclusive")
+    ] = False,
+    match: Annotated[str, typer.Option("--match", help=MATCH_HELP)] = "identity",
+) -> None:
+    """Judge a run against a baseline with a noise-aware policy; exit 0 pass, 1 regression, 2 bad input, 3 inconclusive."""
+    from harness.gate.baseline import fingerprint, fingerprint_diff
+    from harness.gate.match import match_runs
+    from harness.gate.outputs import to_json_text, to_junit, to_markdown
+    from harness.gate.policy import load_policy
+    from harness.gate.verdict import evaluate
+
+    console = Console()
+    by = _match_by(console, match)
+    try:
+        pol = load_policy(policy)
+        base = rekey(_load_side(baseline), by)
+        current = rekey(_load_runs(run), by)
+    except (GateInputError, PolicyError) as err:
+        raise _bad(console, str(err)) from None
+    if inconclusive_passes:
+        pol = pol.model_copy(update={"inconclusive_fails": False})
+    diffs = fingerprint_diff(fingerprint(base.env), fingerprint(current.env))
+    if diffs and not allow_env_mismatch:
+        raise _bad(
+            console,
+            "environment differs from the baseline; refusing to compare "
+            "(pass --allow-env-mismatch to compare anyway):\n  " + "\n  ".join(diffs),
+        )
+    matching = match_runs(base, current)
+    if not matching.pairs:
+        raise _bad(
+            console,
+            "no configuration (cell identity + step) of the run is in the baseline:\n  "
+            + "\n  ".join(m.describe() for m in matching.mismatches),
+        )
+    result = evaluate(matching, pol, base.label, current.label, current.scenario)
+    result.env_diff = diffs
+    out = out or run[0] / "gate"
+    md = to_markdown(result)
+    write_text(out / "gate.md", md)
+    write_text(out / "gate.junit.xml", to_junit(result))
+    write_text(out / "gate.json", to_json_text(result))
+    console.print(md, highlight=False, markup=False, soft_wrap=True)
+    console.print(f"gate: {result.verdict} (exit {result.exit_code}); outputs in {out}", highlight=False)
+    raise typer.Exit(result.exit_code)
+
+
+def baseline_save(
+    run: Annotated[list[Path], typer.Argument(help="run folder(s); several are stored as repeats")],
+    name: Annotated[str, typer.Option("--name", help="baseline name → reports/baselines/NAME.json")],
+    out_dir: Annotated[Path, typer.Option("--dir", help="folder for baselines")] = BASELINE_DIR,
+    max_requests: Annotated[int, typer.Option(help="per-request samples kept per step and repeat")] = 2000,
+) -> None:
+    """Write a compact baseline (summaries, samples, scenario, environment). Commits nothing."""
+    from harness.gate.baseline import DEFAULT_MAX_ITL, baseline_path, save_baseline
+
+    console = Console()
+    if max_requests < 50:
+        raise _bad(console, f"--max-requests {max_requests}: keep at least 50 per step")
+    try:
+        path = baseline_path(name, out_dir)
+        data = _load_runs(run, max_requests=max_requests, max_itl=max(DEFAULT_MAX_ITL, 2 * max_requests))
+        save_baseline(data, name, path)
+    except GateInputError as err:
+        raise _bad(console, str(err)) from None
+    size_kb = path.stat().st_size / 1024
+    console.print(
+        f"baseline: {path} ({size_kb:.0f} KiB, {len(data.steps)} steps); commit it to use it in CI",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``compare``, ``gate`` and ``baseline save`` to the ``tokenbench`` app."""
+    app.command("compare")(compare)
+    app.command("gate")(gate)
+    baseline_app = typer.Typer(help="Manage regression baselines.", no_args_is_help=True)
+    baseline_app.command("save")(baseline_save)
+    app.add_typer(baseline_app, name="baseline")

@@ -1,0 +1,137 @@
+"""Gate policies: which metrics may move how far before a change counts as a regression.
+
+Why YAML + pydantic: the policy is committed next to the baseline and edited
+by people, so a typo (``ttft_p59``, ``max_increse``) must fail loudly with the
+file, field and value instead of silently disabling a rule.
+
+Rule kinds, per metric:
+
+* ``max_increase: 10%`` – the run may be at most 10 % above the baseline;
+* ``max_decrease: 5%`` – the run may be at most 5 % below the baseline;
+* ``max: 0.5%`` / ``min: 100`` – absolute limits on the run's own value
+  (SLO checks; latencies in ms, rates per second, ``error_rate`` a fraction).
+
+Percentages may be written ``10%`` or as fractions (``0.1``).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.gate.samples import LATENCY_FAMILIES, RATE_METRICS
+from harness.gate.stats import STATS
+
+POLICY_VERSION = 1
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be used. The message names file, field and value."""
+
+
+def metric_names() -> list[str]:
+    lat = [f"{f}_{s}" for f in LATENCY_FAMILIES for s in STATS]
+    return lat + list(RATE_METRICS) + ["error_rate"]
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric in RATE_METRICS
+
+
+def _fraction(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ValueError(f"expected a number or a percentage like '10%', got {value!r}") from None
+    return value
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_increase: float | None = Field(default=None, ge=0)
+    max_decrease: float | None = Field(default=None, ge=0)
+    max: float | None = None
+    min: float | None = None
+
+    @field_validator("max_increase", "max_decrease", "max", "min", mode="before")
+    @classmethod
+    def _pct(cls, v: Any) -> Any:
+        return _fraction(v)
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> Rule:
+        if all(v is None for v in (self.max_increase, self.max_decrease, self.max, self.min)):
+            raise ValueError("a rule needs at least one of max_increase, max_decrease, max, min")
+        return self
+
+
+class Policy(BaseModel):
+    """A whole gate policy. Defaults are the shipped ``default_policy.yaml``'s settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = POLICY_VERSION
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    resamples: int = Field(default=2000, ge=200, le=20000)
+    seed: int = 0
+    min_requests: int = Field(
+        default=30, ge=2, description="fewer successful requests per side → inconclusive"
+    )
+    inconclusive_fails: bool = Field(default=True, description="exit 3 on inconclusive; false → exit 0")
+    slo_from_scenario: bool = Field(default=True, description="add absolute checks from the scenario's slo")
+    rules: dict[str, Rule] = Field(default_factory=dict)
+
+    @field_validator("rules")
+    @classmethod
+    def _known_metrics(cls, rules: dict[str, Rule]) -> dict[str, Rule]:
+        known = set(metric_names())
+        bad = sorted(set(rules) - known)
+        if bad:
+            raise ValueError(f"unknown metric(s) {bad}; known: {', '.join(metric_names())}")
+        return rules
+
+    @model_validator(mode="after")
+    def _version(self) -> Policy:
+        if self.version != POLICY_VERSION:
+            raise ValueError(f"policy version {self.version} is not supported (expected {POLICY_VERSION})")
+        return self
+
+
+def _format(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid gate policy"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path or '<top>'}: {msg} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_policy(data: Any, source: str = "<policy>") -> Policy:
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: a policy must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as err:
+        raise PolicyError(_format(source, err)) from None
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    """Load a policy file, or the shipped default when ``path`` is None."""
+    if path is None:
+        text = resources.files("harness.gate").joinpath("default_policy.yaml").read_text(encoding="utf-8")
+        return parse_policy(yaml.safe_load(text), "default_policy.yaml")
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyError(f"{path}: no such policy file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise PolicyError(f"{path}: not valid YAML: {err}") from None
+    return parse_policy(data, str(path))

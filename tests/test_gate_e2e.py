@@ -1,0 +1,109 @@
+"""The gate end to end: ``tokenbench run`` against the simulator, then ``baseline save`` and ``gate``.
+
+Slower than the synthetic tests (four short runs, about a minute), but it is
+the proof that a run folder written by the real pipeline is judged right: the
+same configuration with another seed passes, a sim 15 % slower in decode is a
+regression on TPOT and throughput, and 5 % injected errors trip the error rule.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _scenario(tmp: Path, name: str, seed: int, **settings: object) -> Path:
+    data = {
+        "name": "gate-e2e",
+        "seed": seed,
+        "servers": [
+            {
+                "name": "sim-a",
+                "backend": "sim",
+                "model": "sim-model",
+                "settings": {"ttft_ms": 30, "itl_ms": 10, "jitter_ms": 1, **settings},
+            }
+        ],
+        "workload": {
+            "api": "completions",
+            "prompt_tokens": 8,
+            "output_tokens": 24,
+            "steps": {"concurrency": [4]},
+            "duration_s": 8,
+            "warmup_s": 0.5,
+            "timeout_s": 20,
+        },
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _cli(*args: object, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env_path = str(REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
+    )
+
+
+def _run(tmp: Path, name: str, seed: int, **settings: object) -> Path:
+    out = tmp / "reports" / name
+    res = _cli("run", _scenario(tmp, name, seed, **settings), "--out", out, cwd=tmp)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return next(out.glob("*-gate-e2e"))
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("gate-e2e")
+    runs = {
+        "base": _run(tmp, "base", 1),
+        "same": _run(tmp, "same", 2),  # another scenario seed: other prompts, same configuration identity
+        "slow": _run(tmp, "slow", 3, itl_ms=11.5),
+        "errors": _run(tmp, "errors", 4, fault_rate=0.05, fault="http_500"),
+    }
+    res = _cli("baseline", "save", runs["base"], "--name", "e2e", cwd=tmp)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs["root"] = tmp
+    return runs
+
+
+def _gate(e2e: dict[str, Path], run: str, *extra: str) -> tuple[int, dict]:
+    out = e2e["root"] / f"gate-{run}"
+    res = _cli("gate", "--baseline", "e2e", "--run", e2e[run], "--out", out, *extra, cwd=e2e["root"])
+    assert (out / "gate.json").is_file(), res.stdout[-3000:] + res.stderr[-3000:]
+    return res.returncode, json.loads((out / "gate.json").read_text())
+
+
+def test_same_configuration_passes(e2e: dict[str, Path]) -> None:
+    code, data = _gate(e2e, "same")
+    assert code in (0, 3), data
+    assert not [c for c in data["checks"] if c["verdict"] == "regression"]
+
+
+def test_slower_decode_is_a_regression_on_tpot_and_throughput(e2e: dict[str, Path]) -> None:
+    # settings changed, so the configuration identity differs: match by cell name
+    code, data = _gate(e2e, "slow", "--match", "name")
+    assert code == 1
+    verdicts = {c["metric"]: c["verdict"] for c in data["checks"]}
+    assert verdicts["tpot_p50"] == "regression"
+    assert verdicts["output_tok_s"] == "regression"
+
+
+def test_injected_errors_trip_the_error_rule(e2e: dict[str, Path]) -> None:
+    code, data = _gate(e2e, "errors", "--match", "name")
+    assert code == 1
+    err = next(c for c in data["checks"] if c["metric"] == "error_rate")
+    assert err["verdict"] == "regression"
