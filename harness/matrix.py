@@ -24,6 +24,7 @@ class Cell:
     server: Server
     settings: dict[str, Scalar] = field(hash=False)
     identity: str = ""
+    repeat: int = 0
 
     @property
     def label(self) -> str:
@@ -50,7 +51,13 @@ def identity_of(server: Server, settings: dict[str, Scalar], scenario: Scenario)
 
 
 def expand_cells(scenario: Scenario) -> list[Cell]:
-    """Cartesian product of each server's list-valued settings, in file order."""
+    """Cartesian product of each server's list-valued settings, in file order.
+
+    With ``repeats: N`` every configuration runs N times, each with its own
+    server launch and seeds. Repeats share an identity (same configuration) and
+    differ in ``cell_id`` (``__rep-2``...), which is how the gate finds them to
+    estimate run-to-run noise.
+    """
     cells: list[Cell] = []
     for server in scenario.servers:
         axes = [k for k, v in server.settings.items() if isinstance(v, list)]
@@ -60,14 +67,10 @@ def expand_cells(scenario: Scenario) -> list[Cell]:
             settings: dict[str, Scalar] = dict(fixed)
             settings.update(dict(zip(axes, combo, strict=True)))
             suffix = "".join(f"__{k}-{_slug(v)}" for k, v in zip(axes, combo, strict=True))
-            cells.append(
-                Cell(
-                    cell_id=f"{server.name}{suffix}",
-                    server=server,
-                    settings=settings,
-                    identity=identity_of(server, settings, scenario),
-                )
-            )
+            identity = identity_of(server, settings, scenario)
+            for repeat in range(scenario.repeats):
+                rep = f"__rep-{repeat + 1}" if scenario.repeats > 1 else ""
+                cells.append(Cell(f"{server.name}{suffix}{rep}", server, settings, identity, repeat))
     return cells
 
 

@@ -27,8 +27,10 @@ import pyarrow.parquet as pq
 
 from harness import __version__
 from harness.assets import prepare_backends, resolve_scenario, tokenizer_path
+from harness.backends.base import ServerHandle
+from harness.backends.process import ProcessRegistry
 from harness.matrix import Cell, Step, expand_cells, expand_steps
-from harness.results import CellResult, RunSummary
+from harness.results import CellResult, Dist, RunSummary, StepMetrics
 from harness.rundir import RunDir, collect_env
 from harness.scenario import Scenario, ScenarioError, scenario_to_yaml
 
@@ -126,8 +128,6 @@ class Run:
 
     # -- the sequence -------------------------------------------------------------------------
     def execute(self) -> RunOutcome:
-        from harness.backends.process import ProcessRegistry
-
         rd = self.run_dir
         (rd.path / "scenario.yaml").write_text(scenario_to_yaml(self.scenario), encoding="utf-8")
         rd.write_summary(self.summary)
@@ -139,7 +139,7 @@ class Run:
                 resolved = resolve_scenario(self.scenario, self.repo_root, self.progress)
                 prepare_backends(resolved, self.repo_root, self.progress)
                 cells = [
-                    Cell(c.cell_id, next(s for s in resolved.servers if s.name == c.server.name), c.settings, c.identity)
+                    Cell(c.cell_id, next(s for s in resolved.servers if s.name == c.server.name), c.settings, c.identity, c.repeat)
                     for c in self.cells
                 ]
                 for cell, result in zip(cells, self.summary.cells, strict=True):
@@ -171,10 +171,10 @@ class Run:
             self.progress(f"report failed: {err!r}; data kept in {rd.path}")
 
     # -- one cell -----------------------------------------------------------------------------
-    def _run_cell(self, cell: Cell, result: CellResult, scenario: Scenario, registry: object) -> None:
+    def _run_cell(self, cell: Cell, result: CellResult, scenario: Scenario, registry: ProcessRegistry) -> None:
         from harness.backends.base import BackendStartError
         from harness.backends.registry import launch
-        from harness.load.runner import LoadError
+        from harness.load.runner import LoadRunError
 
         cell_dir = self.run_dir.cell_dir(cell.cell_id)
         self.progress(f"[{cell.cell_id}] starting {cell.server.backend} server")
@@ -191,7 +191,7 @@ class Run:
         except BackendStartError as err:
             result.status, result.error = "failed", f"server failed to start: {err}"
             result.log_tail = list(getattr(err, "log_tail", []))
-        except LoadError as err:
+        except LoadRunError as err:
             result.status, result.error = "failed", f"load generator failed: {err}"
             result.log_tail = list(getattr(err, "log_tail", []))
         except KeyboardInterrupt:
@@ -205,7 +205,7 @@ class Run:
             self.run_dir.write_summary(self.summary)
 
     def _run_steps(
-        self, cell: Cell, result: CellResult, scenario: Scenario, handle: object, cell_dir: Path, registry: object
+        self, cell: Cell, result: CellResult, scenario: Scenario, handle: ServerHandle, cell_dir: Path, registry: ProcessRegistry
     ) -> None:
         from harness.metrics import compute_step_metrics
         from harness.telemetry.sampler import TelemetrySampler, write_timeseries
@@ -213,9 +213,9 @@ class Run:
 
         sampler = TelemetrySampler(
             cell_id=cell.cell_id,
-            server_pid=handle.pid,  # type: ignore[attr-defined]
-            metrics_url=handle.metrics_url,  # type: ignore[attr-defined]
-            headers=handle.headers,  # type: ignore[attr-defined]
+            server_pid=handle.pid,
+            metrics_url=handle.metrics_url,
+            headers=handle.headers,
         )
         sampler.start()
         rows: list[dict] = []
@@ -228,7 +228,7 @@ class Run:
                     sampler.set_step(None)
                 frame = pq.read_table(records_path).to_pandas()
                 metrics = compute_step_metrics(
-                    frame, step=step, slo=scenario.slo, duration_s=scenario.workload.duration_s, health=health
+                    frame, step=step, slo=scenario.slo, duration_s=None, health=health
                 )
                 result.steps.append(metrics)
                 self.run_dir.write_summary(self.summary)
@@ -239,7 +239,7 @@ class Run:
             result.memory = memory_summary(rows, [s.step_id for s in self.steps])
 
     def _load_step(
-        self, cell: Cell, step: Step, index: int, scenario: Scenario, handle: object, registry: object
+        self, cell: Cell, step: Step, index: int, scenario: Scenario, handle: ServerHandle, registry: ProcessRegistry
     ) -> tuple[Path, dict, float]:
         from harness.load.plan import LoadPlan
         from harness.load.prompts import build_prompts, write_prompts
@@ -247,7 +247,7 @@ class Run:
 
         w = scenario.workload
         step_dir = self.run_dir.step_dir(cell.cell_id, step.step_id)
-        seed = scenario.seed * 1_000 + index
+        seed = scenario.seed * 1_000_000 + cell.repeat * 1_000 + index
         tok = tokenizer_path(cell.server)
         prompts = build_prompts(tok, w.prompt_tokens, w.output_tokens, prompt_count(scenario, step), seed, w.api)
         prompts_path = step_dir / "prompts.jsonl"
@@ -257,8 +257,8 @@ class Run:
             cell_id=cell.cell_id,
             step_id=step.step_id,
             api=w.api,
-            base_url=handle.base_url,  # type: ignore[attr-defined]
-            model=handle.served_model,  # type: ignore[attr-defined]
+            base_url=handle.base_url,
+            model=handle.served_model,
             kind=step.kind,
             target=step.target,
             warmup_s=w.warmup_s,
@@ -277,16 +277,16 @@ class Run:
             tokenizer_path=str(tok) if tok else None,
         )
         self.progress(f"[{cell.cell_id}] step {step.step_id}: {step.kind} {step.target:g}")
-        outcome = run_step(plan, step_dir, headers=handle.headers, registry=registry)  # type: ignore[attr-defined]
+        outcome = run_step(plan, step_dir, headers=handle.headers, registry=registry)
         return Path(outcome.records_path), outcome.health, outcome.wall_s
 
     @staticmethod
-    def _step_line(cell: Cell, m: object) -> str:
-        def p(d: object, q: str) -> str:
+    def _step_line(cell: Cell, m: StepMetrics) -> str:
+        def p(d: Dist | None, q: str) -> str:
             return f"{getattr(d, q):.1f}" if d is not None else "-"
 
         return (
-            f"[{cell.cell_id}] {m.step_id}: {m.requests_ok}/{m.requests_total} ok, "  # type: ignore[attr-defined]
-            f"TTFT p50 {p(m.ttft_ms, 'p50')} ms, TPOT p50 {p(m.tpot_ms, 'p50')} ms, "  # type: ignore[attr-defined]
-            f"{m.output_tok_s:.1f} out tok/s, errors {m.error_rate:.1%}"  # type: ignore[attr-defined]
+            f"[{cell.cell_id}] {m.step_id}: {m.requests_ok}/{m.requests_total} ok, "
+            f"TTFT p50 {p(m.ttft_ms, 'p50')} ms, TPOT p50 {p(m.tpot_ms, 'p50')} ms, "
+            f"{m.output_tok_s:.1f} out tok/s, errors {m.error_rate:.1%}"
         )

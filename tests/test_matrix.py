@@ -70,3 +70,15 @@ def test_steps_concurrency_then_rate() -> None:
     assert [(s.step_id, s.kind, s.target) for s in steps] == [
         ("c1", "concurrency", 1.0), ("c4", "concurrency", 4.0), ("r0.5", "rate", 0.5), ("r2", "rate", 2.0)
     ]
+
+
+def test_repeats_share_identity_and_differ_in_id() -> None:
+    data = scenario([{"name": "a", "backend": "sim", "model": "m", "settings": {"itl_ms": [5, 10]}}])
+    data["repeats"] = 3
+    cells = expand_cells(parse_scenario(data))
+    assert [c.cell_id for c in cells] == [
+        "a__itl_ms-5__rep-1", "a__itl_ms-5__rep-2", "a__itl_ms-5__rep-3",
+        "a__itl_ms-10__rep-1", "a__itl_ms-10__rep-2", "a__itl_ms-10__rep-3",
+    ]
+    assert [c.repeat for c in cells[:3]] == [0, 1, 2]
+    assert len({c.identity for c in cells[:3]}) == 1 and cells[0].identity != cells[3].identity
