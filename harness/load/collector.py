@@ -1,0 +1,361 @@
+"""Per-process step bookkeeping, harness self-diagnosis, and the master that gathers it all.
+
+Why here and not in Locust's stats: Locust's statistics round response times
+and know nothing about tokens or schedules, so every number tokenbench reports
+comes from ``RequestRecord``s. Each Locust process that runs users keeps a
+``StepState`` (stop rule, outstanding requests, records, loop-lag samples);
+when its share of the step is over it ships records and a health report to
+the master with ``runner.send_message`` (Locust's own worker channel, so no
+files per worker and no home-made IPC). The master's ``MasterCollector`` writes
+the step's Parquet and health JSON once every worker has reported, or with
+whatever arrived if the run is cut short.
+
+Self-diagnosis: a greenlet in every process sleeps 5 ms in a loop and records
+how late it wakes. If the event loop is late, every socket-read timestamp is
+late too, so ``limited`` (loop-lag p99 > 5 ms) tells the reader that the
+*client* may have been the bottleneck, not the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.atomic import write_json
+from harness.load.plan import LoadPlan
+from harness.load.prompts import PromptSpec
+from harness.load.schedule import worker_share
+from harness.load.sse import ERROR_BODY_CHARS, Outcome, StreamResult
+from harness.records import RequestRecord, record_to_dict, write_records
+
+log = logging.getLogger(__name__)
+
+LAG_INTERVAL_S = 0.005
+LAG_LIMIT_MS = 5.0
+CPU_LIMIT_PCT = 90.0
+COALESCED_LIMIT = 0.2
+MAX_LAG_SAMPLES = 200_000
+BATCH = 500
+MSG_RECORDS = "tokenbench_records"
+MSG_DONE = "tokenbench_done"
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process (each Locust process reports its own)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+@dataclass
+class StepState:
+    """One process's share of a step: the stop rule, outstanding work, and its records.
+
+    ``admit`` is the single gate every request passes (closed and open loop):
+    it applies the warm-up window and the stop rule against the *scheduled*
+    time. A request is ``outstanding`` from admission until its record is in,
+    so a killed or never-sent request is visible as ``cancelled``.
+    """
+
+    plan: LoadPlan
+    worker_index: int = 0
+    workers: int = 1
+    now_ns: Callable[[], int] = time.monotonic_ns
+    t0_ns: int | None = None
+    outstanding: int = 0
+    unsent: int = 0
+    issuing_over: bool = False
+    records: list[RequestRecord] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    lag_ms: list[float] = field(default_factory=list)
+    on_done: Callable[[], None] | None = None
+    _measured: int = 0
+    _seq: int = 0
+    _done_fired: bool = False
+    _cpu0: float = field(default_factory=cpu_seconds)
+    _wall0: float = field(default_factory=time.monotonic)
+
+    @property
+    def quota(self) -> int | None:
+        if self.plan.requests is None:
+            return None
+        return worker_share(self.plan.requests, self.worker_index, self.workers)
+
+    def start(self, at_ns: int | None = None) -> int:
+        """Mark t0 (first call only): when this process starts issuing (``at_ns`` or now)."""
+        if self.t0_ns is None:
+            self.t0_ns = self.now_ns() if at_ns is None else at_ns
+            self._cpu0, self._wall0 = cpu_seconds(), time.monotonic()
+        return self.t0_ns
+
+    def is_warmup(self, scheduled_ns: int) -> bool:
+        t0 = self.start(scheduled_ns)
+        return scheduled_ns < t0 + int(self.plan.warmup_s * 1e9)
+
+    def admit(self, scheduled_ns: int) -> bool:
+        """Whether a request scheduled at ``scheduled_ns`` is issued; False ends issuing for good.
+
+        The first admission (closed loop) or the arrival pool's creation (open
+        loop) sets t0, so warm-up and duration windows are per process.
+        """
+        if self.issuing_over:
+            return False
+        if not self.is_warmup(scheduled_ns):
+            assert self.t0_ns is not None
+            end = self.issue_end_ns
+            if end is not None:
+                if scheduled_ns >= end:
+                    self.close_issuing()
+                    return False
+            else:
+                quota = self.quota
+                assert quota is not None
+                if self._measured >= quota:
+                    self.close_issuing()
+                    return False
+                self._measured += 1
+        self.outstanding += 1
+        return True
+
+    @property
+    def issue_end_ns(self) -> int | None:
+        """Duration mode: when issuing stops (t0 + warm-up + duration); None in request-count mode."""
+        if self.plan.duration_s is None or self.t0_ns is None:
+            return None
+        return self.t0_ns + int((self.plan.warmup_s + self.plan.duration_s) * 1e9)
+
+    def drop_unsent(self, count: int) -> None:
+        """Admitted arrivals that never got a free user before the window closed."""
+        self.unsent += count
+        self.outstanding -= count
+        self._check_done()
+
+    def next_request_id(self) -> int:
+        """Unique across workers: the worker index in the high digits."""
+        self._seq += 1
+        return self.worker_index * 1_000_000_000 + self._seq
+
+    def complete(self, record: RequestRecord, text: str = "") -> None:
+        self.records.append(record)
+        self.texts.append(text)
+        self.outstanding -= 1
+        self._check_done()
+
+    def close_issuing(self) -> None:
+        self.issuing_over = True
+        self._check_done()
+
+    @property
+    def done(self) -> bool:
+        return self._done_fired
+
+    def _check_done(self) -> None:
+        if self.issuing_over and self.outstanding <= 0 and not self._done_fired:
+            self._done_fired = True
+            if self.on_done is not None:
+                self.on_done()
+
+    def run_lag_sampler(self) -> None:
+        """Greenlet body: sample event-loop lag until this process's share is done."""
+        import gevent
+
+        while not self._done_fired:
+            t = time.perf_counter_ns()
+            gevent.sleep(LAG_INTERVAL_S)
+            over_ms = (time.perf_counter_ns() - t) / 1e6 - LAG_INTERVAL_S * 1e3
+            if self.t0_ns is not None and len(self.lag_ms) < MAX_LAG_SAMPLES:
+                self.lag_ms.append(max(0.0, over_ms))
+
+    def report(self) -> dict[str, Any]:
+        """This process's diagnosis, as plain data for a worker message."""
+        wall = max(time.monotonic() - self._wall0, 1e-9)
+        cpu = cpu_seconds() - self._cpu0
+        return {
+            "index": self.worker_index,
+            "requests": len(self.records),
+            "cancelled": max(self.outstanding, 0),
+            "unsent": self.unsent,
+            "cpu_s": cpu,
+            "wall_s": wall,
+            "lag_ms": [round(v, 4) for v in self.lag_ms],
+            "done": self._done_fired,
+        }
+
+
+def finalize_records(
+    records: list[RequestRecord], texts: list[str], tokenizer_path: str | None
+) -> list[dict[str, Any]]:
+    """Fill tokenizer-based counts (off the hot path: once, after the stream work) and make plain dicts.
+
+    With a tokenizer, ``client_output_tokens`` is the tokenizer count of the
+    streamed text (an independent check of the server's usage), and records
+    without server usage take it as ``output_tokens`` (``token_source="tokenizer"``).
+    """
+    if tokenizer_path and records:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(tokenizer_path)
+        idx = [i for i, r in enumerate(records) if r.ok or texts[i]]
+        encoded = tok.encode_batch([texts[i] for i in idx], add_special_tokens=False)
+        for i, enc in zip(idx, encoded, strict=True):
+            rec = records[i]
+            rec.client_output_tokens = len(enc.ids)
+            if rec.output_tokens is None:
+                rec.output_tokens = len(enc.ids)
+                rec.token_source = "tokenizer"
+    return [record_to_dict(r) for r in records]
+
+
+def summarize_health(
+    reports: list[dict[str, Any]], rows: list[dict[str, Any]], expected: int
+) -> dict[str, Any]:
+    """Aggregate per-process reports into the step's ``health.json``."""
+    lags = np.array([v for r in reports for v in r.get("lag_ms", [])], dtype=float)
+    cpu_s = float(sum(r.get("cpu_s", 0.0) for r in reports))
+    wall = max((r.get("wall_s", 0.0) for r in reports), default=0.0)
+    chunks = sum(len(r.get("chunk_times_ns") or []) for r in rows)
+    coalesced = sum(int(r.get("coalesced_chunks") or 0) for r in rows)
+    health: dict[str, Any] = {
+        "loop_lag_p50_ms": float(np.percentile(lags, 50)) if lags.size else None,
+        "loop_lag_p99_ms": float(np.percentile(lags, 99)) if lags.size else None,
+        "loop_lag_max_ms": float(lags.max()) if lags.size else None,
+        "client_cpu_s": cpu_s,
+        "client_cpu_pct": 100.0 * cpu_s / wall if wall > 0 else None,
+        "coalesced_chunk_fraction": coalesced / chunks if chunks else None,
+        "cancelled": int(sum(r.get("cancelled", 0) for r in reports)),
+        "unsent": int(sum(r.get("unsent", 0) for r in reports)),
+        "workers": [
+            {
+                "index": r.get("index"),
+                "requests": r.get("requests", 0),
+                "cancelled": r.get("cancelled", 0),
+                "cpu_s": r.get("cpu_s"),
+                "cpu_pct": 100.0 * r["cpu_s"] / r["wall_s"] if r.get("wall_s") else None,
+                "done": r.get("done", False),
+            }
+            for r in sorted(reports, key=lambda r: r.get("index", 0))
+        ],
+        "limited": False,
+        "reasons": [],
+    }
+    reasons: list[str] = health["reasons"]
+    p99 = health["loop_lag_p99_ms"]
+    if p99 is not None and p99 > LAG_LIMIT_MS:
+        reasons.append(f"event-loop lag p99 {p99:.1f} ms > {LAG_LIMIT_MS:g} ms: client timestamps are late")
+    for w in health["workers"]:
+        if w["cpu_pct"] is not None and w["cpu_pct"] > CPU_LIMIT_PCT:
+            reasons.append(f"load process {w['index']} used {w['cpu_pct']:.0f}% of a core")
+    frac = health["coalesced_chunk_fraction"]
+    if frac is not None and frac > COALESCED_LIMIT:
+        reasons.append(f"{100 * frac:.0f}% of chunks arrived coalesced with another: ITL partly in doubt")
+    if health["unsent"]:
+        reasons.append(
+            f"{health['unsent']} scheduled requests were never sent: every user was busy "
+            "(raise max_concurrency, or the server is past saturation)"
+        )
+    if len(reports) < expected:
+        seen = {r.get("index") for r in reports}
+        missing = [i for i in range(expected) if i not in seen]
+        reasons.append(f"load process(es) {missing} never reported: their records are missing")
+    health["limited"] = p99 is not None and p99 > LAG_LIMIT_MS
+    return health
+
+
+@dataclass
+class MasterCollector:
+    """Gathers records and reports on the master (or the single local process) and writes the step files."""
+
+    plan: LoadPlan
+    expected: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    on_all_done: Callable[[], None] | None = None
+    written: bool = False
+
+    def add_records(self, rows: list[dict[str, Any]]) -> None:
+        self.rows.extend(rows)
+
+    def add_report(self, report: dict[str, Any]) -> None:
+        self.reports[int(report.get("index", 0))] = report
+        if self.all_reported and self.on_all_done is not None:
+            self.on_all_done()
+
+    @property
+    def all_reported(self) -> bool:
+        return len(self.reports) >= self.expected
+
+    def write(self) -> None:
+        """Write records (Parquet) and health (JSON) atomically; safe to call more than once."""
+        self.rows.sort(key=lambda r: (r["scheduled_ns"], r["request_id"]))
+        write_records(Path(self.plan.records_path), self.rows)
+        health = summarize_health(list(self.reports.values()), self.rows, self.expected)
+        write_json(Path(self.plan.health_path), health)
+        self.written = True
+        log.info("tokenbench: wrote %d records to %s", len(self.rows), self.plan.records_path)
+
+
+def batches(rows: list[dict[str, Any]], size: int = BATCH) -> list[list[dict[str, Any]]]:
+    """Split records so no single worker message grows huge."""
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def build_record(
+    plan: LoadPlan,
+    *,
+    request_id: int,
+    worker: int,
+    scheduled_ns: int,
+    warmup: bool,
+    spec: PromptSpec,
+    outcome: Outcome,
+    result: StreamResult | None,
+) -> RequestRecord:
+    """One record from the raw outcome and the interpreted stream (see records.py for field meanings)."""
+    rec = RequestRecord(
+        run_id=plan.run_id,
+        cell_id=plan.cell_id,
+        step_id=plan.step_id,
+        request_id=request_id,
+        worker=worker,
+        api=plan.api,
+        scheduled_ns=scheduled_ns,
+        sent_ns=outcome.sent_ns,
+        end_ns=outcome.end_ns,
+        requested_prompt_tokens=spec.prompt_tokens,
+        requested_output_tokens=spec.output_tokens,
+        status=outcome.status,
+        error_class=outcome.error_class,
+        error_message=outcome.error_message,
+        warmup=warmup,
+        coalesced_chunks=outcome.splitter.coalesced,
+        simulated=plan.simulated,
+    )
+    if result is None:
+        return rec
+    rec.chunk_times_ns = result.chunk_times_ns
+    rec.chunk_tokens = result.chunk_tokens
+    rec.first_token_ns = result.chunk_times_ns[0] if result.chunk_times_ns else None
+    rec.client_output_tokens = sum(result.chunk_tokens)
+    rec.prompt_tokens = result.prompt_tokens
+    if result.prompt_tokens is None and spec.exact and plan.api != "chat":
+        rec.prompt_tokens = spec.prompt_tokens
+    if result.usage_source != "none":
+        rec.output_tokens = result.completion_tokens
+        rec.token_source = result.usage_source
+    elif not plan.tokenizer_path:
+        rec.output_tokens = len(result.chunk_tokens)
+        rec.token_source = "chunks"
+    # else: finalize_records fills output_tokens from the tokenizer after the step.
+    if rec.error_class is None:
+        if result.error is not None:
+            rec.error_class, rec.error_message = "bad_payload", result.error[:ERROR_BODY_CHARS]
+        elif not result.complete:
+            rec.error_class = "stream_broken"
+            rec.error_message = f"stream ended after {len(result.chunk_times_ns)} chunks without [DONE]"
+    return rec

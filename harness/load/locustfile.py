@@ -1,0 +1,196 @@
+"""What ``locust -f`` loads: one user class for the plan's API, and the wiring per Locust process.
+
+Started only by ``harness.load.runner.run_step``, which passes the plan path in
+``TOKENBENCH_LOAD_PLAN`` and auth headers in ``TOKENBENCH_LOAD_HEADERS``.
+
+Process roles (Locust decides them; ``--processes N`` forks N workers):
+
+* local (one process): runs users, gathers its own records, writes the files, quits.
+* worker: runs users; when its share of the step is over it sends its records
+  and health report to the master (``runner.send_message``) and idles.
+* master: runs no users; gathers worker messages, quits once every worker has
+  reported, and writes the files in the ``quitting`` hook, which also runs on
+  SIGTERM so a cut-short step keeps partial results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from locust import events
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+from harness.load.collector import (
+    MSG_DONE,
+    MSG_RECORDS,
+    MasterCollector,
+    StepState,
+    batches,
+    finalize_records,
+)
+from harness.load.plan import LoadPlan, headers_from_env, plan_from_env
+from harness.load.prompts import PromptSpec, read_prompts
+from harness.load.schedule import ArrivalPool
+from harness.load.users import make_pool, user_class_for
+
+log = logging.getLogger("tokenbench.load")
+
+MSG_FLUSH = "tokenbench_flush"
+REPORT_GRACE_S = 3.0
+WATCHDOG_SLACK_S = 60.0
+
+PLAN = plan_from_env()
+
+
+class TokenbenchUser(user_class_for(PLAN.api)):  # type: ignore[misc]
+    """The only concrete user Locust sees; its behaviour comes from the API's base class."""
+
+    abstract = False
+
+
+@dataclass
+class ProcessContext:
+    """Everything one Locust process needs for the step; hung on the environment as ``tokenbench``."""
+
+    plan: LoadPlan
+    environment: Environment
+    headers: dict[str, str] = field(default_factory=dict)
+    prompts: list[PromptSpec] = field(default_factory=list)
+    state: StepState | None = None
+    collector: MasterCollector | None = None
+    _pool: ArrivalPool | None = None
+    _reported: bool = False
+    _quitting: bool = False
+    _quit_done: Event = field(default_factory=Event)
+    _sampler: Any = None
+
+    @property
+    def runner(self) -> Any:
+        return self.environment.runner
+
+    def arrival_pool(self) -> ArrivalPool | None:
+        if self._pool is None and self.plan.kind == "rate":
+            assert self.state is not None
+            self._pool = make_pool(self.state, self.plan)
+        return self._pool
+
+    # --- user-running processes (local or worker) -------------------------------------------
+
+    def on_test_start(self) -> None:
+        assert self.state is not None
+        if isinstance(self.runner, WorkerRunner):
+            self.state.worker_index = max(0, int(self.runner.worker_index))
+            self.state.workers = self.plan.processes
+        if self._sampler is None:
+            self._sampler = gevent.spawn(self.state.run_lag_sampler)
+
+    def ship(self) -> None:
+        """Hand this process's records and report to the collector (locally or as worker messages)."""
+        if self._reported or self.state is None:
+            return
+        self._reported = True
+        if self._pool is not None:
+            self._pool.stop()
+        rows = finalize_records(self.state.records, self.state.texts, self.plan.tokenizer_path)
+        report = self.state.report()
+        if isinstance(self.runner, WorkerRunner):
+            for batch in batches(rows):
+                self.runner.send_message(MSG_RECORDS, batch)
+            self.runner.send_message(MSG_DONE, report)
+        else:
+            assert self.collector is not None
+            self.collector.add_records(rows)
+            self.collector.add_report(report)
+
+    # --- collecting processes (local or master) ---------------------------------------------
+
+    def quit_soon(self) -> None:
+        gevent.spawn(self.runner.quit)
+
+    def watchdog(self) -> None:
+        """Duration mode: a step cannot legitimately outlast warm-up + duration + one timeout."""
+        plan = self.plan
+        assert plan.duration_s is not None
+        gevent.sleep(WATCHDOG_SLACK_S + plan.warmup_s + plan.duration_s + plan.timeout_s)
+        log.warning("tokenbench: step overran its deadline; stopping with partial results")
+        self.runner.quit()
+
+    def on_quitting(self) -> None:
+        if self._quitting:
+            # Locust may run shutdown twice (SIGTERM plus the main greenlet ending);
+            # the second must not exit the process before the first has written.
+            self._quit_done.wait(REPORT_GRACE_S + 30)
+            return
+        self._quitting = True
+        try:
+            self._quit()
+        finally:
+            self._quit_done.set()
+
+    def _quit(self) -> None:
+        if self.state is not None:
+            self.ship()
+        if self.collector is None or self.collector.written:
+            return
+        if isinstance(self.runner, MasterRunner) and not self.collector.all_reported:
+            try:
+                self.runner.send_message(MSG_FLUSH)
+            except Exception:  # workers may already be gone; we keep what we have
+                log.exception("tokenbench: could not ask workers to flush")
+            deadline = time.monotonic() + REPORT_GRACE_S
+            while not self.collector.all_reported and time.monotonic() < deadline:
+                gevent.sleep(0.05)
+        try:
+            self.collector.write()
+            self.environment.process_exit_code = 0
+        except Exception:
+            log.exception("tokenbench: failed to write step records")
+            self.environment.process_exit_code = 3
+
+
+def _on_init(environment: Environment, **_kw: Any) -> None:
+    plan = PLAN
+    ctx = ProcessContext(plan=plan, environment=environment, headers=headers_from_env())
+    runner = environment.runner
+    if not isinstance(runner, MasterRunner):
+        ctx.prompts = read_prompts(plan.prompts_path)
+        ctx.state = StepState(plan=plan, on_done=ctx.ship)
+    if not isinstance(runner, WorkerRunner):
+        expected = plan.processes if isinstance(runner, MasterRunner) else 1
+        ctx.collector = MasterCollector(plan=plan, expected=expected, on_all_done=ctx.quit_soon)
+    if isinstance(runner, MasterRunner):
+        collector = ctx.collector
+        assert collector is not None
+        runner.register_message(MSG_RECORDS, lambda msg, **_: collector.add_records(msg.data))
+        runner.register_message(MSG_DONE, lambda msg, **_: collector.add_report(msg.data))
+    if isinstance(runner, WorkerRunner):
+        runner.register_message(MSG_FLUSH, lambda msg, **_: ctx.ship())
+    environment.tokenbench = ctx  # type: ignore[attr-defined]
+    # Registered here, after Locust's runner added its own: ``quitting`` fires in
+    # reverse order, so ours runs first and a worker ships its records before
+    # it tells the master it quit (after which the master stops listening).
+    environment.events.quitting.add_listener(_on_quitting)
+
+
+def _on_test_start(environment: Environment, **_kw: Any) -> None:
+    ctx: ProcessContext = environment.tokenbench  # type: ignore[attr-defined]
+    if ctx.state is not None:
+        ctx.on_test_start()
+    if ctx.collector is not None and ctx.plan.duration_s is not None:
+        gevent.spawn(ctx.watchdog)
+
+
+def _on_quitting(environment: Environment, **_kw: Any) -> None:
+    ctx: ProcessContext | None = getattr(environment, "tokenbench", None)
+    if ctx is not None:
+        ctx.on_quitting()
+
+
+events.init.add_listener(_on_init)
+events.test_start.add_listener(_on_test_start)

@@ -1,0 +1,157 @@
+"""Run one load step: spawn Locust on the plan, wait, and hand back the records it wrote.
+
+Why a subprocess: Locust needs gevent's monkey-patching, which must not leak
+into the orchestrator (plain threads, subprocess management, httpx). The
+orchestrator stays plain Python; Locust runs in its own process group via
+``ManagedProcess`` so that ``--processes`` workers die with it, on success,
+error and Ctrl-C alike.
+
+Secrets: auth headers go to Locust only through ``TOKENBENCH_LOAD_HEADERS`` in
+its environment. They are never written to the plan file, put on the command
+line, or logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, tail
+from harness.load.plan import HEADERS_ENV, PLAN_ENV, LoadPlan
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+TERMINATE_GRACE_S = 10.0
+MIN_SPAWN_RATE = 100
+
+
+class LoadRunError(RuntimeError):
+    """Locust did not produce records for a step; the message carries the log tail."""
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    records_path: Path
+    health: dict[str, Any]
+    returncode: int | None
+    log_path: Path
+    wall_s: float
+
+
+def locust_command(plan: LoadPlan, master_port: int | None = None) -> list[str]:
+    """The Locust command line for a plan (no secrets: those travel in the environment).
+
+    Users spawn at ``max(users, 100)``/s so the pool is up within a second:
+    a slow ramp would show up as fake queueing in open loop and as lower
+    concurrency than asked in closed loop.
+    """
+    users = plan.users
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--only-summary",
+        "-u",
+        str(users),
+        "-r",
+        str(max(users, MIN_SPAWN_RATE)),
+        "--stop-timeout",
+        str(math.ceil(plan.timeout_s + 5)),  # Locust accepts whole seconds only
+        "--loglevel",
+        "INFO",
+    ]
+    if plan.processes > 1:
+        port = master_port if master_port is not None else free_port()
+        cmd += [
+            "--processes",
+            str(plan.processes),
+            "--master-bind-port",
+            str(port),
+            "--master-port",
+            str(port),
+        ]
+    return cmd
+
+
+def locust_env(plan_path: Path, headers: dict[str, str] | None) -> dict[str, str]:
+    """The child environment: plan path, headers (JSON), import path; stray LOCUST_* settings removed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+    env[PLAN_ENV] = str(plan_path)
+    env.pop(HEADERS_ENV, None)
+    if headers:
+        env[HEADERS_ENV] = json.dumps(headers)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_step(
+    plan: LoadPlan,
+    step_dir: Path,
+    *,
+    headers: dict[str, str] | None = None,
+    registry: ProcessRegistry | None = None,
+    max_wall_s: float | None = None,
+) -> StepOutcome:
+    """Drive one step with Locust and return where its records are.
+
+    ``max_wall_s`` bounds the whole Locust run (default: generous for duration
+    mode, none for request-count mode); past it Locust is terminated and the
+    partial records are kept. Raises ``LoadRunError`` if no records file
+    appeared. On KeyboardInterrupt the Locust group is terminated (it writes
+    what it has) and the interrupt is re-raised.
+    """
+    step_dir = Path(step_dir)
+    step_dir.mkdir(parents=True, exist_ok=True)
+    # Each Locust worker needs at least one user, or it would never report.
+    plan = dataclasses.replace(plan, processes=max(1, min(plan.processes, plan.users)))
+    records_path, health_path = Path(plan.records_path), Path(plan.health_path)
+    for stale in (records_path, health_path):
+        stale.unlink(missing_ok=True)
+    plan_path = step_dir / "load_plan.json"
+    plan.write(plan_path)
+    log_path = step_dir / "locust.log"
+    if max_wall_s is None and plan.duration_s is not None:
+        max_wall_s = 120.0 + plan.warmup_s + plan.duration_s + 2 * plan.timeout_s
+
+    started = time.monotonic()
+    proc = ManagedProcess(
+        locust_command(plan),
+        log_path=log_path,
+        env=locust_env(plan_path, headers),
+        cwd=PROJECT_ROOT,
+        registry=registry,
+    )
+    returncode: int | None = None
+    try:
+        while (returncode := proc.poll()) is None:
+            if max_wall_s is not None and time.monotonic() - started > max_wall_s:
+                returncode = proc.terminate(TERMINATE_GRACE_S)
+                break
+            time.sleep(0.1)
+    except BaseException:
+        proc.terminate(TERMINATE_GRACE_S)
+        raise
+    finally:
+        proc.terminate(TERMINATE_GRACE_S)
+    wall_s = time.monotonic() - started
+
+    if not records_path.exists():
+        lines = "\n".join(tail(log_path, 40))
+        raise LoadRunError(
+            f"Locust (exit code {returncode}) wrote no records to {records_path}; log {log_path}:\n{lines}"
+        )
+    health: dict[str, Any] = {}
+    if health_path.exists():
+        health = json.loads(health_path.read_text(encoding="utf-8"))
+    return StepOutcome(records_path, health, returncode, log_path, wall_s)
