@@ -69,7 +69,7 @@ def test_validate_settings_names_server_setting_and_value() -> None:
     assert "settings.ttft_ms: expected int or float, got 'fast'" in errors
     assert "settings.itl_msx: unknown sim setting" in errors
     assert "settings.mode: 'warp'" in errors
-    assert "settings.max_num_seqs: engine mode" in errors
+    assert "settings.max_num_seqs: an engine mode setting; add 'mode: engine'" in errors
     assert "server 'sim' (cell 'c1')" in errors
     assert validate_settings(scenario({"ttft_ms": [10, 20], "fault": "http_500"}).servers[0]) == []
 

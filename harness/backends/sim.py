@@ -44,54 +44,130 @@ SIM_SETTINGS: dict[str, tuple[type, ...]] = {
     "fault_schedule": (str,),
     "fault": (str,),  # one kind, or several separated by commas
 }
-# Settings of the engine model (issue 3); known so that they get a precise error until it lands.
-ENGINE_SETTINGS = (
-    "gpu",
-    "profile",
+# Engine-mode settings (``mode: engine``), flags of ``harness/sim/engine_options.py``.
+ENGINE_SETTINGS: dict[str, tuple[type, ...]] = {
+    "gpu": (str,),
+    "model_profile": (str,),
+    "quantization": (str,),
+    "kv_cache_dtype": (str,),
+    "gpu_memory_utilization": (int, float),
+    "max_num_seqs": (int,),
+    "max_num_batched_tokens": (int,),
+    "max_batch_total_tokens": (int,),
+    "max_batch_prefill_tokens": (int,),
+    "block_size": (int,),
+    "step_overhead_ms": (int, float),
+    "time_scale": (int, float),
+}
+SIM_SETTINGS.update(ENGINE_SETTINGS)
+SIM_SETTINGS["grpc_port"] = (int,)
+POSITIVE = (
     "max_num_seqs",
     "max_num_batched_tokens",
-    "quantization",
-    "kv_cache_dtype",
-    "gpu_memory_utilization",
     "max_batch_total_tokens",
     "max_batch_prefill_tokens",
+    "block_size",
 )
-MODES = ("exact",)
+MODES = ("exact", "engine")
 APIS = ("openai", "tgi")
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Allowed values of the enumerated settings (profiles read from the sim's package data)."""
+    from harness.sim.hardware import load_gpus, load_models
+    from harness.sim.roofline import KV_CACHE_DTYPES, QUANTIZATIONS
+
+    return {
+        "mode": MODES,
+        "api": APIS,
+        "quantization": QUANTIZATIONS,
+        "kv_cache_dtype": KV_CACHE_DTYPES,
+        "gpu": tuple(load_gpus()),
+        "model_profile": tuple(load_models()),
+    }
+
+
+def _value_errors(key: str, value: object, choices: dict[str, tuple[str, ...]]) -> list[str]:
+    types = SIM_SETTINGS[key]
+    if isinstance(value, bool) or not isinstance(value, types):
+        names = " or ".join(t.__name__ for t in types)
+        return [f"settings.{key}: expected {names}, got {value!r}"]
+    if key in choices and value not in choices[key]:
+        return [f"settings.{key}: {value!r} is not one of {', '.join(choices[key])}"]
+    if isinstance(value, int | float):
+        if key == "gpu_memory_utilization" and not 0 < value <= 1:
+            return [f"settings.{key}: must be in (0, 1], got {value!r}"]
+        if key == "time_scale" and value <= 0:
+            return [f"settings.{key}: must be > 0, got {value!r}"]
+        if key in POSITIVE and value < 1:
+            return [f"settings.{key}: must be >= 1, got {value!r}"]
+        if value < 0:
+            return [f"settings.{key}: must be >= 0, got {value!r}"]
+    return []
+
+
+def _engine_errors(server: Server) -> list[str]:
+    """Cross-setting rules: engine settings need ``mode: engine``, which needs a GPU and a model profile."""
+    from harness.sim.hardware import load_gpus, load_models, match_model
+
+    def listed(key: str) -> list[Scalar]:
+        raw = server.settings.get(key)
+        return raw if isinstance(raw, list) else [raw]
+
+    modes = listed("mode")
+    errors: list[str] = []
+    if "engine" not in modes:
+        for key in ENGINE_SETTINGS:
+            if key in server.settings:
+                errors.append(
+                    f"settings.{key}: an engine mode setting; add 'mode: engine' to use it "
+                    f"(got {server.settings[key]!r})"
+                )
+        return errors
+    if "gpu" not in server.settings:
+        errors.append(f"settings.gpu: required with mode: engine (one of {', '.join(load_gpus())})")
+    if "model_profile" not in server.settings and match_model(server.model) is None:
+        errors.append(
+            f"settings.model_profile: model {server.model!r} matches no profile; set one of "
+            f"{', '.join(load_models())}"
+        )
+    faults = " ".join(str(v) for v in listed("fault") + listed("fault_schedule") if v is not None)
+    if "stall" in faults:
+        errors.append("settings.fault: 'stall' is exact mode only (an engine's stalls come from its batch)")
+    api = listed("api")
+    for key in ("max_batch_total_tokens", "max_batch_prefill_tokens"):
+        if key in server.settings and "tgi" not in api:
+            errors.append(f"settings.{key}: a TGI setting; only with api: tgi")
+    return errors
 
 
 def validate_settings(server: Server, cell_id: str | None = None) -> list[str]:
     """Every problem with a sim server's settings, each naming server, setting and value."""
     where = f"server '{server.name}'" + (f" (cell '{cell_id}')" if cell_id else "")
     errors: list[str] = []
+    choices = _choices()
     for key, raw in server.settings.items():
         values = raw if isinstance(raw, list) else [raw]
-        if key in ENGINE_SETTINGS:
-            errors.append(f"{where}: settings.{key}: engine mode is not available in this sim build yet")
-            continue
         if key not in SIM_SETTINGS:
             known = ", ".join(sorted(SIM_SETTINGS))
             errors.append(f"{where}: settings.{key}: unknown sim setting (known: {known})")
             continue
-        types = SIM_SETTINGS[key]
         for value in values:
-            if isinstance(value, bool) or not isinstance(value, types):
-                names = " or ".join(t.__name__ for t in types)
-                errors.append(f"{where}: settings.{key}: expected {names}, got {value!r}")
-            elif key == "mode" and value not in MODES:
-                errors.append(f"{where}: settings.mode: {value!r} is not one of {', '.join(MODES)}")
-            elif key == "api" and value not in APIS:
-                errors.append(f"{where}: settings.api: {value!r} is not one of {', '.join(APIS)}")
-            elif isinstance(value, int | float) and value < 0:
-                errors.append(f"{where}: settings.{key}: must be >= 0, got {value!r}")
+            errors += [f"{where}: {e}" for e in _value_errors(key, value, choices)]
+    errors += [f"{where}: {e}" for e in _engine_errors(server)]
     return errors
 
 
 def sim_flags(settings: dict[str, Scalar]) -> list[str]:
-    """Cell settings as sim CLI flags (``fault`` may hold several kinds, comma-separated)."""
+    """Cell settings as sim CLI flags (``fault`` may hold several kinds, comma-separated).
+
+    Engine settings are dropped from a cell whose mode is not ``engine``, so a
+    scenario may sweep ``mode: [exact, engine]`` with one set of settings.
+    """
+    engine = settings.get("mode") == "engine"
     flags: list[str] = []
     for key, value in settings.items():
-        if value is None or key not in SIM_SETTINGS:
+        if value is None or key not in SIM_SETTINGS or (key in ENGINE_SETTINGS and not engine):
             continue
         flag = "--" + key.replace("_", "-")
         if key == "fault":
@@ -100,6 +176,25 @@ def sim_flags(settings: dict[str, Scalar]) -> list[str]:
         else:
             flags += [flag, str(value)]
     return flags
+
+
+def check_engine(settings: dict[str, Scalar], served_model: str) -> str | None:
+    """Build the cell's engine configuration in-process; the problem (e.g. it does not fit), or None.
+
+    Why before launch: "Llama-3.1-70B does not fit on an A10G" is a fact about the
+    settings, and saying so here is clearer than a dead process's log tail.
+    """
+    from harness.sim.engine_options import engine_config
+    from harness.sim.options import build_parser
+
+    try:
+        ns = build_parser().parse_args(["--port", "0", "--model", served_model, *sim_flags(settings)])
+        engine_config(ns)
+    except SystemExit:
+        return "the settings do not parse as sim flags"
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 class SimBackend:
@@ -121,6 +216,13 @@ class SimBackend:
             settings.setdefault("max_model_len", server.max_model_len)
         mode = str(settings.get("mode") or "exact")
         served = server.served_model_name or server.model
+        if mode == "engine":
+            from harness.sim.hardware import match_model
+
+            settings.setdefault("model_profile", match_model(server.model))
+            problem = check_engine(settings, served)
+            if problem:
+                raise BackendStartError(f"cell '{cell.cell_id}': sim engine settings: {problem}")
         port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         write_log = workdir / WRITE_LOG_NAME

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         add_help_option=False,
     )
     def sim(ctx: typer.Context) -> None:
-        """Run the simulated LLM server (exact timings, faults). `tokenbench sim --help` for options."""
+        """Run the simulated LLM server (exact timings or a modelled GPU engine; faults). `tokenbench sim --help`."""
         from harness.sim.__main__ import main
 
         raise typer.Exit(main(list(ctx.args)))

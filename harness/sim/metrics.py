@@ -25,6 +25,9 @@ class SimCounters:
     preemptions_total: int = 0
     kv_cache_usage: float = 0.0
     vram_bytes: dict[str, float] = field(default_factory=dict)
+    kv_cache_bytes_used: float | None = None
+    engine_steps_total: int | None = None
+    engine_lag_s_total: float = 0.0
 
 
 def _esc(value: str) -> str:
@@ -86,11 +89,28 @@ def render(c: SimCounters, *, api: str, mode: str, model: str) -> str:
                 f'vllm:request_success_total{{engine="0",finished_reason="{reason}",model_name="{m}"}} '
                 f"{c.success_total.get(reason, 0)}"
             )
-    if c.vram_bytes:
+    for part, value in sorted(c.vram_bytes.items()):
+        # One gauge per component (not a label) so each reads as its own memory panel series.
+        name = f"tokenbench_sim_vram_{part}_bytes"
         lines += [
-            "# HELP tokenbench_sim_vram_bytes Modelled GPU memory by component.",
-            "# TYPE tokenbench_sim_vram_bytes gauge",
+            f"# HELP {name} Modelled GPU memory: {part.replace('_', ' ')} (engine mode; simulated).",
+            f"# TYPE {name} gauge",
+            f"{name} {value:.0f}",
         ]
-        for part, value in sorted(c.vram_bytes.items()):
-            lines.append(f'tokenbench_sim_vram_bytes{{component="{_esc(part)}"}} {value:.0f}')
+    if c.engine_steps_total is not None:
+        # Self-diagnosis: how late the modelled iterations really ended (CPU-starved sim => lag grows).
+        lines += [
+            "# HELP tokenbench_sim_engine_steps_total Modelled engine iterations run.",
+            "# TYPE tokenbench_sim_engine_steps_total counter",
+            f"tokenbench_sim_engine_steps_total {c.engine_steps_total}",
+            "# HELP tokenbench_sim_engine_lag_seconds_total Summed lateness of iteration ends vs the model.",
+            "# TYPE tokenbench_sim_engine_lag_seconds_total counter",
+            f"tokenbench_sim_engine_lag_seconds_total {c.engine_lag_s_total:.6f}",
+        ]
+    if c.kv_cache_bytes_used is not None:
+        lines += [
+            "# HELP tokenbench_sim_kv_cache_used_bytes Modelled KV-cache bytes held by sequences.",
+            "# TYPE tokenbench_sim_kv_cache_used_bytes gauge",
+            f"tokenbench_sim_kv_cache_used_bytes {c.kv_cache_bytes_used:.0f}",
+        ]
     return "\n".join(lines) + "\n"

@@ -11,8 +11,13 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.sim.engine_options import add_engine_arguments, engine_config
 from harness.sim.faults import FaultError, FaultPlan
+from harness.sim.roofline import EngineConfig
 from harness.sim.timing import MS, ExactTiming
+
+DEFAULT_MAX_MODEL_LEN = 32768
+EXACT_ONLY_FAULTS = ("stall",)
 
 
 @dataclass(slots=True)
@@ -30,16 +35,20 @@ class SimOptions:
     max_model_len: int
     backlog: int
     uvloop: bool
+    engine: EngineConfig | None = None
+    time_scale: float = 1.0
+    grpc_port: int | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tokenbench sim",
-        description="A simulated LLM server with exact, known timings (OpenAI and TGI APIs).",
+        description="A simulated LLM server: exact, known timings or a modelled GPU engine "
+        "(OpenAI and TGI HTTP APIs, TGIS gRPC).",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--mode", choices=["exact"], default="exact")
+    p.add_argument("--mode", choices=["exact", "engine"], default="exact")
     p.add_argument(
         "--api",
         choices=["openai", "tgi"],
@@ -56,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-log", type=Path, default=None, help="CSV of every chunk's write time")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--default-max-tokens", type=int, default=16)
-    p.add_argument("--max-model-len", type=int, default=32768)
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help=f"default {DEFAULT_MAX_MODEL_LEN}; in engine mode the model profile's context length",
+    )
     p.add_argument("--backlog", type=int, default=4096)
     p.add_argument(
         "--fault",
@@ -68,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-rate", type=float, default=0.0)
     p.add_argument("--fault-schedule", default="", metavar="KIND@N,...")
     p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
+    p.add_argument("--grpc-port", type=int, default=None, help="also serve TGIS gRPC on this port (0: any)")
+    add_engine_arguments(p)
     return p
 
 
@@ -85,8 +101,17 @@ def parse_options(argv: list[str]) -> SimOptions:
             stall_ns=int(a.stall_ms * MS),
         )
         faults = FaultPlan.build(a.fault_rate, a.fault, a.fault_schedule, a.seed)
+        engine = engine_config(a)
     except (ValueError, FaultError) as err:
         parser.error(str(err))
+    if engine is not None:
+        used = {f.kind for f in (*faults.kinds, *faults.schedule.values())}
+        for kind in sorted(used & set(EXACT_ONLY_FAULTS)):
+            parser.error(f"--fault {kind}: exact mode only (an engine's stalls come from its batch)")
+    if a.max_model_len is not None and a.max_model_len < 1:
+        parser.error(f"--max-model-len {a.max_model_len}: must be >= 1")
+    if a.grpc_port is not None and not 0 <= a.grpc_port <= 65535:
+        parser.error(f"--grpc-port {a.grpc_port}: out of range")
     if not 0 <= a.port <= 65535:
         parser.error(f"--port {a.port}: out of range")
     if a.default_max_tokens < 1:
@@ -102,7 +127,10 @@ def parse_options(argv: list[str]) -> SimOptions:
         write_log=a.write_log,
         seed=a.seed,
         default_max_tokens=a.default_max_tokens,
-        max_model_len=a.max_model_len,
+        max_model_len=engine.context_len if engine else (a.max_model_len or DEFAULT_MAX_MODEL_LEN),
         backlog=a.backlog,
         uvloop=not a.no_uvloop,
+        engine=engine,
+        time_scale=a.time_scale,
+        grpc_port=a.grpc_port,
     )

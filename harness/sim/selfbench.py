@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -78,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ttft-ms", type=float, default=0.0)
     p.add_argument("--itl-ms", type=float, default=1.0)
     p.add_argument("--tokens", type=int, default=128)
+    p.add_argument(
+        "--sim-args",
+        default="",
+        help="extra sim flags, e.g. '--mode engine --gpu h100-80gb --model-profile mistral-7b'",
+    )
     a = p.parse_args(argv)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         str(a.ttft_ms),
         "--itl-ms",
         str(a.itl_ms),
+        *shlex.split(a.sim_args),
     ]
     two_cores = (os.cpu_count() or 1) >= 2
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True)

@@ -19,6 +19,8 @@ import orjson
 
 from harness import __version__
 from harness.sim import openai_api, tgi_api
+from harness.sim.engine import ContextTooLong, EngineLoop
+from harness.sim.engine_http import HttpSink
 from harness.sim.faults import HTTP_FAULTS, Fault
 from harness.sim.generation import BadRequest, GenSpec, Plan, StreamFormat
 from harness.sim.httpconn import Connection, HttpRequest
@@ -48,6 +50,7 @@ class SimServer:
         self.started_ns = time.monotonic_ns()
         self.exit_code = 0
         self._stop: asyncio.Event | None = None
+        self.engine = EngineLoop(opts.engine, self.counters, opts.time_scale) if opts.engine else None
 
     # lifecycle ---------------------------------------------------------------
     async def serve(self) -> int:
@@ -64,11 +67,24 @@ class SimServer:
         )
         port = server.sockets[0].getsockname()[1]
         print(f"tokenbench sim listening on http://{self.opts.host}:{port} mode={self.opts.mode}", flush=True)
+        if self.engine is not None:
+            print(self._engine_banner(), flush=True)
         flusher = loop.create_task(self._flush_loop())
+        engine_task = loop.create_task(self.engine.run()) if self.engine is not None else None
+        grpc_server = None
+        if self.opts.grpc_port is not None:
+            from harness.sim.tgis_grpc import start_grpc  # grpc loads only when asked for
+
+            grpc_server, grpc_port = await start_grpc(self, self.opts.host, self.opts.grpc_port)
+            print(f"tokenbench sim serving TGIS gRPC on {self.opts.host}:{grpc_port}", flush=True)
         try:
             await self._stop.wait()
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=None)
             flusher.cancel()
+            if engine_task is not None:
+                engine_task.cancel()
             server.close()
             for conn in list(self.connections):
                 if conn.transport is not None:
@@ -76,6 +92,18 @@ class SimServer:
             await asyncio.sleep(0)  # let connection_lost log the streams cut short
             self.log.close()
         return self.exit_code
+
+    def _engine_banner(self) -> str:
+        assert self.engine is not None
+        cfg, mem = self.engine.cfg, self.engine.plan
+        gb = 1e9
+        return (
+            f"engine (simulated): {cfg.model.key} on {cfg.gpu.key} quantization={cfg.quantization} "
+            f"kv_cache_dtype={cfg.kv_cache_dtype} max_num_seqs={cfg.max_num_seqs} "
+            f"max_num_batched_tokens={cfg.max_num_batched_tokens} time_scale={self.opts.time_scale}; "
+            f"VRAM weights {mem.weights / gb:.2f} GB, overhead {mem.overhead / gb:.2f} GB, "
+            f"KV cache {mem.kv_cache / gb:.2f} GB = {mem.num_blocks} blocks x {mem.block_size} tokens"
+        )
 
     def stop(self, code: int = 0) -> None:
         self.exit_code = code
@@ -147,6 +175,9 @@ class SimServer:
         fmt: StreamFormat = (
             openai_api.OpenAIFormat(spec, plan) if openai else tgi_api.TgiFormat(spec, plan, req.path == "/")
         )
+        if self.engine is not None:
+            self._generate_engine(conn, spec, plan, fmt, rid, fault, errors)
+            return
         timing = self.opts.timing
         sizes = chunk_sizes(plan.n_tokens, timing.tokens_per_chunk if spec.stream else plan.n_tokens)
         stall_at = len(sizes) // 2 if fault is not None and fault.kind == "stall" else None
@@ -175,6 +206,45 @@ class SimServer:
             job.start()
         else:
             self._respond_later(conn, fmt, due[0], rid, plan, fault, on_end)
+
+    def _generate_engine(
+        self,
+        conn: Connection,
+        spec: GenSpec,
+        plan: Plan,
+        fmt: StreamFormat,
+        rid: str,
+        fault: Fault | None,
+        errors: Any,
+    ) -> None:
+        """Hand the request to the modelled engine; its sink writes tokens as iterations end."""
+        assert self.engine is not None
+        try:
+            self.engine.check(spec.prompt_tokens, spec.max_tokens)
+        except ContextTooLong as err:
+            conn.respond(400, errors(400, str(err)))
+            self.log.end(rid, 0, 0, time.monotonic_ns(), "context_too_long")
+            self.counters.failure_total += 1
+            self._count_finished()
+            return
+        self.counters.prompt_tokens_total += spec.prompt_tokens
+
+        def on_end(outcome: str, tokens: int) -> None:
+            self._settle(outcome, tokens, plan.finish_reason)
+
+        sink = HttpSink(
+            conn,
+            fmt,
+            spec.stream,
+            plan.n_tokens,
+            rid,
+            self.log,
+            fault.kind if fault else None,
+            on_end,
+            self.engine,
+            plan.finish_reason,
+        )
+        sink.start(spec.prompt_tokens)
 
     def _early_fault(self, conn: Connection, fault: Fault, rid: str, errors: Any) -> bool:
         """Faults that end a request before any token; True when one fired."""
@@ -239,8 +309,12 @@ class SimServer:
         conn.on_lost.append(gone)
 
     def _ended(self, outcome: str, tokens: int, finish_reason: str) -> None:
+        self.counters.running -= 1
+        self._settle(outcome, tokens, finish_reason)
+
+    def _settle(self, outcome: str, tokens: int, finish_reason: str) -> None:
+        """Count a finished request (engine mode's running gauge is the engine's, not ours)."""
         c = self.counters
-        c.running -= 1
         c.generation_tokens_total += tokens
         if outcome in ("ok", "length", "stop", "stall"):
             c.success_total[finish_reason] = c.success_total.get(finish_reason, 0) + 1
