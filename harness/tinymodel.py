@@ -13,6 +13,10 @@ Design choices that matter to the load generator:
   spaces encodes to exactly one token per word, so the harness can build
   prompts of an exact token count. ``encode(decode(ids))`` round-trips for
   such word tokens.
+* The model can only *generate* whole-word tokens (see :func:`_word_only_output`),
+  so the streamed text re-encodes to exactly the ids the server counted: the
+  client's tokenizer count and the server's ``usage`` agree, and a mismatch in
+  a test means a real bug rather than random sub-word noise.
 * No BOS is added by the tokenizer's post-processor, so ``usage.prompt_tokens``
   for a completion equals the number of words; the chat template adds the
   BOS and role markers itself (chat prompts carry template overhead, as with
@@ -33,7 +37,7 @@ import numpy as np
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MARKER_NAME = ".tokenbench-model.json"
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -135,6 +139,26 @@ def train_tokenizer(spec: TinyModelSpec) -> Tokenizer:
     )
     tokenizer.train_from_iterator(synthetic_corpus(spec), trainer=trainer)
     return tokenizer
+
+
+def _word_only_output(tensors: dict[str, np.ndarray], word_ids: list[int], spec: TinyModelSpec) -> None:
+    """Make every token that is not a whole word (specials, sub-word pieces) unreachable.
+
+    Why: random weights generate arbitrary ids; sub-word pieces concatenate into
+    text that re-encodes to a different count, and special tokens vanish from
+    the text (``skip_special_tokens``). Hidden dimension 0 is made a constant
+    channel (embedding 1.0, never written by attention or MLP outputs), so after
+    the final RMSNorm it is always large and positive; a negative lm_head weight
+    on that channel pushes those tokens' logits far below every word's.
+    """
+    tensors["model.embed_tokens.weight"][:, 0] = 1.0
+    for layer in range(spec.num_layers):
+        p = f"model.layers.{layer}."
+        tensors[p + "self_attn.o_proj.weight"][0, :] = 0.0
+        tensors[p + "mlp.down_proj.weight"][0, :] = 0.0
+    head = tensors["lm_head.weight"]
+    head[:, 0] = -1.0
+    head[word_ids, 0] = 0.0
 
 
 def _weights(spec: TinyModelSpec, vocab: int) -> dict[str, np.ndarray]:
@@ -261,7 +285,9 @@ def make_tiny_model(
         out_dir / "generation_config.json",
         {"bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]},
     )
-    save_file(_weights(spec, vocab), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    tensors = _weights(spec, vocab)
+    _word_only_output(tensors, [tokenizer.token_to_id(_PREFIX + w) for w in _single_token_words(tokenizer)], spec)
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     (out_dir / "model.safetensors").chmod(0o644)
     _write_json(out_dir / MARKER_NAME, {"digest": spec.digest(), "spec": asdict(spec), "vocab_size": vocab})
     return out_dir
@@ -280,7 +306,10 @@ def single_token_words(tokenizer_path: Path) -> list[str]:
     its ``Ġword`` token. Sorted by token id (frequent words first). Accepts
     the model folder or the ``tokenizer.json`` path.
     """
-    tok = Tokenizer.from_file(str(_tokenizer_file(tokenizer_path)))
+    return _single_token_words(Tokenizer.from_file(str(_tokenizer_file(tokenizer_path))))
+
+
+def _single_token_words(tok: Tokenizer) -> list[str]:
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
     words: list[str] = []
     for piece, token_id in vocab:
