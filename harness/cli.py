@@ -29,6 +29,11 @@ def _repo_root() -> Path:
     return Path.cwd()
 
 
+def _console() -> Console:
+    """A console that stays readable in CI logs: rich assumes 80 columns when output is not a terminal."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def _progress(console: Console) -> Callable[[str], None]:
     """Progress lines printed as given: no rich markup (cell ids look like ``[tags]``), no wrapping."""
     return lambda message: console.print(message, highlight=False, markup=False, soft_wrap=True)
@@ -52,7 +57,7 @@ def run(
     from harness.report.terminal import print_summary
     from harness.run import Run
 
-    console = Console(stderr=False)
+    console = _console()
     try:
         sc = load_scenario(scenario, set_ or [])
         runner = Run(sc, out_root=out, repo_root=_repo_root(), progress=_progress(console))
@@ -82,7 +87,7 @@ def validate(
     from harness.matrix import expand_steps
     from harness.run import validate_cells
 
-    console = Console()
+    console = _console()
     try:
         sc = load_scenario(scenario, set_ or [])
         cells = validate_cells(sc)
@@ -101,7 +106,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder under repo
     from harness.report.html import write_report
     from harness.rundir import RunDir
 
-    console = Console()
+    console = _console()
     if not (run_dir / "summary.json").is_file():
         raise _fail(console, f"{run_dir}: not a run folder (no summary.json)")
     RunDir(run_dir).merge()
@@ -120,7 +125,7 @@ def make_model(
     from harness.tinymodel import make_tiny_model
 
     path = make_tiny_model(out_dir, seed=seed)
-    Console().print(f"model: {path}", highlight=False)
+    _console().print(f"model: {path}", highlight=False)
 
 
 @app.command()
@@ -130,7 +135,7 @@ def setup(
     """Create a backend's own Python environment under .cache/venvs (idempotent)."""
     from harness.backend_env import ensure_vllm_cpu_env
 
-    console = Console()
+    console = _console()
     if backend != "vllm-cpu":
         raise _fail(console, f"unknown backend environment {backend!r} (known: vllm-cpu)")
     path = ensure_vllm_cpu_env(_repo_root(), _progress(console))
