@@ -46,6 +46,8 @@ def identity_of(server: Server, settings: dict[str, Scalar], scenario: Scenario)
         "args": server.args,
         "workload": scenario.workload.model_dump(mode="json"),
     }
+    if server.api is not None:  # only when set, so identities of existing scenarios stay stable
+        payload["api"] = server.api
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

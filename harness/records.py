@@ -22,7 +22,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ErrorClass = Literal["connect", "timeout", "http_4xx", "http_5xx", "stream_broken", "bad_payload"]
-ERROR_CLASSES: tuple[str, ...] = ("connect", "timeout", "http_4xx", "http_5xx", "stream_broken", "bad_payload")
+ERROR_CLASSES: tuple[str, ...] = (
+    "connect",
+    "timeout",
+    "http_4xx",
+    "http_5xx",
+    "stream_broken",
+    "bad_payload",
+)
 
 TokenSource = Literal["usage", "usage_per_chunk", "tokenizer", "chunks", "none"]
 

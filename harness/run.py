@@ -139,7 +139,13 @@ class Run:
                 resolved = resolve_scenario(self.scenario, self.repo_root, self.progress)
                 prepare_backends(resolved, self.repo_root, self.progress)
                 cells = [
-                    Cell(c.cell_id, next(s for s in resolved.servers if s.name == c.server.name), c.settings, c.identity, c.repeat)
+                    Cell(
+                        c.cell_id,
+                        next(s for s in resolved.servers if s.name == c.server.name),
+                        c.settings,
+                        c.identity,
+                        c.repeat,
+                    )
                     for c in self.cells
                 ]
                 for cell, result in zip(cells, self.summary.cells, strict=True):
@@ -171,7 +177,9 @@ class Run:
             self.progress(f"report failed: {err!r}; data kept in {rd.path}")
 
     # -- one cell -----------------------------------------------------------------------------
-    def _run_cell(self, cell: Cell, result: CellResult, scenario: Scenario, registry: ProcessRegistry) -> None:
+    def _run_cell(
+        self, cell: Cell, result: CellResult, scenario: Scenario, registry: ProcessRegistry
+    ) -> None:
         from harness.backends.base import BackendStartError
         from harness.backends.registry import launch
         from harness.load.runner import LoadRunError
@@ -205,7 +213,13 @@ class Run:
             self.run_dir.write_summary(self.summary)
 
     def _run_steps(
-        self, cell: Cell, result: CellResult, scenario: Scenario, handle: ServerHandle, cell_dir: Path, registry: ProcessRegistry
+        self,
+        cell: Cell,
+        result: CellResult,
+        scenario: Scenario,
+        handle: ServerHandle,
+        cell_dir: Path,
+        registry: ProcessRegistry,
     ) -> None:
         from harness.metrics import compute_step_metrics
         from harness.telemetry.sampler import TelemetrySampler, write_timeseries
@@ -223,7 +237,9 @@ class Run:
             for index, step in enumerate(self.steps):
                 sampler.set_step(step.step_id)
                 try:
-                    records_path, health, wall_s = self._load_step(cell, step, index, scenario, handle, registry)
+                    records_path, health, wall_s = self._load_step(
+                        cell, step, index, scenario, handle, registry
+                    )
                 finally:
                     sampler.set_step(None)
                 frame = pq.read_table(records_path).to_pandas()
@@ -239,7 +255,13 @@ class Run:
             result.memory = memory_summary(rows, [s.step_id for s in self.steps])
 
     def _load_step(
-        self, cell: Cell, step: Step, index: int, scenario: Scenario, handle: ServerHandle, registry: ProcessRegistry
+        self,
+        cell: Cell,
+        step: Step,
+        index: int,
+        scenario: Scenario,
+        handle: ServerHandle,
+        registry: ProcessRegistry,
     ) -> tuple[Path, dict, float]:
         from harness.load.plan import LoadPlan
         from harness.load.prompts import build_prompts, write_prompts
@@ -249,15 +271,19 @@ class Run:
         step_dir = self.run_dir.step_dir(cell.cell_id, step.step_id)
         seed = scenario.seed * 1_000_000 + cell.repeat * 1_000 + index
         tok = tokenizer_path(cell.server)
-        prompts = build_prompts(tok, w.prompt_tokens, w.output_tokens, prompt_count(scenario, step), seed, w.api)
+        api = cell.server.api or w.api  # a server may speak another protocol than the workload's default
+        prompts = build_prompts(
+            tok, w.prompt_tokens, w.output_tokens, prompt_count(scenario, step), seed, api
+        )
         prompts_path = step_dir / "prompts.jsonl"
         write_prompts(prompts_path, prompts)
         plan = LoadPlan(
             run_id=self.summary.run_id,
             cell_id=cell.cell_id,
             step_id=step.step_id,
-            api=w.api,
+            api=api,
             base_url=handle.base_url,
+            grpc_target=handle.grpc_target,
             model=handle.served_model,
             kind=step.kind,
             target=step.target,

@@ -80,8 +80,11 @@ class LoadSteps(_Strict):
         return self
 
 
+Api = Literal["completions", "chat", "tgi", "tgis"]
+
+
 class Workload(_Strict):
-    api: Literal["completions", "chat", "tgi", "tgis"] = "completions"
+    api: Api = "completions"
     prompt_tokens: LengthSpec
     output_tokens: LengthSpec
     ignore_eos: bool = True
@@ -151,6 +154,9 @@ class Server(_Strict):
     settings: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
     startup_timeout_s: float = Field(default=600.0, gt=0)
     max_model_len: int | None = Field(default=None, gt=0)
+    api: Api | None = Field(
+        default=None, description="the protocol to drive this server with; defaults to workload.api"
+    )
 
     @model_validator(mode="after")
     def _backend_fields(self) -> Server:
@@ -181,6 +187,16 @@ class Scenario(_Strict):
             raise ValueError(f"server names must be unique; repeated: {dupes}")
         need = self.workload.prompt_tokens.upper_bound + self.workload.output_tokens.upper_bound
         for server in self.servers:
+            api = server.api or self.workload.api
+            if api == "tgis" and server.backend != "sim":
+                raise ValueError(
+                    f"server '{server.name}': api 'tgis' (gRPC) needs a server with a gRPC endpoint; "
+                    f"backend '{server.backend}' has none (only 'sim' serves TGIS)"
+                )
+            if api == "tgi" and server.backend == "vllm":
+                raise ValueError(
+                    f"server '{server.name}': api 'tgi' is TGI's own API; vLLM does not serve it"
+                )
             lens = server.settings.get("max_model_len", server.max_model_len)
             for ctx in lens if isinstance(lens, list) else [lens]:
                 if isinstance(ctx, int) and need > ctx:
@@ -223,7 +239,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             last = i == len(keys) - 1
             if isinstance(node, list):
                 if not key.isdigit() or int(key) >= len(node):
-                    raise ScenarioError(f"--set {item!r}: {'.'.join(keys[: i + 1])} is not a valid list index")
+                    raise ScenarioError(
+                        f"--set {item!r}: {'.'.join(keys[: i + 1])} is not a valid list index"
+                    )
                 if last:
                     node[int(key)] = yaml.safe_load(raw)
                 else:

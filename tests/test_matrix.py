@@ -82,3 +82,12 @@ def test_repeats_share_identity_and_differ_in_id() -> None:
     ]
     assert [c.repeat for c in cells[:3]] == [0, 1, 2]
     assert len({c.identity for c in cells[:3]}) == 1 and cells[0].identity != cells[3].identity
+
+
+def test_per_server_api_changes_identity() -> None:
+    data = scenario([
+        {"name": "a", "backend": "sim", "model": "m"},
+        {"name": "b", "backend": "sim", "model": "m", "api": "tgi"},
+    ])
+    a, b = expand_cells(parse_scenario(data))
+    assert a.identity != b.identity

@@ -36,6 +36,8 @@ class ServerHandle:
     metrics_url: str | None
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     simulated: bool = False
+    # ``host:port`` of a gRPC (TGIS) endpoint next to the HTTP one, when the server has one.
+    grpc_target: str | None = None
 
     def public_dict(self) -> dict[str, object]:
         """Everything safe to write into summary.json (no headers)."""
@@ -50,6 +52,7 @@ class ServerHandle:
             "pid": self.pid,
             "metrics_url": self.metrics_url,
             "simulated": self.simulated,
+            "grpc_target": self.grpc_target,
         }
 
 

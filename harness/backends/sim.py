@@ -224,6 +224,15 @@ class SimBackend:
             if problem:
                 raise BackendStartError(f"cell '{cell.cell_id}': sim engine settings: {problem}")
         port = free_port()
+        # TGIS gRPC is always served (it costs the sim well under 0.1 s to start), so any
+        # cell can be driven with ``api: tgis``; a ``grpc_port`` setting (not 0) pins the port.
+        grpc_flags: list[str] = []
+        if not settings.get("grpc_port"):
+            settings.pop("grpc_port", None)
+            grpc_port = free_port()
+            grpc_flags = ["--grpc-port", str(grpc_port)]
+        else:
+            grpc_port = int(settings["grpc_port"])  # type: ignore[arg-type]
         workdir.mkdir(parents=True, exist_ok=True)
         write_log = workdir / WRITE_LOG_NAME
         python = str(Path(server.python).expanduser()) if server.python else sys.executable
@@ -238,6 +247,7 @@ class SimBackend:
             "--write-log",
             str(write_log),
             *sim_flags(settings),
+            *grpc_flags,
             *server.args,
         ]
         package_root = str(Path(harness.__file__).resolve().parent.parent)
@@ -270,6 +280,7 @@ class SimBackend:
             metrics_url=f"{base_url}/metrics",
             headers={},
             simulated=True,
+            grpc_target=f"127.0.0.1:{grpc_port}",
         )
 
     def stop(self) -> None:

@@ -47,6 +47,17 @@ MSG_RECORDS = "tokenbench_records"
 MSG_DONE = "tokenbench_done"
 
 
+def request_key(step_id: str, request_id: int) -> str:
+    """The ``X-Request-Id`` a request carries: step plus record id, unique within a run's server.
+
+    Why send it: a server that logs request ids (the sim's write log, vLLM's
+    access log) can then be joined to the client's records, which is how the
+    fidelity benchmark compares what the harness measured with what the server
+    really did. The step prefix keeps ids unique when one server serves many steps.
+    """
+    return f"{step_id}-{request_id}"
+
+
 def cpu_seconds() -> float:
     """User + system CPU of this process (each Locust process reports its own)."""
     ru = resource.getrusage(resource.RUSAGE_SELF)

@@ -63,6 +63,7 @@ class LoadPlan:
     temperature: float = 0.0
     simulated: bool = False
     tokenizer_path: str | None = None
+    grpc_target: str | None = None  # ``host:port`` for ``api="tgis"`` (gRPC); unused by HTTP APIs
 
     def __post_init__(self) -> None:
         self.validate()
@@ -93,6 +94,10 @@ class LoadPlan:
             raise bad("max_concurrency", "must be >= 1")
         if not self.base_url.startswith(("http://", "https://")):
             raise bad("base_url", "must start with http:// or https://")
+        if self.api == "tgis" and not self.grpc_target:
+            raise bad("grpc_target", "api 'tgis' needs the server's gRPC host:port")
+        if self.grpc_target is not None and not _is_host_port(self.grpc_target):
+            raise bad("grpc_target", "must be host:port")
 
     @property
     def users(self) -> int:
@@ -140,6 +145,11 @@ class LoadPlan:
         except json.JSONDecodeError as err:
             raise PlanError(f"{path}: not valid JSON: {err}") from None
         return cls.from_dict(data, str(path))
+
+
+def _is_host_port(target: str) -> bool:
+    host, sep, port = target.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def plan_from_env(environ: dict[str, str] | None = None) -> LoadPlan:

@@ -26,11 +26,13 @@ from gevent.event import Event
 from geventhttpclient import HTTPClient
 from locust import User, task
 
-from harness.load.collector import StepState, build_record
+from harness.load.collector import StepState, build_record, request_key
 from harness.load.plan import LoadPlan
 from harness.load.prompts import PromptSpec
 from harness.load.schedule import ArrivalPool, derive_seed, poisson_arrivals
 from harness.load.sse import Outcome, StreamResult, interpret_openai, openai_body, stream_post
+from harness.load.tgi import tgi_user_class
+from harness.load.tgis import tgis_user_class
 
 
 class StreamingUser(User):
@@ -56,6 +58,13 @@ class StreamingUser(User):
         )
         prefix = base.split("://", 1)[1].partition("/")[2]
         self.url_path = ("/" + prefix if prefix else "") + self.path
+        # Built once per user: only the request id changes per request.
+        self.base_headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            **self.ctx.headers,
+        }
+        self.id_prefix = request_key(self.ctx.plan.step_id, 0)[:-1]
 
     def wait_time(self) -> float:
         """Block (in Locust's *waiting* state) until the next request is due."""
@@ -81,7 +90,8 @@ class StreamingUser(User):
         request_id = state.next_request_id()
         spec = ctx.prompts[(request_id + state.worker_index) % len(ctx.prompts)]
         body = orjson.dumps(self.build_body(spec))
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream", **ctx.headers}
+        headers = dict(self.base_headers)
+        headers["X-Request-Id"] = f"{self.id_prefix}{request_id}"  # == request_key(step_id, request_id)
         wait_ns = scheduled - time.monotonic_ns()
         if wait_ns > 0:
             gevent.sleep(wait_ns / 1e9)
@@ -143,6 +153,8 @@ class ChatUser(CompletionsUser):
 USER_CLASSES: dict[str, type[StreamingUser]] = {
     "completions": CompletionsUser,
     "chat": ChatUser,
+    "tgi": tgi_user_class(StreamingUser),
+    "tgis": tgis_user_class(StreamingUser),
 }
 
 

@@ -26,6 +26,16 @@ KV_NAME = "vllm:kv_cache_usage_perc"
 KV_NAME_OLD = "vllm:gpu_cache_usage_perc"  # vLLM < 0.10 called it this, even on CPU
 RUNNING_NAME = "vllm:num_requests_running"
 WAITING_NAME = "vllm:num_requests_waiting"
+TGI_RUNNING_NAME = "tgi_batch_current_size"
+TGI_WAITING_NAME = "tgi_queue_size"
+# The sim's modelled GPU memory (engine mode): the stand-in for NVML on simulated runs.
+SIM_VRAM_PREFIX = "tokenbench_sim_vram_"
+SIM_VRAM_PARTS: tuple[tuple[str, str, str], ...] = (
+    ("total", "-", "total (weights + KV pool + overhead)"),
+    ("weights", ":", "weights"),
+    ("kv_cache", "--", "KV-cache pool"),
+)
+SIM_KV_USED = "tokenbench_sim_kv_cache_used_bytes"
 
 
 def series(run: RunData, source: str, name: str, how: str = "sum") -> pd.DataFrame:
@@ -82,6 +92,36 @@ def _legend(ax: Axes, cells: list[str], colors: dict[str, str], sims: set[str], 
     ax.legend(handles=handles + extra, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
+def modelled_vram(run: RunData) -> dict[str, pd.DataFrame]:
+    """The sim's modelled GPU memory series by part (``total``, ``weights``, ``kv_cache``, ``kv_used``).
+
+    Only parts that were scraped are returned; empty when no cell ran the sim's engine mode.
+    """
+    out: dict[str, pd.DataFrame] = {}
+    for part, _, _ in SIM_VRAM_PARTS:
+        data = series(run, "prometheus", f"{SIM_VRAM_PREFIX}{part}_bytes")
+        if not data.empty:
+            out[part] = data
+    used = series(run, "prometheus", SIM_KV_USED)
+    if not used.empty and out:
+        out["kv_used"] = used
+    return out
+
+
+def _modelled_panel(
+    ax: Axes, parts: dict[str, pd.DataFrame], colors: dict[str, str]
+) -> tuple[list[str], list[Line2D]]:
+    """Draw modelled VRAM by part; returns the cells drawn and the legend entries for the line styles."""
+    cells: list[str] = []
+    extra: list[Line2D] = []
+    styles = [*SIM_VRAM_PARTS, ("kv_used", "-.", "KV cache in use")]
+    for part, ls, label in styles:
+        if part in parts:
+            cells += [c for c in _lines(ax, parts[part], colors, 1 / GIB, ls=ls) if c not in cells]
+            extra.append(Line2D([], [], color="#374151", ls=ls, label=f"modelled {label}"))
+    return cells, extra
+
+
 def memory_timeline(run: RunData, colors: dict[str, str]) -> Figure:
     fig_id = "memory_timeline"
     title = "Server memory over time"
@@ -91,24 +131,41 @@ def memory_timeline(run: RunData, colors: dict[str, str]) -> Figure:
     )
     rss = series(run, "process", "rss_bytes")
     vram = series(run, "gpu", "gpu_used_bytes")
-    if rss.empty and vram.empty:
+    modelled = modelled_vram(run)
+    if modelled:
+        caption += (
+            " The last panel is the simulator's MODELLED VRAM (weights, KV-cache pool, overhead and the "
+            "KV cache in use, from its /metrics), labelled SIMULATED: no GPU was measured."
+        )
+    if rss.empty and vram.empty and not modelled:
         return placeholder(fig_id, title, caption, "No memory samples in timeseries.parquet.")
     sims = run.simulated_cells
     with styled():
-        panels = [(rss, "server RSS (GiB)")] + ([(vram, "GPU memory used (GiB)")] if not vram.empty else [])
+        panels: list[tuple[str, str]] = [("rss", "server RSS (GiB)")]
+        if not vram.empty:
+            panels.append(("vram", "GPU memory used (GiB)"))
+        if modelled:
+            panels.append(("modelled", "SIMULATED: modelled\nGPU memory (GiB)"))
         fig = new_figure(9.5, 2.9 * len(panels))
         axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
         cells: list[str] = []
-        for ax, (data, ylabel) in zip(axes, panels, strict=True):
-            if data.empty:
-                note_axes(ax, "no RSS samples")
-                continue
-            cells += [c for c in _lines(ax, data, colors, 1 / GIB) if c not in cells]
+        extra: list[Line2D] = []
+        for ax, (kind, ylabel) in zip(axes, panels, strict=True):
+            if kind == "modelled":
+                drawn, extra = _modelled_panel(ax, modelled, colors)
+                ax.set_title("SIMULATED: modelled VRAM (sim engine mode), not a measurement", fontsize=8)
+            else:
+                data = rss if kind == "rss" else vram
+                if data.empty:
+                    note_axes(ax, "no RSS samples")
+                    continue
+                drawn = _lines(ax, data, colors, 1 / GIB)
+            cells += [c for c in drawn if c not in cells]
             _shade_steps(ax, run)
             ax.set_ylabel(ylabel)
             ax.set_ylim(bottom=0)
         axes[-1].set_xlabel("time since first sample (s)")
-        _legend(axes[0], cells, colors, sims, [])
+        _legend(axes[0], cells, colors, sims, extra)
         return Figure(fig_id, title, caption, to_svg(fig, fig_id))
 
 
@@ -121,6 +178,10 @@ def memory_values(run: RunData) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     rss = series(run, "process", "rss_bytes")
     vram = series(run, "gpu", "gpu_used_bytes")
+    modelled = modelled_vram(run).get("total")
+    if modelled is not None:
+        measured = set(vram["cell_id"])
+        vram = pd.concat([vram, modelled[~modelled["cell_id"].isin(measured)]], ignore_index=True)
     for cid in run.cell_ids:
         cell = run.cell(cid)
         mem = cell.memory if cell is not None else None
@@ -174,6 +235,14 @@ def memory_bars(run: RunData, colors: dict[str, str]) -> Figure:
     cells = [c for c in run.cell_ids if any(math.isfinite(v) for v in values[c].values())]
     have_rss = any(math.isfinite(values[c]["peak_rss"]) for c in cells)
     gpu = any(math.isfinite(values[c]["peak_vram"]) for c in cells)
+    total = modelled_vram(run).get("total")
+    nvml = set(series(run, "gpu", "gpu_used_bytes")["cell_id"])
+    modelled_cells = set() if total is None else set(total["cell_id"]) - nvml
+    if modelled_cells:
+        caption += (
+            " For simulated cells the GPU memory is the simulator's MODELLED VRAM "
+            "(tokenbench_sim_vram_total_bytes), labelled SIMULATED."
+        )
     gpu_present = gpu or any(c.memory.gpu_present for c in run.summary.cells)
     if not have_rss and not gpu:
         return placeholder(fig_id, title, caption, "No memory data in summary.json or timeseries.parquet.")
@@ -187,7 +256,13 @@ def memory_bars(run: RunData, colors: dict[str, str]) -> Figure:
             note_axes(left, "no RSS samples")
         if gpu:
             _bars(right, cells, values, "vram", colors)
-            right.set_title("GPU memory")
+            gpu_cells = [c for c in cells if math.isfinite(values[c]["peak_vram"])]
+            if modelled_cells and modelled_cells.issuperset(gpu_cells):
+                right.set_title("GPU memory: SIMULATED (modelled VRAM)")
+            elif modelled_cells:
+                right.set_title(f"GPU memory ({len(modelled_cells)} cells SIMULATED: modelled VRAM)")
+            else:
+                right.set_title("GPU memory")
         else:
             note_axes(
                 right, "GPU memory: no VRAM samples" if gpu_present else "GPU memory: no GPU on this host"
@@ -225,11 +300,18 @@ def queue_timeline(run: RunData, colors: dict[str, str]) -> Figure:
     fig_id = "queue_timeline"
     title = "Server queue: running and waiting requests"
     caption = (
-        f"Requests the server was running (solid, {RUNNING_NAME}) and holding in its queue (dashed, "
-        f"{WAITING_NAME}) over time; shaded bands are load steps."
+        f"Requests the server was running (solid, {RUNNING_NAME} or TGI's {TGI_RUNNING_NAME}) and holding "
+        f"in its queue (dashed, {WAITING_NAME} or {TGI_WAITING_NAME}) over time; shaded bands are load steps."
     )
-    running = series(run, "prometheus", RUNNING_NAME)
-    waiting = series(run, "prometheus", WAITING_NAME)
+    # vLLM's names, or TGI's for cells that expose those instead (each cell exposes one set).
+    running = pd.concat(
+        [series(run, "prometheus", RUNNING_NAME), series(run, "prometheus", TGI_RUNNING_NAME)],
+        ignore_index=True,
+    )
+    waiting = pd.concat(
+        [series(run, "prometheus", WAITING_NAME), series(run, "prometheus", TGI_WAITING_NAME)],
+        ignore_index=True,
+    )
     if running.empty and waiting.empty:
         note = (
             "Not available: no server scraped exposed vllm:num_requests_running / vllm:num_requests_waiting."

@@ -67,14 +67,50 @@ def format_labels(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={labels[k]}" for k in sorted(labels))
 
 
+def exposed_names(text: str) -> set[str]:
+    """The sample names written in an exposition text (comment lines skipped)."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        line = line.lstrip()
+        if line and not line.startswith("#"):
+            end = len(line)
+            for sep in ("{", " ", "\t"):
+                i = line.find(sep)
+                if 0 <= i < end:
+                    end = i
+            names.add(line[:end])
+    return names
+
+
+def as_exposed(name: str, family_type: str, exposed: set[str]) -> str:
+    """The sample name the server wrote, where prometheus_client's parser renamed it.
+
+    The parser appends ``_total`` to the samples of a ``counter`` family that
+    lacks it (TGI writes ``tgi_request_count``, the parser yields
+    ``tgi_request_count_total``). We store what the server exposed, so the
+    keep-list and the report match the names in the server's own docs.
+    """
+    if family_type == "counter" and name.endswith("_total") and name not in exposed:
+        bare = name[: -len("_total")]
+        if bare in exposed:
+            return bare
+    return name
+
+
 def parse_metrics(text: str, keep: frozenset[str] = KEEP_NAMES) -> list[Sample]:
-    """The kept samples of one exposition text, names as the server wrote them."""
+    """The kept samples of one exposition text, names as the server wrote them (see ``as_exposed``)."""
     out: list[Sample] = []
+    exposed: set[str] | None = None
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if wanted(sample.name, keep):
-                    out.append(Sample(sample.name, float(sample.value), format_labels(dict(sample.labels))))
+                name = sample.name
+                if family.type == "counter" and name.endswith("_total"):
+                    if exposed is None:
+                        exposed = exposed_names(text)
+                    name = as_exposed(name, family.type, exposed)
+                if wanted(name, keep):
+                    out.append(Sample(name, float(sample.value), format_labels(dict(sample.labels))))
     except (ValueError, TypeError, IndexError, KeyError) as err:
         raise PrometheusParseError(f"not Prometheus text format: {err}") from None
     return out

@@ -10,6 +10,11 @@ Definitions (also in docs/metrics.md):
 * peak / steady VRAM: the same two reductions over device memory used, summed
   over GPUs at each sample time (NVML's device figure includes other
   processes on a shared GPU). Only when a GPU was present.
+* simulated runs (the sim's engine mode, no GPU): peak / steady VRAM are the
+  same reductions over the *modelled* device memory the sim exposes as
+  ``tokenbench_sim_vram_total_bytes`` (weights + KV-cache pool + overhead, what
+  NVML would show for a vLLM that preallocates its cache). ``gpu_present``
+  stays False: no GPU was there; the report labels these numbers simulated.
 * KV-cache usage peak: the largest ``vllm:kv_cache_usage_perc`` (or the
   older ``gpu_``/``cpu_cache_usage_perc``) scraped, a 0-1 fraction.
 
@@ -28,6 +33,7 @@ from harness.results import MemorySummary
 from harness.telemetry.prometheus import KV_CACHE_NAMES
 
 MIB = float(2**20)
+SIM_VRAM_TOTAL = "tokenbench_sim_vram_total_bytes"
 
 
 def _frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
@@ -73,6 +79,10 @@ def memory_summary(
     vram = _per_time(frame, "gpu", "gpu_used_bytes")
     gpu_present = bool((flags > 0).any()) or not vram.empty
     peak_vram, steady_vram = _peak_and_steady(vram, measured_steps) if gpu_present else (None, None)
+    if not gpu_present:
+        modelled = _per_time(frame, "prometheus", SIM_VRAM_TOTAL)
+        if not modelled.empty:
+            peak_vram, steady_vram = _peak_and_steady(modelled, measured_steps)
 
     kv_peak = None
     prom = frame[frame["source"] == "prometheus"]
