@@ -35,7 +35,7 @@ bench: install
 
 # The harness measured against the simulator's ground truth (issue 3).
 bench-harness: install
-	$(BIN)/python -m harness.sim.fidelity
+	$(BIN)/python -m harness.fidelity
 
 test: install backend-env model browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -1,0 +1,217 @@
+"""Run one fidelity step: a fresh exact-mode sim, the harness's real Locust load path, and the truth.
+
+Why a fresh sim per step: its write log then holds exactly this step's
+requests, so "streams in flight at the server" and the token totals need no
+filtering, and one step's backlog cannot leak into the next.
+
+Why the load goes through ``harness.load.runner.run_step`` with a
+``LoadPlan``: the benchmark must measure the code path ``tokenbench run``
+uses, not a special client. The only extra thing here is a watcher that
+samples the Locust processes' RSS (psutil) for the peak-memory figure; CPU
+comes from the load layer's own health report (CPU-seconds of the processes
+running users, over the step) and, for the whole Locust tree including start-up
+and the master, from ``getrusage(RUSAGE_CHILDREN)`` around the run.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, wait_ready
+from harness.load.plan import LoadPlan
+from harness.load.prompts import build_prompts, write_prompts
+from harness.load.runner import PROJECT_ROOT, run_step
+from harness.records import read_records
+from harness.scenario import LengthDist
+from harness.sim.writelog import RequestTruth, read_write_log
+
+SIM_READY_S = 20.0
+
+
+@dataclass(frozen=True)
+class SimTiming:
+    """The exact-mode timing every step uses (issue 3 §3: TTFT 100 ms, ITL 10 ms, 128 tokens)."""
+
+    ttft_ms: float = 100.0
+    itl_ms: float = 10.0
+    output_tokens: int = 128
+    prompt_tokens: int = 32
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One load level of the benchmark."""
+
+    name: str
+    kind: str  # "concurrency" | "rate"
+    target: float
+    duration_s: float
+    warmup_s: float = 1.0
+    processes: int = 1
+
+    def label(self) -> str:
+        load = f"c={self.target:g}" if self.kind == "concurrency" else f"{self.target:g} req/s"
+        return f"{load} ×{self.processes}p" if self.processes > 1 else load
+
+
+@dataclass
+class ClientUsage:
+    """Resource use of the Locust process tree during one step."""
+
+    peak_rss_bytes: int = 0
+    total_cpu_s: float = 0.0
+    samples: int = 0
+
+
+@dataclass
+class _RssWatcher:
+    """Samples the summed RSS of every Locust process below us until stopped."""
+
+    interval_s: float = 0.2
+    peak: int = 0
+    samples: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fidelity-rss", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            try:
+                children = me.children(recursive=True)
+            except psutil.Error:
+                children = []
+            for proc in children:
+                try:
+                    if any("locust" in part for part in proc.cmdline()[:4]):
+                        total += proc.memory_info().rss
+                except psutil.Error:
+                    continue  # exited between listing and reading
+            self.peak = max(self.peak, total)
+            self.samples += 1
+            self._stop.wait(self.interval_s)
+
+
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def start_sim(
+    step_dir: Path, timing: SimTiming, registry: ProcessRegistry
+) -> tuple[ManagedProcess, str, Path]:
+    """An exact-mode sim on a free port with a write log; returns (process, base URL, write-log path)."""
+    port = free_port()
+    write_log = step_dir / "sim-writes.csv"
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.sim",
+        "--port",
+        str(port),
+        "--mode",
+        "exact",
+        "--ttft-ms",
+        f"{timing.ttft_ms:g}",
+        "--itl-ms",
+        f"{timing.itl_ms:g}",
+        "--write-log",
+        str(write_log),
+    ]
+    proc = ManagedProcess(cmd, log_path=step_dir / "sim.log", cwd=PROJECT_ROOT, registry=registry)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready([base + "/health"], SIM_READY_S, proc)
+    except BaseException:
+        proc.terminate(5.0)
+        raise
+    return proc, base, write_log
+
+
+def make_plan(spec: StepSpec, timing: SimTiming, step_dir: Path, base_url: str, seed: int) -> LoadPlan:
+    """The same kind of plan ``tokenbench run`` writes for a sim cell."""
+    count = 256
+    prompts = build_prompts(
+        None,
+        LengthDist(dist="fixed", value=timing.prompt_tokens),
+        LengthDist(dist="fixed", value=timing.output_tokens),
+        count,
+        seed,
+        "completions",
+    )
+    prompts_path = step_dir / "prompts.jsonl"
+    write_prompts(prompts_path, prompts)
+    return LoadPlan(
+        run_id="fidelity",
+        cell_id="sim-exact",
+        step_id=spec.name,
+        api="completions",
+        base_url=base_url,
+        model="sim-model",
+        kind=spec.kind,
+        target=spec.target,
+        warmup_s=spec.warmup_s,
+        duration_s=spec.duration_s,
+        timeout_s=60.0,
+        processes=spec.processes,
+        seed=seed,
+        prompts_path=str(prompts_path),
+        records_path=str(step_dir / "records.parquet"),
+        health_path=str(step_dir / "health.json"),
+        simulated=True,
+    )
+
+
+@dataclass
+class StepRun:
+    """Raw material of one step: records, truth, the load layer's health, and client resource use."""
+
+    spec: StepSpec
+    rows: list[dict[str, Any]]
+    truth: dict[str, RequestTruth]
+    health: dict[str, Any]
+    usage: ClientUsage
+    wall_s: float
+
+
+def run_fidelity_step(
+    spec: StepSpec, timing: SimTiming, step_dir: Path, registry: ProcessRegistry, seed: int = 7
+) -> StepRun:
+    """Start a sim, drive ``spec`` through ``run_step``, stop the sim (flushing its log), read both sides."""
+    step_dir.mkdir(parents=True, exist_ok=True)
+    sim, base_url, write_log = start_sim(step_dir, timing, registry)
+    watcher = _RssWatcher()
+    try:
+        plan = make_plan(spec, timing, step_dir, base_url, seed)
+        cpu0 = _children_cpu_s()
+        watcher.start()
+        started = time.monotonic()
+        try:
+            outcome = run_step(plan, step_dir / "load", registry=registry)
+        finally:
+            watcher.stop()
+        wall = time.monotonic() - started
+        total_cpu = _children_cpu_s() - cpu0
+    finally:
+        sim.terminate(10.0)  # SIGTERM: the sim flushes its write log on the way out
+    rows = read_records(Path(outcome.records_path)).to_pylist()
+    truth = read_write_log(write_log)
+    usage = ClientUsage(peak_rss_bytes=watcher.peak, total_cpu_s=total_cpu, samples=watcher.samples)
+    return StepRun(spec, rows, truth, outcome.health, usage, wall)
