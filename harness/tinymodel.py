@@ -286,7 +286,9 @@ def make_tiny_model(
         {"bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]},
     )
     tensors = _weights(spec, vocab)
-    _word_only_output(tensors, [tokenizer.token_to_id(_PREFIX + w) for w in _single_token_words(tokenizer)], spec)
+    _word_only_output(
+        tensors, [tokenizer.token_to_id(_PREFIX + w) for w in _single_token_words(tokenizer)], spec
+    )
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     (out_dir / "model.safetensors").chmod(0o644)
     _write_json(out_dir / MARKER_NAME, {"digest": spec.digest(), "spec": asdict(spec), "vocab_size": vocab})

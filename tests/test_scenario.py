@@ -16,7 +16,12 @@ def base() -> dict:
     return {
         "name": "t",
         "servers": [{"name": "a", "backend": "vllm", "model": "m", "settings": {"max_num_seqs": [4, 16]}}],
-        "workload": {"prompt_tokens": 32, "output_tokens": 16, "steps": {"concurrency": [1]}, "duration_s": 5},
+        "workload": {
+            "prompt_tokens": 32,
+            "output_tokens": 16,
+            "steps": {"concurrency": [1]},
+            "duration_s": 5,
+        },
     }
 
 
