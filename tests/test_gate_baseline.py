@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gate_synth import ENV, write_run
 
+from gate_synth import ENV, write_run
 from harness.gate.baseline import (
     baseline_path,
     fingerprint,

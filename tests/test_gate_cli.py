@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import typer
-from gate_synth import ENV, write_run
 from typer.testing import CliRunner
 
+from gate_synth import ENV, write_run
 from harness.gate.commands import register
 from harness.records import write_records
 

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from gate_synth import write_run
 
+from gate_synth import write_run
 from harness.gate.compare_report import write_compare
 from harness.gate.comparison import compare_runs
 from harness.gate.rundata import load_run_folder

@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from gate_synth import write_run
 
+from gate_synth import write_run
 from harness.gate.match import match_runs
 from harness.gate.outputs import to_json, to_json_text, to_junit, to_markdown
 from harness.gate.policy import load_policy

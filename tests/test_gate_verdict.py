@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gate_synth import write_run
 
+from gate_synth import write_run
 from harness.gate.match import match_runs
 from harness.gate.policy import load_policy, parse_policy
 from harness.gate.rundata import GateRun, load_run_folder, merge_repeats
