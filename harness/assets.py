@@ -23,16 +23,24 @@ def models_dir(repo_root: Path) -> Path:
     return repo_root / ".cache" / "models"
 
 
+def _is_local(server: Server) -> bool:
+    return server.model.startswith(LOCAL_MODEL_PREFIX) and server.backend != "sim"
+
+
+def check_local_model(server: Server) -> list[str]:
+    """Problems with a ``tokenbench:<name>`` model reference, found before anything starts."""
+    name = server.model.removeprefix(LOCAL_MODEL_PREFIX)
+    if _is_local(server) and name not in TINY_MODELS:
+        known = ", ".join(LOCAL_MODEL_PREFIX + m for m in sorted(TINY_MODELS))
+        return [f"server '{server.name}': model {server.model!r} is not a known local model (known: {known})"]
+    return []
+
+
 def resolve_server(server: Server, repo_root: Path, progress: Progress) -> Server:
     """Replace a ``tokenbench:<name>`` model by its generated folder (creating it once, cached)."""
-    if not server.model.startswith(LOCAL_MODEL_PREFIX) or server.backend == "sim":
+    if not _is_local(server):
         return server
     name = server.model.removeprefix(LOCAL_MODEL_PREFIX)
-    if name not in TINY_MODELS:
-        raise ValueError(
-            f"server '{server.name}': model {server.model!r} is not a known local model "
-            f"(known: {', '.join(LOCAL_MODEL_PREFIX + m for m in sorted(TINY_MODELS))})"
-        )
     from harness.tinymodel import make_tiny_model
 
     path = models_dir(repo_root) / name

@@ -26,7 +26,7 @@ from types import FrameType
 import pyarrow.parquet as pq
 
 from harness import __version__
-from harness.assets import prepare_backends, resolve_scenario, tokenizer_path
+from harness.assets import check_local_model, prepare_backends, resolve_scenario, tokenizer_path
 from harness.backends.base import ServerHandle
 from harness.backends.process import ProcessRegistry
 from harness.matrix import Cell, Step, expand_cells, expand_steps
@@ -60,7 +60,7 @@ def validate_cells(scenario: Scenario) -> list[Cell]:
     from harness.backends.registry import validate_settings
 
     cells = expand_cells(scenario)
-    problems: list[str] = []
+    problems: list[str] = [p for server in scenario.servers for p in check_local_model(server)]
     for cell in cells:
         problems += [f"cell '{cell.cell_id}': {p}" for p in validate_settings(cell)]
     ids = [c.cell_id for c in cells]
@@ -156,6 +156,12 @@ class Run:
         except KeyboardInterrupt:
             self.summary.interrupted = True
             self.progress("interrupted: servers stopped, finished steps kept")
+        except Exception as err:  # setup (model, backend environment) failed: no cell could run
+            for cell in self.summary.cells:
+                if cell.status == "pending":
+                    cell.status, cell.error = "failed", f"setup failed: {type(err).__name__}: {err}"
+                    outcome.failed.append(cell.cell_id)
+            self.progress(f"setup failed: {err}")
         finally:
             self._finish(outcome)
         return outcome

@@ -125,3 +125,23 @@ def test_override_errors_are_clear() -> None:
         apply_overrides(base(), ["workload.duration_s"])
     with pytest.raises(ScenarioError, match="servers.5 is not a valid list index"):
         apply_overrides(base(), ["servers.5.name=x"])
+
+
+def test_unknown_local_model_fails_validation() -> None:
+    from harness.run import validate_cells
+
+    data = base()
+    data["servers"][0]["model"] = "tokenbench:huge-llama"
+    with pytest.raises(
+        ScenarioError, match=r"server 'a': model 'tokenbench:huge-llama' is not a known local model"
+    ):
+        validate_cells(parse_scenario(data))
+
+
+def test_unknown_vllm_setting_fails_validation() -> None:
+    from harness.run import validate_cells
+
+    data = base()
+    data["servers"][0]["settings"]["max_num_seqz"] = 4
+    with pytest.raises(ScenarioError, match="max_num_seqz"):
+        validate_cells(parse_scenario(data))
