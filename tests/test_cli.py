@@ -1,0 +1,80 @@
+"""The command line: exit codes and messages for validate/run/report, exercised as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def sim_scenario(tmp: Path) -> Path:
+    data = {
+        "name": "cli-sim",
+        "servers": [{"name": "s", "backend": "sim", "model": "m", "settings": {"ttft_ms": 5, "itl_ms": 1}}],
+        "workload": {"prompt_tokens": 8, "output_tokens": 4, "steps": {"concurrency": [1, 2]}, "requests": 5},
+    }
+    path = tmp / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_validate_lists_cells_and_steps() -> None:
+    proc = cli("validate", "scenarios/quickstart-cpu.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 cells × 3 steps" in proc.stdout
+    assert "vllm-cpu__max_num_seqs-4" in proc.stdout and "c1, c8, r4" in proc.stdout
+
+
+def test_validate_bad_file_exits_2_naming_field_and_value(tmp_path: Path) -> None:
+    path = sim_scenario(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["workload"]["output_tokens"] = -3
+    path.write_text(yaml.safe_dump(data))
+    proc = cli("validate", str(path))
+    assert proc.returncode == 2
+    assert "s.yaml" in proc.stdout and "workload.output_tokens" in proc.stdout and "-3" in proc.stdout
+
+
+def test_run_with_bad_override_exits_2_before_starting(tmp_path: Path) -> None:
+    proc = cli(
+        "run", str(sim_scenario(tmp_path)), "--out", str(tmp_path / "out"), "--set", "workload.rate=oops"
+    )
+    assert proc.returncode == 2
+    assert "workload.rate" in proc.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_rerenders_from_stored_data(tmp_path: Path) -> None:
+    proc = cli("run", str(sim_scenario(tmp_path)), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    run_dir = next((tmp_path / "out").glob("*-cli-sim"))
+    rows = pq.read_table(run_dir / "records.parquet").num_rows
+    assert rows == 10
+    (run_dir / "report.html").unlink()
+    (run_dir / "records.parquet").unlink()
+    again = cli("report", str(run_dir))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (run_dir / "report.html").stat().st_size > 10_000
+    assert pq.read_table(run_dir / "records.parquet").num_rows == rows
+
+
+def test_report_on_a_non_run_folder_exits_2(tmp_path: Path) -> None:
+    proc = cli("report", str(tmp_path))
+    assert proc.returncode == 2 and "not a run folder" in proc.stdout
