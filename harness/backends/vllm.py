@@ -14,7 +14,6 @@ backend env reports, and launch-to-healthy seconds.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from harness.backend_env import default_vllm_python
 from harness.backends.base import BackendStartError, ServerHandle
 from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, tail, wait_ready
 from harness.matrix import Cell
+from harness.redact import REDACTED, is_secret_name, redact_command
 from harness.scenario import Scalar, Server
 
 # setting name -> (python types accepted, kind). kind "bool" maps to --x / --no-x.
@@ -67,9 +67,6 @@ RECORDED_ENV_PREFIXES = (
     "TOKENIZERS_",
 )
 RECORDED_ENV_NAMES = ("LD_PRELOAD", "HUGGING_FACE_HUB_TOKEN", "NCCL_DEBUG")
-_SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH)($|_)", re.IGNORECASE)
-_SECRET_FLAGS = ("--api-key", "--hf-token")
-REDACTED = "<redacted>"
 
 
 def _type_ok(value: Scalar, types: tuple[type, ...]) -> bool:
@@ -120,32 +117,10 @@ def settings_to_env(settings: dict[str, Scalar]) -> dict[str, str]:
     }
 
 
-def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
-
-
 def recorded_env(env: dict[str, str]) -> dict[str, str]:
     """The env vars that change a backend's behaviour, with secret-looking ones redacted."""
     picked = {k: v for k, v in env.items() if k.startswith(RECORDED_ENV_PREFIXES) or k in RECORDED_ENV_NAMES}
     return {k: (REDACTED if is_secret_name(k) else v) for k, v in sorted(picked.items())}
-
-
-def redact_command(command: list[str]) -> list[str]:
-    """The command with values of secret flags (``--api-key X`` / ``--api-key=X``) replaced."""
-    out: list[str] = []
-    hide_next = False
-    for part in command:
-        if hide_next:
-            out.append(REDACTED)
-            hide_next = False
-        elif part in _SECRET_FLAGS:
-            out.append(part)
-            hide_next = True
-        elif part.startswith(tuple(f"{f}=" for f in _SECRET_FLAGS)):
-            out.append(part.split("=", 1)[0] + "=" + REDACTED)
-        else:
-            out.append(part)
-    return out
 
 
 def probe_vllm_version(python: Path) -> str | None:

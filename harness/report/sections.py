@@ -10,40 +10,15 @@ because the report is meant to be pasted into PRs.
 from __future__ import annotations
 
 import math
-import re
 import shlex
 from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 
+from harness.redact import REDACTED, is_secret_name, redact_command, redact_mapping
 from harness.report.columns import SUMMARY_COLUMNS, Row, best_values, fmt_ms, fmt_pct, is_best
 from harness.report.data import RunData
 from harness.results import CellResult
-
-SECRET = re.compile(r"(key|token|secret|passw|auth|credential)", re.I)
-REDACTED = "REDACTED"
-
-
-def redact_command(argv: list[str]) -> list[str]:
-    """Hide values of secret-looking flags (``--api-key X`` and ``--api-key=X``)."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append(REDACTED)
-            hide_next = False
-        elif arg.startswith("-") and "=" in arg and SECRET.search(arg.split("=", 1)[0]):
-            out.append(f"{arg.split('=', 1)[0]}={REDACTED}")
-        elif arg.startswith("-") and SECRET.search(arg):
-            out.append(arg)
-            hide_next = True
-        else:
-            out.append(arg)
-    return out
-
-
-def redact_mapping(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (REDACTED if SECRET.search(str(k)) else v) for k, v in data.items()}
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -51,7 +26,7 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if SECRET.search(str(key)):
+        if is_secret_name(str(key)):
             pairs.append((name, REDACTED))
         elif isinstance(value, Mapping):
             pairs.extend(flatten(value, f"{name}."))
