@@ -270,7 +270,7 @@ class Run:
         registry: ProcessRegistry,
     ) -> tuple[Path, dict, float]:
         from harness.load.plan import LoadPlan
-        from harness.load.prompts import build_prompts, write_prompts
+        from harness.load.prompts import build_prompts, load_dataset, write_prompts
         from harness.load.runner import run_step
 
         w = scenario.workload
@@ -278,9 +278,12 @@ class Run:
         seed = scenario.seed * 1_000_000 + cell.repeat * 1_000 + index
         tok = tokenizer_path(cell.server)
         api = cell.server.api or w.api  # a server may speak another protocol than the workload's default
-        prompts = build_prompts(
-            tok, w.prompt_tokens, w.output_tokens, prompt_count(scenario, step), seed, api
-        )
+        count = prompt_count(scenario, step)
+        if w.dataset is not None:
+            prompts = load_dataset(w.dataset, w.output_tokens, count, seed, api, tokenizer_path=tok)
+        else:
+            assert w.prompt_tokens is not None  # the scenario model requires one of the two
+            prompts = build_prompts(tok, w.prompt_tokens, w.output_tokens, count, seed, api)
         prompts_path = step_dir / "prompts.jsonl"
         write_prompts(prompts_path, prompts)
         plan = LoadPlan(

@@ -85,7 +85,7 @@ Api = Literal["completions", "chat", "tgi", "tgis"]
 
 class Workload(_Strict):
     api: Api = "completions"
-    prompt_tokens: LengthSpec
+    prompt_tokens: LengthSpec | None = None
     output_tokens: LengthSpec
     ignore_eos: bool = True
     dataset: Path | None = None
@@ -109,6 +109,16 @@ class Workload(_Strict):
                 if key in data:
                     data[key] = _length(data[key])
         return data
+
+    @model_validator(mode="after")
+    def _prompt_source(self) -> Workload:
+        if self.prompt_tokens is None and self.dataset is None:
+            raise ValueError(
+                "give 'prompt_tokens' (synthetic prompts) or 'dataset' (a JSONL file of prompts)"
+            )
+        if self.prompt_tokens is not None and self.dataset is not None:
+            raise ValueError("give either 'prompt_tokens' or 'dataset', not both")
+        return self
 
     @model_validator(mode="after")
     def _stop_rule(self) -> Workload:
@@ -185,7 +195,8 @@ class Scenario(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"server names must be unique; repeated: {dupes}")
-        need = self.workload.prompt_tokens.upper_bound + self.workload.output_tokens.upper_bound
+        prompt = self.workload.prompt_tokens
+        need = (prompt.upper_bound if prompt else 0) + self.workload.output_tokens.upper_bound
         for server in self.servers:
             api = server.api or self.workload.api
             if api == "tgis" and server.backend != "sim":
@@ -277,7 +288,17 @@ def load_scenario(path: Path | str, overrides: list[str] | None = None) -> Scena
         if not isinstance(data, dict):
             raise ScenarioError(f"{path}: a scenario must be a YAML mapping")
         data = apply_overrides(data, overrides)
-    return parse_scenario(data, str(path))
+    scenario = parse_scenario(data, str(path))
+    dataset = scenario.workload.dataset
+    if dataset is not None:
+        if not dataset.is_absolute():  # relative to the scenario file, so scenarios travel with their data
+            dataset = (path.parent / dataset).resolve()
+            scenario.workload.dataset = dataset
+        if not dataset.is_file():
+            raise ScenarioError(
+                f"{path}: invalid scenario\n  workload.dataset: no such file (got '{dataset}')"
+            )
+    return scenario
 
 
 def scenario_to_yaml(scenario: Scenario) -> str:

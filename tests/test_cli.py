@@ -78,3 +78,21 @@ def test_report_rerenders_from_stored_data(tmp_path: Path) -> None:
 def test_report_on_a_non_run_folder_exits_2(tmp_path: Path) -> None:
     proc = cli("report", str(tmp_path))
     assert proc.returncode == 2 and "not a run folder" in proc.stdout
+
+
+def test_run_with_a_dataset(tmp_path: Path) -> None:
+    (tmp_path / "prompts.jsonl").write_text(
+        '{"prompt": "one two three"}\n{"prompt": "four five", "output_tokens": 7}\n'
+    )
+    path = sim_scenario(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    del data["workload"]["prompt_tokens"]
+    data["workload"]["dataset"] = "prompts.jsonl"
+    path.write_text(yaml.safe_dump(data))
+    proc = cli("run", str(path), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    run_dir = next((tmp_path / "out").glob("*-cli-sim"))
+    df = pq.read_table(run_dir / "records.parquet").to_pandas()
+    assert len(df) == 10 and df["error_class"].isna().all()
+    assert set(df["prompt_tokens"]) == {2, 3}  # the sim counts words
+    assert set(df["output_tokens"]) == {4, 7}

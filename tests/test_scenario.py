@@ -145,3 +145,25 @@ def test_unknown_vllm_setting_fails_validation() -> None:
     data["servers"][0]["settings"]["max_num_seqz"] = 4
     with pytest.raises(ScenarioError, match="max_num_seqz"):
         validate_cells(parse_scenario(data))
+
+
+def test_dataset_relative_to_scenario_and_must_exist(tmp_path: Path) -> None:
+    data = base()
+    del data["workload"]["prompt_tokens"]
+    data["workload"]["dataset"] = "prompts.jsonl"
+    path = write(tmp_path, data)
+    with pytest.raises(ScenarioError, match=r"workload.dataset: no such file .*prompts.jsonl"):
+        load_scenario(path)
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hello world"}\n')
+    assert load_scenario(path).workload.dataset == tmp_path / "prompts.jsonl"
+
+
+def test_prompt_source_required_and_exclusive() -> None:
+    data = base()
+    del data["workload"]["prompt_tokens"]
+    with pytest.raises(ScenarioError, match="give 'prompt_tokens'"):
+        parse_scenario(data)
+    data["workload"]["prompt_tokens"] = 4
+    data["workload"]["dataset"] = "x.jsonl"
+    with pytest.raises(ScenarioError, match="not both"):
+        parse_scenario(data)
