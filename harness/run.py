@@ -84,12 +84,18 @@ def prompt_count(scenario: Scenario, step: Step) -> int:
 
 @contextmanager
 def _signals_raise_interrupt() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so every ``finally`` tears down servers."""
+    """Turn SIGINT/SIGTERM/SIGHUP into KeyboardInterrupt so every ``finally`` tears down servers.
+
+    SIGINT is set explicitly because a process started in the background by a
+    non-interactive shell (CI scripts, ``cmd &``) inherits SIGINT as *ignored*,
+    and Python then never raises KeyboardInterrupt: Ctrl-C or ``kill -INT``
+    would do nothing and the servers would run on.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
