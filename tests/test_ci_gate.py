@@ -1,0 +1,42 @@
+"""The project's own regression gate, on every CI run: the sim scenario against the committed baseline.
+
+This is the chain a user's CI runs (``tokenbench run`` → ``tokenbench gate``
+with a committed baseline → Markdown/JUnit/JSON), exercised for real. The
+simulator's timings are exact, so a failure here means the harness changed
+what it measures, not that a server got slower.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = REPO / "reports" / "baselines" / "ci-sim.json"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_ci_sim_run_passes_the_committed_baseline(tmp_path: Path) -> None:
+    assert BASELINE.is_file(), "reports/baselines/ci-sim.json must be committed"
+    run = cli("run", "scenarios/ci-sim.yaml", "--out", str(tmp_path))
+    assert run.returncode == 0, run.stdout[-3000:]
+    run_dir = next(tmp_path.glob("*-ci-sim"))
+    # The sim's timings do not depend on the CPU model, so an env mismatch (another CI machine) is allowed.
+    gate = cli(
+        "gate", "--baseline", str(BASELINE), "--run", str(run_dir),
+        "--policy", "scenarios/ci-sim.policy.yaml", "--allow-env-mismatch",
+    )  # fmt: skip
+    assert gate.returncode == 0, gate.stdout[-4000:]
+    verdict = json.loads((run_dir / "gate" / "gate.json").read_text())
+    assert verdict["verdict"] == "pass"
+    suite = ET.parse(run_dir / "gate" / "gate.junit.xml").getroot()
+    assert int(suite.get("failures", "0")) == 0 and int(suite.get("tests", "0")) >= 9
+    assert "| " in (run_dir / "gate" / "gate.md").read_text()
