@@ -281,7 +281,7 @@ def test_ctrl_c_inside_launch_stops_server(tmp_path: Path, fake_python: Path) ->
 def test_ctrl_c_during_health_wait_stops_server(
     tmp_path: Path, fake_python: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import harness.backends.vllm as vllm_mod
+    import harness.backends.process as process_mod
 
     def interrupted(*args: object, **kwargs: object) -> float:
         deadline = time.monotonic() + 10
@@ -289,7 +289,7 @@ def test_ctrl_c_during_health_wait_stops_server(
             time.sleep(0.02)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vllm_mod, "wait_ready", interrupted)
+    monkeypatch.setattr(process_mod, "wait_ready", interrupted)
     with pytest.raises(KeyboardInterrupt):
         with launch(_cell(_server(python=str(fake_python))), tmp_path / "c", repo_root=tmp_path):
             pytest.fail("should not get here")

@@ -18,20 +18,23 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 
 import httpx
 import psutil
 
 from harness.backends.base import BackendStartError
+from harness.redact import redact_command
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -272,7 +275,7 @@ def wait_ready(
             if proc is not None and (code := proc.poll()) is not None:
                 raise BackendStartError(
                     f"server process exited with code {code} before becoming ready "
-                    f"(command: {' '.join(proc.command)})",
+                    f"(command: {shlex.join(redact_command(proc.command))})",
                     tail(log_path),
                 )
             try:
@@ -289,3 +292,28 @@ def wait_ready(
                 )
             time.sleep(interval_s)
     return time.monotonic() - started
+
+
+def await_ready(
+    what: str,
+    cell_id: str,
+    urls: Iterable[str],
+    timeout_s: float,
+    proc: ManagedProcess,
+    stop: Callable[[], None],
+    **kwargs: Any,
+) -> float:
+    """:func:`wait_ready` for a server we launched: on any failure, or Ctrl-C, stop it first.
+
+    The error names the cell and the backend (``cell 'x': vLLM did not start: ...``), so a
+    failed cell in a long sweep says which configuration broke.
+    """
+    try:
+        return wait_ready(urls, timeout_s, proc, **kwargs)
+    except BaseException as err:
+        stop()
+        if isinstance(err, BackendStartError):
+            raise BackendStartError(
+                f"cell '{cell_id}': {what} did not start: {err.message}", err.log_tail
+            ) from None
+        raise

@@ -20,7 +20,7 @@ from pathlib import Path
 import harness
 from harness import __version__
 from harness.backends.base import BackendStartError, ServerHandle
-from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, wait_ready
+from harness.backends.process import ManagedProcess, ProcessRegistry, await_ready, free_port
 from harness.matrix import Cell
 from harness.scenario import Scalar, Server
 
@@ -259,15 +259,10 @@ class SimBackend:
         self.process = ManagedProcess(
             command, log_path=log_path, env=env, cwd=workdir, registry=self.registry
         )
-        try:
-            wait_ready([f"{base_url}/health"], server.startup_timeout_s, self.process, interval_s=0.05)
-        except BaseException as err:
-            self.stop()
-            if isinstance(err, BackendStartError):
-                raise BackendStartError(
-                    f"cell '{cell.cell_id}': sim did not start: {err.message}", err.log_tail
-                ) from None
-            raise
+        await_ready(
+            "sim", cell.cell_id, [f"{base_url}/health"], server.startup_timeout_s, self.process, self.stop,
+            interval_s=0.05,
+        )  # fmt: skip
         return ServerHandle(
             base_url=base_url,
             served_model=served,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness.backend_env import default_vllm_python
 from harness.backends.base import BackendStartError, ServerHandle
-from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, tail, wait_ready
+from harness.backends.process import ManagedProcess, ProcessRegistry, await_ready, free_port, tail
 from harness.matrix import Cell
 from harness.redact import REDACTED, is_secret_name, redact_command
 from harness.scenario import Scalar, Server
@@ -243,17 +243,8 @@ class VllmBackend:
         self.process = ManagedProcess(
             command, log_path=log_path, env=env, cwd=workdir, registry=self.registry
         )
-        try:
-            wait_ready(
-                [f"{base_url}/health", f"{base_url}/v1/models"], cell.server.startup_timeout_s, self.process
-            )
-        except BaseException as err:
-            self.stop()
-            if isinstance(err, BackendStartError):
-                raise BackendStartError(
-                    f"cell '{cell.cell_id}': vLLM did not start: {err.message}", err.log_tail
-                ) from None
-            raise
+        urls = [f"{base_url}/health", f"{base_url}/v1/models"]
+        await_ready("vLLM", cell.cell_id, urls, cell.server.startup_timeout_s, self.process, self.stop)
         return ServerHandle(
             base_url=base_url,
             served_model=cell.server.served_model_name or cell.server.model,
