@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from harness import __version__
 from harness.assets import check_local_model, prepare_backends, resolve_scenario, tokenizer_path
+from harness.atomic import write_json, write_text
 from harness.backends.base import ServerHandle
 from harness.backends.process import ProcessRegistry
 from harness.matrix import Cell, Step, expand_cells, expand_steps
@@ -135,7 +136,7 @@ class Run:
     # -- the sequence -------------------------------------------------------------------------
     def execute(self) -> RunOutcome:
         rd = self.run_dir
-        (rd.path / "scenario.yaml").write_text(scenario_to_yaml(self.scenario), encoding="utf-8")
+        write_text(rd.path / "scenario.yaml", scenario_to_yaml(self.scenario))
         rd.write_summary(self.summary)
         outcome = RunOutcome(rd, self.summary)
         registry = ProcessRegistry()
@@ -176,8 +177,6 @@ class Run:
         rd = self.run_dir
         self.summary.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         versions = {c.cell_id: c.version for c in self.summary.cells if c.version}
-        from harness.atomic import write_json
-
         write_json(rd.path / "env.json", collect_env(versions))
         rd.write_summary(self.summary)
         rd.merge()
