@@ -18,7 +18,8 @@ import pytest
 
 from harness.fidelity.compare import compare_step, server_in_flight
 from harness.load.collector import request_key
-from harness.load.sse import SseSplitter, interpret_openai, parse_stream_json
+from harness.load.sse import interpret_openai, parse_stream_json
+from harness.load.sseframe import SseSplitter
 from harness.sim.writelog import RequestTruth
 
 REPO = Path(__file__).resolve().parent.parent
@@ -251,3 +252,17 @@ def test_quick_benchmark_writes_joined_exact_results(tmp_path: Path) -> None:
     two = next(s for s in report["steps"] if s["step"]["processes"] == 2)
     assert len(two["client"]["workers"]) == 2
     assert isinstance(report["targets_missed"], list)
+
+
+def test_a_step_whose_sim_missed_its_own_timing_is_labelled_sim_limited() -> None:
+    from harness.fidelity.cli import sim_keeping_time
+    from harness.fidelity.steps import SimTiming
+
+    def res(ttft: float, itl: float) -> dict:
+        return {"ttft_ms": {"truth": {"p50": ttft}}, "itl_ms": {"truth": {"p50": itl}}}
+
+    timing = SimTiming()
+    ok = sim_keeping_time(res(100.4, 10.0), timing)
+    assert ok["limited"] is False and abs(ok["ttft_p50_late_ms"] - 0.4) < 1e-9
+    assert sim_keeping_time(res(1516.3, 10.0), timing)["limited"] is True
+    assert sim_keeping_time(res(100.4, 1.1), timing)["limited"] is True

@@ -15,9 +15,11 @@ from harness.load.collector import (
     finalize_records,
     summarize_health,
 )
+from harness.load.httpstream import Outcome
 from harness.load.plan import HEADERS_ENV, PLAN_ENV, LoadPlan, PlanError, headers_from_env, plan_from_env
 from harness.load.prompts import PromptSpec
-from harness.load.sse import Outcome, SseSplitter, interpret_openai, openai_body
+from harness.load.sse import interpret_openai, openai_body
+from harness.load.sseframe import SseSplitter
 from harness.records import read_records
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from harness.load.sse import SseSplitter, event_data, interpret_openai
+from harness.load.sse import interpret_openai
+from harness.load.sseframe import SseSplitter, event_data
 
 
 def _ev(obj: object) -> bytes:

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from harness.atomic import write_json
+from harness.load.httpstream import ERROR_BODY_CHARS, Outcome
 from harness.load.plan import LoadPlan
 from harness.load.prompts import PromptSpec
 from harness.load.schedule import worker_share
-from harness.load.sse import ERROR_BODY_CHARS, Outcome, StreamResult
+from harness.load.sse import StreamResult
 from harness.records import RequestRecord, record_to_dict, write_records
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """TGI's native streaming API (``POST /generate_stream``) for the load users.
 
 Why a protocol mixin and not a full user: the HTTP side is the same as the
-OpenAI users' (``sse.stream_post`` stamps every socket read; nothing is parsed
+OpenAI users' (``httpstream.StreamClient.post`` stamps every socket read; nothing is parsed
 until the stream is over), so TGI only differs in the request body and in how
 the finished stream is read. ``TgiProtocol`` supplies exactly those hooks and
 ``tgi_user_class`` puts it in front of ``users.StreamingUser``; this module
@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import orjson
 
-from harness.load.sse import StreamResult, event_data
+from harness.load.sse import StreamResult
+from harness.load.sseframe import event_data
 
 if TYPE_CHECKING:
+    from harness.load.httpstream import Outcome
     from harness.load.plan import LoadPlan
     from harness.load.prompts import PromptSpec
-    from harness.load.sse import Outcome
 
 PATH = "/generate_stream"
 U = TypeVar("U", bound=type)

@@ -41,7 +41,9 @@ from typing import Any, TypeVar
 import grpc
 
 from harness.load.collector import build_record, request_key
-from harness.load.sse import ERROR_BODY_CHARS, Outcome, SseSplitter, StreamResult
+from harness.load.httpstream import ERROR_BODY_CHARS, Outcome
+from harness.load.sse import StreamResult
+from harness.load.sseframe import SseSplitter
 from harness.sim.proto import generation_pb2 as pb
 from harness.sim.proto import generation_pb2_grpc as pb_grpc
 

@@ -1,9 +1,14 @@
 """Locust users that stream OpenAI completions and record every request.
 
-Each task sends one request through ``sse.stream_post`` (per-read arrival
-stamps), interprets the stream afterwards, and hands a ``RequestRecord`` to
-the process's ``StepState``. Locust's ``request`` event is fired too, so its
-console summary still works, but no tokenbench number comes from it.
+Each task sends one request through ``httpstream.StreamClient.post``
+(per-read arrival stamps) and queues the finished stream on the process's
+``Finisher``, which interprets it, hands a ``RequestRecord`` to the process's
+``StepState`` and fires Locust's ``request`` event (so its console summary
+still works; no tokenbench number comes from it). The user itself goes
+straight back to its next request: see ``finisher`` for why.
+
+Request bodies are serialised once per prompt and process (``ProcessContext.bodies``)
+and the request head once per user; per request only the id and length change.
 
 Pacing lives in ``wait_time``, not in the task: Locust kills a user that is
 *waiting* at once on shutdown but lets a user that is *running a task* finish
@@ -23,14 +28,14 @@ from typing import Any, ClassVar
 import gevent
 import orjson
 from gevent.event import Event
-from geventhttpclient import HTTPClient
 from locust import User, task
 
 from harness.load.collector import StepState, build_record, request_key
+from harness.load.httpstream import Outcome, StreamClient, finish_head, request_prefix
 from harness.load.plan import LoadPlan
 from harness.load.prompts import PromptSpec
 from harness.load.schedule import ArrivalPool, derive_seed, poisson_arrivals
-from harness.load.sse import Outcome, StreamResult, interpret_openai, openai_body, stream_post
+from harness.load.sse import StreamResult, interpret_openai, openai_body
 from harness.load.tgi import tgi_user_class
 from harness.load.tgis import tgis_user_class
 
@@ -49,22 +54,15 @@ class StreamingUser(User):
         super().__init__(environment)
         self.ctx = environment.tokenbench
         self._pending: int | None = None
-        base = self.ctx.plan.base_url.rstrip("/")
-        self.client_http = HTTPClient.from_url(
-            base + "/",
-            concurrency=1,
-            connection_timeout=min(self.ctx.plan.timeout_s, 30.0),
-            network_timeout=self.ctx.plan.timeout_s,
+        plan = self.ctx.plan
+        self.http = StreamClient(plan.base_url, connect_timeout_s=min(plan.timeout_s, 30.0))
+        # Built once per user: only the request id and length change per request.
+        self.head_prefix = request_prefix(
+            plan.base_url,
+            self.path,
+            {"Content-Type": "application/json", "Accept": "text/event-stream", **self.ctx.headers},
         )
-        prefix = base.split("://", 1)[1].partition("/")[2]
-        self.url_path = ("/" + prefix if prefix else "") + self.path
-        # Built once per user: only the request id changes per request.
-        self.base_headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream",
-            **self.ctx.headers,
-        }
-        self.id_prefix = request_key(self.ctx.plan.step_id, 0)[:-1]
+        self.id_prefix = request_key(plan.step_id, 0)[:-1]
 
     def wait_time(self) -> float:
         """Block (in Locust's *waiting* state) until the next request is due."""
@@ -88,16 +86,24 @@ class StreamingUser(User):
         ctx = self.ctx
         state = ctx.state
         request_id = state.next_request_id()
-        spec = ctx.prompts[(request_id + state.worker_index) % len(ctx.prompts)]
-        body = orjson.dumps(self.build_body(spec))
-        headers = dict(self.base_headers)
-        headers["X-Request-Id"] = f"{self.id_prefix}{request_id}"  # == request_key(step_id, request_id)
+        index = (request_id + state.worker_index) % len(ctx.prompts)
+        body = ctx.bodies.get(index)
+        if body is None:
+            body = ctx.bodies[index] = orjson.dumps(self.build_body(ctx.prompts[index]))
+        # == request_key(step_id, request_id): joins the record to the server's log
+        head = finish_head(self.head_prefix, f"{self.id_prefix}{request_id}", len(body))
         wait_ns = scheduled - time.monotonic_ns()
         if wait_ns > 0:
             gevent.sleep(wait_ns / 1e9)
-        outcome = stream_post(self.client_http, self.url_path, body, headers, ctx.plan.timeout_s)
+        outcome = self.http.post(head, body, ctx.plan.timeout_s)
         if ctx.plan.kind == "concurrency":
             scheduled = outcome.sent_ns  # closed loop: the request is due when it is sent
+        ctx.finisher.submit(lambda: self.finish(request_id, ctx.prompts[index], scheduled, outcome))
+
+    def finish(self, request_id: int, spec: PromptSpec, scheduled: int, outcome: Outcome) -> None:
+        """Interpret a finished stream into a record (run by the process's ``Finisher``)."""
+        ctx = self.ctx
+        state = ctx.state
         result = self.interpret(outcome) if outcome.error_class is None or outcome.splitter.events else None
         rec = build_record(
             ctx.plan,
@@ -126,7 +132,7 @@ class StreamingUser(User):
         raise NotImplementedError
 
     def on_stop(self) -> None:
-        self.client_http.close()
+        self.http.close()
 
 
 class CompletionsUser(StreamingUser):

@@ -23,7 +23,7 @@ from harness.sim.engine import ContextTooLong, EngineLoop
 from harness.sim.engine_http import HttpSink
 from harness.sim.faults import HTTP_FAULTS, Fault
 from harness.sim.generation import BadRequest, GenSpec, Plan, StreamFormat
-from harness.sim.httpconn import Connection, HttpRequest
+from harness.sim.httpconn import Connection, HttpRequest, ParseQueue
 from harness.sim.metrics import SimCounters, render
 from harness.sim.options import SimOptions
 from harness.sim.stream import StreamJob
@@ -56,10 +56,11 @@ class SimServer:
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        parse_queue = ParseQueue()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, 0)
         server = await loop.create_server(
-            lambda: Connection(self, self.connections),
+            lambda: Connection(self, self.connections, parse_queue),
             self.opts.host,
             self.opts.port,
             backlog=self.opts.backlog,

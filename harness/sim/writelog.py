@@ -2,8 +2,9 @@
 
 Format (CSV, one header line): ``event,request_id,index,tokens,t_ns,note``.
 
-* ``A`` arrival: ``t_ns`` is ``time.monotonic_ns()`` when the request's
-  headers were fully read; ``tokens`` is the prompt token count; ``note`` the API.
+* ``A`` arrival: ``t_ns`` is ``time.monotonic_ns()`` taken first thing in the
+  socket read that completed the request (before any parsing; see
+  ``httpconn``); ``tokens`` is the prompt token count; ``note`` the API.
 * ``C`` chunk: ``index`` is the chunk number, ``tokens`` the tokens it carried,
   ``t_ns`` the time right after it was handed to the socket.
 * ``E`` end: ``index`` is the chunk count, ``tokens`` the total, ``note`` the

@@ -1,0 +1,82 @@
+"""Turning finished streams into records off the read path, one at a time.
+
+Why: interpreting a 128-token stream (event split, JSON, record) costs a few
+hundred microseconds. In closed loop, streams with the same timing end
+together; when each user did that work itself before sending its next
+request, a burst of 100 ending streams blocked the event loop for tens of
+milliseconds, so every other stream's reads (and the next requests) were
+stamped late (issue 3: TTFT and ITL p99 errors at 256 streams). Here a user
+only queues its finished stream and sends its next request at once; one
+greenlet per process does the interpretation, one stream at a time, and
+only when the event loop has nothing else pending (``gevent.idle``), so a
+burst of reads is stamped before any interpretation starts. Should the
+client be saturated (idle never comes), the queue would grow without bound;
+past ``IDLE_BACKLOG`` queued streams the finisher instead takes one stream
+per loop turn, so memory stays bounded and reads still wait at most one job.
+
+Nothing is lost at shutdown: ``drain`` runs whatever is queued, and the
+process ships its records only after that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import gevent
+from gevent.event import Event
+
+# Under backlog, yield with a (tiny) timer rather than sleep(0): sleep(0) may
+# resume this greenlet before the loop polls for I/O, and letting it poll is
+# the whole point of yielding.
+YIELD_S = 0.00005
+IDLE_BACKLOG = 512
+
+log = logging.getLogger(__name__)
+
+
+class Finisher:
+    """A FIFO of no-argument jobs run by one greenlet, yielding to the event loop between jobs."""
+
+    def __init__(self) -> None:
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._wake = Event()
+        self._greenlet: gevent.Greenlet | None = None
+        self.done = 0
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job``; it runs after every job queued before it."""
+        self._jobs.append(job)
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+        self._wake.set()
+
+    def drain(self) -> None:
+        """Run every queued job now, in order (shutdown, or a caller that needs the records)."""
+        while self._jobs:
+            self._one()
+
+    def _one(self) -> None:
+        job = self._jobs.popleft()
+        self.done += 1
+        try:
+            job()
+        except Exception:  # one bad stream must not stop the records of all the others
+            log.exception("tokenbench: failed to turn a finished stream into a record")
+
+    def _run(self) -> None:
+        while True:
+            if not self._jobs:
+                self._wake.clear()
+                self._wake.wait()
+                continue
+            if len(self._jobs) > IDLE_BACKLOG:
+                gevent.sleep(YIELD_S)
+            else:
+                gevent.idle()
+            if self._jobs:  # drain() may have emptied the queue meanwhile
+                self._one()

@@ -1,0 +1,286 @@
+"""One keep-alive HTTP/1.1 connection per load user, built for timing streamed responses.
+
+Why not Locust's ``FastHttpSession`` or geventhttpclient's ``HTTPClient``:
+
+* both buffer the body until a block is full, so the moment a token arrived
+  would be lost; here every ``recv`` is stamped with ``time.monotonic_ns()``
+  before anything else happens (the chunked framing is undone by
+  geventhttpclient's C parser, the SSE framing later by ``sseframe``);
+* geventhttpclient's pool checks a reused connection with a gevent
+  ``select(..., 0)``, which *yields to the hub* between the moment the request
+  was stamped as sent and the moment its bytes are written. Under closed-loop
+  load, where hundreds of streams end together, that yield put tens of ms of
+  other users' work inside the measured TTFT (issue 3, fidelity at 256
+  streams). Here the liveness check is one non-blocking ``MSG_PEEK`` and
+  ``sent_ns`` is stamped right before ``sendall``, with nothing in between
+  that can switch greenlets.
+
+The request head (request line and fixed headers) is rendered once per user
+(``request_prefix``); per request only the id and length are appended. Header
+values are checked for line breaks so a bad value cannot inject headers; the
+error names the header, never its value (it may be a secret).
+
+This module imports gevent but not Locust (which monkey-patches on import),
+so it is usable and testable outside a Locust process.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import gevent
+import gevent.socket
+import gevent.ssl
+from geventhttpclient.response import HTTPParseError, HTTPResponse
+
+from harness.load.sseframe import SseSplitter
+
+READ_SIZE = 64 * 1024
+ERROR_BODY_CHARS = 500
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
+@dataclass
+class Outcome:
+    """Raw result of one HTTP exchange, before interpretation.
+
+    ``sent_ns`` is stamped right before the request bytes are written (after
+    any connection set-up), so it is the same event a server's arrival stamp
+    refers to, less the loopback transit.
+    """
+
+    status: int
+    sent_ns: int
+    end_ns: int
+    splitter: SseSplitter
+    error_class: str | None = None
+    error_message: str | None = None
+    body_bytes: int = 0
+
+
+class _Deadline(Exception):
+    """The whole request ran past ``timeout_s``."""
+
+
+class _ClosedEarly(Exception):
+    """The server closed the connection before the response headers were complete."""
+
+
+def request_prefix(base_url: str, path: str, headers: Mapping[str, str]) -> bytes:
+    """Request line, ``Host`` and the fixed headers of a POST to ``base_url`` + ``path``.
+
+    Raises ``ValueError`` for a header that could break the request framing
+    (naming the header, not the value).
+    """
+    url = urlsplit(base_url)
+    prefix = url.path.rstrip("/")
+    lines = [f"POST {prefix}{path} HTTP/1.1", f"Host: {url.netloc}"]
+    for name, value in headers.items():
+        if not _TOKEN.match(name):
+            raise ValueError(f"request header name {name!r} is not a valid HTTP token")
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(f"request header {name!r}: value contains a line break or NUL")
+        lines.append(f"{name}: {value}")
+    try:
+        return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("request headers must be latin-1 text (HTTP/1.1 header encoding)") from None
+
+
+def finish_head(prefix: bytes, request_id: str, body_len: int) -> bytes:
+    """The complete request head: the prefix plus this request's id and length."""
+    return prefix + b"X-Request-Id: %s\r\nContent-Length: %d\r\n\r\n" % (request_id.encode(), body_len)
+
+
+class StreamClient:
+    """One user's connection to one server (plain HTTP or HTTPS), reused while the server keeps it alive."""
+
+    def __init__(self, base_url: str, connect_timeout_s: float) -> None:
+        url = urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"base_url {base_url!r}: expected http(s)://host[:port][/prefix]")
+        self.host = url.hostname
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.tls = url.scheme == "https"
+        self.connect_timeout_s = connect_timeout_s
+        self._ssl_ctx: ssl.SSLContext | None = gevent.ssl.create_default_context() if self.tls else None
+        self._sock: Any = None
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _connect(self) -> Any:
+        sock = gevent.socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl_ctx is not None:
+                sock = self._ssl_ctx.wrap_socket(sock, server_hostname=self.host)
+            sock.settimeout(None)  # the request as a whole is under one gevent.Timeout
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        return sock
+
+    def _reusable(self) -> Any:
+        """The kept connection if the server has not closed it (one non-blocking peek, no yield)."""
+        sock = self._sock
+        if sock is None:
+            return None
+        raw = getattr(sock, "_sock", None)
+        try:
+            if raw is None:
+                return sock  # nothing to peek at: trust it, a failure shows up as an error
+            raw.recv(1, _PEEK)  # returned: b"" (the server closed) or stray bytes
+        except BlockingIOError:
+            if not (self.tls and sock.pending()):
+                return sock  # idle and open: the only reusable state
+        except OSError:
+            pass
+        self.close()
+        return None
+
+    def post(self, head: bytes, body: bytes, timeout_s: float) -> Outcome:
+        """Send one request and read the response, stamping every read; never raises for network errors."""
+        splitter = SseSplitter()
+        clock = time.monotonic_ns
+        sent_ns = clock()
+        parser = HTTPResponse("POST")
+        keep = False
+        try:
+            with gevent.Timeout(timeout_s, _Deadline):
+                sock = self._reusable() or self._connect()
+                sent_ns = clock()
+                sock.sendall(head + body)
+                status = _read_response(sock, parser, splitter, clock, self.tls)
+                end_ns = clock()
+                keep = parser.message_complete and not parser.should_close()
+                if status >= 400:
+                    text = splitter.head(ERROR_BODY_CHARS).decode("utf-8", "replace")
+                    cls = "http_4xx" if status < 500 else "http_5xx"
+                    return Outcome(status, sent_ns, end_ns, splitter, cls, f"HTTP {status}: {text}")
+                return Outcome(status, sent_ns, end_ns, splitter, body_bytes=splitter.size)
+        except (_Deadline, TimeoutError) as err:
+            msg = f"no complete response within {timeout_s:g} s" if isinstance(err, _Deadline) else _msg(err)
+            return Outcome(_status(parser), sent_ns, clock(), splitter, "timeout", msg)
+        except _ClosedEarly as err:
+            return Outcome(0, sent_ns, clock(), splitter, "connect", _msg(err))
+        except (HTTPParseError, OSError) as err:
+            if not parser.headers_complete:
+                return Outcome(0, sent_ns, clock(), splitter, "connect", _msg(err))
+            if isinstance(err, HTTPParseError):
+                msg = f"HTTP framing: {_msg(err)}"
+                return Outcome(_status(parser), sent_ns, clock(), splitter, "bad_payload", msg)
+            return Outcome(_status(parser), sent_ns, clock(), splitter, "stream_broken", _msg(err))
+        finally:
+            if not keep:
+                self.close()
+
+
+def _status(parser: HTTPResponse) -> int:
+    return parser.get_code() if parser.headers_complete else 0
+
+
+def _read_response(
+    sock: Any, parser: HTTPResponse, splitter: SseSplitter, clock: Callable[[], int], tls: bool
+) -> int:
+    """Read until the response is complete or the server closes; returns the status. Raises on errors.
+
+    Per read only: wait, ``recv``, stamp, the C parser, and an append of the
+    body bytes with the stamp. Two costs per token are avoided on plain
+    sockets (measured with py-spy at 256 streams): the failing ``recv``
+    (syscall plus ``EWOULDBLOCK`` exception) that precedes every gevent wait,
+    by waiting for readability first and then reading the raw socket once; and
+    any per-read timeout arming (the socket has none; the request is under one
+    ``gevent.Timeout``). TLS sockets use the public ``recv``, since decrypted
+    bytes may already be buffered in the TLS layer.
+    """
+    buf: bytearray = parser._body_buffer
+    feed = parser.feed
+    feed_splitter = splitter.feed
+    raw = None if tls else getattr(sock, "_sock", None)
+    if raw is None:
+        recv = sock.recv
+        while True:
+            data = recv(READ_SIZE)
+            now = clock()
+            if not data:
+                break
+            feed(data)
+            if buf:
+                feed_splitter(buf, now)
+                buf.clear()
+            if parser.message_complete and _final(parser):
+                break
+    else:
+        _read_plain(raw, parser, feed_splitter, clock)
+    if not parser.headers_complete:
+        raise _ClosedEarly("connection closed before the response headers")
+    return int(parser.get_code())
+
+
+def _read_plain(
+    raw: socket.socket,
+    parser: HTTPResponse,
+    feed_splitter: Callable[[bytearray, int], None],
+    clock: Callable[[], int],
+) -> None:
+    """The hot loop on a plain socket: one persistent read watcher whose callback resumes this greenlet.
+
+    Why not the gevent socket's own ``recv``: per read it tries a ``recv``
+    that fails (syscall plus ``EWOULDBLOCK``), then builds a waiter, starts a
+    watcher, switches to the hub, and stops the watcher again. Here the
+    watcher lives for the whole response: the loop switches to the hub, the
+    hub switches straight back when the socket is readable, and one ``recv``
+    follows. Nothing else in this loop can switch greenlets, so the only way
+    back in is that callback (or the request's ``gevent.Timeout``, which
+    raises out of ``hub.switch`` and stops the watcher in ``finally``).
+    """
+    buf: bytearray = parser._body_buffer
+    feed = parser.feed
+    recv = raw.recv
+    hub = gevent.get_hub()
+    to_hub = hub.switch
+    watcher = hub.loop.io(raw.fileno(), 1)
+    watcher.start(gevent.getcurrent().switch)
+    try:
+        while True:
+            to_hub()
+            try:
+                data = recv(READ_SIZE)
+            except BlockingIOError:
+                continue  # woke without data (spurious readiness): wait again
+            now = clock()
+            if not data:
+                return
+            feed(data)
+            if buf:
+                feed_splitter(buf, now)
+                buf.clear()
+            if parser.message_complete and _final(parser):
+                return
+    finally:
+        watcher.stop()
+        watcher.close()
+
+
+def _final(parser: HTTPResponse) -> bool:
+    """A complete *final* response: an interim 1xx is followed by another on the same socket."""
+    return int(parser.get_code()) >= 200
+
+
+def _msg(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:ERROR_BODY_CHARS]

@@ -1,0 +1,162 @@
+"""SSE framing with per-read arrival stamps, split lazily once the stream is over.
+
+Why a module of its own: the framing is shared by every SSE protocol (OpenAI,
+TGI) and by the gRPC user's records (an empty splitter), while reading the
+socket (``httpstream``) and interpreting the events (``sse``, ``tgi``) are
+separate concerns with separate costs.
+
+A read that completes more than one data event is *coalesced*: every event in
+it carries the same stamp, so its per-token gaps are not real. We count those
+events so the report can say how much of the ITL data is in doubt.
+"""
+
+from __future__ import annotations
+
+DONE = b"[DONE]"
+
+
+class SseSplitter:
+    """SSE framing with per-read arrival stamps, split lazily once the stream is over.
+
+    ``events`` holds ``(arrival_ns, raw_event_bytes)``, where the stamp is
+    that of the read which completed the event. ``coalesced`` counts data
+    events that arrived in the same read as an earlier data event.
+
+    Why lazy: ``feed`` runs once per socket read on the hot path, where every
+    microsecond delays the stamps of *other* streams' reads. So ``feed`` only
+    appends the bytes and remembers (end offset, stamp); the blank-line search
+    happens on the first access to ``events``/``coalesced``/``close``, after
+    the response, with the same result as splitting read by read: an event
+    gets the stamp of the first read whose bytes include its closing blank line.
+    """
+
+    __slots__ = ("_buf", "_ends", "_stamps", "_split_len", "_events", "_coalesced", "_rest")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._ends: list[int] = []
+        self._stamps: list[int] = []
+        self._split_len = -1  # len(_buf) when _events was last computed
+        self._events: list[tuple[int, bytes]] = []
+        self._coalesced = 0
+        self._rest = b""
+
+    def feed(self, data: bytes | bytearray, arrival_ns: int) -> None:
+        buf = self._buf
+        buf += data
+        self._ends.append(len(buf))
+        self._stamps.append(arrival_ns)
+
+    @property
+    def reads(self) -> int:
+        return len(self._stamps)
+
+    @property
+    def size(self) -> int:
+        """Body bytes fed so far."""
+        return len(self._buf)
+
+    def head(self, limit: int) -> bytes:
+        """The first ``limit`` body bytes (an error response's text)."""
+        return bytes(self._buf[:limit])
+
+    @property
+    def events(self) -> list[tuple[int, bytes]]:
+        self._split()
+        return self._events
+
+    @property
+    def coalesced(self) -> int:
+        self._split()
+        return self._coalesced
+
+    def close(self) -> bytes:
+        """End of stream: returns any bytes of an unterminated event (non-empty means cut mid-event)."""
+        self._split()
+        rest, self._rest = self._rest.strip(), b""
+        return rest
+
+    def _split(self) -> None:
+        if self._split_len == len(self._buf):
+            return
+        self._split_len = len(self._buf)
+        if b"\r" in self._buf:
+            self._events, self._coalesced, self._rest = _split_by_read(self._buf, self._ends, self._stamps)
+        else:
+            self._events, self._coalesced, self._rest = _split_lf(self._buf, self._ends, self._stamps)
+
+
+def _split_lf(
+    buf: bytearray, ends: list[int], stamps: list[int]
+) -> tuple[list[tuple[int, bytes]], int, bytes]:
+    """One pass over the whole body (LF line ends): events, coalesced count, unterminated rest."""
+    events: list[tuple[int, bytes]] = []
+    coalesced = 0
+    read_data = 0  # data events completed by read r
+    r = 0
+    pos = 0
+    find = buf.find
+    while (idx := find(b"\n\n", pos)) >= 0:
+        close = idx + 2
+        while ends[r] < close:  # the event was completed by a later read
+            if read_data > 1:
+                coalesced += read_data - 1
+            read_data = 0
+            r += 1
+        raw = bytes(buf[pos:idx])
+        pos = close
+        if not raw.strip():
+            continue
+        events.append((stamps[r], raw))
+        if _is_data_event(raw):
+            read_data += 1
+    if read_data > 1:
+        coalesced += read_data - 1
+    return events, coalesced, bytes(buf[pos:])
+
+
+def _split_by_read(
+    body: bytearray, ends: list[int], stamps: list[int]
+) -> tuple[list[tuple[int, bytes]], int, bytes]:
+    """CRLF line ends (allowed by SSE, rare): replay read by read, normalising as the bytes come."""
+    events: list[tuple[int, bytes]] = []
+    coalesced = 0
+    buf = bytearray()
+    start = 0
+    for end, stamp in zip(ends, stamps, strict=True):
+        buf += body[start:end]
+        start = end
+        if b"\r" in buf:
+            buf = bytearray(buf.replace(b"\r\n", b"\n"))
+        data_events = 0
+        while (idx := buf.find(b"\n\n")) >= 0:
+            raw = bytes(buf[:idx])
+            del buf[: idx + 2]
+            if not raw.strip():
+                continue
+            events.append((stamp, raw))
+            if _is_data_event(raw):
+                data_events += 1
+        if data_events > 1:
+            coalesced += data_events - 1
+    return events, coalesced, bytes(buf)
+
+
+def _is_data_event(raw: bytes) -> bool:
+    """A data event other than ``[DONE]``: the ones whose stamps are timing data."""
+    if raw.startswith(b"data:"):
+        if raw.startswith(b"data: {"):
+            return True  # the common case, decided without splitting lines
+    elif b"\ndata:" not in raw:
+        return False
+    return event_data(raw) != DONE
+
+
+def event_data(raw: bytes) -> bytes | None:
+    """The ``data`` field of one SSE event (multi-line data joined by ``\\n``), or None."""
+    parts: list[bytes] = []
+    for line in raw.split(b"\n"):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(parts) if parts else None
