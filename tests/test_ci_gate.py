@@ -32,7 +32,7 @@ def test_ci_sim_run_passes_the_committed_baseline(tmp_path: Path) -> None:
     # The sim's timings do not depend on the CPU model, so an env mismatch (another CI machine) is allowed.
     gate = cli(
         "gate", "--baseline", str(BASELINE), "--run", str(run_dir),
-        "--policy", "scenarios/ci-sim.policy.yaml", "--allow-env-mismatch",
+        "--policy", "reports/baselines/ci-sim.policy.yaml", "--allow-env-mismatch",
     )  # fmt: skip
     assert gate.returncode == 0, gate.stdout[-4000:]
     verdict = json.loads((run_dir / "gate" / "gate.json").read_text())
