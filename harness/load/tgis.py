@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from harness.load.collector import build_record, request_key
+from harness.load.collector import request_key
 from harness.load.httpstream import ERROR_BODY_CHARS, Outcome
 from harness.load.sse import StreamResult
 from harness.load.sseframe import SseSplitter
@@ -229,25 +229,7 @@ def tgis_user_class(base: U) -> U:
                 scheduled = stream.sent_ns  # closed loop: the request is due when it is sent
             outcome = stream.outcome()
             result = interpret_tgis(stream) if stream.messages else None
-            rec = build_record(
-                ctx.plan,
-                request_id=request_id,
-                worker=state.worker_index,
-                scheduled_ns=scheduled,
-                warmup=state.is_warmup(scheduled),
-                spec=spec,
-                outcome=outcome,
-                result=result,
-            )
-            state.complete(rec, result.text if result is not None else "")
-            self.environment.events.request.fire(
-                request_type="grpc",
-                name=METHOD,
-                response_time=(rec.end_ns - rec.scheduled_ns) / 1e6,
-                response_length=outcome.body_bytes,
-                exception=None if rec.ok else RuntimeError(f"{rec.error_class}: {rec.error_message}"),
-                context={},
-            )
+            self.record(request_id, spec, scheduled, outcome, result, request_type="grpc", name=METHOD)
 
         def on_stop(self) -> None:
             self.channel.close()

@@ -102,9 +102,23 @@ class StreamingUser(User):
 
     def finish(self, request_id: int, spec: PromptSpec, scheduled: int, outcome: Outcome) -> None:
         """Interpret a finished stream into a record (run by the process's ``Finisher``)."""
+        result = self.interpret(outcome) if outcome.error_class is None or outcome.splitter.events else None
+        self.record(request_id, spec, scheduled, outcome, result, request_type="POST", name=self.path)
+
+    def record(
+        self,
+        request_id: int,
+        spec: PromptSpec,
+        scheduled: int,
+        outcome: Outcome,
+        result: StreamResult | None,
+        *,
+        request_type: str,
+        name: str,
+    ) -> None:
+        """Keep the request's record, and fire Locust's request event (its stats are for display only)."""
         ctx = self.ctx
         state = ctx.state
-        result = self.interpret(outcome) if outcome.error_class is None or outcome.splitter.events else None
         rec = build_record(
             ctx.plan,
             request_id=request_id,
@@ -117,8 +131,8 @@ class StreamingUser(User):
         )
         state.complete(rec, result.text if result is not None else "")
         self.environment.events.request.fire(
-            request_type="POST",
-            name=self.path,
+            request_type=request_type,
+            name=name,
             response_time=(rec.end_ns - rec.scheduled_ns) / 1e6,
             response_length=outcome.body_bytes,
             exception=None if rec.ok else RuntimeError(f"{rec.error_class}: {rec.error_message}"),
