@@ -21,41 +21,18 @@ import pytest
 
 from harness.backends.process import free_port
 from harness.load.plan import PLAN_ENV, LoadPlan
-from harness.load.prompts import build_prompts, write_prompts
 from harness.load.runner import LoadRunError, run_step
 from harness.records import read_records
-from harness.scenario import LengthDist
+from load_plans import sim_plan
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "Bearer tb-secret-7f3a9"
 
 
 def _plan(tmp_path: Path, base_url: str, **kw: Any) -> LoadPlan:
-    api = kw.get("api", "completions")
-    prompts = tmp_path / "prompts.jsonl"
-    out_tokens = kw.pop("output_tokens", 16)
-    write_prompts(
-        prompts, build_prompts(None, LengthDist(value=24), LengthDist(value=out_tokens), 20, 0, api)
-    )
-    base: dict[str, Any] = dict(
-        run_id="run1",
-        cell_id="sim",
-        step_id="s",
-        api=api,
-        base_url=base_url,
-        model="sim-model",
-        kind="concurrency",
-        target=4,
-        prompts_path=str(prompts),
-        records_path=str(tmp_path / "records.parquet"),
-        health_path=str(tmp_path / "health.json"),
-        warmup_s=0.5,
-        duration_s=2.5,
-        timeout_s=10.0,
-        simulated=True,
-    )
-    base.update(kw)
-    return LoadPlan(**base)
+    kw.setdefault("warmup_s", 0.5)
+    kw.setdefault("duration_s", 2.5)
+    return sim_plan(tmp_path, base_url=base_url, **kw)
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:

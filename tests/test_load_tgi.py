@@ -14,11 +14,11 @@ import orjson
 import pytest
 
 from harness.load.plan import LoadPlan
-from harness.load.prompts import PromptSpec, build_prompts, write_prompts
+from harness.load.prompts import PromptSpec
 from harness.load.runner import run_step
 from harness.load.tgi import PATH, TgiProtocol, interpret_tgi, tgi_body
 from harness.records import read_records
-from harness.scenario import LengthDist
+from load_plans import sim_plan
 
 
 def _event(index: int, text: str, *, special: bool = False, final: dict[str, Any] | None = None) -> bytes:
@@ -36,30 +36,8 @@ def _event(index: int, text: str, *, special: bool = False, final: dict[str, Any
 
 
 def _plan(tmp_path: Path, base_url: str = "http://127.0.0.1:1", **kw: Any) -> LoadPlan:
-    out_tokens = kw.pop("output_tokens", 12)
-    prompts = tmp_path / "prompts.jsonl"
-    write_prompts(
-        prompts, build_prompts(None, LengthDist(value=20), LengthDist(value=out_tokens), 20, 0, "tgi")
-    )
-    base: dict[str, Any] = dict(
-        run_id="run1",
-        cell_id="tgi",
-        step_id="s",
-        api="tgi",
-        base_url=base_url,
-        model="sim-model",
-        kind="concurrency",
-        target=3,
-        prompts_path=str(prompts),
-        records_path=str(tmp_path / "records.parquet"),
-        health_path=str(tmp_path / "health.json"),
-        duration_s=None,
-        requests=9,
-        timeout_s=10.0,
-        simulated=True,
-    )
-    base.update(kw)
-    return LoadPlan(**base)
+    kw = {"prompt_tokens": 20, "output_tokens": 12, "target": 3, "requests": 9, **kw}
+    return sim_plan(tmp_path, api="tgi", base_url=base_url, **kw)
 
 
 # --- request and parsing ------------------------------------------------------------------

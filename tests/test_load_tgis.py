@@ -15,43 +15,20 @@ import pytest
 
 from harness.backends.process import free_port
 from harness.load.plan import LoadPlan, PlanError
-from harness.load.prompts import PromptSpec, build_prompts, write_prompts
+from harness.load.prompts import PromptSpec
 from harness.load.runner import run_step
 from harness.load.tgis import GrpcStream, classify, interpret_tgis, stream_generate, tgis_request
 from harness.records import ERROR_CLASSES, read_records
-from harness.scenario import LengthDist
 from harness.sim.proto import generation_pb2 as pb
 from harness.sim.proto import generation_pb2_grpc as pb_grpc
+from load_plans import sim_plan
 
 S = grpc.StatusCode
 
 
 def _plan(tmp_path: Path, grpc_target: str, **kw: Any) -> LoadPlan:
-    out_tokens = kw.pop("output_tokens", 10)
-    prompts = tmp_path / "prompts.jsonl"
-    write_prompts(
-        prompts, build_prompts(None, LengthDist(value=16), LengthDist(value=out_tokens), 20, 0, "tgis")
-    )
-    base: dict[str, Any] = dict(
-        run_id="run1",
-        cell_id="tgis",
-        step_id="s",
-        api="tgis",
-        base_url="http://127.0.0.1:1",
-        grpc_target=grpc_target,
-        model="sim-model",
-        kind="concurrency",
-        target=3,
-        prompts_path=str(prompts),
-        records_path=str(tmp_path / "records.parquet"),
-        health_path=str(tmp_path / "health.json"),
-        duration_s=None,
-        requests=9,
-        timeout_s=10.0,
-        simulated=True,
-    )
-    base.update(kw)
-    return LoadPlan(**base)
+    kw = {"prompt_tokens": 16, "output_tokens": 10, "target": 3, "requests": 9, **kw}
+    return sim_plan(tmp_path, api="tgis", grpc_target=grpc_target, **kw)
 
 
 def _stream(*msgs: Any, code: grpc.StatusCode = S.OK) -> GrpcStream:
