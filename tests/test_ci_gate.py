@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from cli_runner import tokenbench
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO / "reports" / "baselines" / "ci-sim.json"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=600
-    )
+    return tokenbench(*args)
 
 
 def test_ci_sim_run_passes_the_committed_baseline(tmp_path: Path) -> None:

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
 
+from cli_runner import tokenbench
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return tokenbench(*args, extra_env={"COLUMNS": "200"}, timeout=300)
 
 
 def sim_scenario(tmp: Path) -> Path:

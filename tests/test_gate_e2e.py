@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from cli_runner import tokenbench
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,15 +48,8 @@ def _scenario(tmp: Path, name: str, seed: int, **settings: object) -> Path:
 
 
 def _cli(*args: object, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env_path = str(REPO)
-    return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
-    )
+    # A bare environment: the gate must not depend on anything the developer's shell exports.
+    return tokenbench(*args, cwd=cwd, env={"PATH": "/usr/bin:/bin"}, timeout=timeout)
 
 
 def _run(tmp: Path, name: str, seed: int, **settings: object) -> Path:

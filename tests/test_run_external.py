@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
+
+from cli_runner import tokenbench
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-tokenbench-test-9f8e7d6c5b4a"
@@ -37,15 +37,7 @@ def test_external_endpoint_with_key_never_leaks(tmp_path: Path, sim_server) -> N
     }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(scenario))
-    env = {**os.environ, "TB_TEST_API_KEY": SECRET}
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(tmp_path / "out")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = tokenbench("run", path, "--out", tmp_path / "out", extra_env={"TB_TEST_API_KEY": SECRET})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert SECRET not in proc.stdout + proc.stderr
     run_dir = next((tmp_path / "out").glob("*-ext"))
@@ -77,13 +69,6 @@ def test_external_endpoint_missing_key_variable_fails_the_cell(tmp_path: Path, s
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(scenario))
     env = {k: v for k, v in os.environ.items() if k != "TB_TEST_UNSET_KEY_VAR"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(tmp_path / "out")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = tokenbench("run", path, "--out", tmp_path / "out", env=env)
     assert proc.returncode == 1
     assert "TB_TEST_UNSET_KEY_VAR" in proc.stdout

@@ -12,15 +12,14 @@ exposes, and the modelled VRAM of simulated runs in the memory summary.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
+from cli_runner import tokenbench
 from harness.scenario import ScenarioError, load_scenario, parse_scenario
 from harness.sim.metrics import SimCounters, render
 from harness.telemetry.prometheus import parse_metrics
@@ -126,14 +125,7 @@ def test_memory_summary_uses_modelled_vram_without_a_gpu() -> None:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path_factory.mktemp("smoke")
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", str(SMOKE), "--out", str(out)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = tokenbench("run", SMOKE, "--out", out, timeout=300)
     runs = [p for p in out.iterdir() if p.is_dir()]
     assert len(runs) == 1, proc.stdout + proc.stderr
     return proc, runs[0]

@@ -9,9 +9,7 @@ harness started is left running.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from cli_runner import tokenbench
 from harness.report.html import FIGURE_IDS
 from leftovers import new_marker, processes_with_marker
 
@@ -57,15 +56,7 @@ def vllm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
     path = tmp / "scenario.yaml"
     path.write_text(yaml.safe_dump(scenario))
     key, marker = new_marker()
-    env = {**os.environ, key: marker}
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(tmp / "reports")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = tokenbench("run", path, "--out", tmp / "reports", extra_env={key: marker}, timeout=900)
     runs = sorted((tmp / "reports").glob("*-vllm-e2e"))
     assert runs, proc.stdout + proc.stderr
     return runs[0], proc, marker
