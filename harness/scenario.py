@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harness.yamlfile import read_yaml
+
 Scalar = str | int | float | bool | None
 
 
@@ -278,12 +280,7 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
 
 def load_scenario(path: Path | str, overrides: list[str] | None = None) -> Scenario:
     path = Path(path)
-    if not path.exists():
-        raise ScenarioError(f"{path}: no such scenario file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ScenarioError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml(path, ScenarioError, "scenario file")
     if overrides:
         if not isinstance(data, dict):
             raise ScenarioError(f"{path}: a scenario must be a YAML mapping")

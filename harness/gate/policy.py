@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.gate.samples import LATENCY_FAMILIES, RATE_METRICS
 from harness.gate.stats import STATS
+from harness.yamlfile import read_yaml
 
 POLICY_VERSION = 1
 
@@ -128,10 +129,4 @@ def load_policy(path: Path | None = None) -> Policy:
         text = resources.files("harness.gate").joinpath("default_policy.yaml").read_text(encoding="utf-8")
         return parse_policy(yaml.safe_load(text), "default_policy.yaml")
     path = Path(path)
-    if not path.is_file():
-        raise PolicyError(f"{path}: no such policy file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise PolicyError(f"{path}: not valid YAML: {err}") from None
-    return parse_policy(data, str(path))
+    return parse_policy(read_yaml(path, PolicyError, "policy file"), str(path))

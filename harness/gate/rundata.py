@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from harness.gate.samples import StepSamples, extract_samples
 from harness.results import SCHEMA_VERSION, CellResult, RunSummary, StepMetrics
 from harness.scenario import Slo
+from harness.yamlfile import read_yaml
 
 Key = tuple[str, str]  # (cell identity, step_id)
 
@@ -109,10 +109,7 @@ def _read_env(path: Path) -> dict[str, Any]:
 def _read_scenario(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise GateInputError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml(path, GateInputError, "scenario file")
     return data if isinstance(data, dict) else None
 
 
