@@ -72,6 +72,22 @@ def validate_cells(scenario: Scenario) -> list[Cell]:
     return cells
 
 
+def _cap_fields(cell: Cell) -> dict[str, object]:
+    """``concurrency_cap``/``concurrency_cap_setting`` of a cell whose backend limits concurrent streams."""
+    cap = get_spec(cell.server.backend).concurrency_cap(dict(cell.settings))
+    return {} if cap is None else {"concurrency_cap": cap.limit, "concurrency_cap_setting": cap.setting}
+
+
+def exceeds_cap(metrics: StepMetrics, cap: int | None) -> bool:
+    """A step over the server's concurrency cap: a closed-loop target above it, or an open-loop step
+    whose measured mean in-flight count is above it (its arrivals queue in the server's pool)."""
+    if cap is None:
+        return False
+    if metrics.kind == "concurrency":
+        return metrics.target > cap
+    return metrics.mean_in_flight is not None and metrics.mean_in_flight > cap
+
+
 def prompt_count(scenario: Scenario, step: Step) -> int:
     """Enough distinct prompts that a step rarely reuses one (reuse would hit the prefix cache)."""
     w = scenario.workload
@@ -129,6 +145,7 @@ class Run:
                     settings=dict(c.settings),
                     identity=c.identity,
                     simulated=get_spec(c.server.backend).simulated,
+                    **_cap_fields(c),
                 )
                 for c in self.cells
             ],
@@ -240,6 +257,7 @@ class Run:
         sampler = TelemetrySampler(
             cell_id=cell.cell_id,
             server_pid=handle.pid,
+            processes=handle.trees(),
             metrics_url=handle.metrics_url,
             headers=handle.headers,
         )
@@ -258,6 +276,7 @@ class Run:
                 metrics = compute_step_metrics(
                     frame, step=step, slo=scenario.slo, duration_s=None, health=health
                 )
+                metrics.exceeds_concurrency_cap = exceeds_cap(metrics, result.concurrency_cap)
                 result.steps.append(metrics)
                 self.run_dir.write_summary(self.summary)
                 self.progress(self._step_line(cell, metrics))

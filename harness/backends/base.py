@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -132,6 +132,13 @@ class BackendSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class ConcurrencyCap(NamedTuple):
+    """A server's own limit on concurrent streams, and the setting that sets it."""
+
+    limit: int
+    setting: str
+
+
 def _where(server: Server, cell_id: str | None) -> str:
     return f"server '{server.name}'" + (f" (cell '{cell_id}')" if cell_id else "")
 
@@ -222,9 +229,9 @@ class BackendSpec:
         return self.Settings.model_validate(settings, context=self.validation_context(server))
 
     # -- running -------------------------------------------------------------------------------
-    def concurrency_cap(self, settings: dict[str, Scalar]) -> int | None:
-        """The most concurrent streams a server with these settings serves at once, if it has such
-        a limit (Caikit's gRPC thread pool); the report flags steps above it."""
+    def concurrency_cap(self, settings: dict[str, Scalar]) -> ConcurrencyCap | None:
+        """The most concurrent streams a server with these (cell) settings serves at once, if it has
+        such a limit (Caikit's gRPC thread pool, default 5); summary and report flag steps above it."""
         return None
 
     def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> Backend:
