@@ -63,8 +63,8 @@ def validate_cells(scenario: Scenario) -> list[Cell]:
 
     cells = expand_cells(scenario)
     problems: list[str] = [p for server in scenario.servers for p in check_local_model(server)]
-    for cell in cells:
-        problems += [f"cell '{cell.cell_id}': {p}" for p in validate_settings(cell)]
+    for cell in cells:  # each message names server, cell, field and value; rules of a server, once
+        problems += [p for p in validate_settings(cell) if p not in problems]
     ids = [c.cell_id for c in cells]
     problems += [f"cell id '{i}' appears twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
     if problems:
