@@ -46,21 +46,45 @@ def _fail(console: Console, message: str, code: int = 2) -> typer.Exit:
 
 @app.command()
 def run(
-    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    scenario: Annotated[
+        Path | None, typer.Argument(help="scenario YAML file (omit with --resume)", show_default=False)
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="folder that receives the run folder")] = Path("reports"),
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override a field: path=value (YAML value)")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="continue an interrupted or killed run in its own folder: finished steps are kept, "
+            "unfinished cells restart from their first unfinished step",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Run a scenario: start each cell's server, drive every load step, write the report."""
     from harness.report.data import load_run
     from harness.report.terminal import print_summary
     from harness.run import Run
+    from harness.rundir import RunDir
 
     console = _console()
     try:
-        sc = load_scenario(scenario, set_ or [])
-        runner = Run(sc, out_root=out, repo_root=_repo_root(), progress=_progress(console))
+        if resume is not None:
+            if scenario is not None or set_:
+                raise ScenarioError("--resume takes the run folder only: its scenario.yaml is the scenario")
+            if not (resume / "summary.json").is_file():
+                raise ScenarioError(f"{resume}: not a run folder (no summary.json)")
+            sc = load_scenario(resume / "scenario.yaml")
+            runner = Run(
+                sc, out_root=out, repo_root=_repo_root(), progress=_progress(console), resume=RunDir(resume)
+            )
+        else:
+            if scenario is None:
+                raise ScenarioError("give a scenario file, or --resume RUN_DIR")
+            sc = load_scenario(scenario, set_ or [])
+            runner = Run(sc, out_root=out, repo_root=_repo_root(), progress=_progress(console))
     except ScenarioError as err:
         raise _fail(console, str(err)) from None
     outcome = runner.execute()
