@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from harness.scenario import ScenarioError, load_scenario
 
@@ -40,7 +41,8 @@ def _progress(console: Console) -> Callable[[str], None]:
 
 
 def _fail(console: Console, message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    """Print ``error: message``; the message is text, never markup (cell ids look like ``[tags]``)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -118,9 +120,9 @@ def validate(
     except ScenarioError as err:
         raise _fail(console, str(err)) from None
     steps = expand_steps(sc)
-    console.print(f"{scenario}: ok — {len(cells)} cells × {len(steps)} steps", highlight=False)
+    console.print(f"{scenario}: ok — {len(cells)} cells × {len(steps)} steps", highlight=False, markup=False)
     for c in cells:
-        console.print(f"  cell {c.cell_id}  [{c.identity}]", highlight=False)
+        console.print(f"  cell {c.cell_id}  [{c.identity}]", highlight=False, markup=False)
     console.print("  steps: " + ", ".join(s.step_id for s in steps), highlight=False)
 
 

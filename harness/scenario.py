@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.yamlfile import read_yaml
+from harness.yamlfile import parse_yaml, read_yaml
 
 Scalar = str | int | float | bool | None
 
@@ -246,6 +246,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ScenarioError(f"--set {item!r}: expected path=value")
         path, raw = item.split("=", 1)
+        value = parse_yaml(raw, f"--set {item!r}", ScenarioError, "value")
         keys = path.strip().split(".")
         node: Any = data
         for i, key in enumerate(keys):
@@ -256,12 +257,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                         f"--set {item!r}: {'.'.join(keys[: i + 1])} is not a valid list index"
                     )
                 if last:
-                    node[int(key)] = yaml.safe_load(raw)
+                    node[int(key)] = value
                 else:
                     node = node[int(key)]
             elif isinstance(node, dict):
                 if last:
-                    node[key] = yaml.safe_load(raw)
+                    node[key] = value
                 else:
                     node = node.setdefault(key, {})
             else:
