@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, tail
+from harness.load.fdlimit import OpenFilesError, ensure_open_files
 from harness.load.plan import HEADERS_ENV, PLAN_ENV, LoadPlan
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -118,6 +119,10 @@ def run_step(
     records_path, health_path = Path(plan.records_path), Path(plan.health_path)
     for stale in (records_path, health_path):
         stale.unlink(missing_ok=True)
+    try:
+        ensure_open_files(plan.users, plan.processes)
+    except OpenFilesError as err:
+        raise LoadRunError(str(err)) from None
     plan_path = step_dir / "load_plan.json"
     plan.write(plan_path)
     log_path = step_dir / "locust.log"
