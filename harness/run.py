@@ -250,7 +250,9 @@ class Run:
         self, cell: Cell, result: CellResult, scenario: Scenario, registry: ProcessRegistry
     ) -> None:
         from harness.backends.base import BackendStartError
+        from harness.backends.process import tail
         from harness.backends.registry import launch
+        from harness.backends.watch import ServerDied
         from harness.load.runner import LoadRunError
 
         cell_dir = self.run_dir.cell_dir(cell.cell_id)
@@ -273,6 +275,9 @@ class Run:
         except LoadRunError as err:
             result.status, result.error = "failed", f"load generator failed: {err}"
             result.log_tail = list(getattr(err, "log_tail", []))
+        except ServerDied as err:
+            result.status, result.error = "failed", str(err)
+            result.log_tail = tail(cell_dir / "server.log")
         except KeyboardInterrupt:
             result.status, result.error = "interrupted", "interrupted by a signal (resumable: --resume)"
             raise
@@ -339,6 +344,7 @@ class Run:
         handle: ServerHandle,
         registry: ProcessRegistry,
     ) -> tuple[Path, dict, float]:
+        from harness.backends.watch import ServerWatch
         from harness.load.plan import LoadPlan
         from harness.load.prompts import build_prompts, load_dataset, write_prompts
         from harness.load.runner import run_step
@@ -382,7 +388,8 @@ class Run:
             tokenizer_path=str(tok) if tok else None,
         )
         self.progress(f"[{cell.cell_id}] step {step.step_id}: {step.kind} {step.target:g}")
-        outcome = run_step(plan, step_dir, headers=handle.headers, registry=registry)
+        watch = ServerWatch(pids={"server": handle.pid} if handle.pid else {})
+        outcome = run_step(plan, step_dir, headers=handle.headers, registry=registry, watch=watch)
         return Path(outcome.records_path), outcome.health, outcome.wall_s
 
     @staticmethod

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, tail
+from harness.backends.watch import ServerDied, ServerWatch
 from harness.load.fdlimit import OpenFilesError, ensure_open_files
 from harness.load.plan import HEADERS_ENV, PLAN_ENV, LoadPlan
 
@@ -103,6 +104,7 @@ def run_step(
     headers: dict[str, str] | None = None,
     registry: ProcessRegistry | None = None,
     max_wall_s: float | None = None,
+    watch: ServerWatch | None = None,
 ) -> StepOutcome:
     """Drive one step with Locust and return where its records are.
 
@@ -110,7 +112,9 @@ def run_step(
     mode, none for request-count mode); past it Locust is terminated and the
     partial records are kept. Raises ``LoadRunError`` if no records file
     appeared. On KeyboardInterrupt the Locust group is terminated (it writes
-    what it has) and the interrupt is re-raised.
+    what it has) and the interrupt is re-raised. ``watch`` is polled while
+    Locust runs: when the server dies, Locust is stopped (its records so far
+    are written) and ``ServerDied`` is raised.
     """
     step_dir = Path(step_dir)
     step_dir.mkdir(parents=True, exist_ok=True)
@@ -138,9 +142,13 @@ def run_step(
         registry=registry,
     )
     returncode: int | None = None
+    died: str | None = None
     try:
         while (returncode := proc.poll()) is None:
             if max_wall_s is not None and time.monotonic() - started > max_wall_s:
+                returncode = proc.terminate(TERMINATE_GRACE_S)
+                break
+            if watch is not None and (died := watch.check()) is not None:
                 returncode = proc.terminate(TERMINATE_GRACE_S)
                 break
             time.sleep(0.1)
@@ -151,6 +159,8 @@ def run_step(
         proc.terminate(TERMINATE_GRACE_S)
     wall_s = time.monotonic() - started
 
+    if died is not None:
+        raise ServerDied(f"the server died during step {plan.step_id}: {died}; records so far kept")
     if not records_path.exists():
         lines = "\n".join(tail(log_path, 40))
         raise LoadRunError(
