@@ -254,6 +254,7 @@ class Run:
         from harness.backends.registry import launch
         from harness.backends.watch import ServerDied
         from harness.load.runner import LoadRunError
+        from harness.stepcheck import StepFailed
 
         cell_dir = self.run_dir.cell_dir(cell.cell_id)
         result.status, result.error = "running", None
@@ -278,6 +279,8 @@ class Run:
         except ServerDied as err:
             result.status, result.error = "failed", str(err)
             result.log_tail = tail(cell_dir / "server.log")
+        except StepFailed as err:
+            result.status, result.error = "failed", f"{err}; the cell's remaining steps were skipped"
         except KeyboardInterrupt:
             result.status, result.error = "interrupted", "interrupted by a signal (resumable: --resume)"
             raise
@@ -298,6 +301,7 @@ class Run:
         registry: ProcessRegistry,
     ) -> None:
         from harness.metrics import compute_step_metrics
+        from harness.stepcheck import check_step
         from harness.telemetry.sampler import TelemetrySampler, read_timeseries, write_timeseries
         from harness.telemetry.summary import memory_summary
 
@@ -328,6 +332,7 @@ class Run:
                 result.steps.append(metrics)
                 self.run_dir.write_summary(self.summary)
                 self.progress(self._step_line(cell, metrics))
+                check_step(frame, metrics, scenario.workload.abort_error_rate)
         finally:
             series = cell_dir / "timeseries.parquet"
             earlier = read_timeseries(series) if series.exists() else []  # a resumed cell's first attempt

@@ -101,6 +101,12 @@ class Workload(_Strict):
     timeout_s: float = Field(default=120.0, gt=0)
     processes: int = Field(default=1, ge=1, description="Locust --processes")
     temperature: float = Field(default=0.0, ge=0)
+    abort_error_rate: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="a step whose measured requests fail at this rate or more fails its cell",
+    )
 
     @model_validator(mode="before")
     @classmethod
