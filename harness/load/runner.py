@@ -32,6 +32,7 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TERMINATE_GRACE_S = 10.0
 MIN_SPAWN_RATE = 100
+MASTER_HOST = "127.0.0.1"
 
 
 class LoadRunError(RuntimeError):
@@ -74,11 +75,17 @@ def locust_command(plan: LoadPlan, master_port: int | None = None) -> list[str]:
     ]
     if plan.processes > 1:
         port = master_port if master_port is not None else free_port()
+        # Locust's master channel has no authentication: it listens on loopback only
+        # (by default it binds every interface).
         cmd += [
             "--processes",
             str(plan.processes),
+            "--master-bind-host",
+            MASTER_HOST,
             "--master-bind-port",
             str(port),
+            "--master-host",
+            MASTER_HOST,
             "--master-port",
             str(port),
         ]
