@@ -292,3 +292,88 @@ def test_scenario_tls_fields_are_checked_at_validate(tmp_path: Path, certs: dict
     assert opts.ca_bundle == str(tmp_path / "ca.pem") and opts.server_name == "bench.internal"
     with pytest.raises(ScenarioError, match=r"servers\[0\]\.stream_usage"):
         load_scenario(_scenario(tmp_path, {"stream_usage": "maybe"}))
+
+
+# --- gRPC: TLS with a CA bundle and server-name override, bearer token as metadata -------------------------
+
+
+@pytest.fixture()
+def grpc_tls_server(certs: dict[str, Path]) -> Iterator[tuple[str, list[Any]]]:
+    """A gRPC server on TLS answering health, runtime info and a 3-message stream as Caikit would."""
+    from concurrent import futures
+
+    import grpc
+
+    from harness.protocols.proto import caikit_data_model_nlp_pb2 as nlp
+
+    seen: list[Any] = []
+
+    def stream(request: bytes, context: Any) -> Iterator[bytes]:
+        seen.append(dict(context.invocation_metadata()))
+        for i in range(3):
+            finish = nlp.MAX_TOKENS if i == 2 else nlp.NOT_FINISHED
+            details = nlp.TokenStreamDetails(
+                generated_tokens=i, finish_reason=finish, input_token_count=4 if i == 0 else 0
+            )
+            yield nlp.GeneratedTextStreamResult(
+                generated_text=" tok" if i else "", details=details
+            ).SerializeToString()
+
+    def unary(reply: bytes) -> Any:
+        def handle(request: bytes, context: Any) -> bytes:
+            seen.append(dict(context.invocation_metadata()))
+            return reply
+
+        return grpc.unary_unary_rpc_method_handler(handle)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": unary(b"\x08\x01")}),
+            grpc.method_handlers_generic_handler(
+                "caikit.runtime.info.InfoService", {"GetRuntimeInfo": unary(b"")}
+            ),
+            grpc.method_handlers_generic_handler(
+                "caikit.runtime.Nlp.NlpService",
+                {"ServerStreamingTextGenerationTaskPredict": grpc.unary_stream_rpc_method_handler(stream)},
+            ),
+        ]
+    )
+    creds = grpc.ssl_server_credentials([(certs["key"].read_bytes(), certs["cert"].read_bytes())])
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    yield f"127.0.0.1:{port}", seen
+    server.stop(0)
+
+
+def test_grpc_over_tls_with_server_name_and_bearer_metadata(
+    grpc_tls_server: tuple[str, list[Any]], certs: dict[str, Path]
+) -> None:
+    from harness.load.grpcstream import auth_metadata, stream_call
+    from harness.protocols.tls import grpc_channel
+
+    target, seen = grpc_tls_server
+    spec = get_protocol("caikit-grpc")
+    tls = TlsOptions(ca_bundle=str(certs["ca"]), server_name="bench.internal")
+    headers = {"Authorization": "Bearer grpc-secret-9"}
+    endpoint = Endpoint(
+        "http://127.0.0.1:1", "m", grpc_target=target, grpc_tls=True, tls=tls, headers=headers
+    )
+    assert wait_until_ready(spec, endpoint, 10) >= 0
+    assert seen and all(m.get("authorization") == "Bearer grpc-secret-9" for m in seen)
+    channel = grpc_channel(target, tls=True, options=tls)
+    try:
+        metadata = [*auth_metadata(headers), ("mm-model-id", "m")]
+        out = stream_call(channel.unary_stream(spec.path), b"", 10, metadata)
+    finally:
+        channel.close()
+    assert out.outcome().error_class is None and len(out.messages) == 3
+    res = spec.interpret(out.events)
+    assert res.complete and res.completion_tokens == 2 and res.prompt_tokens == 4
+    assert seen[-1]["mm-model-id"] == "m" and seen[-1]["authorization"] == "Bearer grpc-secret-9"
+    untrusted = grpc_channel(target, tls=True, options=TlsOptions(server_name="bench.internal"))
+    try:
+        bad = stream_call(untrusted.unary_stream(spec.path), b"", 5, metadata)
+    finally:
+        untrusted.close()
+    assert bad.outcome().error_class == "connect"  # the system roots do not trust the test CA
