@@ -1,7 +1,8 @@
-"""An external endpoint per protocol, against the sim: ready by the protocol's own probes, then one real step.
+"""An external endpoint per protocol the sim serves: ready by the protocol's own probes, then one real step.
 
-TGI and TGIS servers have no ``GET /v1/models``; the sim is started with ``--hide-models`` for those,
-so an endpoint whose readiness were still hard-wired to ``/v1/models`` would never become ready.
+(That TGI/TGIS/Caikit endpoints need no ``GET /v1/models`` is shown against a sim without that
+route in ``test_external_readiness.py``.) Here each protocol goes all the way: readiness through
+``ExternalBackend``, then a real Locust step through the handle it returned, gRPC included.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from harness.backends.base import BackendStartError
@@ -26,10 +26,7 @@ from load_plans import sim_plan
 @pytest.mark.parametrize("protocol", ["completions", "chat", "tgi", "tgis"])
 def test_external_endpoint_per_protocol(tmp_path: Path, sim_server: Any, protocol: str) -> None:
     grpc_port = free_port()
-    hide = protocol in ("tgi", "tgis")
-    sim = sim_server(ttft_ms=10, itl_ms=2, grpc_port=grpc_port, hide_models=hide)
-    if hide:
-        assert httpx.get(f"{sim.base_url}/v1/models").status_code == 404
+    sim = sim_server(ttft_ms=10, itl_ms=2, grpc_port=grpc_port)
     server = Server.model_validate(
         {
             "name": "ext",
@@ -60,11 +57,10 @@ def test_external_endpoint_per_protocol(tmp_path: Path, sim_server: Any, protoco
         assert r["token_source"] == "usage"
 
 
-def test_external_openai_endpoint_without_models_is_not_ready(tmp_path: Path, sim_server: Any) -> None:
-    """Readiness is the protocol's: the same sim that passes as TGI is not ready as OpenAI without /v1/models."""
-    sim = sim_server(ttft_ms=10, itl_ms=2, hide_models=True)
+def test_external_grpc_endpoint_without_grpc_target_is_not_ready(tmp_path: Path, sim_server: Any) -> None:
+    sim = sim_server(ttft_ms=10, itl_ms=2)
     server = Server.model_validate(
-        {"name": "ext", "backend": "external", "model": "m", "base_url": sim.base_url, "api": "completions"}
+        {"name": "ext", "backend": "external", "model": "m", "base_url": sim.base_url, "api": "tgis"}
     )
-    with pytest.raises(BackendStartError, match=r"/v1/models answered HTTP 404"):
-        ExternalBackend(ready_timeout_s=1.0).start(Cell("ext", server, {}, protocol="completions"), tmp_path)
+    with pytest.raises(BackendStartError, match=r"'tgis' is gRPC but the server has no gRPC address"):
+        ExternalBackend(ready_timeout_s=1.0).start(Cell("ext", server, {}, protocol="tgis"), tmp_path)

@@ -38,7 +38,6 @@ class SimOptions:
     engine: EngineConfig | None = None
     time_scale: float = 1.0
     grpc_port: int | None = None
-    hide_models: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,11 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="which metric names /metrics uses; both APIs are always served",
     )
     p.add_argument("--model", default="sim-model", help="the model name the sim pretends to serve")
-    p.add_argument(
-        "--hide-models",
-        action="store_true",
-        help="answer GET /v1/models with 404, as a TGI or TGIS server does (readiness must not need it)",
-    )
     p.add_argument("--ttft-ms", type=float, default=100.0)
     p.add_argument("--itl-ms", type=float, default=10.0)
     p.add_argument("--tokens-per-chunk", type=int, default=1)
@@ -139,5 +133,4 @@ def parse_options(argv: list[str]) -> SimOptions:
         engine=engine,
         time_scale=a.time_scale,
         grpc_port=a.grpc_port,
-        hide_models=a.hide_models,
     )

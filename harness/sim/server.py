@@ -131,7 +131,7 @@ class SimServer:
         elif path == "/metrics":
             text = render(self.counters, api=self.opts.api, mode=self.opts.mode, model=self.opts.model)
             conn.respond(200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
-        elif path == "/v1/models" and not self.opts.hide_models:
+        elif path == "/v1/models":
             conn.respond(200, openai_api.models_body(self.opts.model, self.opts.max_model_len))
         elif path == "/version":
             conn.respond(200, orjson.dumps({"version": f"{__version__}+sim.{self.opts.mode}"}))
