@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 import pytest
-from recorded_streams import load_grpc, load_http
 
 from harness.load.grpcstream import GrpcStream
 from harness.load.plan import LoadPlan, PlanError
@@ -26,6 +25,7 @@ from harness.protocols.proto import caikit_data_model_nlp_pb2 as nlp
 from harness.protocols.proto import caikit_nlp_pb2
 from harness.protocols.proto import generation_pb2 as pb
 from harness.protocols.registry import PROTOCOLS, get_protocol
+from recorded_streams import load_grpc, load_http
 
 REPO = Path(__file__).resolve().parents[1]
 SIX = ["completions", "chat", "tgi", "tgis", "caikit-grpc", "caikit-http"]
