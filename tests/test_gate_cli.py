@@ -28,6 +28,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("runs")
     return {
         "base": write_run(tmp / "base", seed=1),
+        **{f"base{i}": write_run(tmp / f"base{i}", seed=10 * i + 1) for i in range(2, 6)},
         "same": write_run(tmp / "same", seed=2),
         "slow": write_run(tmp / "slow", seed=3, itl_ms=11.5),
         "tiny": write_run(tmp / "tiny", seed=4, duration_s=0.4),
@@ -47,7 +48,9 @@ def invoke(app: typer.Typer, *args: str) -> tuple[int, str]:
 @pytest.fixture
 def baseline(app: typer.Typer, runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.chdir(tmp_path)
-    code, out = invoke(app, "baseline", "save", runs["base"], "--name", "main")
+    # five repeats: the gate can then judge tail rules on one run with between-run noise (df = 4)
+    repeats = [runs["base"]] + [runs[f"base{i}"] for i in range(2, 6)]
+    code, out = invoke(app, "baseline", "save", *repeats, "--name", "main")
     assert code == 0, out
     assert (tmp_path / "reports/baselines/main.json").is_file()
     return "main"

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.atomic import write_text
-from harness.gate.rundata import GateInputError, GateRun, StepGroup
+from harness.gate.rundata import GateInputError, GateRun, StepGroup, note_limited
 from harness.gate.samples import StepSamples
 from harness.results import RunSummary
 
@@ -245,6 +245,10 @@ def load_baseline(path: Path) -> GateRun:
         run.steps.setdefault(key, StepGroup(key, cell, step)).repeats.append(_from_set(m))
     if not run.steps:
         raise GateInputError(f"{path}: baseline holds no per-request samples")
+    for c in base.summary.cells:
+        for s in c.steps:
+            if (c.identity, s.step_id) in run.steps:
+                note_limited(run.steps[(c.identity, s.step_id)], f"baseline {base.name}/{c.cell_id}", s)
     return run
 
 

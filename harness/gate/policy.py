@@ -11,6 +11,12 @@ Rule kinds, per metric:
 * ``max: 0.5%`` / ``min: 100`` – absolute limits on the run's own value
   (SLO checks; latencies in ms, rates per second, ``error_rate`` a fraction).
 
+``single_repeat_tails`` says what a relative rule on a tail percentile (p90,
+p95, p99, max) does when neither side has repeats, so no between-run noise
+can be measured: ``inconclusive`` (default; a rerun of the same
+configuration moved a p95 by 20 %) or ``within_run`` (judge on within-run
+noise alone; for tolerances wide enough to absorb run-to-run variation).
+
 Percentages may be written ``10%`` or as fractions (``0.1``).
 """
 
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -87,6 +93,10 @@ class Policy(BaseModel):
     )
     inconclusive_fails: bool = Field(default=True, description="exit 3 on inconclusive; false → exit 0")
     slo_from_scenario: bool = Field(default=True, description="add absolute checks from the scenario's slo")
+    single_repeat_tails: Literal["inconclusive", "within_run"] = Field(
+        default="inconclusive",
+        description="tail rules without repeats on either side: inconclusive, or judged on within-run noise",
+    )
     rules: dict[str, Rule] = Field(default_factory=dict)
 
     @field_validator("rules")

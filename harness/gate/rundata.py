@@ -40,6 +40,7 @@ class StepGroup:
     cell: CellResult
     metrics: StepMetrics
     repeats: list[StepSamples] = field(default_factory=list)
+    limited: list[str] = field(default_factory=list)  # harness-limited repeats: "repeat: reasons"
 
     @property
     def n_total(self) -> int:
@@ -150,9 +151,10 @@ def load_run_folder(
             run.failed_cells.setdefault(cell.identity, cell)
         for step in cell.steps:
             by_cell[(cell.cell_id, step.step_id)] = (cell.identity, step)
-            run.steps.setdefault(
+            group = run.steps.setdefault(
                 (cell.identity, step.step_id), StepGroup((cell.identity, step.step_id), cell, step)
             )
+            note_limited(group, f"{run_dir.name}/{cell.cell_id}", step)
     tag = repeat or run_dir.name
     for s in extract_samples(records, by_cell, slo, tag, max_requests, max_itl):
         run.steps[(s.identity, s.step_id)].repeats.append(s)
@@ -160,6 +162,12 @@ def load_run_folder(
         del run.steps[key]
     _check_usable(run, run_dir)
     return run
+
+
+def note_limited(group: StepGroup, where: str, step: StepMetrics) -> None:
+    """Remember a harness-limited step: the client, not the server, set its numbers."""
+    if step.harness.limited:
+        group.limited.append(f"{where}: {'; '.join(step.harness.reasons) or 'harness-limited'}")
 
 
 def _check_usable(run: GateRun, where: Path) -> None:
@@ -190,6 +198,7 @@ def merge_repeats(runs: list[GateRun]) -> GateRun:
         for key, group in run.steps.items():
             target = merged.steps.setdefault(key, StepGroup(key, group.cell, group.metrics))
             target.repeats.extend(group.repeats)
+            target.limited.extend(group.limited)
         for ident, cell in run.failed_cells.items():
             merged.failed_cells.setdefault(ident, cell)
     return merged
