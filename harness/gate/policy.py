@@ -12,10 +12,11 @@ Rule kinds, per metric:
   (SLO checks; latencies in ms, rates per second, ``error_rate`` a fraction).
 
 ``single_repeat_tails`` says what a relative rule on a tail percentile (p90,
-p95, p99, max) does when neither side has repeats, so no between-run noise
-can be measured: ``inconclusive`` (default; a rerun of the same
-configuration moved a p95 by 20 %) or ``within_run`` (judge on within-run
-noise alone; for tolerances wide enough to absorb run-to-run variation).
+p95, p99, max) does when either side has a single repeat, so its run-to-run
+variation is unknown: ``inconclusive`` (default; a rerun of the same
+configuration moved a p95 by 20 %) or ``within_run`` (judge on the noise
+that can be measured; for tolerances wide enough to absorb run-to-run
+variation).
 
 Percentages may be written ``10%`` or as fractions (``0.1``).
 """
@@ -95,7 +96,7 @@ class Policy(BaseModel):
     slo_from_scenario: bool = Field(default=True, description="add absolute checks from the scenario's slo")
     single_repeat_tails: Literal["inconclusive", "within_run"] = Field(
         default="inconclusive",
-        description="tail rules without repeats on either side: inconclusive, or judged on within-run noise",
+        description="tail rules when a side has one repeat: inconclusive, or judged on measurable noise",
     )
     rules: dict[str, Rule] = Field(default_factory=dict)
 
@@ -139,4 +140,12 @@ def load_policy(path: Path | None = None) -> Policy:
         text = resources.files("harness.gate").joinpath("default_policy.yaml").read_text(encoding="utf-8")
         return parse_policy(yaml.safe_load(text), "default_policy.yaml")
     path = Path(path)
-    return parse_policy(read_yaml(path, PolicyError, "policy file"), str(path))
+    try:
+        data = read_yaml(path, PolicyError, "policy file")
+    except UnicodeDecodeError as err:
+        raise PolicyError(
+            f"{path}: policy file is not UTF-8 text (binary or corrupted?): {err.reason}"
+        ) from None
+    except RecursionError:
+        raise PolicyError(f"{path}: policy file nests too deeply to read") from None
+    return parse_policy(data, str(path))

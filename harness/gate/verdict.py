@@ -15,10 +15,12 @@ tiny-but-real shift is not a regression) while still catching a ≥10 % change
 once the interval is narrower than the distance to the boundary.
 
 The interval comes from :mod:`harness.gate.interval`: within-run noise, and
-between-run noise (repeats pooled) when the sides hold repeats. Without
-repeats, rules on tail percentiles are inconclusive unless the policy sets
-``single_repeat_tails: within_run``: run-to-run variation of a p95 is larger
-than its sampling noise, and only repeats can measure it.
+between-run noise (repeats pooled) when the sides hold repeats. Unless
+both sides hold two or more repeats, rules on tail percentiles are
+inconclusive unless the policy sets ``single_repeat_tails: within_run``:
+run-to-run variation of a p95 is larger than its sampling noise, and only
+repeats of that side can show it (a calm three-run baseline said nothing
+about a single run taken while the machine was busier: +19 % on an A/A).
 
 Absolute rules (``max`` / ``min``; SLOs): pass when the run's value meets the
 limit, regression when the whole interval breaks it, else inconclusive (also
@@ -76,7 +78,7 @@ class GateResult:
     mismatches: list[Mismatch] = field(default_factory=list)
     env_diff: list[str] = field(default_factory=list)
     harness_limited: dict[str, list[str]] = field(default_factory=dict)  # target → reasons
-    hints: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # concessions made to load the inputs
 
     @property
     def verdict(self) -> Verdict:
@@ -132,7 +134,10 @@ def decide(w: float, w_lo: float, w_hi: float, tol: float) -> Verdict:
 def _relative(pair: Pair, metric: str, rule: Rule, b: Measure, r: Measure, policy: Policy) -> list[Check]:
     checks: list[Check] = []
     ch = change_interval(b, r, policy.confidence)
-    single_tail = b.tail and not ch.between_runs and policy.single_repeat_tails == "inconclusive"
+    # A tail needs repeats on *both* sides: pooling assumes both sides vary alike from run to run, and a
+    # single run taken while the machine was busier is exactly what a calm baseline's spread cannot show.
+    single = min(b.repeats, r.repeats) < 2
+    single_tail = b.tail and single and policy.single_repeat_tails == "inconclusive"
     for bad, tol in ((1.0, rule.max_increase), (-1.0, rule.max_decrease)):
         if tol is None:
             continue
@@ -168,11 +173,12 @@ def _relative(pair: Pair, metric: str, rule: Rule, b: Measure, r: Measure, polic
         w_lo, w_hi = sorted((bad * ch.lo, bad * ch.hi))
         verdict = decide(w, w_lo, w_hi, tol)
         if single_tail:
+            side = "the run" if r.repeats < 2 else "the baseline"
             c.message = (
-                f"{_signed(w)} worse within run, but one repeat per side measures only within-run noise and "
-                "tail percentiles vary more than that between runs; gate with repeats (scenario repeats, "
-                "several --run, or a baseline saved from several runs) or set single_repeat_tails: "
-                "within_run in the policy"
+                f"{_signed(ch.rel)} ({b.repeats} baseline, {r.repeats} run repeats), but {side} has one repeat, "
+                "and tail percentiles vary between runs by more than one run can show; gate with repeats on "
+                "both sides (scenario repeats, several --run, a baseline saved from several runs) or set "
+                "single_repeat_tails: within_run in the policy"
             )
         elif verdict == "regression":
             c.verdict, c.message = verdict, f"{_pct(round(w, 4))} worse, beyond the {_pct(tol)} tolerance"
