@@ -151,3 +151,22 @@ def test_identities_in_messages_survive_rich_markup(app, runs, tmp_path: Path) -
     changed = write_run(tmp_path / "changed", seed=9, identity="ca26f00d", itl_ms=11.5)
     code, out, _ = invoke(app, "compare", runs["base"], changed, "--out", tmp_path / "c")
     assert code == 2 and "[ca26f00d]" in out, out
+
+
+def test_cell_cut_short_by_the_interruption_is_not_a_regression(app, tmp_path: Path) -> None:
+    cells = [("sim-a", "ident-a"), ("sim-b", "ident-b")]
+    base = write_run(tmp_path / "base", seed=1, cells=cells)
+    run = write_run(tmp_path / "run", seed=2, cells=cells, complete=False)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["cells"][1].update(status="failed", error="interrupted", steps=[])
+    (run / "summary.json").write_text(json.dumps(summary))
+    code, out, _ = invoke(app, "baseline", "save", base, "--name", "b", "--dir", tmp_path / "bl")
+    assert code == 0, out
+    args = ["gate", "--baseline", tmp_path / "bl/b.json", "--run", run, "--out", tmp_path / "g"]
+    code, out, _ = invoke(app, *args)
+    assert code == 2 and "cells not finished: sim-b" in out, out
+    code, out, _ = invoke(app, *args, "--allow-incomplete")
+    data = json.loads((tmp_path / "g/gate.json").read_text())
+    assert code != 1 and not [c for c in data["checks"] if c["metric"] == "cell_status"], out
+    coverage = [c for c in data["checks"] if c["metric"] == "coverage"]
+    assert coverage and coverage[0]["verdict"] == "inconclusive" and "sim-b" in coverage[0]["target"]

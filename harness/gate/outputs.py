@@ -182,6 +182,7 @@ def to_json(result: GateResult) -> dict[str, Any]:
                 "interval_method": c.method or None,
                 "too_few_samples": [n for n in c.notes if n.startswith("too few")],
                 "harness_limited": c.target in result.harness_limited,
+                "verdict_if_not_harness_limited": c.unlimited_verdict,
                 "notes": c.notes,
             }
             for c in result.checks

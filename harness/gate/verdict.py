@@ -67,6 +67,7 @@ class Check:
     message: str = ""
     method: str = ""  # which noise the interval covers: within-run only, or between runs too
     notes: list[str] = field(default_factory=list)  # caveats, e.g. a percentile resting on too few samples
+    unlimited_verdict: Verdict | None = None  # on a harness-limited step: the verdict it would have had
 
 
 @dataclass
@@ -265,7 +266,7 @@ def _harness_limited(pair: Pair, checks: list[Check]) -> list[str]:
     if not reasons:
         return []
     for c in checks:
-        was = c.verdict
+        was = c.unlimited_verdict = c.verdict
         c.verdict = "inconclusive"
         c.message = f"harness-limited ({'; '.join(reasons)}), so this measures the load generator; was {was}: {c.message}"
     return reasons
