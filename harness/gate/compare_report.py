@@ -47,6 +47,8 @@ def _esc(x: object) -> str:
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
+    if x is not None and math.isinf(x):
+        return "+∞ (unbounded)" if x > 0 else "−∞"
     if x is None or not math.isfinite(x):
         return "–"
     return f"{x * 100:+.1f}%" if pct else f"{x:.4g}"

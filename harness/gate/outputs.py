@@ -28,6 +28,8 @@ def _num(x: float | None) -> str:
 
 
 def _pct(x: float | None) -> str:
+    if x is not None and math.isinf(x):
+        return "+∞ (unbounded)" if x > 0 else "−∞"
     if x is None or not math.isfinite(x):
         return "–"
     return f"{x * 100:+.1f}%"
