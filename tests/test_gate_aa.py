@@ -77,11 +77,11 @@ def test_vllm_cpu_reruns_never_regress(tmp_path: Path) -> None:
         "workload": {
             "api": "completions",
             "prompt_tokens": 32,
-            "output_tokens": 32,
+            "output_tokens": 16,
             "ignore_eos": True,
             "steps": {"concurrency": [2]},
-            "warmup_s": 2,
-            "duration_s": 15,
+            "warmup_s": 3,
+            "duration_s": 30,
             "timeout_s": 60,
         },
     }
