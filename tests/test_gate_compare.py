@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import typer
@@ -68,3 +69,17 @@ def test_configuration_diff_between_the_runs(page: tuple[str, str]) -> None:
     assert "scenario: workload.duration_s" in section and "25" in section
     assert "environment: gpu" in section and "NVIDIA H100" in section
     assert "secret-value" not in html  # cell env values never reach the page
+
+
+def test_compare_page_says_when_a_percentile_rests_on_too_few_samples(tmp_path: Path) -> None:
+    runs = [write_run(tmp_path / f"r{i}", seed=i, duration_s=4) for i in range(2)]  # ~48 requests each
+    app = typer.Typer()
+    register(app)
+    res = CliRunner().invoke(app, ["compare", *map(str, runs), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    html = (tmp_path / "out/compare.html").read_text()
+    p99 = _change_cell(html, 0, "ttft_p99", 1)
+    assert "too few samples" in p99 and "unbounded" in p99
+    assert "no better than the maximum" in html
+    p50 = _change_cell(html, 0, "ttft_p50", 1)
+    assert "too few samples" not in p50
