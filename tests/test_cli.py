@@ -33,7 +33,7 @@ def test_validate_lists_cells_and_steps() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "4 cells × 3 steps" in proc.stdout
     assert "vllm-cpu__quantization-fp8-per-channel__max_num_seqs-16" in proc.stdout
-    assert "vllm-cpu__quantization-none__max_num_seqs-4" in proc.stdout and "c1, c8, r2" in proc.stdout
+    assert "vllm-cpu__quantization-none__max_num_seqs-4" in proc.stdout and "c1, c8, r1" in proc.stdout
 
 
 def test_validate_bad_file_exits_2_naming_field_and_value(tmp_path: Path) -> None:

