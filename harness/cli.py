@@ -96,7 +96,8 @@ def validate(
     steps = expand_steps(sc)
     console.print(f"{scenario}: ok — {len(cells)} cells × {len(steps)} steps", highlight=False)
     for c in cells:
-        console.print(f"  cell {c.cell_id}  [{c.identity}]", highlight=False)
+        # markup=False: a hash like "[be12...]" would otherwise be read as a rich style tag and vanish.
+        console.print(f"  cell {c.cell_id}  [{c.identity}]", highlight=False, markup=False)
     console.print("  steps: " + ", ".join(s.step_id for s in steps), highlight=False)
 
 
