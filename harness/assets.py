@@ -24,7 +24,10 @@ def models_dir(repo_root: Path) -> Path:
 
 
 def _is_local(server: Server) -> bool:
-    return server.model.startswith(LOCAL_MODEL_PREFIX) and server.backend != "sim"
+    """A ``tokenbench:<name>`` model that a real server loads (the simulator takes the name as is)."""
+    from harness.backends.registry import get_spec
+
+    return server.model.startswith(LOCAL_MODEL_PREFIX) and not get_spec(server.backend).simulated
 
 
 def check_local_model(server: Server) -> list[str]:
@@ -78,17 +81,28 @@ def tokenizer_path(server: Server) -> Path | None:
     return None
 
 
-def needs_vllm_cpu_env(server: Server) -> bool:
-    """The default vLLM environment is the CPU one, used when no interpreter is named and no GPU exists."""
-    if server.backend != "vllm" or server.python:
-        return False
-    from harness.rundir import _gpus
+def required_environments(scenario: Scenario, repo_root: Path) -> list[str]:
+    """The backend environments this scenario's servers run from, in first-use order, each once.
 
-    return _gpus() is None
+    Derived from each server's backend spec (``BackendSpec.environments``), so
+    ``make bench`` builds exactly what the chosen scenario needs.
+    """
+    from harness.backends.registry import get_spec
+
+    names: list[str] = []
+    for server in scenario.servers:
+        names += [n for n in get_spec(server.backend).environments(server, repo_root) if n not in names]
+    return names
 
 
 def prepare_backends(scenario: Scenario, repo_root: Path, progress: Progress) -> None:
-    if any(needs_vllm_cpu_env(s) for s in scenario.servers):
-        from harness.backend_env import ensure_vllm_cpu_env
+    """Let each server's backend build what it needs (idempotent: a complete env costs milliseconds)."""
+    from harness.backends.registry import get_spec
 
-        ensure_vllm_cpu_env(repo_root, progress)
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for server in scenario.servers:
+        spec = get_spec(server.backend)
+        key = (spec.name, tuple(spec.environments(server, repo_root)))
+        if key not in seen:
+            seen.add(key)
+            spec.prepare(server, repo_root, progress)

@@ -130,16 +130,38 @@ def make_model(
 
 @app.command()
 def setup(
-    backend: Annotated[str, typer.Argument(help="backend environment to create: vllm-cpu")] = "vllm-cpu",
+    names: Annotated[
+        list[str] | None, typer.Argument(help="environments to create: vllm-cpu, vllm-gpu, tgis, caikit")
+    ] = None,
+    for_: Annotated[
+        Path | None, typer.Option("--for", help="create the environments this scenario's servers need")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="rebuild even if complete")] = False,
 ) -> None:
-    """Create a backend's own Python environment under .cache/venvs (idempotent)."""
-    from harness.backend_env import ensure_vllm_cpu_env
+    """Create backend Python environments under .cache/venvs (idempotent; a complete one costs nothing)."""
+    from harness.assets import required_environments
+    from harness.envs import BackendEnvError, ensure_env, env_names
 
     console = _console()
-    if backend != "vllm-cpu":
-        raise _fail(console, f"unknown backend environment {backend!r} (known: vllm-cpu)")
-    path = ensure_vllm_cpu_env(_repo_root(), _progress(console))
-    console.print(f"environment: {path}", highlight=False)
+    wanted = list(names or [])
+    unknown = [n for n in wanted if n not in env_names()]
+    if unknown:
+        raise _fail(console, f"unknown backend environment {unknown[0]!r} (known: {', '.join(env_names())})")
+    if for_ is not None:
+        try:
+            wanted += [n for n in required_environments(load_scenario(for_), _repo_root()) if n not in wanted]
+        except ScenarioError as err:
+            raise _fail(console, str(err)) from None
+        if not wanted:
+            console.print(f"{for_}: no backend environment needed", highlight=False)
+    elif not wanted:
+        wanted = ["vllm-cpu"]
+    for name in wanted:
+        try:
+            path = ensure_env(name, _repo_root(), _progress(console), force=force)
+        except BackendEnvError as err:
+            raise _fail(console, str(err), code=1) from None
+        console.print(f"environment {name}: {path}", highlight=False)
 
 
 def _register_plugins() -> None:

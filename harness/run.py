@@ -30,6 +30,7 @@ from harness.assets import check_local_model, prepare_backends, resolve_scenario
 from harness.atomic import write_json, write_text
 from harness.backends.base import ServerHandle
 from harness.backends.process import ProcessRegistry
+from harness.backends.registry import get_spec
 from harness.matrix import Cell, Step, expand_cells, expand_steps
 from harness.results import CellResult, Dist, RunSummary, StepMetrics
 from harness.rundir import RunDir, collect_env
@@ -127,7 +128,7 @@ class Run:
                     model=c.server.model,
                     settings=dict(c.settings),
                     identity=c.identity,
-                    simulated=c.server.backend == "sim",
+                    simulated=get_spec(c.server.backend).simulated,
                 )
                 for c in self.cells
             ],

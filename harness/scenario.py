@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.yamlfile import read_yaml
 
@@ -147,14 +147,18 @@ class Slo(_Strict):
         return limits
 
 
-BACKENDS = ("vllm", "external", "sim")
+def _backend_spec(name: str) -> Any:
+    """The registered backend spec (imported here, on use: every backend module imports this one)."""
+    from harness.backends.registry import get_spec
+
+    return get_spec(name)
 
 
 class Server(_Strict):
     """One server under test. Settings given as lists are sweep axes."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    backend: Literal["vllm", "external", "sim"]
+    backend: str = Field(description="a registered backend (harness/backends/registry.py)")
     model: str
     served_model_name: str | None = None
     tokenizer: str | None = Field(default=None, description="for client-side token counts; defaults to model")
@@ -170,12 +174,27 @@ class Server(_Strict):
         default=None, description="the protocol to drive this server with; defaults to workload.api"
     )
 
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from harness.backends.registry import UnknownBackendError
+
+        try:
+            _backend_spec(name)
+        except UnknownBackendError as err:
+            raise ValueError(str(err)) from None
+        return name
+
     @model_validator(mode="after")
     def _backend_fields(self) -> Server:
-        if self.backend == "external" and not self.base_url:
-            raise ValueError("backend 'external' needs 'base_url'")
-        if self.backend != "external" and self.api_key_env:
-            raise ValueError("'api_key_env' is only for backend 'external'")
+        from harness.backends.registry import all_specs
+
+        endpoint = _backend_spec(self.backend).endpoint
+        if endpoint and not self.base_url:
+            raise ValueError(f"backend '{self.backend}' needs 'base_url'")
+        if not endpoint and self.api_key_env:
+            names = " or ".join(f"'{s.name}'" for s in all_specs() if s.endpoint)
+            raise ValueError(f"'api_key_env' is only for backend {names}")
         for key, value in self.settings.items():
             if isinstance(value, list) and not value:
                 raise ValueError(f"settings.{key} is an empty sweep list")
@@ -200,16 +219,7 @@ class Scenario(_Strict):
         prompt = self.workload.prompt_tokens
         need = (prompt.upper_bound if prompt else 0) + self.workload.output_tokens.upper_bound
         for server in self.servers:
-            api = server.api or self.workload.api
-            if api == "tgis" and server.backend != "sim":
-                raise ValueError(
-                    f"server '{server.name}': api 'tgis' (gRPC) needs a server with a gRPC endpoint; "
-                    f"backend '{server.backend}' has none (only 'sim' serves TGIS)"
-                )
-            if api == "tgi" and server.backend == "vllm":
-                raise ValueError(
-                    f"server '{server.name}': api 'tgi' is TGI's own API; vLLM does not serve it"
-                )
+            _check_served(server, server.api or self.workload.api)
             lens = server.settings.get("max_model_len", server.max_model_len)
             for ctx in lens if isinstance(lens, list) else [lens]:
                 if isinstance(ctx, int) and need > ctx:
@@ -218,6 +228,17 @@ class Scenario(_Strict):
                         f"exceeds max_model_len {ctx}"
                     )
         return self
+
+
+def _check_served(server: Server, api: str) -> None:
+    """A server is driven only with a protocol its backend serves (the spec's ``protocols``)."""
+    spec = _backend_spec(server.backend)
+    if not spec.serves(api):
+        served = ", ".join(spec.protocols) or "none"
+        raise ValueError(
+            f"server '{server.name}': backend '{server.backend}' does not serve api '{api}' "
+            f"(it serves: {served})"
+        )
 
 
 def _format_error(source: str, err: ValidationError, data: Any) -> str:

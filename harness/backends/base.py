@@ -1,20 +1,38 @@
 """The contract between the orchestrator and every server backend.
 
-Why a Protocol plus one dataclass: the orchestrator, the load generator, the
-telemetry sampler and the report all need the same few facts about a running
-server (where it listens, which model name to ask for, which process tree to
-measure, how it was launched), whatever launched it: vLLM, an external
-endpoint or the simulator. Keeping this module tiny and dependency-free lets
-other backends (``sim.py``) be written against it without touching launch code.
+Why a spec object per backend: the scenario check, the setup step, the
+orchestrator and the report each need a different face of the same backend
+(which settings it takes and which values are legal, which protocols it
+serves, which environment it runs from, how to start it, what caps its
+concurrency). Gathering them in one ``BackendSpec`` subclass per module means
+adding a backend is one module plus one registration line in
+``harness/backends/registry.py``, and nothing outside that module branches on
+a backend's name.
+
+``ServerHandle`` is what a started server looks like to everyone else: where
+it listens, which model name to ask for, which process trees to measure, how
+it was launched. It stays a plain dataclass, free of launch code.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from harness.matrix import Cell
+from pydantic import BaseModel, ConfigDict
+
+from harness.backends.settings import format_settings_errors, settings_value_errors
+
+if TYPE_CHECKING:
+    from harness.backends.process import ProcessRegistry
+    from harness.matrix import Cell
+    from harness.scenario import Scalar, Server
+
+Progress = Callable[[str], None]
+# The role of a single-process server's tree in ``ServerHandle.processes`` and in telemetry.
+MAIN_ROLE = "server"
 
 
 @dataclass
@@ -23,6 +41,11 @@ class ServerHandle:
 
     ``headers`` carries auth for requests. It is excluded from ``repr`` and must
     never be persisted or logged; use :meth:`public_dict` to serialise a handle.
+
+    ``pid`` is the main process; ``processes`` names every process tree the
+    server consists of (``{"tgis": 123, "caikit": 456}`` for a two-process
+    Caikit cell). A single-process backend sets only ``pid``; :meth:`trees`
+    gives both cases one shape.
     """
 
     base_url: str
@@ -36,8 +59,15 @@ class ServerHandle:
     metrics_url: str | None
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     simulated: bool = False
-    # ``host:port`` of a gRPC (TGIS) endpoint next to the HTTP one, when the server has one.
+    # ``host:port`` of a gRPC endpoint next to the HTTP one, when the server has one.
     grpc_target: str | None = None
+    processes: dict[str, int] = field(default_factory=dict)
+
+    def trees(self) -> dict[str, int]:
+        """Every process tree to measure, by role: ``processes``, else ``{"server": pid}``, else {}."""
+        if self.processes:
+            return dict(self.processes)
+        return {MAIN_ROLE: self.pid} if self.pid is not None else {}
 
     def public_dict(self) -> dict[str, object]:
         """Everything safe to write into summary.json (no headers)."""
@@ -50,6 +80,7 @@ class ServerHandle:
             "launch_s": self.launch_s,
             "log_path": str(self.log_path) if self.log_path else None,
             "pid": self.pid,
+            "processes": self.trees(),
             "metrics_url": self.metrics_url,
             "simulated": self.simulated,
             "grpc_target": self.grpc_target,
@@ -77,10 +108,125 @@ class BackendStartError(RuntimeError):
 class Backend(Protocol):
     """A way to bring one cell's server up and down.
 
-    ``start`` writes the server log to ``workdir / "server.log"``; ``stop`` is
-    idempotent and safe to call after a failed ``start``.
+    ``start`` writes the server log(s) under ``workdir``; ``stop`` is
+    idempotent, safe to call after a failed ``start``, and stops every process
+    the server consists of.
     """
 
     def start(self, cell: Cell, workdir: Path) -> ServerHandle: ...
 
     def stop(self) -> None: ...
+
+
+class BackendSettings(BaseModel):
+    """Base of every backend's ``Settings``: unknown keys and wrong types are errors, not coercions.
+
+    Subclasses declare each setting as an optional field (``None`` omits it)
+    with its value rules (``Field(gt=0)``, validators raising ``ValueError``
+    with a short message such as ``"'x' is not one of a, b"``). Validators that
+    need facts only known at run time (the installed vLLM's choices) read them
+    from the validation context that :meth:`BackendSpec.validation_context`
+    supplies.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _where(server: Server, cell_id: str | None) -> str:
+    return f"server '{server.name}'" + (f" (cell '{cell_id}')" if cell_id else "")
+
+
+class BackendSpec:
+    """Everything the harness knows about one backend. Subclass, set the class attributes, register.
+
+    Class attributes:
+
+    * ``name``: the ``servers[].backend`` value;
+    * ``label``: how messages name it ("vLLM");
+    * ``Settings``: the pydantic model of ``servers[].settings``;
+    * ``protocols``: the protocol names (``harness.protocols``) it serves;
+    * ``simulated``: True only for the simulator (the report labels its numbers);
+    * ``endpoint``: True for a backend that points at a running server (``base_url``,
+      ``api_key_env``) instead of starting one.
+
+    Methods a backend overrides as needed: :meth:`create` (always),
+    :meth:`environments`, :meth:`check`, :meth:`validation_context`,
+    :meth:`concurrency_cap`, :meth:`serves`.
+    """
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    Settings: ClassVar[type[BackendSettings]] = BackendSettings
+    protocols: ClassVar[tuple[str, ...]] = ()
+    simulated: ClassVar[bool] = False
+    endpoint: ClassVar[bool] = False
+
+    # -- what it serves and needs ---------------------------------------------------------------
+    def serves(self, api: str) -> bool:
+        """Whether a server of this backend can be driven with protocol ``api``."""
+        return api in self.protocols
+
+    def environments(self, server: Server, repo_root: Path) -> list[str]:
+        """Names of the environments (``harness.envs``) this server runs from; [] when none."""
+        return []
+
+    def prepare(self, server: Server, repo_root: Path, progress: Progress) -> None:
+        """Build (idempotently) every environment :meth:`environments` names, before any cell starts."""
+        from harness.envs import ensure_env
+
+        for env_name in self.environments(server, repo_root):
+            ensure_env(env_name, repo_root, progress)
+
+    # -- validation ----------------------------------------------------------------------------
+    def validation_context(self, server: Server) -> dict[str, Any]:
+        """Run-time facts the ``Settings`` validators read (``info.context``); none by default."""
+        return {}
+
+    def check(self, server: Server) -> list[str]:
+        """Rules across settings or server fields that one value alone cannot break (messages
+        without the ``server '...'`` prefix, which :meth:`validate` adds)."""
+        return []
+
+    def validate(self, server: Server, cell_id: str | None = None) -> list[str]:
+        """Every problem with a server's settings, each naming server (and cell), field and value.
+
+        Sweep lists are checked value by value, so this works on a ``Server``
+        before the cells are expanded.
+        """
+        where = _where(server, cell_id)
+        fields = self.Settings.model_fields
+        if server.settings and not fields:
+            return [
+                f"{where}: backend '{self.name}' cannot apply settings "
+                f"({', '.join(sorted(server.settings))}); configure the deployment itself"
+            ]
+        context = self.validation_context(server)
+        errors = settings_value_errors(self.Settings, server.settings, self.label, context)
+        errors += self.check(server)
+        return [f"{where}: {e}" for e in errors]
+
+    def validate_cell(self, cell: Cell) -> list[str]:
+        """:meth:`validate` plus the ``Settings`` model's own rules on the cell's combination of values."""
+        errors = self.validate(cell.server, cell.cell_id)
+        if errors:
+            return errors
+        try:
+            self.parse(cell.settings, cell.server)
+        except ValueError as err:
+            where = _where(cell.server, cell.cell_id)
+            return [f"{where}: {e}" for e in format_settings_errors(err, self.Settings)]
+        return []
+
+    def parse(self, settings: dict[str, Scalar], server: Server) -> BackendSettings:
+        """One cell's settings as the typed model (raises ``pydantic.ValidationError``)."""
+        return self.Settings.model_validate(settings, context=self.validation_context(server))
+
+    # -- running -------------------------------------------------------------------------------
+    def concurrency_cap(self, settings: dict[str, Scalar]) -> int | None:
+        """The most concurrent streams a server with these settings serves at once, if it has such
+        a limit (Caikit's gRPC thread pool); the report flags steps above it."""
+        return None
+
+    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> Backend:
+        """A fresh, not yet started backend object for one cell."""
+        raise NotImplementedError(f"backend '{self.name}' has no launcher")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from harness.backends.base import BackendStartError, ServerHandle
-from harness.backends.process import wait_ready
+from harness.backends.base import BackendSpec, BackendStartError, ServerHandle
+from harness.backends.process import ProcessRegistry, wait_ready
 from harness.matrix import Cell
 from harness.scenario import Server
 
@@ -44,16 +44,6 @@ def auth_headers(server: Server) -> dict[str, str]:
             f"'{server.api_key_env}', which is not set (or empty)"
         )
     return {"Authorization": f"Bearer {key}"}
-
-
-def validate_settings(server: Server, cell_id: str | None = None) -> list[str]:
-    """External endpoints take no settings: a setting here would be a sweep axis that changes nothing."""
-    if server.settings:
-        return [
-            f"server '{server.name}': backend 'external' cannot apply settings "
-            f"({', '.join(sorted(server.settings))}); configure the deployment itself"
-        ]
-    return []
 
 
 def _probe_version(client: httpx.Client, base_url: str) -> str | None:
@@ -123,3 +113,21 @@ class ExternalBackend:
 
     def stop(self) -> None:
         return None
+
+
+class ExternalSpec(BackendSpec):
+    """``backend: external``: any protocol, no settings (configure the deployment itself), nothing to set up."""
+
+    name = "external"
+    label = "external"
+    protocols = ()
+    endpoint = True
+
+    def serves(self, api: str) -> bool:
+        return True  # whatever the endpoint speaks; its readiness probe says whether it does
+
+    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> ExternalBackend:
+        return ExternalBackend()
+
+
+SPEC = ExternalSpec()

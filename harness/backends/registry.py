@@ -1,83 +1,83 @@
-"""Pick the backend for a scenario's ``backend:`` name, validate it early, launch it safely.
+"""Every backend, by ``servers[].backend`` name, and the one way to launch a cell's server.
 
-Why one entry point: the orchestrator should not know how each backend is
-built, only that ``launch`` yields a ready ``ServerHandle`` and that the
-server is gone when the ``with`` block ends, whether it ended normally, by
-exception or by Ctrl-C. ``validate_settings`` lets the orchestrator reject a
-whole scenario before the first (slow) launch.
+Why one table of module paths: adding a backend is one module that defines
+``SPEC`` (a :class:`~harness.backends.base.BackendSpec`) plus one line here,
+and nothing else in the harness names it. Modules are imported on first use,
+so validating a scenario does not import launch code it does not need, and
+``harness.scenario`` (imported by every backend module) can consult the
+registry without an import cycle.
+
+``launch`` is the orchestrator's only entry point: it yields a ready
+``ServerHandle`` and the server is gone when the ``with`` block ends, whether
+it ended normally, by exception or by Ctrl-C.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
-from typing import Any
 
-from harness.backends.base import Backend, ServerHandle
+from harness.backends.base import Backend, BackendSpec, ServerHandle
 from harness.backends.process import ProcessRegistry
 from harness.matrix import Cell
 from harness.scenario import Server
 
+# One line per backend: name -> module that defines ``SPEC``.
+BACKEND_MODULES: dict[str, str] = {
+    "vllm": "harness.backends.vllm",
+    "external": "harness.backends.external",
+    "sim": "harness.backends.sim",
+}
 
-def _sim_module() -> Any:
-    return importlib.import_module("harness.backends.sim")
+
+class UnknownBackendError(ValueError):
+    """A ``backend:`` name no module registers."""
 
 
-def _build(factory: Callable[..., Any], **available: Any) -> Any:
-    """Call a backend constructor with whichever of the keyword arguments it accepts."""
-    params = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return factory(**available)
-    return factory(**{k: v for k, v in available.items() if k in params})
+def backend_names() -> tuple[str, ...]:
+    return tuple(BACKEND_MODULES)
+
+
+@cache
+def get_spec(name: str) -> BackendSpec:
+    """The spec registered as ``name``; :class:`UnknownBackendError` listing the known names."""
+    module = BACKEND_MODULES.get(name)
+    if module is None:
+        raise UnknownBackendError(f"unknown backend {name!r} (known: {', '.join(backend_names())})")
+    spec = importlib.import_module(module).SPEC
+    if not isinstance(spec, BackendSpec) or spec.name != name:
+        raise TypeError(f"{module}.SPEC must be a BackendSpec named {name!r}")
+    return spec
+
+
+def all_specs() -> list[BackendSpec]:
+    return [get_spec(name) for name in BACKEND_MODULES]
 
 
 def create_backend(server: Server, *, repo_root: Path, registry: ProcessRegistry | None = None) -> Backend:
     """A fresh, not yet started backend object for ``server.backend``."""
-    if server.backend == "vllm":
-        from harness.backends.vllm import VllmBackend
-
-        return VllmBackend(repo_root=repo_root, registry=registry)
-    if server.backend == "external":
-        from harness.backends.external import ExternalBackend
-
-        return ExternalBackend()
-    if server.backend == "sim":
-        module = _sim_module()
-        factory = getattr(module, "SimBackend", None) or module.create_backend
-        backend: Backend = _build(factory, repo_root=repo_root, registry=registry)
-        return backend
-    raise ValueError(
-        f"server '{server.name}': unknown backend {server.backend!r} (known: vllm, external, sim)"
-    )
+    return get_spec(server.backend).create(repo_root=repo_root, registry=registry)
 
 
 def validate_server(server: Server, cell_id: str | None = None) -> list[str]:
-    """Backend-specific problems with a server's settings (empty list when fine)."""
-    if server.backend == "vllm":
-        from harness.backends.vllm import validate_settings as vllm_validate
-
-        return vllm_validate(server, cell_id)
-    if server.backend == "external":
-        from harness.backends.external import validate_settings as external_validate
-
-        return external_validate(server, cell_id)
-    if server.backend == "sim":
-        check = getattr(_sim_module(), "validate_settings", None)
-        if check is None:
-            return []
-        try:
-            return list(check(server, cell_id))
-        except TypeError:
-            return list(check(server))
-    return [f"server '{server.name}': unknown backend {server.backend!r}"]
+    """Backend-specific problems with a server's settings, each value of a sweep list on its own."""
+    try:
+        spec = get_spec(server.backend)
+    except UnknownBackendError as err:
+        return [f"server '{server.name}': {err}"]
+    return spec.validate(server, cell_id)
 
 
 def validate_settings(cell: Cell) -> list[str]:
     """Problems with one expanded cell's server settings, for the orchestrator's up-front check."""
-    return validate_server(cell.server, cell.cell_id)
+    try:
+        spec = get_spec(cell.server.backend)
+    except UnknownBackendError as err:
+        return [f"server '{cell.server.name}': {err}"]
+    return spec.validate_cell(cell)
 
 
 @contextmanager

@@ -16,60 +16,24 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationInfo, field_validator
 
 import harness
 from harness import __version__
-from harness.backends.base import BackendStartError, ServerHandle
+from harness.backends.base import BackendSettings, BackendSpec, BackendStartError, ServerHandle
 from harness.backends.process import ManagedProcess, ProcessRegistry, await_ready, free_port
 from harness.matrix import Cell
 from harness.scenario import Scalar, Server
 
 WRITE_LOG_NAME = "sim_writes.csv"
 
-# setting -> accepted types. Every one maps to --setting-name VALUE.
-SIM_SETTINGS: dict[str, tuple[type, ...]] = {
-    "mode": (str,),
-    "api": (str,),
-    "ttft_ms": (int, float),
-    "itl_ms": (int, float),
-    "tokens_per_chunk": (int,),
-    "jitter_ms": (int, float),
-    "stall_every": (int,),
-    "stall_ms": (int, float),
-    "seed": (int,),
-    "default_max_tokens": (int,),
-    "max_model_len": (int,),
-    "backlog": (int,),
-    "fault_rate": (int, float),
-    "fault_schedule": (str,),
-    "fault": (str,),  # one kind, or several separated by commas
-}
-# Engine-mode settings (``mode: engine``), flags of ``harness/sim/engine_options.py``.
-ENGINE_SETTINGS: dict[str, tuple[type, ...]] = {
-    "gpu": (str,),
-    "model_profile": (str,),
-    "quantization": (str,),
-    "kv_cache_dtype": (str,),
-    "gpu_memory_utilization": (int, float),
-    "max_num_seqs": (int,),
-    "max_num_batched_tokens": (int,),
-    "max_batch_total_tokens": (int,),
-    "max_batch_prefill_tokens": (int,),
-    "block_size": (int,),
-    "step_overhead_ms": (int, float),
-    "time_scale": (int, float),
-}
-SIM_SETTINGS.update(ENGINE_SETTINGS)
-SIM_SETTINGS["grpc_port"] = (int,)
-POSITIVE = (
-    "max_num_seqs",
-    "max_num_batched_tokens",
-    "max_batch_total_tokens",
-    "max_batch_prefill_tokens",
-    "block_size",
-)
 MODES = ("exact", "engine")
 APIS = ("openai", "tgi")
+NonNegative = Annotated[float, Field(ge=0)]
+Count = Annotated[int, Field(ge=0)]
+Positive = Annotated[int, Field(ge=1)]
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -87,23 +51,60 @@ def _choices() -> dict[str, tuple[str, ...]]:
     }
 
 
-def _value_errors(key: str, value: object, choices: dict[str, tuple[str, ...]]) -> list[str]:
-    types = SIM_SETTINGS[key]
-    if isinstance(value, bool) or not isinstance(value, types):
-        names = " or ".join(t.__name__ for t in types)
-        return [f"settings.{key}: expected {names}, got {value!r}"]
-    if key in choices and value not in choices[key]:
-        return [f"settings.{key}: {value!r} is not one of {', '.join(choices[key])}"]
-    if isinstance(value, int | float):
-        if key == "gpu_memory_utilization" and not 0 < value <= 1:
-            return [f"settings.{key}: must be in (0, 1], got {value!r}"]
-        if key == "time_scale" and value <= 0:
-            return [f"settings.{key}: must be > 0, got {value!r}"]
-        if key in POSITIVE and value < 1:
-            return [f"settings.{key}: must be >= 1, got {value!r}"]
-        if value < 0:
-            return [f"settings.{key}: must be >= 0, got {value!r}"]
-    return []
+class SimSettings(BackendSettings):
+    """``servers[].settings`` of a sim server; each maps to ``python -m harness.sim --setting-name VALUE``."""
+
+    mode: str | None = None
+    api: str | None = None
+    ttft_ms: NonNegative | None = None
+    itl_ms: NonNegative | None = None
+    tokens_per_chunk: Count | None = None
+    jitter_ms: NonNegative | None = None
+    stall_every: Count | None = None
+    stall_ms: NonNegative | None = None
+    seed: Count | None = None
+    default_max_tokens: Count | None = None
+    max_model_len: Count | None = None
+    backlog: Count | None = None
+    fault_rate: NonNegative | None = None
+    fault_schedule: str | None = None
+    fault: str | None = None  # one kind, or several separated by commas
+    # Engine-mode settings (``mode: engine``), flags of ``harness/sim/engine_options.py``.
+    gpu: str | None = None
+    model_profile: str | None = None
+    quantization: str | None = None
+    kv_cache_dtype: str | None = None
+    gpu_memory_utilization: float | None = None
+    max_num_seqs: Positive | None = None
+    max_num_batched_tokens: Positive | None = None
+    max_batch_total_tokens: Positive | None = None
+    max_batch_prefill_tokens: Positive | None = None
+    block_size: Positive | None = None
+    step_overhead_ms: NonNegative | None = None
+    time_scale: Annotated[float, Field(gt=0)] | None = None
+    grpc_port: Count | None = None
+
+    @field_validator("mode", "api", "quantization", "kv_cache_dtype", "gpu", "model_profile")
+    @classmethod
+    def _one_of(cls, value: str | None, info: ValidationInfo) -> str | None:
+        choices = _choices()[str(info.field_name)]
+        if value is not None and value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    @field_validator("gpu_memory_utilization")
+    @classmethod
+    def _fraction(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value <= 1:
+            raise ValueError(f"must be in (0, 1], got {value!r}")
+        return value
+
+
+ENGINE_SETTINGS = (
+    "gpu", "model_profile", "quantization", "kv_cache_dtype", "gpu_memory_utilization", "max_num_seqs",
+    "max_num_batched_tokens", "max_batch_total_tokens", "max_batch_prefill_tokens", "block_size",
+    "step_overhead_ms", "time_scale",
+)  # fmt: skip
 
 
 def _engine_errors(server: Server) -> list[str]:
@@ -143,19 +144,7 @@ def _engine_errors(server: Server) -> list[str]:
 
 def validate_settings(server: Server, cell_id: str | None = None) -> list[str]:
     """Every problem with a sim server's settings, each naming server, setting and value."""
-    where = f"server '{server.name}'" + (f" (cell '{cell_id}')" if cell_id else "")
-    errors: list[str] = []
-    choices = _choices()
-    for key, raw in server.settings.items():
-        values = raw if isinstance(raw, list) else [raw]
-        if key not in SIM_SETTINGS:
-            known = ", ".join(sorted(SIM_SETTINGS))
-            errors.append(f"{where}: settings.{key}: unknown sim setting (known: {known})")
-            continue
-        for value in values:
-            errors += [f"{where}: {e}" for e in _value_errors(key, value, choices)]
-    errors += [f"{where}: {e}" for e in _engine_errors(server)]
-    return errors
+    return SPEC.validate(server, cell_id)
 
 
 def sim_flags(settings: dict[str, Scalar]) -> list[str]:
@@ -167,7 +156,7 @@ def sim_flags(settings: dict[str, Scalar]) -> list[str]:
     engine = settings.get("mode") == "engine"
     flags: list[str] = []
     for key, value in settings.items():
-        if value is None or key not in SIM_SETTINGS or (key in ENGINE_SETTINGS and not engine):
+        if value is None or key not in SimSettings.model_fields or (key in ENGINE_SETTINGS and not engine):
             continue
         flag = "--" + key.replace("_", "-")
         if key == "fault":
@@ -288,3 +277,22 @@ class SimBackend:
         if self.process is None:
             return None
         return self.process.log_path.parent / WRITE_LOG_NAME
+
+
+class SimSpec(BackendSpec):
+    """``backend: sim``: the built-in simulator, labelled as simulated wherever its numbers appear."""
+
+    name = "sim"
+    label = "sim"
+    Settings = SimSettings
+    protocols = ("completions", "chat", "tgi", "tgis")
+    simulated = True
+
+    def check(self, server: Server) -> list[str]:
+        return _engine_errors(server)
+
+    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> SimBackend:
+        return SimBackend(repo_root=repo_root, registry=registry)
+
+
+SPEC = SimSpec()

@@ -1,10 +1,11 @@
 """Launch ``vllm serve`` for one cell from its own Python environment.
 
 Why this shape: vLLM runs from a separate interpreter (see
-``harness.backend_env``) so the harness never imports it; settings are
-mapped to CLI flags by an explicit table so that a typo in a scenario fails
-before any server starts (``validate_settings``) rather than 30 s into a
-launch, and so that a sweep axis cannot silently map to nothing.
+``harness.envs``) so the harness never imports it; settings are checked by
+``VllmSettings`` (``harness/backends/vllm_settings.py``) and mapped to CLI
+flags by an explicit table, so that a typo or an impossible value in a
+scenario fails at ``validate`` rather than 30 s into a launch, and so that a
+sweep axis cannot silently map to nothing.
 
 What is recorded for the report: the exact command, the environment
 variables that change vLLM's behaviour (secrets redacted), the version the
@@ -18,36 +19,36 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from harness.backend_env import default_vllm_python
-from harness.backends.base import BackendStartError, ServerHandle
+from harness.backends.base import BackendSpec, BackendStartError, ServerHandle
 from harness.backends.process import ManagedProcess, ProcessRegistry, await_ready, free_port, tail
+from harness.backends.vllm_settings import VllmSettings, choices_context
+from harness.envs.base import venv_dir, venv_python
 from harness.matrix import Cell
 from harness.redact import REDACTED, is_secret_name, redact_command
 from harness.scenario import Scalar, Server
 
-# setting name -> (python types accepted, kind). kind "bool" maps to --x / --no-x.
-FLAG_SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
-    "quantization": ((str,), "value"),
-    "kv_cache_dtype": ((str,), "value"),
-    "dtype": ((str,), "value"),
-    "max_num_seqs": ((int,), "value"),
-    "max_num_batched_tokens": ((int,), "value"),
-    "enable_chunked_prefill": ((bool,), "bool"),
-    "enable_prefix_caching": ((bool,), "bool"),
-    "max_model_len": ((int,), "value"),
-    "gpu_memory_utilization": ((float, int), "value"),
-    "tensor_parallel_size": ((int,), "value"),
-    "pipeline_parallel_size": ((int,), "value"),
-    "enforce_eager": ((bool,), "bool"),
-    "seed": ((int,), "value"),
-    "block_size": ((int,), "value"),
-    "distributed_executor_backend": ((str,), "value"),
+# setting name -> kind: "bool" maps to --x / --no-x, "value" to --x VALUE. The order is the flags' order.
+FLAG_SETTINGS: dict[str, str] = {
+    "quantization": "value",
+    "kv_cache_dtype": "value",
+    "dtype": "value",
+    "max_num_seqs": "value",
+    "max_num_batched_tokens": "value",
+    "enable_chunked_prefill": "bool",
+    "enable_prefix_caching": "bool",
+    "max_model_len": "value",
+    "gpu_memory_utilization": "value",
+    "tensor_parallel_size": "value",
+    "pipeline_parallel_size": "value",
+    "enforce_eager": "bool",
+    "seed": "value",
+    "block_size": "value",
+    "distributed_executor_backend": "value",
 }
 # Settings that become environment variables instead of flags.
-ENV_SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
-    "cpu_kvcache_space_gib": ((int, float), "VLLM_CPU_KVCACHE_SPACE"),
-}
+ENV_SETTINGS: dict[str, str] = {"cpu_kvcache_space_gib": "VLLM_CPU_KVCACHE_SPACE"}
 
 CPU_DEFAULT_ENV: dict[str, str] = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -69,37 +70,10 @@ RECORDED_ENV_PREFIXES = (
 RECORDED_ENV_NAMES = ("LD_PRELOAD", "HUGGING_FACE_HUB_TOKEN", "NCCL_DEBUG")
 
 
-def _type_ok(value: Scalar, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool):
-        return bool in types
-    return isinstance(value, types)
-
-
-def validate_settings(server: Server, cell_id: str | None = None) -> list[str]:
-    """Every problem with a vLLM server's settings, as messages naming server/cell, key and value.
-
-    Checks each value of a sweep list, so it works on a ``Server`` before cell expansion.
-    """
-    where = f"server '{server.name}'" + (f" (cell '{cell_id}')" if cell_id else "")
-    known = sorted({*FLAG_SETTINGS, *ENV_SETTINGS})
-    errors: list[str] = []
-    for key, raw in server.settings.items():
-        spec = FLAG_SETTINGS.get(key) or ENV_SETTINGS.get(key)
-        if spec is None:
-            errors.append(f"{where}: unknown vLLM setting '{key}'; known settings: {', '.join(known)}")
-            continue
-        types = spec[0]
-        for value in raw if isinstance(raw, list) else [raw]:
-            if value is not None and not _type_ok(value, types):
-                names = "/".join(t.__name__ for t in types)
-                errors.append(f"{where}: settings.{key} must be {names} or null, got {value!r}")
-    return errors
-
-
 def settings_to_flags(settings: dict[str, Scalar]) -> list[str]:
     """Map scalar settings to ``vllm serve`` flags; ``None`` omits the flag. Order follows the table."""
     flags: list[str] = []
-    for key, (_types, kind) in FLAG_SETTINGS.items():
+    for key, kind in FLAG_SETTINGS.items():
         value = settings.get(key)
         if value is None:
             continue
@@ -112,9 +86,7 @@ def settings_to_flags(settings: dict[str, Scalar]) -> list[str]:
 
 
 def settings_to_env(settings: dict[str, Scalar]) -> dict[str, str]:
-    return {
-        var: str(settings[key]) for key, (_t, var) in ENV_SETTINGS.items() if settings.get(key) is not None
-    }
+    return {var: str(settings[key]) for key, var in ENV_SETTINGS.items() if settings.get(key) is not None}
 
 
 def recorded_env(env: dict[str, str]) -> dict[str, str]:
@@ -149,6 +121,33 @@ class VersionCache:
         if key not in self.versions:
             self.versions[key] = probe_vllm_version(python)
         return self.versions[key]
+
+
+def default_env_name() -> str:
+    """The environment a vLLM server without ``python`` runs from: the GPU build where a GPU exists."""
+    from harness.rundir import _gpus
+
+    return "vllm-cpu" if _gpus() is None else "vllm-gpu"
+
+
+def python_for(server: Server, repo_root: Path) -> Path:
+    """``servers[].python`` (relative paths: cwd, then repo root), or the default environment's."""
+    if not server.python:
+        return venv_python(venv_dir(repo_root, default_env_name()))
+    given = Path(server.python).expanduser()
+    if given.is_absolute() or given.exists():
+        return given.absolute()
+    return repo_root / given
+
+
+def env_of(python: Path, repo_root: Path) -> str | None:
+    """The name of the tokenbench environment ``python`` belongs to, if it is one of ours."""
+    from harness.envs import env_names
+
+    for name in env_names():
+        if python.absolute() == venv_python(venv_dir(repo_root, name)).absolute():
+            return name
+    return None
 
 
 def _has_flag(args: list[str], *names: str) -> bool:
@@ -214,22 +213,18 @@ class VllmBackend:
 
     def python_for(self, server: Server) -> Path:
         """The backend interpreter: ``servers[].python`` (relative paths: cwd, then repo root) or the default."""
-        if not server.python:
-            return default_vllm_python(self.repo_root)
-        given = Path(server.python).expanduser()
-        if given.is_absolute() or given.exists():
-            return given.absolute()
-        return self.repo_root / given
+        return python_for(server, self.repo_root)
 
     def start(self, cell: Cell, workdir: Path) -> ServerHandle:
-        errors = validate_settings(cell.server, cell.cell_id)
+        errors = SPEC.validate_cell(cell)
         if errors:
             raise BackendStartError("invalid vLLM settings:\n" + "\n".join(errors))
         python = self.python_for(cell.server)
         if not python.exists():
+            env = SPEC.environments(cell.server, self.repo_root)
+            hint = f"run `tokenbench setup {env[0]}`" if env else "check servers[].python"
             raise BackendStartError(
-                f"cell '{cell.cell_id}': vLLM interpreter {python} does not exist; "
-                "run `python -m harness.backend_env vllm-cpu` or set servers[].python"
+                f"cell '{cell.cell_id}': vLLM interpreter {python} does not exist; {hint}"
             )
         version = self.versions.get(python)
         cpu = version is not None and "cpu" in version
@@ -264,3 +259,28 @@ class VllmBackend:
 
     def log_tail(self, n: int = 50) -> list[str]:
         return tail(self.process.log_path if self.process else None, n)
+
+
+class VllmSpec(BackendSpec):
+    """``backend: vllm``: ``vllm serve`` from its own environment, one process tree per cell."""
+
+    name = "vllm"
+    label = "vLLM"
+    Settings = VllmSettings
+    protocols = ("completions", "chat")
+
+    def environments(self, server: Server, repo_root: Path) -> list[str]:
+        """The tokenbench environment the server's interpreter lives in; [] for a foreign ``python``."""
+        env = env_of(python_for(server, repo_root), repo_root)
+        return [env] if env else []
+
+    def validation_context(self, server: Server) -> dict[str, Any]:
+        """Choices recorded from the server's own vLLM (repo root = cwd, as for the CLI), else the fallback."""
+        python = python_for(server, Path.cwd())
+        return choices_context(python.parent.parent)
+
+    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> VllmBackend:
+        return VllmBackend(repo_root=repo_root, registry=registry)
+
+
+SPEC = VllmSpec()

