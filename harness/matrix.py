@@ -25,6 +25,7 @@ class Cell:
     settings: dict[str, Scalar] = field(hash=False)
     identity: str = ""
     repeat: int = 0
+    protocol: str = "completions"  # the server's ``api``, else the workload's
 
     @property
     def label(self) -> str:
@@ -72,7 +73,16 @@ def expand_cells(scenario: Scenario) -> list[Cell]:
             identity = identity_of(server, settings, scenario)
             for repeat in range(scenario.repeats):
                 rep = f"__rep-{repeat + 1}" if scenario.repeats > 1 else ""
-                cells.append(Cell(f"{server.name}{suffix}{rep}", server, settings, identity, repeat))
+                cells.append(
+                    Cell(
+                        f"{server.name}{suffix}{rep}",
+                        server,
+                        settings,
+                        identity,
+                        repeat,
+                        scenario.protocol_of(server),
+                    )
+                )
     return cells
 
 

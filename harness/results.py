@@ -96,6 +96,10 @@ class CellResult(_Model):
     env: dict[str, str] = Field(default_factory=dict)
     version: str | None = None
     simulated: bool = False
+    protocol: str | None = None
+    stream_usage: bool | None = None  # whether OpenAI stream_options were sent
+    stream_usage_reason: str | None = None
+    tls_insecure_skip_verify: bool = False
     steps: list[StepMetrics] = Field(default_factory=list)
     memory: MemorySummary = Field(default_factory=MemorySummary)
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
@@ -34,7 +35,10 @@ from harness.backends.registry import get_spec
 from harness.matrix import Cell, Step, expand_cells, expand_steps
 from harness.results import CellResult, Dist, RunSummary, StepMetrics
 from harness.rundir import RunDir, collect_env
-from harness.scenario import Scenario, ScenarioError, scenario_to_yaml
+from harness.scenario import Scenario, ScenarioError, Server, scenario_to_yaml
+
+if TYPE_CHECKING:
+    from harness.protocols.base import Endpoint
 
 Progress = Callable[[str], None]
 
@@ -70,6 +74,20 @@ def validate_cells(scenario: Scenario) -> list[Cell]:
     if problems:
         raise ScenarioError("invalid scenario:\n  " + "\n  ".join(problems))
     return cells
+
+
+def endpoint_of(server: Server, handle: ServerHandle) -> Endpoint:
+    """Where a started server listens, with its TLS trust and auth, as the protocol probes need it."""
+    from harness.protocols.base import Endpoint
+
+    return Endpoint(
+        base_url=handle.base_url,
+        model=handle.served_model,
+        grpc_target=handle.grpc_target,
+        grpc_tls=server.tls is not None,
+        tls=server.tls_options(),
+        headers=handle.headers,
+    )
 
 
 def prompt_count(scenario: Scenario, step: Step) -> int:
@@ -153,6 +171,7 @@ class Run:
                         c.settings,
                         c.identity,
                         c.repeat,
+                        c.protocol,
                     )
                     for c in self.cells
                 ]
@@ -206,6 +225,7 @@ class Run:
                 result.launch_s = handle.launch_s
                 result.simulated = handle.simulated
                 self.progress(f"[{cell.cell_id}] healthy in {handle.launch_s or 0:.1f}s ({handle.version})")
+                self._decide_stream_usage(cell, result, handle)
                 self._run_steps(cell, result, scenario, handle, cell_dir, registry)
             result.status = "ok"
         except BackendStartError as err:
@@ -223,6 +243,21 @@ class Run:
             if result.status == "failed":
                 self.progress(f"[{cell.cell_id}] FAILED: {result.error}")
             self.run_dir.write_summary(self.summary)
+
+    def _decide_stream_usage(self, cell: Cell, result: CellResult, handle: ServerHandle) -> None:
+        """Once per cell, before load: does this server take OpenAI's ``stream_options``? (Recorded.)"""
+        from harness.protocols.readiness import decide_stream_usage
+        from harness.protocols.registry import get_protocol
+
+        server = cell.server
+        result.protocol = cell.protocol
+        result.tls_insecure_skip_verify = server.tls is not None and server.tls.insecure_skip_verify
+        result.stream_usage, result.stream_usage_reason = decide_stream_usage(
+            get_protocol(cell.protocol), server.stream_usage, endpoint_of(server, handle)
+        )
+        if get_protocol(cell.protocol).stream_usage:
+            sent = "sent" if result.stream_usage else "not sent"
+            self.progress(f"[{cell.cell_id}] stream_options {sent}: {result.stream_usage_reason}")
 
     def _run_steps(
         self,
@@ -250,7 +285,7 @@ class Run:
                 sampler.set_step(step.step_id)
                 try:
                     records_path, health, wall_s = self._load_step(
-                        cell, step, index, scenario, handle, registry
+                        cell, step, index, scenario, handle, registry, bool(result.stream_usage)
                     )
                 finally:
                     sampler.set_step(None)
@@ -274,31 +309,39 @@ class Run:
         scenario: Scenario,
         handle: ServerHandle,
         registry: ProcessRegistry,
+        stream_usage: bool,
     ) -> tuple[Path, dict, float]:
         from harness.load.plan import LoadPlan
         from harness.load.prompts import build_prompts, load_dataset, write_prompts
         from harness.load.runner import run_step
+        from harness.protocols.registry import get_protocol
 
         w = scenario.workload
+        tls = cell.server.tls_options()
         step_dir = self.run_dir.step_dir(cell.cell_id, step.step_id)
         seed = scenario.seed * 1_000_000 + cell.repeat * 1_000 + index
         tok = tokenizer_path(cell.server)
-        api = cell.server.api or w.api  # a server may speak another protocol than the workload's default
+        style = get_protocol(cell.protocol).prompt_style
         count = prompt_count(scenario, step)
         if w.dataset is not None:
-            prompts = load_dataset(w.dataset, w.output_tokens, count, seed, api, tokenizer_path=tok)
+            prompts = load_dataset(w.dataset, w.output_tokens, count, seed, style, tokenizer_path=tok)
         else:
             assert w.prompt_tokens is not None  # the scenario model requires one of the two
-            prompts = build_prompts(tok, w.prompt_tokens, w.output_tokens, count, seed, api)
+            prompts = build_prompts(tok, w.prompt_tokens, w.output_tokens, count, seed, style)
         prompts_path = step_dir / "prompts.jsonl"
         write_prompts(prompts_path, prompts)
         plan = LoadPlan(
             run_id=self.summary.run_id,
             cell_id=cell.cell_id,
             step_id=step.step_id,
-            api=api,
+            api=cell.protocol,
             base_url=handle.base_url,
             grpc_target=handle.grpc_target,
+            grpc_tls=cell.server.tls is not None,
+            tls_ca_bundle=tls.ca_bundle,
+            tls_server_name=tls.server_name,
+            tls_insecure_skip_verify=tls.insecure_skip_verify,
+            stream_usage=stream_usage,
             model=handle.served_model,
             kind=step.kind,
             target=step.target,

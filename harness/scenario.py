@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.yamlfile import read_yaml
+
+if TYPE_CHECKING:
+    from harness.protocols.base import TlsOptions
 
 Scalar = str | int | float | bool | None
 
@@ -82,7 +93,20 @@ class LoadSteps(_Strict):
         return self
 
 
-Api = Literal["completions", "chat", "tgi", "tgis"]
+def _known_protocol(name: str) -> str:
+    """A protocol name from the registry (``harness.protocols``); the error lists the known ones."""
+    from harness.protocols.base import ProtocolError
+    from harness.protocols.registry import get_protocol
+
+    try:
+        get_protocol(name)
+    except ProtocolError as err:
+        raise ValueError(str(err)) from None
+    return name
+
+
+Api = Annotated[str, AfterValidator(_known_protocol)]
+StreamUsage = Literal["auto", "on", "off"]
 
 
 class Workload(_Strict):
@@ -154,6 +178,20 @@ def _backend_spec(name: str) -> Any:
     return get_spec(name)
 
 
+class Tls(_Strict):
+    """TLS trust for a server: HTTP when its URL is ``https://``; gRPC whenever this block is given."""
+
+    ca_bundle: Path | None = Field(
+        default=None, description="PEM file of CAs to trust instead of the system's"
+    )
+    server_name: str | None = Field(
+        default=None, description="name to verify (and send as SNI) instead of the host"
+    )
+    insecure_skip_verify: bool = Field(
+        default=False, description="do not verify the certificate; flagged in the report"
+    )
+
+
 class Server(_Strict):
     """One server under test. Settings given as lists are sweep axes."""
 
@@ -172,6 +210,11 @@ class Server(_Strict):
     max_model_len: int | None = Field(default=None, gt=0)
     api: Api | None = Field(
         default=None, description="the protocol to drive this server with; defaults to workload.api"
+    )
+    grpc_target: str | None = Field(default=None, description="external: host:port of the gRPC endpoint")
+    tls: Tls | None = None
+    stream_usage: StreamUsage = Field(
+        default="auto", description="send OpenAI stream_options: auto (probe once per cell), on or off"
     )
 
     @field_validator("backend")
@@ -200,6 +243,29 @@ class Server(_Strict):
                 raise ValueError(f"settings.{key} is an empty sweep list")
         return self
 
+    def tls_options(self) -> TlsOptions:
+        """The ``tls`` block as the transports take it (defaults when absent)."""
+        from harness.protocols.base import TlsOptions
+
+        if self.tls is None:
+            return TlsOptions()
+        bundle = str(self.tls.ca_bundle) if self.tls.ca_bundle is not None else None
+        return TlsOptions(bundle, self.tls.server_name, self.tls.insecure_skip_verify)
+
+    def check_tls(self, protocol: str) -> None:
+        """gRPC cannot skip certificate verification (grpcio has no such switch): say so up front."""
+        from harness.protocols.registry import get_protocol
+
+        if (
+            self.tls is not None
+            and self.tls.insecure_skip_verify
+            and get_protocol(protocol).transport == "grpc"
+        ):
+            raise ValueError(
+                f"server '{self.name}': tls.insecure_skip_verify is not supported for gRPC protocol "
+                f"'{protocol}'; give tls.ca_bundle (and tls.server_name) instead"
+            )
+
 
 class Scenario(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -210,6 +276,10 @@ class Scenario(_Strict):
     workload: Workload
     slo: Slo = Field(default_factory=Slo)
 
+    def protocol_of(self, server: Server) -> str:
+        """The protocol a server is driven with: its own ``api``, else the workload's."""
+        return server.api or self.workload.api
+
     @model_validator(mode="after")
     def _unique_and_fits(self) -> Scenario:
         names = [s.name for s in self.servers]
@@ -219,7 +289,8 @@ class Scenario(_Strict):
         prompt = self.workload.prompt_tokens
         need = (prompt.upper_bound if prompt else 0) + self.workload.output_tokens.upper_bound
         for server in self.servers:
-            _check_served(server, server.api or self.workload.api)
+            _check_served(server, self.protocol_of(server))
+            server.check_tls(self.protocol_of(server))
             lens = server.settings.get("max_model_len", server.max_model_len)
             for ctx in lens if isinstance(lens, list) else [lens]:
                 if isinstance(ctx, int) and need > ctx:
@@ -307,6 +378,15 @@ def load_scenario(path: Path | str, overrides: list[str] | None = None) -> Scena
             raise ScenarioError(f"{path}: a scenario must be a YAML mapping")
         data = apply_overrides(data, overrides)
     scenario = parse_scenario(data, str(path))
+    for i, server in enumerate(scenario.servers):
+        if server.tls is not None and server.tls.ca_bundle is not None:
+            bundle = server.tls.ca_bundle
+            if not bundle.is_absolute():  # relative to the scenario file, like the dataset
+                bundle = server.tls.ca_bundle = (path.parent / bundle).resolve()
+            if not bundle.is_file():
+                raise ScenarioError(
+                    f"{path}: invalid scenario\n  servers[{i}].tls.ca_bundle: no such file (got '{bundle}')"
+                )
     dataset = scenario.workload.dataset
     if dataset is not None:
         if not dataset.is_absolute():  # relative to the scenario file, so scenarios travel with their data

@@ -1,12 +1,14 @@
-"""Building LoadPlans for load-layer tests: prompts written, sim-friendly defaults, any field overridable."""
+"""Building LoadPlans for load-layer tests: prompts written, sim-friendly defaults (the sim's tokenizer), any field overridable."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from harness.fidelity.steps import write_sim_tokenizer
 from harness.load.plan import LoadPlan
 from harness.load.prompts import build_prompts, write_prompts
+from harness.protocols.registry import get_protocol
 from harness.scenario import LengthDist
 
 
@@ -21,7 +23,10 @@ def sim_plan(
 ) -> LoadPlan:
     """A plan over 20 approximate-length prompts; by default 4 closed-loop users, no warm-up."""
     prompts = tmp_path / "prompts.jsonl"
-    specs = build_prompts(None, LengthDist(value=prompt_tokens), LengthDist(value=output_tokens), 20, 0, api)
+    style = get_protocol(api).prompt_style
+    specs = build_prompts(
+        None, LengthDist(value=prompt_tokens), LengthDist(value=output_tokens), 20, 0, style
+    )
     write_prompts(prompts, specs)
     plan: dict[str, Any] = dict(
         run_id="run1",
@@ -37,6 +42,8 @@ def sim_plan(
         health_path=str(tmp_path / "health.json"),
         timeout_s=10.0,
         simulated=True,
+        # The client's own output count is the streamed text retokenized: give it the sim's tokenizer.
+        tokenizer_path=str(write_sim_tokenizer(tmp_path / "sim-tokenizer.json")),
     )
     plan.update(fields)
     return LoadPlan(**plan)

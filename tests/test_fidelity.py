@@ -18,8 +18,9 @@ import pytest
 
 from harness.fidelity.compare import compare_step, server_in_flight
 from harness.load.collector import request_key
-from harness.load.sse import interpret_openai, parse_stream_json
 from harness.load.sseframe import SseSplitter
+from harness.protocols.jsonstream import parse_stream_json
+from harness.protocols.registry import get_protocol
 from harness.sim.writelog import RequestTruth
 
 REPO = Path(__file__).resolve().parent.parent
@@ -199,7 +200,7 @@ def test_two_objects_in_one_event_are_not_silently_split_by_the_joined_decode() 
 
 def test_interpret_reports_a_malformed_event_as_an_error() -> None:
     ok = _ev({"choices": [{"index": 0, "text": " a", "finish_reason": None}]})
-    res = interpret_openai([(1, ok), (2, b"data: {nope}"), (3, b"data: [DONE]")], "completions")
+    res = get_protocol("completions").interpret([(1, ok), (2, b"data: {nope}"), (3, b"data: [DONE]")])
     assert res.error is not None and res.chunk_times_ns == [1]
 
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from harness.load.httpstream import StreamClient, finish_head, request_prefix
-from harness.load.sse import interpret_openai
+from harness.protocols.registry import get_protocol
 
 Script = Callable[[socket.socket, int], None]
 
@@ -137,7 +137,7 @@ def test_keep_alive_connection_is_reused_and_a_closed_one_replaced(scripted) -> 
         b"s-1",
         b"s-2",
     ]
-    res = interpret_openai(outcomes[0].splitter.events, "completions")
+    res = get_protocol("completions").interpret(outcomes[0].splitter.events)
     assert res.text == "a" and res.done
     client.close()
 
@@ -199,7 +199,7 @@ def test_stamps_bracket_the_sims_write_log(sim_server) -> None:
     )
     out = client.post(finish_head(prefix, "stamp-1", len(body)), body, timeout_s=5.0)
     assert out.error_class is None
-    res = interpret_openai(out.splitter.events, "completions")
+    res = get_protocol("completions").interpret(out.splitter.events)
     sim.stop()
     truth = sim.truth()["stamp-1"]
     assert truth.arrival_ns is not None

@@ -18,8 +18,9 @@ from harness.load.collector import (
 from harness.load.httpstream import Outcome
 from harness.load.plan import HEADERS_ENV, PLAN_ENV, LoadPlan, PlanError, headers_from_env, plan_from_env
 from harness.load.prompts import PromptSpec
-from harness.load.sse import interpret_openai, openai_body
 from harness.load.sseframe import SseSplitter
+from harness.protocols.openai import openai_body
+from harness.protocols.registry import get_protocol
 from harness.records import read_records
 
 
@@ -99,11 +100,11 @@ def test_pool_size_defaults(tmp_path: Path) -> None:
 
 def test_openai_body_fields(tmp_path: Path) -> None:
     spec = PromptSpec(prompt_tokens=3, output_tokens=11, prompt="a b c")
-    body = openai_body(_plan(tmp_path), spec)
+    body = openai_body(_plan(tmp_path), spec, chat=False)
     assert body["prompt"] == "a b c" and body["max_tokens"] == 11 and body["stream"] is True
     assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
     assert body["ignore_eos"] is True and body["min_tokens"] == 11
-    chat = openai_body(_plan(tmp_path, api="chat", ignore_eos=False), spec)
+    chat = openai_body(_plan(tmp_path, api="chat", ignore_eos=False), spec, chat=True)
     assert chat["messages"] == [{"role": "user", "content": "a b c"}]
     assert "ignore_eos" not in chat and "min_tokens" not in chat
 
@@ -171,7 +172,7 @@ def _chunk(text: str, ct: int | None) -> bytes:
 
 def _build(plan: LoadPlan, outcome: Outcome) -> Any:
     spec = PromptSpec(prompt_tokens=4, output_tokens=3, prompt="x", exact=True)
-    result = interpret_openai(outcome.splitter.events, plan.api)
+    result = get_protocol(plan.api).interpret(outcome.splitter.events)
     return build_record(
         plan, request_id=1, worker=0, scheduled_ns=40, warmup=False, spec=spec, outcome=outcome, result=result
     ), result

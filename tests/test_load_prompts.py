@@ -63,7 +63,7 @@ def metaspace_bos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("which", ["byte_level", "metaspace_bos"])
-@pytest.mark.parametrize("api", ["completions", "chat"])
+@pytest.mark.parametrize("api", ["text", "chat"])
 def test_prompts_have_exact_token_counts(request: pytest.FixtureRequest, which: str, api: str) -> None:
     path: Path = request.getfixturevalue(which)
     specs = build_prompts(path, LengthDist(dist="uniform", min=1, max=200), LengthDist(value=7), 40, 3, api)
@@ -80,23 +80,23 @@ def test_prompts_have_exact_token_counts(request: pytest.FixtureRequest, which: 
 
 
 def test_bos_counts_toward_completions_prompt_length(metaspace_bos: Path) -> None:
-    spec = build_prompts(metaspace_bos, LengthDist(value=10), LengthDist(value=1), 1, 0, "completions")[0]
+    spec = build_prompts(metaspace_bos, LengthDist(value=10), LengthDist(value=1), 1, 0, "text")[0]
     tok = Tokenizer.from_file(str(metaspace_bos))
     ids = tok.encode(spec.text).ids
     assert len(ids) == 10 and ids[0] == tok.token_to_id("<s>")
 
 
 def test_prompts_are_seeded_and_differ_between_requests(byte_level: Path) -> None:
-    a = build_prompts(byte_level, LengthDist(value=50), LengthDist(value=5), 5, 11, "completions")
-    b = build_prompts(byte_level, LengthDist(value=50), LengthDist(value=5), 5, 11, "completions")
-    c = build_prompts(byte_level, LengthDist(value=50), LengthDist(value=5), 5, 12, "completions")
+    a = build_prompts(byte_level, LengthDist(value=50), LengthDist(value=5), 5, 11, "text")
+    b = build_prompts(byte_level, LengthDist(value=50), LengthDist(value=5), 5, 11, "text")
+    c = build_prompts(byte_level, LengthDist(value=50), LengthDist(value=5), 5, 12, "text")
     assert a == b
     assert a != c
     assert len({s.text for s in a}) == 5  # distinct prompts defeat prefix caching
 
 
 def test_without_tokenizer_prompts_are_approximate_word_counts() -> None:
-    specs = build_prompts(None, LengthDist(value=30), LengthDist(value=4), 3, 0, "completions")
+    specs = build_prompts(None, LengthDist(value=30), LengthDist(value=4), 3, 0, "text")
     assert all(not s.exact and len(s.text.split()) == 30 for s in specs)
 
 
@@ -144,7 +144,7 @@ def test_dataset_file_is_cycled_and_counted(tmp_path: Path, byte_level: Path) ->
     path.write_text(
         '{"prompt": "the quick brown fox"}\n{"messages": [{"role": "user", "content": "lazy dog"}]}\n'
     )
-    specs = load_dataset(path, LengthDist(value=9), 5, 0, "completions", tokenizer_path=byte_level)
+    specs = load_dataset(path, LengthDist(value=9), 5, 0, "text", tokenizer_path=byte_level)
     assert len(specs) == 5
     assert specs[0].prompt == specs[2].prompt == "the quick brown fox"
     assert specs[1].prompt == "lazy dog"

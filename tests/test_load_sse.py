@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from harness.load.sse import interpret_openai
 from harness.load.sseframe import SseSplitter, event_data
+from harness.protocols.registry import get_protocol
 
 
 def _ev(obj: object) -> bytes:
@@ -85,7 +85,7 @@ def test_interpret_completions_with_continuous_usage() -> None:
         (31, USAGE_FINAL),
         (32, DONE),
     ]
-    res = interpret_openai([(t, raw.rstrip(b"\n")) for t, raw in events], "completions")
+    res = get_protocol("completions").interpret([(t, raw.rstrip(b"\n")) for t, raw in events])
     assert res.chunk_times_ns == [10, 20]
     assert res.chunk_tokens == [1, 2]
     assert res.text == " a bc"
@@ -95,7 +95,7 @@ def test_interpret_completions_with_continuous_usage() -> None:
 
 def test_interpret_without_usage_counts_one_token_per_content_chunk() -> None:
     events = [(1, _completion(" a")), (2, _completion(" b")), (3, _completion(" c", finish="stop"))]
-    res = interpret_openai(events, "completions")
+    res = get_protocol("completions").interpret(events)
     assert res.chunk_tokens == [1, 1, 1]
     assert res.usage_source == "none" and res.completion_tokens is None
     assert not res.done and res.finished and res.complete
@@ -105,21 +105,21 @@ def test_interpret_chat_skips_role_only_chunk() -> None:
     role = _ev({"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
     c1 = _ev({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]})
     c2 = _ev({"choices": [{"index": 0, "delta": {"content": " there"}, "finish_reason": "stop"}]})
-    res = interpret_openai([(1, role), (2, c1), (3, c2), (4, DONE)], "chat")
+    res = get_protocol("chat").interpret([(1, role), (2, c1), (3, c2), (4, DONE)])
     assert res.chunk_times_ns == [2, 3]
     assert res.text == "Hi there"
 
 
 def test_interpret_flags_error_event_and_malformed_json() -> None:
-    err = interpret_openai(
-        [(1, _completion(" a", 1)), (2, _ev({"error": {"message": "boom"}}))], "completions"
+    err = get_protocol("completions").interpret(
+        [(1, _completion(" a", 1)), (2, _ev({"error": {"message": "boom"}}))]
     )
     assert err.error is not None and "boom" in err.error
-    bad = interpret_openai([(1, b"data: {not json")], "completions")
+    bad = get_protocol("completions").interpret([(1, b"data: {not json")])
     assert bad.error is not None and "malformed JSON" in bad.error
 
 
 def test_interpret_truncated_stream_is_not_complete() -> None:
-    res = interpret_openai([(1, _completion(" a", 1)), (2, _completion(" b", 2))], "completions")
+    res = get_protocol("completions").interpret([(1, _completion(" a", 1)), (2, _completion(" b", 2))])
     assert not res.complete
     assert res.usage_source == "usage_per_chunk" and res.completion_tokens == 2

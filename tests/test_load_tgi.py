@@ -16,7 +16,8 @@ import pytest
 from harness.load.plan import LoadPlan
 from harness.load.prompts import PromptSpec
 from harness.load.runner import run_step
-from harness.load.tgi import PATH, TgiProtocol, interpret_tgi, tgi_body
+from harness.protocols.registry import get_protocol
+from harness.protocols.tgi import PATH, interpret_tgi, tgi_body
 from harness.records import read_records
 from load_plans import sim_plan
 
@@ -57,7 +58,7 @@ def test_body_asks_for_details_and_greedy_without_temperature(tmp_path: Path) ->
     }
     hot = tgi_body(_plan(tmp_path, temperature=0.7), spec)["parameters"]
     assert hot["do_sample"] is True and hot["temperature"] == 0.7
-    assert TgiProtocol.path == PATH == "/generate_stream"
+    assert get_protocol("tgi").path == PATH == "/generate_stream"
 
 
 def test_one_chunk_per_event_and_counts_from_details() -> None:

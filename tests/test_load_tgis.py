@@ -14,13 +14,13 @@ import grpc
 import pytest
 
 from harness.backends.process import free_port
+from harness.load.grpcstream import GrpcStream, classify, stream_call
 from harness.load.plan import LoadPlan, PlanError
 from harness.load.prompts import PromptSpec
 from harness.load.runner import run_step
-from harness.load.tgis import GrpcStream, classify, interpret_tgis, stream_generate, tgis_request
+from harness.protocols.proto import generation_pb2 as pb
+from harness.protocols.tgis import METHOD, interpret_tgis, tgis_request
 from harness.records import ERROR_CLASSES, read_records
-from harness.sim.proto import generation_pb2 as pb
-from harness.sim.proto import generation_pb2_grpc as pb_grpc
 from load_plans import sim_plan
 
 S = grpc.StatusCode
@@ -36,9 +36,14 @@ def _stream(*msgs: Any, code: grpc.StatusCode = S.OK) -> GrpcStream:
         sent_ns=0,
         end_ns=100,
         arrivals_ns=[10 * (i + 1) for i in range(len(msgs))],
-        messages=list(msgs),
+        messages=[m.SerializeToString() for m in msgs],
         code=code,
     )
+
+
+def stream_generate(channel: grpc.Channel, request: Any, timeout_s: float, metadata: list) -> GrpcStream:
+    """One ``GenerateStream`` call the way the load user makes it: raw bytes in and out."""
+    return stream_call(channel.unary_stream(METHOD), request.SerializeToString(), timeout_s, metadata)
 
 
 # --- pure parts --------------------------------------------------------------------------------
@@ -92,7 +97,7 @@ def test_ack_is_not_the_first_token_and_counts_are_cumulative() -> None:
         pb.GenerationResponse(generated_token_count=3, text=" c"),
         pb.GenerationResponse(generated_token_count=5, text=" d e", stop_reason=pb.MAX_TOKENS),
     )
-    res = interpret_tgis(stream)
+    res = interpret_tgis(stream.events)
     assert res.chunk_times_ns == [20, 30, 40]  # the ack at t=10 is not a chunk
     assert res.chunk_tokens == [2, 1, 2]
     assert (res.prompt_tokens, res.completion_tokens, res.usage_source) == (7, 5, "usage")
@@ -109,7 +114,7 @@ def test_cut_stream_keeps_chunks_and_says_why() -> None:
         code=S.UNAVAILABLE,
     )
     stream.details = "simulated fault disconnect_mid_stream"
-    res = interpret_tgis(stream)
+    res = interpret_tgis(stream.events)
     assert not res.complete and res.usage_source == "usage_per_chunk" and res.completion_tokens == 1
     outcome = stream.outcome()
     assert outcome.error_class == "stream_broken" and outcome.status == 503
@@ -117,7 +122,7 @@ def test_cut_stream_keeps_chunks_and_says_why() -> None:
 
 
 def test_stop_reason_error_is_an_error() -> None:
-    res = interpret_tgis(_stream(pb.GenerationResponse(generated_token_count=1, stop_reason=pb.ERROR)))
+    res = interpret_tgis(_stream(pb.GenerationResponse(generated_token_count=1, stop_reason=pb.ERROR)).events)
     assert res.error is not None and "ERROR" in res.error
 
 
@@ -129,13 +134,12 @@ def test_stream_generate_stamps_each_message(tmp_path: Path, sim_server: Any) ->
     sim_server(ttft_ms=40, itl_ms=5, grpc_port=port)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
-        stub = pb_grpc.GenerationServiceStub(channel)
         spec = PromptSpec(prompt_tokens=3, output_tokens=6, prompt="a b c")
-        stream = stream_generate(stub, tgis_request(_plan(tmp_path, f"127.0.0.1:{port}"), spec), 10, [])
+        stream = stream_generate(channel, tgis_request(_plan(tmp_path, f"127.0.0.1:{port}"), spec), 10, [])
     assert stream.code == S.OK and len(stream.messages) == 7  # ack + one message per token
     assert stream.arrivals_ns == sorted(stream.arrivals_ns)
     assert stream.sent_ns < stream.arrivals_ns[0] and stream.arrivals_ns[-1] <= stream.end_ns
-    res = interpret_tgis(stream)
+    res = interpret_tgis(stream.events)
     assert res.chunk_tokens == [1] * 6 and res.chunk_times_ns == stream.arrivals_ns[1:]
     # TTFT is measured to the first token, not to the ack: the sim holds the first token for ~40 ms.
     assert res.chunk_times_ns[0] - stream.arrivals_ns[0] > 20e6
@@ -144,9 +148,8 @@ def test_stream_generate_stamps_each_message(tmp_path: Path, sim_server: Any) ->
 def test_stream_generate_reports_a_dead_server_as_connect(tmp_path: Path) -> None:
     port = free_port()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pb_grpc.GenerationServiceStub(channel)
         spec = PromptSpec(prompt_tokens=1, output_tokens=2, prompt="a")
-        stream = stream_generate(stub, tgis_request(_plan(tmp_path, f"127.0.0.1:{port}"), spec), 5, [])
+        stream = stream_generate(channel, tgis_request(_plan(tmp_path, f"127.0.0.1:{port}"), spec), 5, [])
     assert stream.code == S.UNAVAILABLE and stream.outcome().error_class == "connect"
 
 

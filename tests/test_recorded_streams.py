@@ -20,7 +20,7 @@ from harness.protocols.proto import caikit_data_model_nlp_pb2, caikit_nlp_pb2
 try:
     from harness.protocols.proto import generation_pb2
 except ImportError:  # before the TGIS proto moves out of the sim
-    from harness.sim.proto import generation_pb2
+    from harness.protocols.proto import generation_pb2
 
 RESPONSE_TYPES = {
     "/fmaas.GenerationService/GenerateStream": (

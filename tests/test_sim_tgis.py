@@ -8,8 +8,8 @@ import grpc
 import httpx
 import pytest
 
-from harness.sim.proto import generation_pb2 as pb
-from harness.sim.proto import generation_pb2_grpc as pb_grpc
+from harness.protocols.proto import generation_pb2 as pb
+from harness.protocols.proto import generation_pb2_grpc as pb_grpc
 
 
 def free_port() -> int:

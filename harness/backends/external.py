@@ -20,8 +20,11 @@ from pathlib import Path
 import httpx
 
 from harness.backends.base import BackendSpec, BackendStartError, ServerHandle
-from harness.backends.process import ProcessRegistry, wait_ready
+from harness.backends.process import ProcessRegistry
 from harness.matrix import Cell
+from harness.protocols.base import Endpoint, ProtocolError
+from harness.protocols.readiness import wait_until_ready
+from harness.protocols.registry import get_protocol
 from harness.scenario import Server
 
 
@@ -88,12 +91,19 @@ class ExternalBackend:
             self.ready_timeout_s if self.ready_timeout_s is not None else min(server.startup_timeout_s, 60.0)
         )
         started = time.monotonic()
+        # Ready by the cell's protocol's own probes (OpenAI: /v1/models; TGI: /health, /info; gRPC: health...).
+        endpoint = Endpoint(
+            base_url=base_url,
+            model=server.served_model_name or server.model,
+            grpc_target=server.grpc_target,
+            grpc_tls=server.tls is not None,
+            tls=server.tls_options(),
+            headers=headers,
+        )
         try:
-            wait_ready([f"{base_url}/v1/models"], timeout, None, headers=headers)
-        except BackendStartError as err:
-            raise BackendStartError(
-                f"cell '{cell.cell_id}': external endpoint {base_url}: {err.message}"
-            ) from None
+            wait_until_ready(get_protocol(cell.protocol), endpoint, timeout)
+        except ProtocolError as err:
+            raise BackendStartError(f"cell '{cell.cell_id}': external endpoint {base_url}: {err}") from None
         launch_s = time.monotonic() - started
         with httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0), headers=headers) as client:
             version = _probe_version(client, base_url)
@@ -109,6 +119,7 @@ class ExternalBackend:
             pid=None,
             metrics_url=metrics_url,
             headers=headers,
+            grpc_target=server.grpc_target,
         )
 
     def stop(self) -> None:

@@ -145,8 +145,27 @@ def start_sim(
     return proc, base, write_log
 
 
+def write_sim_tokenizer(path: Path) -> Path:
+    """The sim's exact tokenizer: its output is the word ``tok`` once per token (``harness.sim.generation``).
+
+    Why the fidelity run needs one: the client's own output count comes from
+    retokenizing the streamed text (never from the server's usage, which
+    would make the count agree with itself), so without a tokenizer the
+    "tokens the harness counted" column would be n/a.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from harness.sim.generation import TOKEN_TEXT
+
+    tok = Tokenizer(models.WordLevel({TOKEN_TEXT.strip(): 0, "[UNK]": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
 def make_plan(spec: StepSpec, timing: SimTiming, step_dir: Path, base_url: str, seed: int) -> LoadPlan:
-    """The same kind of plan ``tokenbench run`` writes for a sim cell."""
+    """The same kind of plan ``tokenbench run`` writes for a sim cell (plus the sim's exact tokenizer)."""
     count = 256
     prompts = build_prompts(
         None,
@@ -154,7 +173,7 @@ def make_plan(spec: StepSpec, timing: SimTiming, step_dir: Path, base_url: str, 
         LengthDist(dist="fixed", value=timing.output_tokens),
         count,
         seed,
-        "completions",
+        "text",
     )
     prompts_path = step_dir / "prompts.jsonl"
     write_prompts(prompts_path, prompts)
@@ -176,6 +195,7 @@ def make_plan(spec: StepSpec, timing: SimTiming, step_dir: Path, base_url: str, 
         records_path=str(step_dir / "records.parquet"),
         health_path=str(step_dir / "health.json"),
         simulated=True,
+        tokenizer_path=str(write_sim_tokenizer(step_dir / "sim-tokenizer.json")),
     )
 
 

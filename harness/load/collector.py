@@ -33,7 +33,8 @@ from harness.load.httpstream import ERROR_BODY_CHARS, Outcome
 from harness.load.plan import LoadPlan
 from harness.load.prompts import PromptSpec
 from harness.load.schedule import worker_share
-from harness.load.sse import StreamResult
+from harness.protocols.base import StreamResult
+from harness.protocols.registry import get_protocol
 from harness.records import RequestRecord, record_to_dict, write_records
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,9 @@ def finalize_records(
     With a tokenizer, ``client_output_tokens`` is the tokenizer count of the
     streamed text (an independent check of the server's usage), and records
     without server usage take it as ``output_tokens`` (``token_source="tokenizer"``).
+    Without one it stays what the protocol's stream itself counts (TGI: one
+    token per event), else None: never the server's usage, which would make
+    the agreement check circular.
     """
     if tokenizer_path and records:
         from tokenizers import Tokenizer
@@ -224,10 +228,20 @@ def finalize_records(
     return [record_to_dict(r) for r in records]
 
 
+def plan_notes(plan: LoadPlan) -> list[str]:
+    """What the plan itself says about how far to trust the step (shown with the health reasons)."""
+    notes: list[str] = []
+    if plan.tls_insecure_skip_verify:
+        notes.append(
+            "TLS certificate verification was off (insecure_skip_verify): the server was not authenticated"
+        )
+    return notes
+
+
 def summarize_health(
-    reports: list[dict[str, Any]], rows: list[dict[str, Any]], expected: int
+    reports: list[dict[str, Any]], rows: list[dict[str, Any]], expected: int, notes: list[str] | None = None
 ) -> dict[str, Any]:
-    """Aggregate per-process reports into the step's ``health.json``."""
+    """Aggregate per-process reports into the step's ``health.json`` (``notes``: from ``plan_notes``)."""
     lags = np.array([v for r in reports for v in r.get("lag_ms", [])], dtype=float)
     cpu_s = float(sum(r.get("cpu_s", 0.0) for r in reports))
     wall = max((r.get("wall_s", 0.0) for r in reports), default=0.0)
@@ -275,6 +289,7 @@ def summarize_health(
         seen = {r.get("index") for r in reports}
         missing = [i for i in range(expected) if i not in seen]
         reasons.append(f"load process(es) {missing} never reported: their records are missing")
+    reasons.extend(notes or [])
     health["limited"] = p99 is not None and p99 > LAG_LIMIT_MS
     return health
 
@@ -306,7 +321,9 @@ class MasterCollector:
         """Write records (Parquet) and health (JSON) atomically; safe to call more than once."""
         self.rows.sort(key=lambda r: (r["scheduled_ns"], r["request_id"]))
         write_records(Path(self.plan.records_path), self.rows)
-        health = summarize_health(list(self.reports.values()), self.rows, self.expected)
+        health = summarize_health(
+            list(self.reports.values()), self.rows, self.expected, plan_notes(self.plan)
+        )
         write_json(Path(self.plan.health_path), health)
         self.written = True
         log.info("tokenbench: wrote %d records to %s", len(self.rows), self.plan.records_path)
@@ -353,9 +370,11 @@ def build_record(
     rec.chunk_times_ns = result.chunk_times_ns
     rec.chunk_tokens = result.chunk_tokens
     rec.first_token_ns = result.chunk_times_ns[0] if result.chunk_times_ns else None
-    rec.client_output_tokens = sum(result.chunk_tokens)
+    # The client's own count: from the stream's pieces, never from usage (finalize_records
+    # retokenizes the text where a tokenizer is known); None is "n/a", not agreement.
+    rec.client_output_tokens = result.client_tokens
     rec.prompt_tokens = result.prompt_tokens
-    if result.prompt_tokens is None and spec.exact and plan.api != "chat":
+    if result.prompt_tokens is None and spec.exact and get_protocol(plan.api).prompt_style == "text":
         rec.prompt_tokens = spec.prompt_tokens
     if result.usage_source != "none":
         rec.output_tokens = result.completion_tokens

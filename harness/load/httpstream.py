@@ -41,6 +41,8 @@ import gevent.ssl
 from geventhttpclient.response import HTTPParseError, HTTPResponse
 
 from harness.load.sseframe import SseSplitter
+from harness.protocols.base import TlsOptions
+from harness.protocols.tls import ssl_context
 
 READ_SIZE = 64 * 1024
 ERROR_BODY_CHARS = 500
@@ -103,7 +105,7 @@ def finish_head(prefix: bytes, request_id: str, body_len: int) -> bytes:
 class StreamClient:
     """One user's connection to one server (plain HTTP or HTTPS), reused while the server keeps it alive."""
 
-    def __init__(self, base_url: str, connect_timeout_s: float) -> None:
+    def __init__(self, base_url: str, connect_timeout_s: float, tls: TlsOptions | None = None) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"base_url {base_url!r}: expected http(s)://host[:port][/prefix]")
@@ -111,7 +113,12 @@ class StreamClient:
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.tls = url.scheme == "https"
         self.connect_timeout_s = connect_timeout_s
-        self._ssl_ctx: ssl.SSLContext | None = gevent.ssl.create_default_context() if self.tls else None
+        options = tls or TlsOptions()
+        # CA bundle / skip-verify / server name: the same rules as the readiness probes (protocols.tls).
+        self._ssl_ctx: ssl.SSLContext | None = (
+            ssl_context(options, gevent.ssl.create_default_context) if self.tls else None
+        )
+        self._server_name = options.server_name or self.host
         self._sock: Any = None
 
     def close(self) -> None:
@@ -127,7 +134,7 @@ class StreamClient:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl_ctx is not None:
-                sock = self._ssl_ctx.wrap_socket(sock, server_hostname=self.host)
+                sock = self._ssl_ctx.wrap_socket(sock, server_hostname=self._server_name)
             sock.settimeout(None)  # the request as a whole is under one gevent.Timeout
         except BaseException:
             sock.close()

@@ -1,4 +1,4 @@
-"""What ``locust -f`` loads: one user class for the plan's API, and the wiring per Locust process.
+"""What ``locust -f`` loads: the one user class, the plan's protocol spec, and the wiring per Locust process.
 
 Started only by ``harness.load.runner.run_step``, which passes the plan path in
 ``TOKENBENCH_LOAD_PLAN`` and auth headers in ``TOKENBENCH_LOAD_HEADERS``.
@@ -39,7 +39,9 @@ from harness.load.finisher import Finisher
 from harness.load.plan import LoadPlan, headers_from_env, plan_from_env
 from harness.load.prompts import PromptSpec, read_prompts
 from harness.load.schedule import ArrivalPool
-from harness.load.users import make_pool, user_class_for
+from harness.load.users import StreamingUser, make_pool
+from harness.protocols.base import ProtocolSpec
+from harness.protocols.registry import get_protocol
 
 log = logging.getLogger("tokenbench.load")
 
@@ -50,8 +52,8 @@ WATCHDOG_SLACK_S = 60.0
 PLAN = plan_from_env()
 
 
-class TokenbenchUser(user_class_for(PLAN.api)):  # type: ignore[misc]
-    """The only concrete user Locust sees; its behaviour comes from the API's base class."""
+class TokenbenchUser(StreamingUser):
+    """The only concrete user Locust sees; its protocol comes from the plan (``ProcessContext.protocol``)."""
 
     abstract = False
 
@@ -62,12 +64,13 @@ class ProcessContext:
 
     plan: LoadPlan
     environment: Environment
+    protocol: ProtocolSpec
     headers: dict[str, str] = field(default_factory=dict)
     prompts: list[PromptSpec] = field(default_factory=list)
     state: StepState | None = None
     collector: MasterCollector | None = None
     finisher: Finisher = field(default_factory=Finisher)
-    bodies: dict[int, bytes] = field(default_factory=dict)  # serialised request body per prompt index
+    bodies: dict[int, bytes] = field(default_factory=dict)  # serialised request per prompt index
     _pool: ArrivalPool | None = None
     _reported: bool = False
     _quitting: bool = False
@@ -170,7 +173,9 @@ class ProcessContext:
 
 def _on_init(environment: Environment, **_kw: Any) -> None:
     plan = PLAN
-    ctx = ProcessContext(plan=plan, environment=environment, headers=headers_from_env())
+    ctx = ProcessContext(
+        plan=plan, environment=environment, protocol=get_protocol(plan.api), headers=headers_from_env()
+    )
     runner = environment.runner
     if not isinstance(runner, MasterRunner):
         ctx.prompts = read_prompts(plan.prompts_path)

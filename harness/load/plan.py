@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.atomic import write_json
+from harness.protocols.base import ProtocolError, TlsOptions
+from harness.protocols.registry import get_protocol
 
 PLAN_ENV = "TOKENBENCH_LOAD_PLAN"
 HEADERS_ENV = "TOKENBENCH_LOAD_HEADERS"
@@ -63,7 +65,13 @@ class LoadPlan:
     temperature: float = 0.0
     simulated: bool = False
     tokenizer_path: str | None = None
-    grpc_target: str | None = None  # ``host:port`` for ``api="tgis"`` (gRPC); unused by HTTP APIs
+    grpc_target: str | None = None  # ``host:port`` for gRPC protocols; unused by HTTP ones
+    grpc_tls: bool = False  # gRPC over TLS (the server has a ``tls`` block)
+    tls_ca_bundle: str | None = None
+    tls_server_name: str | None = None
+    tls_insecure_skip_verify: bool = False
+    # Send OpenAI's ``stream_options`` (decided per cell from ``stream_usage: auto|on|off``).
+    stream_usage: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -94,10 +102,18 @@ class LoadPlan:
             raise bad("max_concurrency", "must be >= 1")
         if not self.base_url.startswith(("http://", "https://")):
             raise bad("base_url", "must start with http:// or https://")
-        if self.api == "tgis" and not self.grpc_target:
-            raise bad("grpc_target", "api 'tgis' needs the server's gRPC host:port")
+        try:
+            spec = get_protocol(self.api)
+        except ProtocolError as err:
+            raise bad("api", str(err)) from None
+        if spec.transport == "grpc" and not self.grpc_target:
+            raise bad("grpc_target", f"api '{self.api}' (gRPC) needs the server's gRPC host:port")
         if self.grpc_target is not None and not _is_host_port(self.grpc_target):
             raise bad("grpc_target", "must be host:port")
+
+    @property
+    def tls(self) -> TlsOptions:
+        return TlsOptions(self.tls_ca_bundle, self.tls_server_name, self.tls_insecure_skip_verify)
 
     @property
     def users(self) -> int:

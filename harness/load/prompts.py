@@ -9,10 +9,10 @@ or drop words until the count is exact.
 
 Counting convention (documented because servers differ):
 
-* ``completions``: ``prompt_tokens`` is ``len(encode(text, add_special_tokens=True))``,
+* ``text`` protocols (``completions``, ``tgi``, ``tgis``, Caikit): ``prompt_tokens`` is ``len(encode(text, add_special_tokens=True))``,
   i.e. it includes whatever BOS the tokenizer's post-processor adds. That is
   what vLLM reports as ``usage.prompt_tokens`` for ``/v1/completions``.
-* ``chat``: the *message content* has exactly ``prompt_tokens`` tokens without
+* ``chat`` protocols: the *message content* has exactly ``prompt_tokens`` tokens without
   special tokens; the server adds its chat-template overhead on top, which the
   report sees through ``usage.prompt_tokens``.
 
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from harness.atomic import write_text
+from harness.protocols.base import PromptStyle
 from harness.scenario import LengthDist
 
 _FALLBACK_WORDS = (
@@ -74,6 +75,12 @@ class PromptSpec:
         if self.messages is not None:
             return "\n".join(m.get("content", "") for m in self.messages)
         return self.prompt or ""
+
+
+def _is_chat(style: PromptStyle) -> bool:
+    if style not in ("text", "chat"):
+        raise PromptError(f"prompt style must be 'text' or 'chat', got {style!r}")
+    return style == "chat"
 
 
 def draw_lengths(dist: LengthDist, count: int, rng: np.random.Generator) -> list[int]:
@@ -150,15 +157,18 @@ def build_prompts(
     output_lengths: LengthDist,
     count: int,
     seed: int,
-    api: str,
+    style: PromptStyle,
 ) -> list[PromptSpec]:
-    """``count`` seeded prompts; exact token counts when a tokenizer is given (see module docstring)."""
+    """``count`` seeded prompts; exact token counts when a tokenizer is given (see module docstring).
+
+    ``style`` is the protocol's prompt convention (``ProtocolSpec.prompt_style``).
+    """
     if count < 1:
         raise PromptError(f"count must be >= 1, got {count}")
     rng = np.random.default_rng(seed)
     p_lens = draw_lengths(prompt_lengths, count, rng)
     o_lens = draw_lengths(output_lengths, count, rng)
-    chat = api == "chat"
+    chat = _is_chat(style)
     builder = _ExactText(tokenizer_path, add_special_tokens=not chat) if tokenizer_path else None
     specs: list[PromptSpec] = []
     for p, o in zip(p_lens, o_lens, strict=True):
@@ -184,7 +194,7 @@ def load_dataset(
     output_lengths: LengthDist,
     count: int,
     seed: int,
-    api: str,
+    style: PromptStyle,
     tokenizer_path: Path | None = None,
 ) -> list[PromptSpec]:
     """Prompts from a user JSONL (``prompt`` or ``messages`` per line), cycled to ``count``.
@@ -203,6 +213,7 @@ def load_dataset(
         tok = Tokenizer.from_file(str(tokenizer_path))
     rng = np.random.default_rng(seed)
     o_lens = draw_lengths(output_lengths, count, rng)
+    chat = _is_chat(style)
     specs: list[PromptSpec] = []
     for i in range(count):
         lineno, row = rows[i % len(rows)]
@@ -214,13 +225,13 @@ def load_dataset(
             messages = None
         else:
             raise PromptError(f"{path}:{lineno}: needs a string 'prompt' or a 'messages' list")
-        if api == "chat" and messages is None:
+        if chat and messages is None:
             messages = [{"role": "user", "content": row["prompt"]}]
-        prompt = None if api == "chat" else (row.get("prompt") if messages is None else None)
-        if api != "chat" and prompt is None:
+        prompt = None if chat else (row.get("prompt") if messages is None else None)
+        if not chat and prompt is None:
             prompt = "\n".join(str(m.get("content", "")) for m in messages or [])
         text = prompt if prompt is not None else "\n".join(str(m.get("content", "")) for m in messages or [])
-        n = len(tok.encode(text, add_special_tokens=api != "chat").ids) if tok else len(text.split())
+        n = len(tok.encode(text, add_special_tokens=not chat).ids) if tok else len(text.split())
         out = row.get("output_tokens", o_lens[i])
         if not isinstance(out, int) or out < 1:
             raise PromptError(f"{path}:{lineno}: output_tokens: must be a positive integer (got {out!r})")
@@ -229,7 +240,7 @@ def load_dataset(
                 prompt_tokens=n,
                 output_tokens=out,
                 prompt=prompt,
-                messages=messages if api == "chat" else None,
+                messages=messages if chat else None,
                 exact=tok is not None,
             )
         )

@@ -1,67 +1,119 @@
-"""Locust users that stream OpenAI completions and record every request.
+"""The one Locust user: it streams whatever protocol the plan names, and records every request.
 
-Each task sends one request through ``httpstream.StreamClient.post``
-(per-read arrival stamps) and queues the finished stream on the process's
-``Finisher``, which interprets it, hands a ``RequestRecord`` to the process's
-``StepState`` and fires Locust's ``request`` event (so its console summary
-still works; no tokenbench number comes from it). The user itself goes
-straight back to its next request: see ``finisher`` for why.
+Each task sends one request and queues the finished stream on the process's
+``Finisher``, which has the protocol spec interpret it, hands a
+``RequestRecord`` to the process's ``StepState`` and fires Locust's
+``request`` event (so its console summary still works; no tokenbench number
+comes from it). The user itself goes straight back to its next request: see
+``finisher`` for why. That holds for both transports: an HTTP stream
+(``httpstream.StreamClient.post``, per-read stamps) and a gRPC stream
+(``grpcstream.stream_call``, per-message stamps, raw bytes) are both
+interpreted only after they are over, off the read path.
 
-Request bodies are serialised once per prompt and process (``ProcessContext.bodies``)
-and the request head once per user; per request only the id and length change.
+Requests are serialised by the protocol once per prompt and process
+(``ProcessContext.bodies``); per request only the id (and, over HTTP, the
+length) is added, before the wait for the scheduled time.
 
 Pacing lives in ``wait_time``, not in the task: Locust kills a user that is
 *waiting* at once on shutdown but lets a user that is *running a task* finish
 (up to ``--stop-timeout``). So blocking for the next arrival happens while
 waiting, and only a real in-flight request holds shutdown up.
 
-``USER_CLASSES`` maps ``plan.api`` to a user class; other protocols (TGI,
-TGIS) add an entry there. Importing this module imports Locust, which
-monkey-patches the process: only the locustfile should import it.
+Importing this module imports Locust, which monkey-patches the process: only
+the locustfile should import it.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import gevent
-import orjson
 from gevent.event import Event
 from locust import User, task
 
 from harness.load.collector import StepState, build_record, request_key
+from harness.load.grpcstream import GrpcStream, auth_metadata, ensure_gevent, stream_call
 from harness.load.httpstream import Outcome, StreamClient, finish_head, request_prefix
 from harness.load.plan import LoadPlan
 from harness.load.prompts import PromptSpec
 from harness.load.schedule import ArrivalPool, derive_seed, poisson_arrivals
-from harness.load.sse import StreamResult, interpret_openai, openai_body
-from harness.load.tgi import tgi_user_class
-from harness.load.tgis import tgis_user_class
+from harness.protocols.base import Event as StreamEvent
+from harness.protocols.base import ProtocolSpec, StreamResult
+from harness.protocols.tls import grpc_channel
+
+
+class HttpWire:
+    """POST over one kept-alive connection; the request head is rendered once per user."""
+
+    request_type = "POST"
+
+    def __init__(self, plan: LoadPlan, spec: ProtocolSpec, headers: dict[str, str]) -> None:
+        self.client = StreamClient(plan.base_url, connect_timeout_s=min(plan.timeout_s, 30.0), tls=plan.tls)
+        self.prefix = request_prefix(plan.base_url, spec.path, {**spec.http_headers(), **headers})
+
+    def prepare(self, key: str, body: bytes) -> bytes:
+        return finish_head(self.prefix, key, len(body))
+
+    def send(self, head: bytes, body: bytes, timeout_s: float) -> Outcome:
+        return self.client.post(head, body, timeout_s)
+
+    @staticmethod
+    def unpack(raw: Outcome) -> tuple[Outcome, list[StreamEvent]]:
+        raw.splitter.close()
+        return raw, raw.splitter.events
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class GrpcWire:
+    """A server-streaming call on the user's own channel; auth headers travel as metadata."""
+
+    request_type = "grpc"
+
+    def __init__(self, plan: LoadPlan, spec: ProtocolSpec, headers: dict[str, str]) -> None:
+        ensure_gevent()
+        assert plan.grpc_target is not None  # LoadPlan.validate checks it for gRPC protocols
+        self.channel = grpc_channel(plan.grpc_target, tls=plan.grpc_tls, options=plan.tls)
+        self.call = self.channel.unary_stream(spec.path)  # bytes in, bytes out: no decoding on the read path
+        self.metadata = [*auth_metadata(headers), *spec.grpc_metadata(plan)]
+
+    def prepare(self, key: str, body: bytes) -> list[tuple[str, str]]:
+        # x-request-id joins the record to the server's log, as the HTTP X-Request-Id does.
+        return [*self.metadata, ("x-request-id", key)]
+
+    def send(self, metadata: list[tuple[str, str]], body: bytes, timeout_s: float) -> GrpcStream:
+        return stream_call(self.call, body, timeout_s, metadata)
+
+    @staticmethod
+    def unpack(raw: GrpcStream) -> tuple[Outcome, list[StreamEvent]]:
+        return raw.outcome(), raw.events
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+WIRES = {"http": HttpWire, "grpc": GrpcWire}
 
 
 class StreamingUser(User):
-    """Base for all tokenbench users: pacing in ``wait_time``, one request per task.
+    """The tokenbench user: pacing in ``wait_time``, one request per task, the protocol from the plan.
 
-    The per-process context (plan, prompts, ``StepState``, arrival pool) is
-    the ``tokenbench`` attribute the locustfile puts on the Locust environment.
+    The per-process context (plan, protocol spec, prompts, ``StepState``,
+    arrival pool) is the ``tokenbench`` attribute the locustfile puts on the
+    Locust environment.
     """
 
     abstract = True
-    path: ClassVar[str] = ""
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
         self.ctx = environment.tokenbench
         self._pending: int | None = None
         plan = self.ctx.plan
-        self.http = StreamClient(plan.base_url, connect_timeout_s=min(plan.timeout_s, 30.0))
-        # Built once per user: only the request id and length change per request.
-        self.head_prefix = request_prefix(
-            plan.base_url,
-            self.path,
-            {"Content-Type": "application/json", "Accept": "text/event-stream", **self.ctx.headers},
-        )
+        self.spec: ProtocolSpec = self.ctx.protocol
+        self.wire: Any = WIRES[self.spec.transport](plan, self.spec, self.ctx.headers)
         self.id_prefix = request_key(plan.step_id, 0)[:-1]
 
     def wait_time(self) -> float:
@@ -89,32 +141,30 @@ class StreamingUser(User):
         index = (request_id + state.worker_index) % len(ctx.prompts)
         body = ctx.bodies.get(index)
         if body is None:
-            body = ctx.bodies[index] = orjson.dumps(self.build_body(ctx.prompts[index]))
+            body = ctx.bodies[index] = self.spec.build_request(ctx.plan, ctx.prompts[index])
         # == request_key(step_id, request_id): joins the record to the server's log
-        head = finish_head(self.head_prefix, f"{self.id_prefix}{request_id}", len(body))
+        prepared = self.wire.prepare(f"{self.id_prefix}{request_id}", body)
         wait_ns = scheduled - time.monotonic_ns()
         if wait_ns > 0:
             gevent.sleep(wait_ns / 1e9)
-        outcome = self.http.post(head, body, ctx.plan.timeout_s)
+        raw = self.wire.send(prepared, body, ctx.plan.timeout_s)
         if ctx.plan.kind == "concurrency":
-            scheduled = outcome.sent_ns  # closed loop: the request is due when it is sent
-        ctx.finisher.submit(lambda: self.finish(request_id, ctx.prompts[index], scheduled, outcome))
+            scheduled = raw.sent_ns  # closed loop: the request is due when it is sent
+        ctx.finisher.submit(lambda: self.finish(request_id, ctx.prompts[index], scheduled, raw))
 
-    def finish(self, request_id: int, spec: PromptSpec, scheduled: int, outcome: Outcome) -> None:
+    def finish(self, request_id: int, prompt: PromptSpec, scheduled: int, raw: Any) -> None:
         """Interpret a finished stream into a record (run by the process's ``Finisher``)."""
-        result = self.interpret(outcome) if outcome.error_class is None or outcome.splitter.events else None
-        self.record(request_id, spec, scheduled, outcome, result, request_type="POST", name=self.path)
+        outcome, events = self.wire.unpack(raw)
+        result = self.spec.interpret(events) if outcome.error_class is None or events else None
+        self.record(request_id, prompt, scheduled, outcome, result)
 
     def record(
         self,
         request_id: int,
-        spec: PromptSpec,
+        prompt: PromptSpec,
         scheduled: int,
         outcome: Outcome,
         result: StreamResult | None,
-        *,
-        request_type: str,
-        name: str,
     ) -> None:
         """Keep the request's record, and fire Locust's request event (its stats are for display only)."""
         ctx = self.ctx
@@ -125,64 +175,22 @@ class StreamingUser(User):
             worker=state.worker_index,
             scheduled_ns=scheduled,
             warmup=state.is_warmup(scheduled),
-            spec=spec,
+            spec=prompt,
             outcome=outcome,
             result=result,
         )
         state.complete(rec, result.text if result is not None else "")
         self.environment.events.request.fire(
-            request_type=request_type,
-            name=name,
+            request_type=self.wire.request_type,
+            name=self.spec.path,
             response_time=(rec.end_ns - rec.scheduled_ns) / 1e6,
             response_length=outcome.body_bytes,
             exception=None if rec.ok else RuntimeError(f"{rec.error_class}: {rec.error_message}"),
             context={},
         )
 
-    def build_body(self, spec: PromptSpec) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def interpret(self, outcome: Outcome) -> StreamResult:
-        raise NotImplementedError
-
     def on_stop(self) -> None:
-        self.http.close()
-
-
-class CompletionsUser(StreamingUser):
-    abstract = True
-    path = "/v1/completions"
-
-    def build_body(self, spec: PromptSpec) -> dict[str, Any]:
-        return openai_body(self.ctx.plan, spec)
-
-    def interpret(self, outcome: Outcome) -> StreamResult:
-        outcome.splitter.close()
-        return interpret_openai(outcome.splitter.events, "completions")
-
-
-class ChatUser(CompletionsUser):
-    abstract = True
-    path = "/v1/chat/completions"
-
-    def interpret(self, outcome: Outcome) -> StreamResult:
-        outcome.splitter.close()
-        return interpret_openai(outcome.splitter.events, "chat")
-
-
-USER_CLASSES: dict[str, type[StreamingUser]] = {
-    "completions": CompletionsUser,
-    "chat": ChatUser,
-    "tgi": tgi_user_class(StreamingUser),
-    "tgis": tgis_user_class(StreamingUser),
-}
-
-
-def user_class_for(api: str) -> type[StreamingUser]:
-    try:
-        return USER_CLASSES[api]
-    except KeyError:
-        raise ValueError(f"api {api!r} has no load user; known: {sorted(USER_CLASSES)}") from None
+        self.wire.close()
 
 
 def make_pool(state: StepState, plan: LoadPlan) -> ArrivalPool | None:

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc import aio
 
+from harness.protocols.proto import generation_pb2 as pb
+from harness.protocols.proto import generation_pb2_grpc as pb_grpc
 from harness.sim.faults import Fault
 from harness.sim.generation import TOKEN_TEXT, GenSpec, Plan
-from harness.sim.proto import generation_pb2 as pb
-from harness.sim.proto import generation_pb2_grpc as pb_grpc
 from harness.sim.timing import chunk_offsets, chunk_sizes
 from harness.sim.writelog import clean_request_id
 

@@ -1,57 +1,49 @@
-"""TGI's native streaming API (``POST /generate_stream``) for the load users.
-
-Why a protocol mixin and not a full user: the HTTP side is the same as the
-OpenAI users' (``httpstream.StreamClient.post`` stamps every socket read; nothing is parsed
-until the stream is over), so TGI only differs in the request body and in how
-the finished stream is read. ``TgiProtocol`` supplies exactly those hooks and
-``tgi_user_class`` puts it in front of ``users.StreamingUser``; this module
-itself never imports Locust (which monkey-patches on import), so the parser
-is testable in a plain process.
+"""``tgi``: Hugging Face TGI's native streaming API, ``POST /generate_stream``.
 
 How a TGI stream is read (``interpret_tgi``):
 
 * every ``data:`` event carries one token (``token``), so each event is one
-  chunk of one token, stamped with the read that completed it;
+  chunk of one token, stamped with the read that completed it. The count of
+  token events is the client's own output count (``client_tokens``): it comes
+  from the stream's pieces, not from the server's figure;
 * the final event carries ``generated_text`` and ``details``;
   ``details.generated_tokens`` is the server's output count
   (``token_source="usage"``) and ``details.input_length``, where the server
   sends it (TGI >= 2.1), the prompt count; older TGIs send no prompt count in
   the stream, so the record falls back to the exact prompt length or the
-  tokenizer;
+  tokenizer. The final event is the end of the stream;
 * an ``{"error": ...}`` event is an error the server reported mid-stream.
 
 TGI has no ``ignore_eos``: a fixed output length is up to the server (the sim
 always generates ``max_new_tokens``). The record's ``requested_output_tokens``
 says what was asked for, so a short answer shows up as a token disagreement,
-not silently.
+not silently. TGI rejects ``temperature: 0`` ("must be strictly positive"),
+so greedy decoding is asked for by leaving sampling off instead.
+
+Ready: ``GET /health`` (the model is loaded), then ``GET /info``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from harness.load.sse import StreamResult
 from harness.load.sseframe import event_data
+from harness.protocols.base import Event, HttpProbe, ProtocolSpec, StreamResult, prompt_text
 
 if TYPE_CHECKING:
-    from harness.load.httpstream import Outcome
     from harness.load.plan import LoadPlan
     from harness.load.prompts import PromptSpec
 
 PATH = "/generate_stream"
-U = TypeVar("U", bound=type)
 
 
-def tgi_body(plan: LoadPlan, spec: PromptSpec) -> dict[str, Any]:
-    """The ``/generate_stream`` request for one prompt.
-
-    TGI rejects ``temperature: 0`` ("must be strictly positive"), so greedy
-    decoding is asked for by leaving sampling off instead.
-    """
+def tgi_body(plan: LoadPlan, prompt: PromptSpec) -> dict[str, Any]:
+    """The ``/generate_stream`` request for one prompt."""
     params: dict[str, Any] = {
-        "max_new_tokens": spec.output_tokens,
+        "max_new_tokens": prompt.output_tokens,
         "details": True,
         "decoder_input_details": False,
     }
@@ -60,10 +52,10 @@ def tgi_body(plan: LoadPlan, spec: PromptSpec) -> dict[str, Any]:
         params["temperature"] = plan.temperature
     else:
         params["do_sample"] = False
-    return {"inputs": spec.prompt if spec.prompt is not None else spec.text, "parameters": params}
+    return {"inputs": prompt_text(prompt), "parameters": params}
 
 
-def interpret_tgi(events: list[tuple[int, bytes]]) -> StreamResult:
+def interpret_tgi(events: list[Event]) -> StreamResult:
     """Turn raw SSE events of ``/generate_stream`` into chunks and token counts (see module docstring)."""
     res = StreamResult()
     texts: list[str] = []
@@ -102,27 +94,24 @@ def interpret_tgi(events: list[tuple[int, bytes]]) -> StreamResult:
         elif obj.get("generated_text") is not None:
             res.finished = True  # details were not asked for (or stripped): still the last event
     res.text = "".join(texts)
+    res.client_tokens = len(res.chunk_tokens)
     return res
 
 
-class TgiProtocol:
-    """The TGI hooks of a ``StreamingUser``: path, request body, stream interpretation."""
+@dataclass(frozen=True)
+class TgiProtocol(ProtocolSpec):
+    def build_request(self, plan: LoadPlan, prompt: PromptSpec) -> bytes:
+        return orjson.dumps(tgi_body(plan, prompt))
 
-    path: ClassVar[str] = PATH
-    ctx: Any  # the process context StreamingUser sets up
-
-    def build_body(self, spec: PromptSpec) -> dict[str, Any]:
-        return tgi_body(self.ctx.plan, spec)
-
-    def interpret(self, outcome: Outcome) -> StreamResult:
-        outcome.splitter.close()
-        return interpret_tgi(outcome.splitter.events)
+    def interpret(self, events: list[Event]) -> StreamResult:
+        return interpret_tgi(events)
 
 
-def tgi_user_class(base: U) -> U:
-    """The abstract TGI Locust user: ``TgiProtocol`` in front of ``base`` (``users.StreamingUser``).
-
-    A factory, so that this module does not import ``users`` (and with it
-    Locust); ``users.USER_CLASSES`` calls it once at import.
-    """
-    return type("TgiUser", (TgiProtocol, base), {"abstract": True, "__module__": __name__})  # type: ignore[return-value]
+SPEC = TgiProtocol(
+    name="tgi",
+    transport="http",
+    path=PATH,
+    prompt_style="text",
+    token_source="usage (details.generated_tokens of the final event); client: one token per event",
+    readiness=(HttpProbe("/health"), HttpProbe("/info")),
+)

@@ -1,10 +1,10 @@
 """Regenerate ``generation_pb2.py``/``generation_pb2_grpc.py`` from ``generation.proto``.
 
-Run ``python -m harness.sim.proto.generate`` after editing the proto. Why a
+Run ``python -m harness.protocols.proto.generate`` after editing the proto. Why a
 script and not import-time generation: the sim must run with only the runtime
 dependencies (``grpcio``, ``protobuf``), and ``grpcio-tools`` is a dev tool.
 Paths are given relative to the repository root so the stubs import each
-other as ``harness.sim.proto.generation_pb2``.
+other as ``harness.protocols.proto.generation_pb2``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PROTO = "harness/sim/proto/generation.proto"
+PROTO = "harness/protocols/proto/generation.proto"
 
 
 def main() -> int:

@@ -3,7 +3,7 @@
 
 import grpc
 
-from harness.sim.proto import generation_pb2 as harness_dot_sim_dot_proto_dot_generation__pb2
+from harness.protocols.proto import generation_pb2 as harness_dot_protocols_dot_proto_dot_generation__pb2
 
 GRPC_GENERATED_VERSION = "1.85.1"
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f"The grpc package installed is at version {GRPC_VERSION},"
-        + " but the generated code in harness/sim/proto/generation_pb2_grpc.py depends on"
+        + " but the generated code in harness/protocols/proto/generation_pb2_grpc.py depends on"
         + f" grpcio>={GRPC_GENERATED_VERSION}."
         + f" Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}"
         + f" or downgrade your generated code using grpcio-tools<={GRPC_VERSION}."
@@ -37,26 +37,26 @@ class GenerationServiceStub:
         """
         self.Generate = channel.unary_unary(
             "/fmaas.GenerationService/Generate",
-            request_serializer=harness_dot_sim_dot_proto_dot_generation__pb2.BatchedGenerationRequest.SerializeToString,
-            response_deserializer=harness_dot_sim_dot_proto_dot_generation__pb2.BatchedGenerationResponse.FromString,
+            request_serializer=harness_dot_protocols_dot_proto_dot_generation__pb2.BatchedGenerationRequest.SerializeToString,
+            response_deserializer=harness_dot_protocols_dot_proto_dot_generation__pb2.BatchedGenerationResponse.FromString,
             _registered_method=True,
         )
         self.GenerateStream = channel.unary_stream(
             "/fmaas.GenerationService/GenerateStream",
-            request_serializer=harness_dot_sim_dot_proto_dot_generation__pb2.SingleGenerationRequest.SerializeToString,
-            response_deserializer=harness_dot_sim_dot_proto_dot_generation__pb2.GenerationResponse.FromString,
+            request_serializer=harness_dot_protocols_dot_proto_dot_generation__pb2.SingleGenerationRequest.SerializeToString,
+            response_deserializer=harness_dot_protocols_dot_proto_dot_generation__pb2.GenerationResponse.FromString,
             _registered_method=True,
         )
         self.Tokenize = channel.unary_unary(
             "/fmaas.GenerationService/Tokenize",
-            request_serializer=harness_dot_sim_dot_proto_dot_generation__pb2.BatchedTokenizeRequest.SerializeToString,
-            response_deserializer=harness_dot_sim_dot_proto_dot_generation__pb2.BatchedTokenizeResponse.FromString,
+            request_serializer=harness_dot_protocols_dot_proto_dot_generation__pb2.BatchedTokenizeRequest.SerializeToString,
+            response_deserializer=harness_dot_protocols_dot_proto_dot_generation__pb2.BatchedTokenizeResponse.FromString,
             _registered_method=True,
         )
         self.ModelInfo = channel.unary_unary(
             "/fmaas.GenerationService/ModelInfo",
-            request_serializer=harness_dot_sim_dot_proto_dot_generation__pb2.ModelInfoRequest.SerializeToString,
-            response_deserializer=harness_dot_sim_dot_proto_dot_generation__pb2.ModelInfoResponse.FromString,
+            request_serializer=harness_dot_protocols_dot_proto_dot_generation__pb2.ModelInfoRequest.SerializeToString,
+            response_deserializer=harness_dot_protocols_dot_proto_dot_generation__pb2.ModelInfoResponse.FromString,
             _registered_method=True,
         )
 
@@ -93,23 +93,23 @@ def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
         "Generate": grpc.unary_unary_rpc_method_handler(
             servicer.Generate,
-            request_deserializer=harness_dot_sim_dot_proto_dot_generation__pb2.BatchedGenerationRequest.FromString,
-            response_serializer=harness_dot_sim_dot_proto_dot_generation__pb2.BatchedGenerationResponse.SerializeToString,
+            request_deserializer=harness_dot_protocols_dot_proto_dot_generation__pb2.BatchedGenerationRequest.FromString,
+            response_serializer=harness_dot_protocols_dot_proto_dot_generation__pb2.BatchedGenerationResponse.SerializeToString,
         ),
         "GenerateStream": grpc.unary_stream_rpc_method_handler(
             servicer.GenerateStream,
-            request_deserializer=harness_dot_sim_dot_proto_dot_generation__pb2.SingleGenerationRequest.FromString,
-            response_serializer=harness_dot_sim_dot_proto_dot_generation__pb2.GenerationResponse.SerializeToString,
+            request_deserializer=harness_dot_protocols_dot_proto_dot_generation__pb2.SingleGenerationRequest.FromString,
+            response_serializer=harness_dot_protocols_dot_proto_dot_generation__pb2.GenerationResponse.SerializeToString,
         ),
         "Tokenize": grpc.unary_unary_rpc_method_handler(
             servicer.Tokenize,
-            request_deserializer=harness_dot_sim_dot_proto_dot_generation__pb2.BatchedTokenizeRequest.FromString,
-            response_serializer=harness_dot_sim_dot_proto_dot_generation__pb2.BatchedTokenizeResponse.SerializeToString,
+            request_deserializer=harness_dot_protocols_dot_proto_dot_generation__pb2.BatchedTokenizeRequest.FromString,
+            response_serializer=harness_dot_protocols_dot_proto_dot_generation__pb2.BatchedTokenizeResponse.SerializeToString,
         ),
         "ModelInfo": grpc.unary_unary_rpc_method_handler(
             servicer.ModelInfo,
-            request_deserializer=harness_dot_sim_dot_proto_dot_generation__pb2.ModelInfoRequest.FromString,
-            response_serializer=harness_dot_sim_dot_proto_dot_generation__pb2.ModelInfoResponse.SerializeToString,
+            request_deserializer=harness_dot_protocols_dot_proto_dot_generation__pb2.ModelInfoRequest.FromString,
+            response_serializer=harness_dot_protocols_dot_proto_dot_generation__pb2.ModelInfoResponse.SerializeToString,
         ),
     }
     generic_handler = grpc.method_handlers_generic_handler("fmaas.GenerationService", rpc_method_handlers)
@@ -138,8 +138,8 @@ class GenerationService:
             request,
             target,
             "/fmaas.GenerationService/Generate",
-            harness_dot_sim_dot_proto_dot_generation__pb2.BatchedGenerationRequest.SerializeToString,
-            harness_dot_sim_dot_proto_dot_generation__pb2.BatchedGenerationResponse.FromString,
+            harness_dot_protocols_dot_proto_dot_generation__pb2.BatchedGenerationRequest.SerializeToString,
+            harness_dot_protocols_dot_proto_dot_generation__pb2.BatchedGenerationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -168,8 +168,8 @@ class GenerationService:
             request,
             target,
             "/fmaas.GenerationService/GenerateStream",
-            harness_dot_sim_dot_proto_dot_generation__pb2.SingleGenerationRequest.SerializeToString,
-            harness_dot_sim_dot_proto_dot_generation__pb2.GenerationResponse.FromString,
+            harness_dot_protocols_dot_proto_dot_generation__pb2.SingleGenerationRequest.SerializeToString,
+            harness_dot_protocols_dot_proto_dot_generation__pb2.GenerationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -198,8 +198,8 @@ class GenerationService:
             request,
             target,
             "/fmaas.GenerationService/Tokenize",
-            harness_dot_sim_dot_proto_dot_generation__pb2.BatchedTokenizeRequest.SerializeToString,
-            harness_dot_sim_dot_proto_dot_generation__pb2.BatchedTokenizeResponse.FromString,
+            harness_dot_protocols_dot_proto_dot_generation__pb2.BatchedTokenizeRequest.SerializeToString,
+            harness_dot_protocols_dot_proto_dot_generation__pb2.BatchedTokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -228,8 +228,8 @@ class GenerationService:
             request,
             target,
             "/fmaas.GenerationService/ModelInfo",
-            harness_dot_sim_dot_proto_dot_generation__pb2.ModelInfoRequest.SerializeToString,
-            harness_dot_sim_dot_proto_dot_generation__pb2.ModelInfoResponse.FromString,
+            harness_dot_protocols_dot_proto_dot_generation__pb2.ModelInfoRequest.SerializeToString,
+            harness_dot_protocols_dot_proto_dot_generation__pb2.ModelInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
