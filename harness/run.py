@@ -67,8 +67,8 @@ def validate_cells(scenario: Scenario) -> list[Cell]:
 
     cells = expand_cells(scenario)
     problems: list[str] = [p for server in scenario.servers for p in check_local_model(server)]
-    for cell in cells:
-        problems += [f"cell '{cell.cell_id}': {p}" for p in validate_settings(cell)]
+    for cell in cells:  # each message names server, cell, field and value; rules of a server, once
+        problems += [p for p in validate_settings(cell) if p not in problems]
     ids = [c.cell_id for c in cells]
     problems += [f"cell id '{i}' appears twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
     if problems:
@@ -88,6 +88,22 @@ def endpoint_of(server: Server, handle: ServerHandle) -> Endpoint:
         tls=server.tls_options(),
         headers=handle.headers,
     )
+
+
+def _cap_fields(cell: Cell) -> dict[str, object]:
+    """``concurrency_cap``/``concurrency_cap_setting`` of a cell whose backend limits concurrent streams."""
+    cap = get_spec(cell.server.backend).concurrency_cap(dict(cell.settings))
+    return {} if cap is None else {"concurrency_cap": cap.limit, "concurrency_cap_setting": cap.setting}
+
+
+def exceeds_cap(metrics: StepMetrics, cap: int | None) -> bool:
+    """A step over the server's concurrency cap: a closed-loop target above it, or an open-loop step
+    whose measured mean in-flight count is above it (its arrivals queue in the server's pool)."""
+    if cap is None:
+        return False
+    if metrics.kind == "concurrency":
+        return metrics.target > cap
+    return metrics.mean_in_flight is not None and metrics.mean_in_flight > cap
 
 
 def prompt_count(scenario: Scenario, step: Step) -> int:
@@ -147,6 +163,7 @@ class Run:
                     settings=dict(c.settings),
                     identity=c.identity,
                     simulated=get_spec(c.server.backend).simulated,
+                    **_cap_fields(c),
                 )
                 for c in self.cells
             ],
@@ -275,6 +292,7 @@ class Run:
         sampler = TelemetrySampler(
             cell_id=cell.cell_id,
             server_pid=handle.pid,
+            processes=handle.trees(),
             metrics_url=handle.metrics_url,
             headers=handle.headers,
         )
@@ -293,6 +311,7 @@ class Run:
                 metrics = compute_step_metrics(
                     frame, step=step, slo=scenario.slo, duration_s=None, health=health
                 )
+                metrics.exceeds_concurrency_cap = exceeds_cap(metrics, result.concurrency_cap)
                 result.steps.append(metrics)
                 self.run_dir.write_summary(self.summary)
                 self.progress(self._step_line(cell, metrics))

@@ -252,3 +252,29 @@ def test_existing_sigterm_handler_is_honoured_then_groups_killed(tmp_path: Path)
         assert not _alive(proc.pid)
     finally:
         signal.signal(signal.SIGTERM, original)
+
+
+def test_process_set_tears_down_every_tree_together(tmp_path: Path) -> None:
+    """A two-process server (TGIS + Caikit runtime): both trees, grandchildren included, are gone."""
+    from harness.backends.process import ProcessSet
+
+    spawn = [
+        sys.executable,
+        "-c",
+        "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)",
+    ]
+    registry = ProcessRegistry()
+    procs = ProcessSet(registry)
+    first = procs.start("tgis", spawn, log_path=tmp_path / "tgis.log")
+    second = procs.start("caikit", spawn, log_path=tmp_path / "caikit.log")
+    members = _wait_for_members(first.pgid, 2) + _wait_for_members(second.pgid, 2)
+    assert procs.pids == {"tgis": first.pid, "caikit": second.pid} and "tgis" in procs
+    assert registry.groups == {first.pgid, second.pgid}
+    with pytest.raises(ValueError, match="already started"):
+        procs.start("tgis", spawn, log_path=tmp_path / "again.log")
+    started = time.monotonic()
+    procs.terminate(grace_s=5.0)
+    assert time.monotonic() - started < 8, "the two grace periods overlap"
+    assert not any(_alive(pid) for pid in members)
+    assert registry.groups == frozenset()
+    procs.terminate()  # idempotent

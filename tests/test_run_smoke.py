@@ -54,14 +54,18 @@ def test_server_api_defaults_to_none_and_accepts_each_protocol() -> None:
 def test_server_api_is_validated_against_the_backend() -> None:
     with pytest.raises(ScenarioError, match=r"servers\[0\]\.api|servers.0.api|api"):
         parse_scenario(_scenario(api="grpc"), "f.yaml")
-    with pytest.raises(ScenarioError, match="only 'sim' serves TGIS"):
+    with pytest.raises(ScenarioError, match="backend 'vllm' does not serve api 'tgis'"):
         parse_scenario(_scenario(backend="vllm", api="tgis"))
-    bad = _scenario(backend="external", base_url="http://x")
+    bad = _scenario(backend="vllm")
     bad["workload"]["api"] = "tgis"  # the workload default counts too
     with pytest.raises(ScenarioError, match="server 'a'.*tgis"):
         parse_scenario(bad)
-    with pytest.raises(ScenarioError, match="vLLM does not serve it"):
+    with pytest.raises(ScenarioError, match="backend 'vllm' does not serve api 'tgi'"):
         parse_scenario(_scenario(backend="vllm", api="tgi"))
+    # An external endpoint may speak any protocol (its readiness probe says whether it does).
+    external = _scenario(backend="external", base_url="http://x")
+    external["workload"]["api"] = "tgis"
+    parse_scenario(external)
 
 
 def test_smoke_scenario_covers_three_protocols_and_two_configurations() -> None:

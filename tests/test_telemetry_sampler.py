@@ -141,3 +141,28 @@ def test_read_timeseries_errors_name_the_file(tmp_path: Path) -> None:
         read_timeseries(bad)
     with pytest.raises(FileNotFoundError, match="missing.parquet"):
         read_timeseries(tmp_path / "missing.parquet")
+
+
+def test_sampler_samples_each_process_tree_with_its_role(tmp_path: Path) -> None:
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
+    a = subprocess.Popen(sleeper, start_new_session=True)
+    b = subprocess.Popen(sleeper, start_new_session=True)
+    try:
+        sampler = TelemetrySampler(
+            cell_id="c", server_pid=a.pid, processes={"tgis": a.pid, "caikit": b.pid}, metrics_url=None,
+            interval_s=0.05,
+        )  # fmt: skip
+        sampler.start()
+        time.sleep(0.4)
+        rows = sampler.stop()
+    finally:
+        for proc in (a, b):
+            _kill_group(proc)
+    rss = [r for r in rows if r["source"] == "process" and r["name"] == "rss_bytes"]
+    assert {r["labels"] for r in rss} == {"role=tgis", "role=caikit"}
+    by_time: dict[int, set[str]] = {}
+    for r in rss:
+        by_time.setdefault(r["t_ns"], set()).add(r["labels"])
+    assert all(len(labels) == 2 for labels in by_time.values()), "both trees share each sample's stamp"
+    single = TelemetrySampler(cell_id="c", server_pid=123, metrics_url=None)
+    assert single.processes == {"server": 123}

@@ -72,3 +72,17 @@ def test_no_rows_and_no_measured_samples() -> None:
 def test_bad_rows_name_the_missing_field() -> None:
     with pytest.raises(ValueError, match="value"):
         memory_summary([{"t_ns": 0, "source": "process", "name": "rss_bytes"}], [])
+
+
+def test_peak_rss_by_role_for_a_server_of_several_trees() -> None:
+    rows = [
+        row(0, "rss_bytes", 100 * MIB, "c1", labels="role=tgis"),
+        row(0, "rss_bytes", 50 * MIB, "c1", labels="role=caikit"),
+        row(1, "rss_bytes", 300 * MIB, "c1", labels="role=tgis"),
+        row(1, "rss_bytes", 40 * MIB, "c1", labels="role=caikit"),
+    ]
+    mem = memory_summary(rows, ["c1"])
+    assert mem.peak_rss_mb == pytest.approx(340.0)  # the trees are summed per sample time
+    assert mem.peak_rss_by_role_mb == pytest.approx({"tgis": 300.0, "caikit": 50.0})
+    single = memory_summary([row(0, "rss_bytes", 100 * MIB, "c1", labels="role=server")], ["c1"])
+    assert single.peak_rss_by_role_mb == {} and single.peak_rss_mb == pytest.approx(100.0)

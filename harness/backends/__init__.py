@@ -1,5 +1,16 @@
-"""Server backends: launch a server for one cell, report how to reach it, tear it down."""
+"""Server backends: one module per backend defining ``SPEC``, registered in ``registry.py``.
 
-from harness.backends.base import Backend, BackendStartError, ServerHandle
+A spec (``base.BackendSpec``) owns the backend's settings model, the protocols it
+serves, the environments it needs and its launcher (start/stop).
+"""
 
-__all__ = ["Backend", "BackendStartError", "ServerHandle"]
+from harness.backends.base import (
+    Backend,
+    BackendSettings,
+    BackendSpec,
+    BackendStartError,
+    ConcurrencyCap,
+    ServerHandle,
+)
+
+__all__ = ["Backend", "BackendSettings", "BackendSpec", "BackendStartError", "ConcurrencyCap", "ServerHandle"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -132,6 +132,13 @@ class BackendSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class ConcurrencyCap(NamedTuple):
+    """A server's own limit on concurrent streams, and the setting that sets it."""
+
+    limit: int
+    setting: str
+
+
 def _where(server: Server, cell_id: str | None) -> str:
     return f"server '{server.name}'" + (f" (cell '{cell_id}')" if cell_id else "")
 
@@ -187,27 +194,32 @@ class BackendSpec:
         without the ``server '...'`` prefix, which :meth:`validate` adds)."""
         return []
 
-    def validate(self, server: Server, cell_id: str | None = None) -> list[str]:
+    def validate(
+        self, server: Server, cell_id: str | None = None, settings: dict[str, Any] | None = None
+    ) -> list[str]:
         """Every problem with a server's settings, each naming server (and cell), field and value.
 
-        Sweep lists are checked value by value, so this works on a ``Server``
-        before the cells are expanded.
+        ``settings`` defaults to the server's own, whose sweep lists are checked
+        value by value, so this works on a ``Server`` before cells are expanded.
+        Rules of :meth:`check` name the server only.
         """
         where = _where(server, cell_id)
-        fields = self.Settings.model_fields
-        if server.settings and not fields:
+        given = server.settings if settings is None else settings
+        if given and not self.Settings.model_fields:
             return [
                 f"{where}: backend '{self.name}' cannot apply settings "
-                f"({', '.join(sorted(server.settings))}); configure the deployment itself"
+                f"({', '.join(sorted(given))}); configure the deployment itself"
             ]
         context = self.validation_context(server)
-        errors = settings_value_errors(self.Settings, server.settings, self.label, context)
-        errors += self.check(server)
-        return [f"{where}: {e}" for e in errors]
+        errors = settings_value_errors(self.Settings, dict(given), self.label, context)
+        return [f"{where}: {e}" for e in errors] + [
+            f"{_where(server, None)}: {e}" for e in self.check(server)
+        ]
 
     def validate_cell(self, cell: Cell) -> list[str]:
-        """:meth:`validate` plus the ``Settings`` model's own rules on the cell's combination of values."""
-        errors = self.validate(cell.server, cell.cell_id)
+        """The cell's own values, the server's cross-setting rules, then the ``Settings`` model's
+        rules on the cell's combination of values."""
+        errors = self.validate(cell.server, cell.cell_id, dict(cell.settings))
         if errors:
             return errors
         try:
@@ -222,9 +234,9 @@ class BackendSpec:
         return self.Settings.model_validate(settings, context=self.validation_context(server))
 
     # -- running -------------------------------------------------------------------------------
-    def concurrency_cap(self, settings: dict[str, Scalar]) -> int | None:
-        """The most concurrent streams a server with these settings serves at once, if it has such
-        a limit (Caikit's gRPC thread pool); the report flags steps above it."""
+    def concurrency_cap(self, settings: dict[str, Scalar]) -> ConcurrencyCap | None:
+        """The most concurrent streams a server with these (cell) settings serves at once, if it has
+        such a limit (Caikit's gRPC thread pool, default 5); summary and report flag steps above it."""
         return None
 
     def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> Backend:

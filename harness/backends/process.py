@@ -252,6 +252,50 @@ class ManagedProcess:
         self.terminate()
 
 
+class ProcessSet:
+    """The processes of one server, by role, torn down together (a Caikit cell: TGIS, then the runtime).
+
+    Why one object: a two-process server must never lose its second process
+    when the first fails to start, or leave the first running when the
+    second does. ``start`` adds processes in dependency order; ``terminate``
+    SIGTERMs every group at once (so the grace periods overlap instead of
+    adding up), then stops each, last started first. Idempotent.
+    """
+
+    def __init__(self, registry: ProcessRegistry | None = None) -> None:
+        self.registry = registry
+        self._procs: dict[str, ManagedProcess] = {}
+
+    def start(
+        self, role: str, command: list[str], *, log_path: Path, env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> ManagedProcess:  # fmt: skip
+        if role in self._procs:
+            raise ValueError(f"a process with role {role!r} was already started")
+        proc = ManagedProcess(command, log_path=log_path, env=env, cwd=cwd, registry=self.registry)
+        self._procs[role] = proc
+        return proc
+
+    def __getitem__(self, role: str) -> ManagedProcess:
+        return self._procs[role]
+
+    def __contains__(self, role: object) -> bool:
+        return role in self._procs
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Role -> root pid, for ``ServerHandle.processes`` (what telemetry samples)."""
+        return {role: proc.pid for role, proc in self._procs.items()}
+
+    def terminate(self, grace_s: float = 10.0) -> None:
+        procs = list(reversed(self._procs.values()))
+        for proc in procs:
+            if proc.poll() is None:
+                _signal_group(proc.pgid, signal.SIGTERM)
+        for proc in procs:
+            proc.terminate(grace_s)
+
+
 def wait_ready(
     urls: Iterable[str],
     timeout_s: float,

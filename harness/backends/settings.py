@@ -49,6 +49,8 @@ def _message(model: type[BaseModel] | None, error: Any) -> str:
     if kind in _BOUNDS:
         name, text = _BOUNDS[kind]
         bound = (error.get("ctx") or {}).get(name)
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
         return f"{prefix}{text.format(bound=bound)}, got {value!r}"
     if model is not None and key in model.model_fields and kind.endswith(_TYPE_ERRORS):
         return f"{prefix}expected {_type_names(model, key)}, got {value!r}"

@@ -200,3 +200,21 @@ def step_windows(run: RunData) -> pd.DataFrame:
         return pd.DataFrame(columns=["cell_id", "step_id", "start_ns", "end_ns"])
     grouped = ts.groupby(["cell_id", "step_id"], sort=False)
     return grouped.agg(start_ns=("t_ns", "min"), end_ns=("t_ns", "max")).reset_index()
+
+
+def cap_notes(run: RunData) -> list[str]:
+    """One line per step that asked for more concurrency than its server serves at once.
+
+    Why say it: a Caikit runtime left at its default thread pool (5) serves at
+    most 5 streams; a step at concurrency 8 then measures the pool's queue, not
+    the engine, and its latencies must not be read as the server's.
+    """
+    notes: list[str] = []
+    for cell in run.summary.cells:
+        over = [s.step_id for s in cell.steps if s.exceeds_concurrency_cap]
+        if over and cell.concurrency_cap is not None:
+            notes.append(
+                f"{cell.cell_id}: step(s) {', '.join(over)} exceed the server's concurrency cap of "
+                f"{cell.concurrency_cap} ({cell.concurrency_cap_setting}); requests above it queue in the server"
+            )
+    return notes

@@ -17,7 +17,7 @@ from typing import Any
 
 from harness.redact import REDACTED, is_secret_name, redact_command, redact_mapping
 from harness.report.columns import SUMMARY_COLUMNS, Row, best_values, fmt_ms, fmt_pct, is_best
-from harness.report.data import RunData
+from harness.report.data import RunData, cap_notes
 from harness.results import CellResult
 
 
@@ -51,6 +51,13 @@ def banners(run: RunData) -> str:
             '<div class="banner simulated" id="simulated_banner">SIMULATED: results of '
             f"{escape(', '.join(sorted(sims)))} come from a simulator, not a real server. "
             "They measure the harness, not model serving.</div>"
+        )
+    caps = cap_notes(run)
+    if caps:
+        items = "".join(f"<li>{escape(n)}</li>" for n in caps)
+        parts.append(
+            '<div class="banner incomplete" id="concurrency_cap_banner">CONCURRENCY CAP: '
+            f"these steps drove more concurrent streams than the server serves at once.<ul>{items}</ul></div>"
         )
     if run.incomplete:
         items = "".join(f"<li>{escape(p)}</li>" for p in run.problems)

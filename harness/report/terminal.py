@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.report.columns import SUMMARY_COLUMNS, TERMINAL_KEYS, best_values, is_best, rows_of
-from harness.report.data import RunData
+from harness.report.data import RunData, cap_notes
 
 TERMINAL_COLUMNS = [c for key in TERMINAL_KEYS for c in SUMMARY_COLUMNS if c.key == key]
 
@@ -37,6 +37,8 @@ def summary_table(run: RunData) -> Table:
         name = row.cell.cell_id + (" [magenta]SIM[/]" if row.simulated else "")
         if row.step.harness.limited:
             name += " [red](harness-limited)[/]"
+        if row.step.exceeds_concurrency_cap:
+            name += f" [yellow](over cap {row.cell.concurrency_cap})[/]"
         table.add_row(name, row.load_label, f"{row.step.requests_ok}/{row.step.requests_total}", *values)
     return table
 
@@ -49,6 +51,8 @@ def print_summary(run: RunData, console: Console, report_path: Path | None = Non
             console.print(
                 f"[red]{cell.status}:[/] {cell.cell_id}: {cell.error or 'no measurement'}", markup=True
             )
+    for line in cap_notes(run):
+        console.print(f"[yellow]concurrency cap:[/] {line}", highlight=False)
     for problem in run.problems:
         console.print(f"[yellow]incomplete:[/] {problem}")
     path = report_path if report_path is not None else run.run_dir / "report.html"

@@ -56,6 +56,32 @@ def series(run: RunData, source: str, name: str, how: str = "sum") -> pd.DataFra
     return folded[["cell_id", "t_s", "value"]]
 
 
+ROLE_STYLES = ("--", ":", "-.")
+
+
+def role_series(run: RunData) -> dict[str, pd.DataFrame]:
+    """RSS of each process tree (``role=`` label) of the cells whose server has more than one.
+
+    A Caikit cell runs a TGIS server and the Caikit runtime; its solid line is
+    their sum, and these are the parts. Cells of one tree are left out (their
+    part is the whole).
+    """
+    ts = run.timeseries
+    origin = run_origin_ns(run)
+    if ts.empty or origin is None or "labels" not in ts.columns:
+        return {}
+    sel = ts[(ts["source"] == "process") & (ts["name"] == "rss_bytes")]
+    sel = sel[sel["labels"].astype(str).str.startswith("role=")]
+    multi = [c for c, part in sel.groupby("cell_id") if part["labels"].nunique() > 1]
+    sel = sel[sel["cell_id"].isin(multi)]
+    out: dict[str, pd.DataFrame] = {}
+    for label, part in sel.groupby("labels", sort=True):
+        frame = part[["cell_id", "t_ns", "value"]].sort_values("t_ns").copy()
+        frame["t_s"] = (frame["t_ns"].astype("float64") - origin) / 1e9
+        out[str(label).removeprefix("role=")] = frame[["cell_id", "t_s", "value"]]
+    return out
+
+
 def _shade_steps(ax: Axes, run: RunData) -> None:
     origin = run_origin_ns(run)
     windows = step_windows(run)
@@ -132,6 +158,14 @@ def memory_timeline(run: RunData, colors: dict[str, str]) -> Figure:
     rss = series(run, "process", "rss_bytes")
     vram = series(run, "gpu", "gpu_used_bytes")
     modelled = modelled_vram(run)
+    roles = role_series(run)
+    if roles:
+        caption += (
+            " A server of several process trees (e.g. Caikit runtime + TGIS) is drawn as their sum "
+            "(solid) and each tree on its own ("
+            + ", ".join(f"{r}: {ROLE_STYLES[i % len(ROLE_STYLES)]}" for i, r in enumerate(roles))
+            + ")."
+        )
     if modelled:
         caption += (
             " The last panel is the simulator's MODELLED VRAM (weights, KV-cache pool, overhead and the "
@@ -152,7 +186,8 @@ def memory_timeline(run: RunData, colors: dict[str, str]) -> Figure:
         extra: list[Line2D] = []
         for ax, (kind, ylabel) in zip(axes, panels, strict=True):
             if kind == "modelled":
-                drawn, extra = _modelled_panel(ax, modelled, colors)
+                drawn, more = _modelled_panel(ax, modelled, colors)
+                extra += more
                 ax.set_title("SIMULATED: modelled VRAM (sim engine mode), not a measurement", fontsize=8)
             else:
                 data = rss if kind == "rss" else vram
@@ -160,6 +195,11 @@ def memory_timeline(run: RunData, colors: dict[str, str]) -> Figure:
                     note_axes(ax, "no RSS samples")
                     continue
                 drawn = _lines(ax, data, colors, 1 / GIB)
+                if kind == "rss":
+                    for i, (role, part) in enumerate(roles.items()):
+                        ls = ROLE_STYLES[i % len(ROLE_STYLES)]
+                        _lines(ax, part, colors, 1 / GIB, ls=ls)
+                        extra.append(Line2D([], [], color="#374151", ls=ls, label=f"process tree: {role}"))
             cells += [c for c in drawn if c not in cells]
             _shade_steps(ax, run)
             ax.set_ylabel(ylabel)

@@ -45,6 +45,7 @@ TIMESERIES_SCHEMA = pa.schema(
 )
 TIMESERIES_FIELDS: tuple[str, ...] = tuple(TIMESERIES_SCHEMA.names)
 SOURCES: tuple[str, ...] = ("process", "gpu", "prometheus")
+ROLE = "server"  # the one tree of a single-process server (``harness.backends.base.MAIN_ROLE``)
 
 
 def write_timeseries(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -73,6 +74,11 @@ class TelemetrySampler:
     ``server_pid`` None (an external endpoint) skips process sampling;
     ``metrics_url`` None skips Prometheus. ``headers`` (auth) are used for the
     scrape only and never stored. ``gpu`` may be injected for tests.
+
+    ``processes`` (role -> root pid, e.g. ``{"tgis": 11, "caikit": 12}``)
+    samples several process trees of one server instead of ``server_pid``'s
+    one; each tree's samples carry the label ``role=<role>``, all stamped with
+    the same time, so summing a timestamp's rows gives the whole server.
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class TelemetrySampler:
         cell_id: str,
         server_pid: int | None,
         metrics_url: str | None,
+        processes: dict[str, int] | None = None,
         headers: dict[str, str] | None = None,
         interval_s: float = 0.25,
         scrape_interval_s: float = 1.0,
@@ -90,6 +97,9 @@ class TelemetrySampler:
             raise ValueError(f"intervals must be > 0 (got {interval_s}, {scrape_interval_s})")
         self.cell_id = cell_id
         self.server_pid = server_pid
+        self.processes = (
+            dict(processes) if processes else ({ROLE: server_pid} if server_pid is not None else {})
+        )
         self.metrics_url = metrics_url
         self.interval_s = interval_s
         self.scrape_interval_s = scrape_interval_s
@@ -110,8 +120,8 @@ class TelemetrySampler:
         gpu = self._gpu if self._gpu is not None else GpuProbe()
         self._gpu = gpu
         self._add("gpu", [Sample("gpu_present", 1.0 if gpu.present else 0.0)], time.monotonic_ns())
-        proc = ProcessTreeProbe(self.server_pid) if self.server_pid is not None else None
-        self._spawn("telemetry-local", self.interval_s, lambda: self._sample_local(proc, gpu))
+        probes = {role: ProcessTreeProbe(pid) for role, pid in self.processes.items()}
+        self._spawn("telemetry-local", self.interval_s, lambda: self._sample_local(probes, gpu))
         if self.metrics_url:
             scraper = PrometheusScraper(
                 self.metrics_url, headers=self._headers, timeout_s=min(0.8, self.scrape_interval_s)
@@ -177,12 +187,15 @@ class TelemetrySampler:
                 next_ns = now + period_ns - (now - next_ns) % period_ns
             self._stop.wait((next_ns - now) / 1e9)
 
-    def _sample_local(self, proc: ProcessTreeProbe | None, gpu: GpuProbe) -> None:
+    def _sample_local(self, probes: dict[str, ProcessTreeProbe], gpu: GpuProbe) -> None:
         t_ns = time.monotonic_ns()
-        if proc is not None:
-            self._add("process", proc.sample(), t_ns)
+        pids: set[int] = set()
+        for role, probe in probes.items():
+            label = f"role={role}"
+            self._add("process", [Sample(s.name, s.value, label) for s in probe.sample()], t_ns)
+            pids |= probe.pids
         if gpu.present:
-            self._add("gpu", gpu.sample(proc.pids if proc is not None else ()), t_ns)
+            self._add("gpu", gpu.sample(frozenset(pids)), t_ns)
 
     def _sample_prometheus(self, scraper: PrometheusScraper) -> None:
         t_ns, samples = scraper.scrape()

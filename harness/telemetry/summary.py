@@ -15,6 +15,8 @@ Definitions (also in docs/metrics.md):
   ``tokenbench_sim_vram_total_bytes`` (weights + KV-cache pool + overhead, what
   NVML would show for a vLLM that preallocates its cache). ``gpu_present``
   stays False: no GPU was there; the report labels these numbers simulated.
+* peak RSS by role: for a server of several process trees (a Caikit cell's
+  runtime and TGIS server), the peak RSS of each tree (``role=`` label) on its own.
 * KV-cache usage peak: the largest ``vllm:kv_cache_usage_perc`` (or the
   older ``gpu_``/``cpu_cache_usage_perc``) scraped, a 0-1 fraction.
 
@@ -84,6 +86,13 @@ def memory_summary(
         if not modelled.empty:
             peak_vram, steady_vram = _peak_and_steady(modelled, measured_steps)
 
+    by_role: dict[str, float] = {}
+    rss_rows = frame[(frame["source"] == "process") & (frame["name"] == "rss_bytes")]
+    if "labels" in rss_rows.columns:
+        for label, part in rss_rows.groupby("labels"):
+            role = str(label).removeprefix("role=")
+            if str(label).startswith("role=") and not part.empty:
+                by_role[role] = float(part["value"].astype("float64").max()) / MIB
     kv_peak = None
     prom = frame[frame["source"] == "prometheus"]
     for name in KV_CACHE_NAMES:
@@ -97,4 +106,5 @@ def memory_summary(
         peak_vram_mb=peak_vram,
         steady_vram_mb=steady_vram,
         kv_cache_usage_peak=kv_peak,
+        peak_rss_by_role_mb=by_role if len(by_role) > 1 else {},
     )
