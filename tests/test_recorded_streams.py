@@ -15,12 +15,7 @@ from google.protobuf import json_format
 from google.protobuf.unknown_fields import UnknownFieldSet
 from recorded_streams import load_grpc, load_http, names
 
-from harness.protocols.proto import caikit_data_model_nlp_pb2, caikit_nlp_pb2
-
-try:
-    from harness.protocols.proto import generation_pb2
-except ImportError:  # before the TGIS proto moves out of the sim
-    from harness.protocols.proto import generation_pb2
+from harness.protocols.proto import caikit_data_model_nlp_pb2, caikit_nlp_pb2, generation_pb2
 
 RESPONSE_TYPES = {
     "/fmaas.GenerationService/GenerateStream": (

@@ -152,7 +152,9 @@ class ProtocolSpec:
         """Fixed call metadata of a gRPC protocol (auth comes separately)."""
         return []
 
-    def probe_stream_usage(self, base_url: str, model: str, client: Any) -> tuple[bool, str]:
+    def probe_stream_usage(
+        self, base_url: str, model: str, client: Any, extensions: dict[str, Any] | None = None
+    ) -> tuple[bool, str]:
         """Whether the server takes the optional usage block (``client``: an ``httpx.Client``), and why."""
         return False, f"protocol '{self.name}' has no optional usage block"
 

@@ -135,8 +135,10 @@ class OpenAIProtocol(ProtocolSpec):
     def interpret(self, events: list[Event]) -> StreamResult:
         return interpret_openai(events, chat_piece if self.chat else text_piece)
 
-    def probe_stream_usage(self, base_url: str, model: str, client: Any) -> tuple[bool, str]:
-        return probe_stream_usage(self, base_url, model, client)
+    def probe_stream_usage(
+        self, base_url: str, model: str, client: Any, extensions: dict[str, Any] | None = None
+    ) -> tuple[bool, str]:
+        return probe_stream_usage(self, base_url, model, client, extensions)
 
 
 def openai_spec(name: str, path: str, *, chat: bool) -> OpenAIProtocol:
@@ -152,7 +154,9 @@ def openai_spec(name: str, path: str, *, chat: bool) -> OpenAIProtocol:
     )
 
 
-def probe_stream_usage(spec: ProtocolSpec, base_url: str, model: str, client: Any) -> tuple[bool, str]:
+def probe_stream_usage(
+    spec: ProtocolSpec, base_url: str, model: str, client: Any, extensions: dict[str, Any] | None = None
+) -> tuple[bool, str]:
     """Whether the server takes ``stream_options``: one 1-token streamed request that carries it.
 
     HTTP 400 whose body names ``stream_options`` (vLLM 0.4.x forbids unknown

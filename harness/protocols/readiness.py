@@ -20,7 +20,7 @@ from collections.abc import Callable
 import httpx
 
 from harness.protocols.base import Endpoint, GrpcProbe, HttpProbe, Probe, ProtocolError, ProtocolSpec
-from harness.protocols.tls import grpc_channel, ssl_context
+from harness.protocols.tls import grpc_channel, http_extensions, ssl_context
 
 PROBE_TIMEOUT_S = 5.0
 
@@ -32,7 +32,7 @@ class NotReady(ProtocolError):
 def _http_check(client: httpx.Client, endpoint: Endpoint, probe: HttpProbe) -> str | None:
     url = f"{endpoint.base_url}{probe.path}"
     try:
-        response = client.get(url)
+        response = client.get(url, extensions=http_extensions(endpoint.tls))
     except httpx.HTTPError as err:
         return f"GET {url}: {type(err).__name__}: {err}"
     if 200 <= response.status_code < 300:
@@ -124,4 +124,6 @@ def decide_stream_usage(spec: ProtocolSpec, mode: str, endpoint: Endpoint) -> tu
     verify = ssl_context(endpoint.tls) if endpoint.base_url.startswith("https://") else True
     timeout = httpx.Timeout(60.0, connect=5.0)
     with httpx.Client(timeout=timeout, headers=dict(endpoint.headers), verify=verify) as client:
-        return spec.probe_stream_usage(endpoint.base_url, endpoint.model, client)
+        return spec.probe_stream_usage(
+            endpoint.base_url, endpoint.model, client, http_extensions(endpoint.tls)
+        )

@@ -33,6 +33,11 @@ def ssl_context(
     return ctx
 
 
+def http_extensions(options: TlsOptions) -> dict[str, Any]:
+    """Per-request httpx extensions: the server-name override as SNI and verified name (httpcore's ``sni_hostname``)."""
+    return {"sni_hostname": options.server_name} if options.server_name else {}
+
+
 def grpc_channel(
     target: str, *, tls: bool, options: TlsOptions | None = None, own_connection: bool = True
 ) -> Any:
