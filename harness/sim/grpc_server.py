@@ -1,4 +1,4 @@
-"""The sim's one gRPC server: TGIS ``fmaas.GenerationService``, Caikit ``NlpService`` and health.
+"""The sim's one gRPC server: TGIS ``fmaas.GenerationService``, Caikit ``NlpService``, health, runtime info.
 
 Why one port for both APIs: they share the sim's counters, faults and write log anyway, and a
 scenario picks the protocol, not the port. Why a hand-written health service: the standard
@@ -6,7 +6,9 @@ scenario picks the protocol, not the port. Why a hand-written health service: th
 carry ``grpcio-health-checking``; answering it lets readiness probes written for the real servers
 (the TGIS adapter and the Caikit runtime both serve it) run against the sim unchanged. Like the
 real servers, the overall status ``""`` and each served service name are ``SERVING``; any other
-name is ``NOT_FOUND``.
+name is ``NOT_FOUND``. ``caikit.runtime.info.InfoService/GetRuntimeInfo`` (the ``caikit-grpc``
+protocol's readiness call) answers a ``RuntimeInfoResponse`` naming the sim, by hand for the same
+reason.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
 HEALTH_SERVICE = "grpc.health.v1.Health"
 SERVED = ("", "fmaas.GenerationService", "caikit.runtime.Nlp.NlpService")
 SERVING = b"\x08\x01"  # HealthCheckResponse{status: SERVING}
+INFO_SERVICE = "caikit.runtime.info.InfoService"
+# RuntimeInfoResponse{python_packages: {"caikit": "sim"}} (field 2, a map entry {1: key, 2: value})
+RUNTIME_INFO = b"\x12\x0d\x0a\x06caikit\x12\x03sim"
 
 
 def _requested_service(data: bytes) -> str:
@@ -50,9 +55,17 @@ async def _check(request: bytes, context: aio.ServicerContext) -> bytes:
     return SERVING
 
 
-def _health_handler() -> Any:
+async def _runtime_info(request: bytes, context: aio.ServicerContext) -> bytes:
+    return RUNTIME_INFO
+
+
+def _handlers() -> tuple[Any, ...]:
     check = grpc.unary_unary_rpc_method_handler(_check)  # no (de)serializer: raw bytes
-    return grpc.method_handlers_generic_handler(HEALTH_SERVICE, {"Check": check})
+    info = grpc.unary_unary_rpc_method_handler(_runtime_info)
+    return (
+        grpc.method_handlers_generic_handler(HEALTH_SERVICE, {"Check": check}),
+        grpc.method_handlers_generic_handler(INFO_SERVICE, {"GetRuntimeInfo": info}),
+    )
 
 
 async def start_grpc(sim: SimServer, host: str, port: int) -> tuple[aio.Server, int]:
@@ -61,7 +74,7 @@ async def start_grpc(sim: SimServer, host: str, port: int) -> tuple[aio.Server, 
     tgis = TgisServicer(sim)
     pb_grpc.add_GenerationServiceServicer_to_server(tgis, server)
     caikit_nlp_pb2_grpc.add_NlpServiceServicer_to_server(CaikitServicer(tgis), server)
-    server.add_generic_rpc_handlers((_health_handler(),))
+    server.add_generic_rpc_handlers(_handlers())
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"--grpc-port {port}: cannot bind {host}:{port}")
