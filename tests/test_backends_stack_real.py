@@ -134,3 +134,21 @@ def test_caikit_forwards_to_tgis_over_grpc_and_http_and_stops_both(tmp_path: Pat
         _check("caikit-http", sent, events)
         assert len(processes_with_marker(marker)) >= 2
     _gone(marker)
+
+
+def test_a_caikit_runtime_that_dies_takes_its_tgis_server_down(tmp_path: Path, monkeypatch) -> None:
+    from harness.backends.base import BackendStartError
+
+    ensure_env("tgis", REPO)
+    name, marker = new_marker()
+    monkeypatch.setenv(name, marker)
+    server = _server("caikit", Path("/bin/false"), {})  # the runtime exits at once
+    cell = Cell("caikit", server, dict(server.settings), protocol="caikit-grpc")
+    with (
+        ProcessRegistry() as registry,
+        pytest.raises(BackendStartError, match="Caikit runtime did not start"),
+    ):
+        with launch(cell, tmp_path / "cell", repo_root=REPO, registry=registry):
+            pass
+    assert (tmp_path / "cell" / "tgis" / "server.log").is_file()  # TGIS did start first
+    _gone(marker)
