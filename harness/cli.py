@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from harness.scenario import ScenarioError, load_scenario
 
@@ -40,27 +41,52 @@ def _progress(console: Console) -> Callable[[str], None]:
 
 
 def _fail(console: Console, message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    """Print ``error: message``; the message is text, never markup (cell ids look like ``[tags]``)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
 @app.command()
 def run(
-    scenario: Annotated[Path, typer.Argument(help="scenario YAML file")],
+    scenario: Annotated[
+        Path | None, typer.Argument(help="scenario YAML file (omit with --resume)", show_default=False)
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="folder that receives the run folder")] = Path("reports"),
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override a field: path=value (YAML value)")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="continue an interrupted or killed run in its own folder: finished steps are kept, "
+            "unfinished cells restart from their first unfinished step",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Run a scenario: start each cell's server, drive every load step, write the report."""
     from harness.report.data import load_run
     from harness.report.terminal import print_summary
     from harness.run import Run
+    from harness.rundir import RunDir
 
     console = _console()
     try:
-        sc = load_scenario(scenario, set_ or [])
-        runner = Run(sc, out_root=out, repo_root=_repo_root(), progress=_progress(console))
+        if resume is not None:
+            if scenario is not None or set_:
+                raise ScenarioError("--resume takes the run folder only: its scenario.yaml is the scenario")
+            if not (resume / "summary.json").is_file():
+                raise ScenarioError(f"{resume}: not a run folder (no summary.json)")
+            sc = load_scenario(resume / "scenario.yaml")
+            runner = Run(
+                sc, out_root=out, repo_root=_repo_root(), progress=_progress(console), resume=RunDir(resume)
+            )
+        else:
+            if scenario is None:
+                raise ScenarioError("give a scenario file, or --resume RUN_DIR")
+            sc = load_scenario(scenario, set_ or [])
+            runner = Run(sc, out_root=out, repo_root=_repo_root(), progress=_progress(console))
     except ScenarioError as err:
         raise _fail(console, str(err)) from None
     outcome = runner.execute()
@@ -94,9 +120,9 @@ def validate(
     except ScenarioError as err:
         raise _fail(console, str(err)) from None
     steps = expand_steps(sc)
-    console.print(f"{scenario}: ok — {len(cells)} cells × {len(steps)} steps", highlight=False)
+    console.print(f"{scenario}: ok — {len(cells)} cells × {len(steps)} steps", highlight=False, markup=False)
     for c in cells:
-        console.print(f"  cell {c.cell_id}  [{c.identity}]", highlight=False)
+        console.print(f"  cell {c.cell_id}  [{c.identity}]", highlight=False, markup=False)
     console.print("  steps: " + ", ".join(s.step_id for s in steps), highlight=False)
 
 

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 
 from harness.scenario import Scalar, Scenario, Server
 
+# Workload fields that say how to judge a run, not what is measured: changing them keeps a
+# configuration comparable with its baseline.
+NOT_IDENTITY = {"abort_error_rate"}
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -45,7 +49,7 @@ def identity_of(server: Server, settings: dict[str, Scalar], scenario: Scenario)
         "model": server.model,
         "settings": {k: settings[k] for k in sorted(settings)},
         "args": server.args,
-        "workload": scenario.workload.model_dump(mode="json"),
+        "workload": scenario.workload.model_dump(mode="json", exclude=NOT_IDENTITY),
     }
     if server.api is not None:  # only when set, so identities of existing scenarios stay stable
         payload["api"] = server.api

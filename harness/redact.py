@@ -49,3 +49,55 @@ def redact_mapping(data: Mapping[str, Any]) -> dict[str, Any]:
         k: REDACTED if is_secret_name(k) else (redact_mapping(v) if isinstance(v, Mapping) else v)
         for k, v in data.items()
     }
+
+
+# --- by value: secrets the harness knows, and the shapes secrets come in ----------------------
+
+MIN_SECRET_CHARS = 4  # shorter "secrets" (a test's "x") would blank out ordinary text
+_SECRET_SHAPES = (
+    re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]{4,}"),
+    re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?basic\s+)[A-Za-z0-9+/=]{4,}"),
+    re.compile(r"()\bhf_[A-Za-z0-9]{8,}"),
+    re.compile(r"()\bsk-[A-Za-z0-9_-]{8,}"),
+    re.compile(r"([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@"),  # userinfo in a URL
+)
+
+
+def scrub_text(text: str, known: frozenset[str] = frozenset()) -> str:
+    """``text`` with every known secret value and every secret-shaped token replaced by ``REDACTED``.
+
+    Why by value: a server may echo the Authorization header into a 401 body or
+    an SSE event, and that body becomes a record's ``error_message``; no name
+    is attached to it there. Known values are replaced longest first, so a
+    secret that contains another is removed whole.
+    """
+    for value in sorted(known, key=len, reverse=True):
+        if len(value) >= MIN_SECRET_CHARS and value in text:
+            text = text.replace(value, REDACTED)
+    for shape in _SECRET_SHAPES:
+        text = shape.sub(
+            lambda m: f"{m.group(1)}{REDACTED}" + ("@" if m.group(0).endswith("@") else ""), text
+        )
+    return text
+
+
+def scrub(data: Any, known: frozenset[str] = frozenset()) -> Any:
+    """:func:`scrub_text` applied to every string in nested dicts/lists (keys included)."""
+    if isinstance(data, str):
+        return scrub_text(data, known)
+    if isinstance(data, Mapping):
+        return {scrub_text(str(k), known): scrub(v, known) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [scrub(v, known) for v in data]
+    return data
+
+
+def secret_values_in_args(argv: list[str]) -> set[str]:
+    """Values that :func:`redact_command` would hide, so they can be scrubbed elsewhere too."""
+    found: set[str] = set()
+    for arg, nxt in zip(argv, [*argv[1:], ""], strict=True):
+        if arg.startswith("-") and "=" in arg and is_secret_name(arg.split("=", 1)[0]):
+            found.add(arg.split("=", 1)[1])
+        elif arg.startswith("-") and is_secret_name(arg) and nxt:
+            found.add(nxt)
+    return found

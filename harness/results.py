@@ -92,7 +92,9 @@ class CellResult(_Model):
     model: str
     settings: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     identity: str
-    status: Literal["ok", "failed", "pending"] = "pending"
+    # running: started and not finished, by this harness or (if its owner is gone) a killed one;
+    # interrupted: stopped by Ctrl-C/SIGTERM/SIGKILL, not by a fault of its own (resumable).
+    status: Literal["ok", "failed", "pending", "running", "interrupted"] = "pending"
     error: str | None = None
     log_tail: list[str] = Field(default_factory=list)
     launch_s: float | None = None
@@ -120,8 +122,23 @@ class RunSummary(_Model):
     complete: bool = False
     interrupted: bool = False
     harness_version: str
+    # ``pid:start-time`` of the harness writing this run, so a reader can tell a run that is
+    # still going from one whose harness was killed (see ``RunDir.read_summary``).
+    owner: str | None = None
+    resumes: int = 0
     cells: list[CellResult] = Field(default_factory=list)
 
     @property
     def failed_cells(self) -> list[CellResult]:
         return [c for c in self.cells if c.status != "ok"]
+
+    def mark_killed(self) -> None:
+        """The harness died without a word (SIGKILL, OOM): the run was interrupted, not pending.
+
+        Cells it had started become ``interrupted``; cells it never reached stay ``pending``.
+        """
+        self.interrupted = True
+        for cell in self.cells:
+            if cell.status == "running":
+                cell.status = "interrupted"
+                cell.error = cell.error or "the harness was killed during this cell"

@@ -30,9 +30,10 @@ from harness import __version__
 from harness.assets import check_local_model, prepare_backends, resolve_scenario, tokenizer_path
 from harness.atomic import write_json, write_text
 from harness.backends.base import ServerHandle
-from harness.backends.process import ProcessRegistry
+from harness.backends.process import ProcessRegistry, stop_leftovers
 from harness.backends.registry import get_spec
 from harness.matrix import Cell, Step, expand_cells, expand_steps
+from harness.owner import owner_alive, owner_marker
 from harness.results import CellResult, Dist, RunSummary, StepMetrics
 from harness.rundir import RunDir, collect_env
 from harness.scenario import Scenario, ScenarioError, Server, scenario_to_yaml
@@ -118,6 +119,39 @@ def prompt_count(scenario: Scenario, step: Step) -> int:
     return int(min(20_000, max(64, math.ceil(expected * 1.5))))
 
 
+def resumable_summary(run_dir: RunDir, cells: list[Cell]) -> RunSummary:
+    """The earlier attempt's summary, ready to go on: same cells, unfinished ones set back to pending.
+
+    Refuses (``ScenarioError``) a run that finished, one whose harness is still
+    running, and one whose cells are not the scenario's (another scenario, or
+    an edited one: the kept steps would not be comparable).
+    """
+    where = str(run_dir.path)
+    try:
+        summary = run_dir.read_summary()
+    except (OSError, ValueError) as err:
+        raise ScenarioError(f"{where}: cannot resume: summary.json unreadable: {err}") from None
+    if summary.complete:
+        raise ScenarioError(f"{where}: cannot resume: the run finished; nothing is left to run")
+    if summary.owner and owner_alive(summary.owner) and not summary.interrupted:
+        raise ScenarioError(
+            f"{where}: cannot resume: its harness (pid {summary.owner.split(':')[0]}) still runs"
+        )
+    stored = [(c.cell_id, c.identity) for c in summary.cells]
+    wanted = [(c.cell_id, c.identity) for c in cells]
+    if stored != wanted:
+        raise ScenarioError(
+            f"{where}: cannot resume: its cells {[i for i, _ in stored]} are not this scenario's "
+            f"{[i for i, _ in wanted]} (was the scenario edited?)"
+        )
+    summary.complete = summary.interrupted = False
+    summary.resumes += 1
+    for cell in summary.cells:
+        if cell.status in ("running", "interrupted", "pending"):
+            cell.status, cell.error, cell.log_tail = "pending", None, []
+    return summary
+
+
 @contextmanager
 def _signals_raise_interrupt() -> Iterator[None]:
     """Turn SIGINT/SIGTERM/SIGHUP into KeyboardInterrupt so every ``finally`` tears down servers.
@@ -140,14 +174,31 @@ def _signals_raise_interrupt() -> Iterator[None]:
 
 
 class Run:
-    """One execution of a scenario. Create, then call :meth:`execute` once."""
+    """One execution of a scenario. Create, then call :meth:`execute` once.
 
-    def __init__(self, scenario: Scenario, *, out_root: Path, repo_root: Path, progress: Progress) -> None:
+    With ``resume`` (an earlier run folder of the same scenario), cells that
+    finished (ok or failed) are kept, and every other cell runs from its first
+    unfinished step, with a fresh server launch, into the same folder.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        out_root: Path,
+        repo_root: Path,
+        progress: Progress,
+        resume: RunDir | None = None,
+    ) -> None:
         self.scenario = scenario
         self.repo_root = repo_root
         self.progress = progress
         self.cells = validate_cells(scenario)
         self.steps = expand_steps(scenario)
+        if resume is not None:
+            self.run_dir = resume
+            self.summary = resumable_summary(resume, self.cells)
+            return
         self.run_dir = RunDir.create(out_root, scenario.name)
         self.summary = RunSummary(
             run_id=self.run_dir.path.name,
@@ -172,13 +223,17 @@ class Run:
     # -- the sequence -------------------------------------------------------------------------
     def execute(self) -> RunOutcome:
         rd = self.run_dir
-        write_text(rd.path / "scenario.yaml", scenario_to_yaml(self.scenario))
+        if not self.summary.resumes:
+            write_text(rd.path / "scenario.yaml", scenario_to_yaml(self.scenario))
+        self.summary.owner = owner_marker()
         rd.write_summary(self.summary)
         outcome = RunOutcome(rd, self.summary)
         registry = ProcessRegistry()
         try:
             with _signals_raise_interrupt(), registry:
                 self.progress(f"run folder: {rd.path}")
+                for line in stop_leftovers():
+                    self.progress(f"stopped a process left by an earlier, killed harness: {line}")
                 resolved = resolve_scenario(self.scenario, self.repo_root, self.progress)
                 prepare_backends(resolved, self.repo_root, self.progress)
                 cells = [
@@ -193,7 +248,10 @@ class Run:
                     for c in self.cells
                 ]
                 for cell, result in zip(cells, self.summary.cells, strict=True):
-                    self._run_cell(cell, result, resolved, registry)
+                    if result.status in ("ok", "failed"):
+                        self.progress(f"[{cell.cell_id}] kept from the earlier attempt ({result.status})")
+                    else:
+                        self._run_cell(cell, result, resolved, registry)
                     if result.status != "ok":
                         outcome.failed.append(cell.cell_id)
             self.summary.complete = True
@@ -229,10 +287,15 @@ class Run:
         self, cell: Cell, result: CellResult, scenario: Scenario, registry: ProcessRegistry
     ) -> None:
         from harness.backends.base import BackendStartError
+        from harness.backends.process import tail
         from harness.backends.registry import launch
+        from harness.backends.watch import ServerDied
         from harness.load.runner import LoadRunError
+        from harness.stepcheck import StepFailed
 
         cell_dir = self.run_dir.cell_dir(cell.cell_id)
+        result.status, result.error = "running", None
+        self.run_dir.write_summary(self.summary)
         self.progress(f"[{cell.cell_id}] starting {cell.server.backend} server")
         try:
             with launch(cell, cell_dir, repo_root=self.repo_root, registry=registry) as handle:
@@ -251,8 +314,13 @@ class Run:
         except LoadRunError as err:
             result.status, result.error = "failed", f"load generator failed: {err}"
             result.log_tail = list(getattr(err, "log_tail", []))
+        except ServerDied as err:
+            result.status, result.error = "failed", str(err)
+            result.log_tail = tail(cell_dir / "server.log")
+        except StepFailed as err:
+            result.status, result.error = "failed", f"{err}; the cell's remaining steps were skipped"
         except KeyboardInterrupt:
-            result.status, result.error = "failed", "interrupted"
+            result.status, result.error = "interrupted", "interrupted by a signal (resumable: --resume)"
             raise
         except Exception as err:  # any other failure of this cell: record it, go on with the next
             result.status, result.error = "failed", f"{type(err).__name__}: {err}"
@@ -286,7 +354,8 @@ class Run:
         registry: ProcessRegistry,
     ) -> None:
         from harness.metrics import compute_step_metrics
-        from harness.telemetry.sampler import TelemetrySampler, write_timeseries
+        from harness.stepcheck import check_step
+        from harness.telemetry.sampler import TelemetrySampler, read_timeseries, write_timeseries
         from harness.telemetry.summary import memory_summary
 
         sampler = TelemetrySampler(
@@ -298,8 +367,11 @@ class Run:
         )
         sampler.start()
         rows: list[dict] = []
+        done = {m.step_id for m in result.steps}
         try:
             for index, step in enumerate(self.steps):
+                if step.step_id in done:
+                    continue  # finished in an earlier attempt (resume)
                 sampler.set_step(step.step_id)
                 try:
                     records_path, health, wall_s = self._load_step(
@@ -315,9 +387,12 @@ class Run:
                 result.steps.append(metrics)
                 self.run_dir.write_summary(self.summary)
                 self.progress(self._step_line(cell, metrics))
+                check_step(frame, metrics, scenario.workload.abort_error_rate)
         finally:
-            rows = sampler.stop()
-            write_timeseries(cell_dir / "timeseries.parquet", rows)
+            series = cell_dir / "timeseries.parquet"
+            earlier = read_timeseries(series) if series.exists() else []  # a resumed cell's first attempt
+            rows = earlier + sampler.stop()
+            write_timeseries(series, rows)
             result.memory = memory_summary(rows, [s.step_id for s in self.steps])
 
     def _load_step(
@@ -330,6 +405,7 @@ class Run:
         registry: ProcessRegistry,
         stream_usage: bool,
     ) -> tuple[Path, dict, float]:
+        from harness.backends.watch import ServerWatch
         from harness.load.plan import LoadPlan
         from harness.load.prompts import build_prompts, load_dataset, write_prompts
         from harness.load.runner import run_step
@@ -380,7 +456,8 @@ class Run:
             tokenizer_path=str(tok) if tok else None,
         )
         self.progress(f"[{cell.cell_id}] step {step.step_id}: {step.kind} {step.target:g}")
-        outcome = run_step(plan, step_dir, headers=handle.headers, registry=registry)
+        watch = ServerWatch(pids=handle.trees())
+        outcome = run_step(plan, step_dir, headers=handle.headers, registry=registry, watch=watch)
         return Path(outcome.records_path), outcome.health, outcome.wall_s
 
     @staticmethod

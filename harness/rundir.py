@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.atomic import atomic_path, write_json
+from harness.owner import owner_alive
 from harness.records import concat_record_files
 from harness.results import RunSummary
 
@@ -73,7 +74,16 @@ class RunDir:
         write_json(self.summary_path, summary.model_dump(mode="json"))
 
     def read_summary(self) -> RunSummary:
-        return RunSummary.model_validate_json(self.summary_path.read_text(encoding="utf-8"))
+        """The stored summary, settled: a run whose harness is gone without finishing is interrupted."""
+        summary = RunSummary.model_validate_json(self.summary_path.read_text(encoding="utf-8"))
+        if (
+            not summary.complete
+            and not summary.interrupted
+            and summary.owner
+            and not owner_alive(summary.owner)
+        ):
+            summary.mark_killed()
+        return summary
 
     def step_record_files(self) -> list[Path]:
         return sorted(self.path.glob("cells/*/steps/*/records.parquet"))

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from harness.yamlfile import read_yaml
+from harness.yamlfile import parse_yaml, read_yaml
 
 if TYPE_CHECKING:
     from harness.protocols.base import TlsOptions
@@ -125,6 +125,12 @@ class Workload(_Strict):
     timeout_s: float = Field(default=120.0, gt=0)
     processes: int = Field(default=1, ge=1, description="Locust --processes")
     temperature: float = Field(default=0.0, ge=0)
+    abort_error_rate: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="a step whose measured requests fail at this rate or more fails its cell",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -338,6 +344,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ScenarioError(f"--set {item!r}: expected path=value")
         path, raw = item.split("=", 1)
+        value = parse_yaml(raw, f"--set {item!r}", ScenarioError, "value")
         keys = path.strip().split(".")
         node: Any = data
         for i, key in enumerate(keys):
@@ -348,12 +355,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                         f"--set {item!r}: {'.'.join(keys[: i + 1])} is not a valid list index"
                     )
                 if last:
-                    node[int(key)] = yaml.safe_load(raw)
+                    node[int(key)] = value
                 else:
                     node = node[int(key)]
             elif isinstance(node, dict):
                 if last:
-                    node[key] = yaml.safe_load(raw)
+                    node[key] = value
                 else:
                     node = node.setdefault(key, {})
             else:

@@ -207,7 +207,7 @@ from pathlib import Path
 from harness.backends.process import ManagedProcess, ProcessRegistry
 with ProcessRegistry() as registry:
     proc = ManagedProcess(["bash", "-c", "sleep 300 & wait"], log_path=Path(sys.argv[1]), registry=registry)
-    print(proc.pid, flush=True)
+    print(proc.pgid, flush=True)
     time.sleep(300)
 """
 

@@ -242,3 +242,14 @@ def test_open_loop_queueing_shows_up_instead_of_vanishing(tmp_path: Path, sim_se
     assert max(itertools.accumulate(step for _, step in edges)) == 1  # ...because only one was ever in flight
     assert out.health["unsent"] > 0
     assert any("never sent" in reason for reason in out.health["reasons"])
+
+
+def test_locust_master_listens_on_loopback_only(tmp_path: Path) -> None:
+    """Locust's master channel is unauthenticated: with --processes it must not bind every interface."""
+    from harness.load.runner import locust_command
+
+    plan = _plan(tmp_path, "http://127.0.0.1:9", processes=2)
+    cmd = locust_command(plan, master_port=5557)
+    assert cmd[cmd.index("--master-bind-host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--master-host") + 1] == "127.0.0.1"
+    assert "--master-bind-host" not in locust_command(_plan(tmp_path, "http://127.0.0.1:9"))

@@ -9,7 +9,10 @@ harness started is left running.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import yaml
 
 from cli_runner import tokenbench
 from harness.report.html import FIGURE_IDS
+from harness.rundir import RunDir
 from leftovers import new_marker, processes_with_marker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,3 +117,57 @@ def test_no_harness_process_remains(vllm_run) -> None:
     while processes_with_marker(marker) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert processes_with_marker(marker) == []
+
+
+def test_sigkilled_harness_leaves_no_vllm_process(tmp_path: Path) -> None:
+    """SIGKILL ``tokenbench run`` during a real vLLM step: API server, EngineCore and Locust all go in 5 s."""
+    scenario = {
+        "name": "vllm-kill",
+        "servers": [
+            {
+                "name": "vllm",
+                "backend": "vllm",
+                "model": "tokenbench:tiny-llama",
+                "startup_timeout_s": 300,
+                "settings": {"max_num_seqs": 4, "max_model_len": 256, "dtype": "float32"},
+            }
+        ],
+        "workload": {
+            "prompt_tokens": 16,
+            "output_tokens": 16,
+            "steps": {"concurrency": [2]},
+            "duration_s": 120,
+            "timeout_s": 30,
+        },
+    }
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    key, marker = new_marker()
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(tmp_path / "reports")],
+        cwd=REPO,
+        env={**os.environ, key: marker, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert harness.stdout is not None
+        for line in harness.stdout:  # until the step's load is running against the server
+            if "step c2:" in line:
+                break
+        time.sleep(3)
+        names = " ".join(cmd for _, cmd in processes_with_marker(marker))
+        assert "vllm" in names and "locust" in names, names
+        harness.send_signal(signal.SIGKILL)
+        harness.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while processes_with_marker(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert processes_with_marker(marker) == []
+    finally:
+        harness.kill()
+        harness.wait()
+    run_dir = next((tmp_path / "reports").glob("*-vllm-kill"))
+    summary = RunDir(run_dir).read_summary()
+    assert summary.interrupted and summary.cells[0].status == "interrupted"

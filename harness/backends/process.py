@@ -18,10 +18,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import select
 import shlex
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -34,7 +36,10 @@ import httpx
 import psutil
 
 from harness.backends.base import BackendStartError
+from harness.owner import OWNER_ENV, owner_alive, owner_marker
 from harness.redact import redact_command
+
+SUPERVISOR = Path(__file__).with_name("supervise.py")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -67,6 +72,14 @@ def group_members(pgid: int) -> list[int]:
         except (ProcessLookupError, psutil.Error):
             continue
     return members
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a reparented zombie may never be reaped in a container)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _group_alive(pgid: int) -> bool:
@@ -163,9 +176,11 @@ class ProcessRegistry:
 class ManagedProcess:
     """A subprocess in its own process group, logging to a file, torn down as a tree.
 
-    Starts immediately on construction. ``terminate`` SIGTERMs the group,
-    waits ``grace_s``, then SIGKILLs it; it is idempotent and tolerates a
-    process that already died.
+    Starts immediately on construction, under ``supervise.py`` (the group
+    leader, which takes the group down if the harness is SIGKILLed). ``pid`` is
+    the command's own pid, the root of the tree telemetry measures; ``pgid`` is
+    the group. ``terminate`` SIGTERMs the group, waits ``grace_s``, then SIGKILLs
+    it; it is idempotent and tolerates a process that already died.
     """
 
     def __init__(
@@ -182,31 +197,47 @@ class ManagedProcess:
         self._registry = registry
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
+        child_env = dict(os.environ if env is None else env)
+        child_env[OWNER_ENV] = owner_marker()
+        read_fd, write_fd = os.pipe()
         try:
             self._popen = subprocess.Popen(
-                self.command,
+                [sys.executable, str(SUPERVISOR), str(write_fd), str(os.getpid()), "--", *self.command],
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=env,
+                env=child_env,
                 cwd=cwd,
                 start_new_session=True,
+                pass_fds=(write_fd,),
             )
         except OSError:
+            os.close(read_fd)
             self._log.close()
             raise
-        self.pid: int = self._popen.pid
-        self.pgid: int = self._popen.pid  # start_new_session: the child leads its own group
+        finally:
+            os.close(write_fd)
+        self.pgid: int = self._popen.pid  # start_new_session: the supervisor leads its own group
         self._terminated = False
         if registry is not None:
             registry.add(self.pgid)
+        self.pid: int = _read_child_pid(read_fd) or self._popen.pid
 
     def poll(self) -> int | None:
         return self._popen.poll()
 
     def wait(self, timeout: float | None = None) -> int:
-        """Wait for the direct child; raises ``subprocess.TimeoutExpired``."""
-        return self._popen.wait(timeout)
+        """Wait for the command (through its supervisor); raises ``subprocess.TimeoutExpired``.
+
+        A signal to the group kills the supervisor and the command at the same
+        moment, but not atomically: the command is waited for too, briefly, so
+        that "wait returned" still means "the command is gone".
+        """
+        code = self._popen.wait(timeout)
+        deadline = time.monotonic() + 5.0
+        while self.pid != self._popen.pid and _running(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return code
 
     def terminate(self, grace_s: float = 10.0) -> int | None:
         """SIGTERM the whole group, SIGKILL after ``grace_s``; returns the child's exit code."""
@@ -294,6 +325,48 @@ class ProcessSet:
                 _signal_group(proc.pgid, signal.SIGTERM)
         for proc in procs:
             proc.terminate(grace_s)
+
+
+def _read_child_pid(fd: int, timeout_s: float = 10.0) -> int | None:
+    """The command's pid as the supervisor reports it; None if it could not start it."""
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout_s)
+        data = os.read(fd, 32) if ready else b""
+    finally:
+        os.close(fd)
+    text = data.decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def stop_leftovers(grace_s: float = 2.0) -> list[str]:
+    """Stop processes that an earlier, crashed harness started and that outlived it.
+
+    Every child of a ``ManagedProcess`` carries ``OWNER_ENV``; a process whose
+    owner is gone is a leftover. Its whole group gets SIGTERM, then SIGKILL
+    after ``grace_s``. Returns one line per process stopped, for the run log.
+    """
+    found: dict[int, list[str]] = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            marker = proc.environ().get(OWNER_ENV)
+            if marker is None or owner_alive(marker):
+                continue
+            cmd = " ".join(redact_command(proc.info["cmdline"] or []))[:160]
+            found.setdefault(os.getpgid(proc.pid), []).append(
+                f"pid {proc.pid} (started by harness pid {marker.split(':')[0]}): {cmd}"
+            )
+        except (psutil.Error, ProcessLookupError, OSError):
+            continue
+    for pgid in found:
+        _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_group_alive(g) for g in found):
+        time.sleep(0.05)
+    for pgid in found:
+        _signal_group(pgid, signal.SIGKILL)
+    return [line for lines in found.values() for line in lines]
 
 
 def wait_ready(

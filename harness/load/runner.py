@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, tail
+from harness.backends.watch import ServerDied, ServerWatch
+from harness.load.fdlimit import OpenFilesError, ensure_open_files
 from harness.load.plan import HEADERS_ENV, PLAN_ENV, LoadPlan
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TERMINATE_GRACE_S = 10.0
 MIN_SPAWN_RATE = 100
+MASTER_HOST = "127.0.0.1"
 
 
 class LoadRunError(RuntimeError):
@@ -72,11 +75,17 @@ def locust_command(plan: LoadPlan, master_port: int | None = None) -> list[str]:
     ]
     if plan.processes > 1:
         port = master_port if master_port is not None else free_port()
+        # Locust's master channel has no authentication: it listens on loopback only
+        # (by default it binds every interface).
         cmd += [
             "--processes",
             str(plan.processes),
+            "--master-bind-host",
+            MASTER_HOST,
             "--master-bind-port",
             str(port),
+            "--master-host",
+            MASTER_HOST,
             "--master-port",
             str(port),
         ]
@@ -102,6 +111,7 @@ def run_step(
     headers: dict[str, str] | None = None,
     registry: ProcessRegistry | None = None,
     max_wall_s: float | None = None,
+    watch: ServerWatch | None = None,
 ) -> StepOutcome:
     """Drive one step with Locust and return where its records are.
 
@@ -109,7 +119,9 @@ def run_step(
     mode, none for request-count mode); past it Locust is terminated and the
     partial records are kept. Raises ``LoadRunError`` if no records file
     appeared. On KeyboardInterrupt the Locust group is terminated (it writes
-    what it has) and the interrupt is re-raised.
+    what it has) and the interrupt is re-raised. ``watch`` is polled while
+    Locust runs: when the server dies, Locust is stopped (its records so far
+    are written) and ``ServerDied`` is raised.
     """
     step_dir = Path(step_dir)
     step_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +130,10 @@ def run_step(
     records_path, health_path = Path(plan.records_path), Path(plan.health_path)
     for stale in (records_path, health_path):
         stale.unlink(missing_ok=True)
+    try:
+        ensure_open_files(plan.users, plan.processes)
+    except OpenFilesError as err:
+        raise LoadRunError(str(err)) from None
     plan_path = step_dir / "load_plan.json"
     plan.write(plan_path)
     log_path = step_dir / "locust.log"
@@ -133,9 +149,13 @@ def run_step(
         registry=registry,
     )
     returncode: int | None = None
+    died: str | None = None
     try:
         while (returncode := proc.poll()) is None:
             if max_wall_s is not None and time.monotonic() - started > max_wall_s:
+                returncode = proc.terminate(TERMINATE_GRACE_S)
+                break
+            if watch is not None and (died := watch.check()) is not None:
                 returncode = proc.terminate(TERMINATE_GRACE_S)
                 break
             time.sleep(0.1)
@@ -146,6 +166,8 @@ def run_step(
         proc.terminate(TERMINATE_GRACE_S)
     wall_s = time.monotonic() - started
 
+    if died is not None:
+        raise ServerDied(f"the server died during step {plan.step_id}: {died}; records so far kept")
     if not records_path.exists():
         lines = "\n".join(tail(log_path, 40))
         raise LoadRunError(
