@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,7 @@ class TgisLaunch:
     process: ManagedProcess
 
 
-def still_alive(proc: ManagedProcess, what: str) -> Any:
+def still_alive(proc: ManagedProcess, what: str) -> Callable[[], None]:
     """A readiness callback that fails fast, with the log tail, once ``proc`` has exited."""
 
     def check() -> None:
@@ -126,9 +127,14 @@ def still_alive(proc: ManagedProcess, what: str) -> Any:
 
 
 def wait_protocol_ready(
-    protocol: str, base_url: str, grpc_target: str | None, model: str, timeout_s: float, proc: ManagedProcess,
+    protocol: str,
+    base_url: str,
+    grpc_target: str | None,
+    model: str,
+    timeout_s: float,
+    proc: ManagedProcess,
     what: str,
-) -> float:  # fmt: skip
+) -> float:
     """Wait for a launched server by one protocol's own readiness probes; BackendStartError if not."""
     from harness.protocols.base import Endpoint, ProtocolError
     from harness.protocols.readiness import wait_until_ready
