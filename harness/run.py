@@ -77,20 +77,6 @@ def validate_cells(scenario: Scenario) -> list[Cell]:
     return cells
 
 
-def endpoint_of(server: Server, handle: ServerHandle) -> Endpoint:
-    """Where a started server listens, with its TLS trust and auth, as the protocol probes need it."""
-    from harness.protocols.base import Endpoint
-
-    return Endpoint(
-        base_url=handle.base_url,
-        model=handle.served_model,
-        grpc_target=handle.grpc_target,
-        grpc_tls=server.tls is not None,
-        tls=server.tls_options(),
-        headers=handle.headers,
-    )
-
-
 def _cap_fields(cell: Cell) -> dict[str, object]:
     """``concurrency_cap``/``concurrency_cap_setting`` of a cell whose backend limits concurrent streams."""
     cap = get_spec(cell.server.backend).concurrency_cap(dict(cell.settings))
@@ -105,6 +91,20 @@ def exceeds_cap(metrics: StepMetrics, cap: int | None) -> bool:
     if metrics.kind == "concurrency":
         return metrics.target > cap
     return metrics.mean_in_flight is not None and metrics.mean_in_flight > cap
+
+
+def endpoint_of(server: Server, handle: ServerHandle) -> Endpoint:
+    """Where a started server listens, with its TLS trust and auth, as the protocol probes need it."""
+    from harness.protocols.base import Endpoint
+
+    return Endpoint(
+        base_url=handle.base_url,
+        model=handle.served_model,
+        grpc_target=handle.grpc_target,
+        grpc_tls=server.tls is not None,
+        tls=server.tls_options(),
+        headers=handle.headers,
+    )
 
 
 def prompt_count(scenario: Scenario, step: Step) -> int:
@@ -452,7 +452,7 @@ class Run:
             prompts_path=str(prompts_path),
             records_path=str(step_dir / "records.parquet"),
             health_path=str(step_dir / "health.json"),
-            simulated=cell.server.backend == "sim",
+            simulated=get_spec(cell.server.backend).simulated,
             tokenizer_path=str(tok) if tok else None,
         )
         self.progress(f"[{cell.cell_id}] step {step.step_id}: {step.kind} {step.target:g}")

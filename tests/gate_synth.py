@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from harness.records import write_records
-from harness.results import CellResult, RunSummary, StepMetrics
+from harness.results import CellResult, HarnessHealth, RunSummary, StepMetrics
 
 SCENARIO = {
     "name": "synth",
@@ -49,8 +49,17 @@ def write_run(
     step_id: str = "c4",
     env: dict | None = None,
     cells: list[tuple[str, str]] | None = None,
+    stall_rate: float = 0.0,
+    stall_ms: float = 0.0,
+    complete: bool = True,
+    limited: bool = False,
 ) -> Path:
-    """Write a closed-loop run: ``concurrency`` users back-to-back for ``duration_s`` seconds per cell."""
+    """Write a closed-loop run: ``concurrency`` users back-to-back for ``duration_s`` seconds per cell.
+
+    ``stall_rate``/``stall_ms``: that fraction of requests waits ``stall_ms`` longer for its first
+    token (CPU contention on a shared machine); varying the rate from run to run is between-run
+    noise that moves the TTFT tail but not the median. ``limited`` marks the step harness-limited.
+    """
     rng = np.random.default_rng(seed)
     rows: list[dict] = []
     result_cells: list[CellResult] = []
@@ -63,6 +72,8 @@ def write_run(
             while t < end_limit:
                 failed = rng.random() < error_rate
                 ttft = max(1.0, ttft_ms + rng.normal(0, jitter_ms))
+                if stall_rate and rng.random() < stall_rate:
+                    ttft += stall_ms
                 gaps = np.maximum(0.1, itl_ms + rng.normal(0, jitter_ms, output_tokens - 1))
                 first = t + int(ttft * 1e6)
                 chunks = [first] + list(first + np.cumsum(gaps * 1e6).astype(np.int64))
@@ -106,6 +117,7 @@ def write_run(
             output_tok_s=len(ok) * output_tokens / duration_s,
             request_throughput=len(ok) / duration_s,
             error_rate=(n_cell - len(ok)) / max(1, n_cell),
+            harness=HarnessHealth(limited=limited, reasons=["client CPU 97%"] if limited else []),
         )
         result_cells.append(
             CellResult(
@@ -125,7 +137,8 @@ def write_run(
         run_id=path.name,
         scenario="synth",
         started_at="2026-01-01T00:00:00Z",
-        complete=True,
+        complete=complete,
+        interrupted=not complete,
         harness_version="0.1.0",
         cells=result_cells,
     )
@@ -134,3 +147,8 @@ def write_run(
     (path / "env.json").write_text(json.dumps(env or ENV))
     (path / "scenario.yaml").write_text(yaml.safe_dump(SCENARIO))
     return path
+
+
+def write_repeats(prefix: Path, seeds: list[int], **kw: object) -> list[Path]:
+    """One run folder per seed (``prefix-0``, ``prefix-1``, …): repeats of one configuration."""
+    return [write_run(prefix.with_name(f"{prefix.name}-{i}"), seed=s, **kw) for i, s in enumerate(seeds)]  # type: ignore[arg-type]

@@ -33,8 +33,17 @@ def test_ci_sim_run_passes_the_committed_baseline(tmp_path: Path) -> None:
         "gate", "--baseline", str(BASELINE), "--run", str(run_dir),
         "--policy", "reports/baselines/ci-sim.policy.yaml", "--allow-env-mismatch",
     )  # fmt: skip
-    assert gate.returncode == 0, gate.stdout[-4000:]
     verdict = json.loads((run_dir / "gate" / "gate.json").read_text())
+    limited = [c for c in verdict["checks"] if c["harness_limited"]]
+    if gate.returncode == 3 and limited:
+        # A loaded runner made the load generator the bottleneck (event-loop lag): the gate must say
+        # "cannot judge" for those steps, judge the rest, and the numbers themselves must not regress.
+        assert "Harness-limited steps" in (run_dir / "gate" / "gate.md").read_text()
+        assert all(c["verdict"] == "pass" for c in verdict["checks"] if not c["harness_limited"])
+        assert all(c["verdict"] == "inconclusive" for c in limited)
+        assert not [c for c in limited if c["verdict_if_not_harness_limited"] == "regression"], limited
+        return
+    assert gate.returncode == 0, gate.stdout[-4000:]
     assert verdict["verdict"] == "pass"
     suite = ET.parse(run_dir / "gate" / "gate.junit.xml").getroot()
     assert int(suite.get("failures", "0")) == 0 and int(suite.get("tests", "0")) >= 9

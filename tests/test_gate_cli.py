@@ -28,10 +28,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("runs")
     return {
         "base": write_run(tmp / "base", seed=1),
+        **{f"base{i}": write_run(tmp / f"base{i}", seed=10 * i + 1) for i in range(2, 6)},
         "same": write_run(tmp / "same", seed=2),
         "slow": write_run(tmp / "slow", seed=3, itl_ms=11.5),
         "tiny": write_run(tmp / "tiny", seed=4, duration_s=0.4),
         "errors": write_run(tmp / "errors", seed=5, error_rate=0.05),
+        # second repeats: with repeats on both sides the default policy judges tail rules too
+        "same2": write_run(tmp / "same2", seed=12),
+        "slow2": write_run(tmp / "slow2", seed=13, itl_ms=11.5),
+        "tiny2": write_run(tmp / "tiny2", seed=14, duration_s=0.4),
+        "errors2": write_run(tmp / "errors2", seed=15, error_rate=0.05),
         "allfail": write_run(tmp / "allfail", seed=6, error_rate=1.0, duration_s=2),
         "gpu": write_run(tmp / "gpu", seed=7, env={**ENV, "gpu": {"name": "NVIDIA H100", "driver": "560"}}),
         # same configuration under another cell name and in a different position: must still match
@@ -47,7 +53,9 @@ def invoke(app: typer.Typer, *args: str) -> tuple[int, str]:
 @pytest.fixture
 def baseline(app: typer.Typer, runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.chdir(tmp_path)
-    code, out = invoke(app, "baseline", "save", runs["base"], "--name", "main")
+    # five repeats: the gate can then judge tail rules on one run with between-run noise (df = 4)
+    repeats = [runs["base"]] + [runs[f"base{i}"] for i in range(2, 6)]
+    code, out = invoke(app, "baseline", "save", *repeats, "--name", "main")
     assert code == 0, out
     assert (tmp_path / "reports/baselines/main.json").is_file()
     return "main"
@@ -56,7 +64,8 @@ def baseline(app: typer.Typer, runs: dict[str, Path], tmp_path: Path, monkeypatc
 @pytest.mark.parametrize(("run", "expected"), [("same", 0), ("slow", 1), ("errors", 1), ("tiny", 3)])
 def test_exit_codes(app, runs, baseline, tmp_path: Path, run: str, expected: int) -> None:
     out_dir = tmp_path / f"gate-{run}"
-    code, out = invoke(app, "gate", "--baseline", baseline, "--run", runs[run], "--out", out_dir)
+    both = ["--run", runs[run], "--run", runs[f"{run}2"]]
+    code, out = invoke(app, "gate", "--baseline", baseline, *both, "--out", out_dir)
     assert code == expected, out
     data = json.loads((out_dir / "gate.json").read_text())
     assert data["exit_code"] == expected
@@ -85,25 +94,71 @@ def test_inconclusive_can_pass_by_flag_or_policy(app, runs, baseline, tmp_path: 
     assert code == 0
 
 
-def test_gate_outputs_default_into_the_run_folder(app, runs, baseline, tmp_path: Path) -> None:
+def test_one_run_leaves_tails_inconclusive_unless_the_policy_judges_them(
+    app, runs, baseline, within: Path, tmp_path: Path
+) -> None:
+    code, out = invoke(app, "gate", "--baseline", baseline, "--run", runs["same"], "--out", tmp_path / "o")
+    assert code == 3, out
+    data = json.loads((tmp_path / "o/gate.json").read_text())
+    open_checks = [c for c in data["checks"] if c["verdict"] != "pass"]
+    assert open_checks and all(c["metric"].endswith("_p95") for c in open_checks)
+    assert all("one repeat" in c["message"] for c in open_checks)
+    code, out = invoke(
+        app,
+        "gate",
+        "--baseline",
+        baseline,
+        "--run",
+        runs["same"],
+        "--out",
+        tmp_path / "w",
+        "--policy",
+        within,
+    )
+    assert code == 0, out
+
+
+@pytest.fixture
+def within(tmp_path: Path) -> Path:
+    """The shipped policy, with tail rules judged on one run (single_repeat_tails: within_run)."""
+    from harness.gate.policy import load_policy
+
+    path = tmp_path / "within.yaml"
+    data = load_policy().model_dump(mode="json") | {"single_repeat_tails": "within_run"}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_gate_outputs_default_into_the_run_folder(app, runs, baseline, within: Path, tmp_path: Path) -> None:
     import shutil
 
     run = tmp_path / "copy"
     shutil.copytree(runs["same"], run)
-    code, _ = invoke(app, "gate", "--baseline", baseline, "--run", run)
+    code, _ = invoke(app, "gate", "--baseline", baseline, "--run", run, "--policy", within)
     assert code == 0
     assert {p.name for p in (run / "gate").iterdir()} == {"gate.md", "gate.junit.xml", "gate.json"}
 
 
-def test_matches_by_identity_not_position_or_name(app, runs, baseline, tmp_path: Path) -> None:
-    code, out = invoke(app, "gate", "--baseline", baseline, "--run", runs["renamed"], "--out", tmp_path / "o")
+def test_matches_by_identity_not_position_or_name(app, runs, baseline, within: Path, tmp_path: Path) -> None:
+    code, out = invoke(
+        app,
+        "gate",
+        "--baseline",
+        baseline,
+        "--run",
+        runs["renamed"],
+        "--out",
+        tmp_path / "o",
+        "--policy",
+        within,
+    )
     assert code == 0, out
     data = json.loads((tmp_path / "o/gate.json").read_text())
     assert {c["identity"] for c in data["checks"]} == {"ident-a"}
     assert [m["cell_id"] for m in data["mismatches"]] == ["other"]
 
 
-def test_env_mismatch_refused_unless_allowed(app, runs, baseline, tmp_path: Path) -> None:
+def test_env_mismatch_refused_unless_allowed(app, runs, baseline, within: Path, tmp_path: Path) -> None:
     code, out = invoke(app, "gate", "--baseline", baseline, "--run", runs["gpu"], "--out", tmp_path / "o")
     assert code == 2
     assert "NVIDIA H100" in out and "--allow-env-mismatch" in out
@@ -117,6 +172,8 @@ def test_env_mismatch_refused_unless_allowed(app, runs, baseline, tmp_path: Path
         "--out",
         tmp_path / "o",
         "--allow-env-mismatch",
+        "--policy",
+        within,
     )
     assert code == 0, out
     assert "H100" in (tmp_path / "o/gate.md").read_text()
@@ -179,7 +236,7 @@ def test_compare_writes_offline_html_and_markdown(app, runs, tmp_path: Path) -> 
     assert "tpot_p50" in md and "slow" in md
     for line in md.splitlines():
         if line.startswith("| `"):
-            assert line.count("|") == 7
+            assert line.count("|") == 8
 
 
 def test_compare_needs_common_configuration(app, runs, tmp_path: Path) -> None:

@@ -137,6 +137,8 @@ def test_stream_generate_stamps_each_message(tmp_path: Path, sim_server: Any) ->
         spec = PromptSpec(prompt_tokens=3, output_tokens=6, prompt="a b c")
         stream = stream_generate(channel, tgis_request(_plan(tmp_path, f"127.0.0.1:{port}"), spec), 10, [])
     assert stream.code == S.OK and len(stream.messages) == 7  # ack + one message per token
+    # Raw bytes: not even protobuf decoding happens on the read path (the Finisher's interpreter does it).
+    assert all(isinstance(m, bytes) for m in stream.messages)
     assert stream.arrivals_ns == sorted(stream.arrivals_ns)
     assert stream.sent_ns < stream.arrivals_ns[0] and stream.arrivals_ns[-1] <= stream.end_ns
     res = interpret_tgis(stream.events)

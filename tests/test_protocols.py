@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 import pytest
-from recorded_streams import load_grpc, load_http
 
 from harness.load.grpcstream import GrpcStream
 from harness.load.plan import LoadPlan, PlanError
@@ -26,6 +25,7 @@ from harness.protocols.proto import caikit_data_model_nlp_pb2 as nlp
 from harness.protocols.proto import caikit_nlp_pb2
 from harness.protocols.proto import generation_pb2 as pb
 from harness.protocols.registry import PROTOCOLS, get_protocol
+from recorded_streams import load_grpc, load_http
 
 REPO = Path(__file__).resolve().parents[1]
 SIX = ["completions", "chat", "tgi", "tgis", "caikit-grpc", "caikit-http"]
@@ -278,3 +278,46 @@ def test_caikit_http_malformed_json_and_error_after_tokens() -> None:
     err = (10, b'event: error\ndata: {"details": "boom", "code": 500}')
     late = get_protocol("caikit-http").interpret([*good, err])
     assert late.error is not None and "500: boom" in late.error and sum(late.chunk_tokens) == 2
+
+
+# --- the client's own count on real streams: retokenized text, not usage --------------------------------
+
+TINY_TOKENIZER = REPO / ".cache/models/tiny-llama/tokenizer.json"
+
+
+@pytest.mark.parametrize(
+    ("name", "protocol"),
+    [
+        ("vllm012-completions-continuous-usage", "completions"),
+        ("vllm032-chat", "chat"),
+        ("tgis-generate-stream", "tgis"),
+        ("caikit-grpc-stream", "caikit-grpc"),
+        ("caikit-http-stream", "caikit-http"),
+    ],
+)
+def test_real_streams_agree_when_retokenized(tmp_path: Path, name: str, protocol: str) -> None:
+    """The recorded servers' usage (8) equals the streamed text retokenized with the model's tokenizer."""
+    if not TINY_TOKENIZER.is_file():
+        pytest.skip("the tiny model is not built here (make model)")
+    from harness.load.collector import build_record, finalize_records
+    from harness.load.httpstream import Outcome
+
+    spec = get_protocol(protocol)
+    events = _replay_grpc(name) if spec.transport == "grpc" else _replay_http(name)
+    result = spec.interpret(events)
+    plan = _plan(tmp_path, protocol, tokenizer_path=str(TINY_TOKENIZER))
+    outcome = Outcome(status=200, sent_ns=0, end_ns=10**9, splitter=SseSplitter())
+    rec = build_record(
+        plan,
+        request_id=1,
+        worker=0,
+        scheduled_ns=0,
+        warmup=False,
+        spec=PROMPT,
+        outcome=outcome,
+        result=result,
+    )
+    assert rec.client_output_tokens is None  # nothing counted from usage on the way
+    row = finalize_records([rec], [result.text], plan.tokenizer_path)[0]
+    assert row["output_tokens"] == row["client_output_tokens"] == 8
+    assert row["token_source"] == "usage"

@@ -13,9 +13,9 @@ import json
 import pytest
 from google.protobuf import json_format
 from google.protobuf.unknown_fields import UnknownFieldSet
-from recorded_streams import load_grpc, load_http, names
 
 from harness.protocols.proto import caikit_data_model_nlp_pb2, caikit_nlp_pb2, generation_pb2
+from recorded_streams import load_grpc, load_http, names
 
 RESPONSE_TYPES = {
     "/fmaas.GenerationService/GenerateStream": (

@@ -92,6 +92,12 @@ def test_sim_run_with_a_failing_cell(tmp_path: Path) -> None:
     assert status == {"fast__ttft_ms-20": "ok", "fast__ttft_ms-40": "ok", "broken": "failed"}
     broken = summary["cells"][2]
     assert broken["error"]
+    # stream_options: decided once per cell (auto: the sim accepts them) and recorded with the reason
+    fast = summary["cells"][0]
+    assert (fast["protocol"], fast["stream_usage"]) == ("completions", True)
+    assert "accepted" in fast["stream_usage_reason"]
+    plan = json.loads(next(run_dir.rglob("load_plan.json")).read_text())
+    assert plan["stream_usage"] is True and plan["tls_insecure_skip_verify"] is False
     df = pq.read_table(run_dir / "records.parquet").to_pandas()
     assert len(df) == 2 * 2 * 12
     assert df["simulated"].all()

@@ -14,11 +14,11 @@ import grpc
 import httpx
 import pytest
 from google.protobuf import json_format
-from recorded_streams import load_grpc, load_http
 
 from harness.protocols.proto import caikit_data_model_nlp_pb2 as dm
 from harness.protocols.proto import caikit_nlp_pb2 as pb
 from harness.protocols.proto import caikit_nlp_pb2_grpc as pb_grpc
+from recorded_streams import load_grpc, load_http
 
 STREAM = "/api/v1/task/server-streaming-text-generation"
 MODEL = [("mm-model-id", "sim-model")]

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.atomic import write_text
-from harness.gate.rundata import GateInputError, GateRun, StepGroup
+from harness.gate.rundata import GateInputError, GateRun, StepGroup, note_limited, read_json
 from harness.gate.samples import StepSamples
 from harness.results import RunSummary
 
@@ -208,10 +208,7 @@ def load_baseline(path: Path) -> GateRun:
         raise GateInputError(
             f"{path}: baseline not found (create one with: tokenbench baseline save RUN --name NAME)"
         )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise GateInputError(f"{path}: not valid JSON: {err}") from None
+    raw = read_json(path, "baseline")
     if not isinstance(raw, dict) or raw.get("kind") != "tokenbench-baseline":
         raise GateInputError(f"{path}: not a tokenbench baseline (field 'kind' missing or wrong)")
     if raw.get("schema_version") != BASELINE_SCHEMA_VERSION:
@@ -245,6 +242,10 @@ def load_baseline(path: Path) -> GateRun:
         run.steps.setdefault(key, StepGroup(key, cell, step)).repeats.append(_from_set(m))
     if not run.steps:
         raise GateInputError(f"{path}: baseline holds no per-request samples")
+    for c in base.summary.cells:
+        for s in c.steps:
+            if (c.identity, s.step_id) in run.steps:
+                note_limited(run.steps[(c.identity, s.step_id)], f"baseline {base.name}/{c.cell_id}", s)
     return run
 
 

@@ -5,6 +5,11 @@ inline CSS, figures as inline SVG rendered by matplotlib with ids prefixed
 per figure, no scripts, fonts or images fetched from anywhere. Figures
 overlay the runs: latency CDFs per matched step (one line per run) and a
 forest plot of relative changes with their confidence intervals.
+
+The page leads with a one-line verdict (the gate's, per run, under the
+policy), then what differs between the runs' configurations. Change cells
+are coloured by the policy rule's verdict (regression red, improvement
+green, inconclusive amber); metrics the policy has no rule for stay plain.
 """
 
 from __future__ import annotations
@@ -26,11 +31,15 @@ table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #e5e7eb;padding:3px 8px;text-align:right}th{background:#f9fafb}
 td:first-child,th:first-child{text-align:left}
 .worse{color:#b91c1c;font-weight:600}.better{color:#047857;font-weight:600}
+.unsure{color:#b45309}.thin{color:#b45309;font-size:12px}
+.verdict{font-size:16px;padding:8px 12px;border-left:4px solid #6b7280;background:#f9fafb}
+.verdict.regression{border-color:#b91c1c}.verdict.pass{border-color:#047857}
+.verdict.inconclusive{border-color:#b45309}
 svg.plot{width:100%;height:auto;max-width:1100px}
 .note{color:#6b7280;font-size:13px}
 """
 
-LOWER_IS_BETTER = {"ttft", "tpot", "itl", "e2e", "error"}
+VERDICT_CSS = {"regression": "worse", "improvement": "better", "inconclusive": "unsure"}
 
 
 def _esc(x: object) -> str:
@@ -38,6 +47,8 @@ def _esc(x: object) -> str:
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
+    if x is not None and math.isinf(x):
+        return "+∞ (unbounded)" if x > 0 else "−∞"
     if x is None or not math.isfinite(x):
         return "–"
     return f"{x * 100:+.1f}%" if pct else f"{x:.4g}"
@@ -108,15 +119,58 @@ def _delta_table(comp: Comparison, kc: KeyComparison) -> str:
         cells = [f"<td><code>{_esc(d0.metric)}</code></td><td>{_fmt(d0.ref)}</td>"]
         for r in runs:
             d = kc.deltas[r][i]
-            css = ""
-            if d.significant and d.change is not None:
-                worse = (d.change > 0) == (d.metric.split("_")[0] in LOWER_IS_BETTER)
-                css = ' class="worse"' if worse else ' class="better"'
+            css, title = "", "no policy rule for this metric"
+            if d.verdict is not None:
+                title = f"policy {d.rule}: {d.verdict}"
+                if d.verdict in VERDICT_CSS:
+                    css = f' class="{VERDICT_CSS[d.verdict]}"'
             interval = f"[{_fmt(d.lo, True)}, {_fmt(d.hi, True)}]" if d.lo is not None else ""
-            cells.append(f"<td>{_fmt(d.value)}</td><td{css}>{_fmt(d.change, True)} {interval}</td>")
+            thin = [n for n in d.notes if n.startswith("too few samples")]
+            mark = f' <span class="thin" title="{_esc(thin[0])}">too few samples</span>' if thin else ""
+            cells.append(
+                f'<td>{_fmt(d.value)}</td><td{css} title="{_esc(title)}">{_fmt(d.change, True)} {interval}{mark}</td>'
+            )
         rows.append("<tr>" + "".join(cells) + "</tr>")
     ref = _esc(comp.runs[0].label)
-    return f"<table><tr><th>metric</th><th>{ref} (reference)</th>{head}</tr>{''.join(rows)}</table>"
+    notes = sorted({n for ds in kc.deltas.values() for d in ds for n in d.notes if n.startswith("too few")})
+    methods = sorted({d.method for ds in kc.deltas.values() for d in ds if d.method})
+    foot = "".join(f'<p class="note">{_esc(n)}</p>' for n in methods + notes)
+    return f"<table><tr><th>metric</th><th>{ref} (reference)</th>{head}</tr>{''.join(rows)}</table>{foot}"
+
+
+def _verdict_css(comp: Comparison) -> str:
+    order = ("regression", "inconclusive", "improvement", "pass")
+    verdicts = [r.verdict for r in comp.results.values()]
+    return next((v for v in order if v in verdicts), "")
+
+
+def _config_section(comp: Comparison) -> list[str]:
+    ref = _esc(comp.runs[0].label)
+    parts = ['<h2 id="config">Configuration differences</h2>']
+    for label, changes in comp.config.items():
+        if not changes:
+            parts.append(f"<p><code>{_esc(label)}</code>: same configuration as <code>{ref}</code>.</p>")
+            continue
+        rows = "".join(
+            f"<tr><td>{_esc(c.path)}</td><td>{_esc(c.ref)}</td><td>{_esc(c.other)}</td></tr>" for c in changes
+        )
+        parts.append(
+            f"<h3><code>{_esc(label)}</code> vs <code>{ref}</code></h3>"
+            f"<table><tr><th>field</th><th>{ref} (reference)</th><th>{_esc(label)}</th></tr>{rows}</table>"
+        )
+    return parts
+
+
+def _tolerances(comp: Comparison) -> str:
+    if comp.policy is None:
+        return "no policy"
+    shown = []
+    for metric, rule in comp.policy.rules.items():
+        for name in ("max_increase", "max_decrease"):
+            value = getattr(rule, name)
+            if value is not None:
+                shown.append(f"{metric} {name} {value * 100:g}%")
+    return ", ".join(shown) or "no relative rules"
 
 
 def render_compare(comp: Comparison) -> str:
@@ -128,15 +182,20 @@ def render_compare(comp: Comparison) -> str:
         "<title>tokenbench compare</title>",
         f"<style>{CSS}</style></head><body>",
         "<h1>tokenbench compare</h1>",
+        f'<p class="verdict {_verdict_css(comp)}" id="verdict"><strong>{_esc(comp.verdict_line())}</strong></p>',
         "<p>Runs, reference first: "
         + ", ".join(
             f"<code>{_esc(r.label)}</code> ({_esc(', '.join(map(str, r.sources)))})" for r in comp.runs
         )
         + "</p>",
-        f'<p class="note">Changes are relative to the reference with {comp.confidence:.0%} bootstrap intervals '
-        "over per-request samples (two-stage across repeats); throughput intervals come from per-window rates. "
-        "Coloured changes have intervals that exclude zero.</p>",
+        f'<p class="note">Changes are relative to the reference with {comp.confidence:.0%} intervals: '
+        "order-statistic (distribution-free) for percentiles, bootstrap over per-window rates for throughput, "
+        "and the spread between repeats (pooled) when the runs hold repeats. Colours are the gate's verdict "
+        f"under the policy's tolerance ({_esc(_tolerances(comp))}): red regression, green improvement, amber "
+        "inconclusive; uncoloured changes are within tolerance or have no rule.</p>",
     ]
+    parts += [f'<p class="note">Note: {_esc(n)}</p>' for n in comp.notes]
+    parts += _config_section(comp)
     if not comp.keys:
         parts.append("<p><strong>No configuration appears in every run.</strong></p>")
     for n, kc in enumerate(comp.keys):

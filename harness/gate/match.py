@@ -101,3 +101,16 @@ def match_many(runs: list[GateRun]) -> tuple[list[Key], list[Mismatch]]:
                     Mismatch(key, group.cell.cell_id, run.label, f"missing in {', '.join(missing)}")
                 )
     return common, mismatches
+
+
+def name_hint(runs: list[GateRun]) -> str | None:
+    """When identity matching pairs nothing but cell names do, say how to pair them by name."""
+    named = [{(g.cell.cell_id, k[1]) for k, g in r.steps.items()} for r in runs]
+    common = set.intersection(*named) if named else set()
+    if not common:
+        return None
+    shown = ", ".join(f"{c} / {s}" for c, s in sorted(common)[:3])
+    return (
+        f"hint: {shown} appear in every run under the same cell name but with another configuration "
+        "identity (settings, model or workload changed); pass --match name to pair cells by name"
+    )

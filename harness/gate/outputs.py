@@ -28,6 +28,8 @@ def _num(x: float | None) -> str:
 
 
 def _pct(x: float | None) -> str:
+    if x is not None and math.isinf(x):
+        return "+∞ (unbounded)" if x > 0 else "−∞"
     if x is None or not math.isfinite(x):
         return "–"
     return f"{x * 100:+.1f}%"
@@ -61,7 +63,7 @@ def _table(checks: list[Check]) -> list[str]:
             _num(c.run),
             _pct(c.change),
             _interval(c),
-            _cell(c.message),
+            _cell(" ".join([c.message] + [f"⚠ {n}" for n in c.notes])),
         ]
         lines.append("| " + " | ".join(row) + " |")
     return lines
@@ -79,9 +81,20 @@ def to_markdown(result: GateResult) -> str:
         + f" (confidence {result.policy.confidence:.0%}, {result.policy.resamples} resamples).",
         "",
     ]
+    methods = sorted({c.method for c in result.checks if c.method})
+    if methods:
+        lines += ["Intervals: " + "; ".join(methods) + ".", ""]
     if verdict == "inconclusive":
         fails = "fails" if result.policy.inconclusive_fails else "does not fail"
         lines += [f"Inconclusive {fails} the build under this policy.", ""]
+    if result.notes:
+        lines += ["**Inputs:**", ""] + [f"- {_cell(n)}" for n in result.notes] + [""]
+    if result.harness_limited:
+        lines += ["**Harness-limited steps (every verdict on them is inconclusive):**", ""]
+        lines += [f"- {_cell(t)}: {_cell('; '.join(r))}" for t, r in result.harness_limited.items()] + [""]
+    thin = sorted({f"{c.target}: {n}" for c in result.checks for n in c.notes if n.startswith("too few")})
+    if thin:
+        lines += ["**Percentiles resting on too few samples:**", ""] + [f"- {_cell(n)}" for n in thin] + [""]
     if result.env_diff:
         lines += ["**Environment differs from the baseline (allowed by --allow-env-mismatch):**", ""]
         lines += [f"- {_cell(d)}" for d in result.env_diff] + [""]
@@ -113,7 +126,7 @@ def to_junit(result: GateResult) -> str:
             )
             detail = (
                 f"baseline={_num(c.base)} run={_num(c.run)} change={_pct(c.change)} "
-                f"interval={_interval(c)}: {c.message}"
+                f"interval={_interval(c)}: {c.message}" + "".join(f" [{n}]" for n in c.notes)
             )
             if c.verdict == "regression":
                 counts["failures"] += 1
@@ -150,6 +163,8 @@ def to_json(result: GateResult) -> dict[str, Any]:
         "counts": result.counts(),
         "policy": result.policy.model_dump(mode="json"),
         "env_diff": result.env_diff,
+        "notes": result.notes,
+        "harness_limited": result.harness_limited,
         "checks": [
             {
                 "target": c.target,
@@ -166,6 +181,11 @@ def to_json(result: GateResult) -> dict[str, Any]:
                 "n_baseline": c.n_base,
                 "n_run": c.n_run,
                 "message": c.message,
+                "interval_method": c.method or None,
+                "too_few_samples": [n for n in c.notes if n.startswith("too few")],
+                "harness_limited": c.target in result.harness_limited,
+                "verdict_if_not_harness_limited": c.unlimited_verdict,
+                "notes": c.notes,
             }
             for c in result.checks
         ],

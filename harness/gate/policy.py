@@ -11,6 +11,13 @@ Rule kinds, per metric:
 * ``max: 0.5%`` / ``min: 100`` – absolute limits on the run's own value
   (SLO checks; latencies in ms, rates per second, ``error_rate`` a fraction).
 
+``single_repeat_tails`` says what a relative rule on a tail percentile (p90,
+p95, p99, max) does when either side has a single repeat, so its run-to-run
+variation is unknown: ``inconclusive`` (default; a rerun of the same
+configuration moved a p95 by 20 %) or ``within_run`` (judge on the noise
+that can be measured; for tolerances wide enough to absorb run-to-run
+variation).
+
 Percentages may be written ``10%`` or as fractions (``0.1``).
 """
 
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -87,6 +94,10 @@ class Policy(BaseModel):
     )
     inconclusive_fails: bool = Field(default=True, description="exit 3 on inconclusive; false → exit 0")
     slo_from_scenario: bool = Field(default=True, description="add absolute checks from the scenario's slo")
+    single_repeat_tails: Literal["inconclusive", "within_run"] = Field(
+        default="inconclusive",
+        description="tail rules when a side has one repeat: inconclusive, or judged on measurable noise",
+    )
     rules: dict[str, Rule] = Field(default_factory=dict)
 
     @field_validator("rules")
@@ -129,4 +140,12 @@ def load_policy(path: Path | None = None) -> Policy:
         text = resources.files("harness.gate").joinpath("default_policy.yaml").read_text(encoding="utf-8")
         return parse_policy(yaml.safe_load(text), "default_policy.yaml")
     path = Path(path)
-    return parse_policy(read_yaml(path, PolicyError, "policy file"), str(path))
+    try:
+        data = read_yaml(path, PolicyError, "policy file")
+    except UnicodeDecodeError as err:
+        raise PolicyError(
+            f"{path}: policy file is not UTF-8 text (binary or corrupted?): {err.reason}"
+        ) from None
+    except RecursionError:
+        raise PolicyError(f"{path}: policy file nests too deeply to read") from None
+    return parse_policy(data, str(path))

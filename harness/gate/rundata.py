@@ -7,8 +7,17 @@ into one ``GateRun`` whose steps then have several repeats; that is how
 ``repeats`` reach the statistics (two-stage bootstrap).
 
 Bad input is never silently tolerated: a missing folder, a summary with
-another schema version, a run with no records, or a run where every request
-failed raises ``GateInputError`` (the CLI maps it to exit code 2).
+another schema version, a file that is not text or is truncated, a run with
+no records, or a run where every request failed raises ``GateInputError``
+(the CLI maps it to exit code 2).
+
+An interrupted or unfinished run is refused too, unless the caller allows
+it (``--allow-incomplete``): a killed run's last step is cut short and its
+cell may be marked failed only because the harness stopped, so judging it
+as a whole would either pass it on partial data or call the kill a
+regression. When allowed, what the run did finish is used, unreadable
+per-step record files are skipped, and each concession is kept in
+``GateRun.notes`` for the outputs to show.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ class StepGroup:
     cell: CellResult
     metrics: StepMetrics
     repeats: list[StepSamples] = field(default_factory=list)
+    limited: list[str] = field(default_factory=list)  # harness-limited repeats: "repeat: reasons"
 
     @property
     def n_total(self) -> int:
@@ -62,6 +72,7 @@ class GateRun:
     scenario: dict[str, Any] | None
     steps: dict[Key, StepGroup] = field(default_factory=dict)
     failed_cells: dict[str, CellResult] = field(default_factory=dict)  # identity → failed cell
+    notes: list[str] = field(default_factory=list)  # what was conceded to load it (incomplete runs)
 
     @property
     def repeats(self) -> int:
@@ -75,13 +86,26 @@ class GateRun:
             return None
 
 
+def read_json(path: Path, what: str) -> Any:
+    """Parsed JSON, or a ``GateInputError`` naming the file for anything unreadable (binary, truncated)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise GateInputError(
+            f"{path}: {what} is not UTF-8 text (binary or corrupted?): {err.reason}"
+        ) from None
+    except OSError as err:
+        raise GateInputError(f"{path}: cannot read {what}: {err.strerror or err}") from None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise GateInputError(f"{path}: {what} is not valid JSON: {err}") from None
+
+
 def read_summary(path: Path) -> RunSummary:
     if not path.is_file():
         raise GateInputError(f"{path.parent}: not a run folder (no summary.json)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise GateInputError(f"{path}: not valid JSON: {err}") from None
+    raw = read_json(path, "summary")
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != SCHEMA_VERSION:
         raise GateInputError(
@@ -99,60 +123,111 @@ def read_summary(path: Path) -> RunSummary:
 def _read_env(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise GateInputError(f"{path}: not valid JSON: {err}") from None
+    data = read_json(path, "environment file")
     return data if isinstance(data, dict) else {}
 
 
 def _read_scenario(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    data = read_yaml(path, GateInputError, "scenario file")
+    try:
+        data = read_yaml(path, GateInputError, "scenario file")
+    except UnicodeDecodeError as err:
+        raise GateInputError(
+            f"{path}: scenario file is not UTF-8 text (binary or corrupted?): {err.reason}"
+        ) from None
+    except RecursionError:
+        raise GateInputError(f"{path}: scenario file nests too deeply to read") from None
     return data if isinstance(data, dict) else None
 
 
-def _read_records(run_dir: Path) -> Any:
-    import pandas as pd
-
+def _records_file(path: Path) -> Any:
     from harness.records import read_records
 
-    path = run_dir / "records.parquet"
-    if not path.is_file():
-        steps = sorted(run_dir.glob("cells/*/steps/*/records.parquet"))
-        if not steps:
-            raise GateInputError(f"{run_dir}: run has no records (no records.parquet)")
-        return pd.concat([read_records(p).to_pandas() for p in steps], ignore_index=True)
     try:
         return read_records(path).to_pandas()
-    except Exception as err:  # pyarrow raises several types for a damaged file
-        raise GateInputError(f"{path}: cannot read records: {err}") from None
+    except Exception as err:  # pyarrow raises several types for a damaged or truncated file
+        raise GateInputError(f"{path}: cannot read records ({type(err).__name__}: {err})") from None
+
+
+def _read_records(run_dir: Path, allow_incomplete: bool, notes: list[str]) -> Any:
+    import pandas as pd
+
+    path = run_dir / "records.parquet"
+    if path.is_file():
+        return _records_file(path)
+    steps = sorted(run_dir.glob("cells/*/steps/*/records.parquet"))
+    if not steps:
+        raise GateInputError(f"{run_dir}: run has no records (no records.parquet)")
+    frames = []
+    for p in steps:
+        try:
+            frames.append(_records_file(p))
+        except GateInputError as err:
+            if not allow_incomplete:
+                raise GateInputError(
+                    f"{err} — the run was probably killed mid-step; pass --allow-incomplete to use the other steps"
+                ) from None
+            notes.append(f"skipped unreadable {p.relative_to(run_dir)}")
+    if not frames:
+        raise GateInputError(f"{run_dir}: no readable records in any step")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _interrupted(cell: CellResult) -> bool:
+    """A cell stopped by the harness's own interruption, not by a failure of the server under test."""
+    return cell.status not in ("ok", "failed") or (cell.status == "failed" and cell.error == "interrupted")
+
+
+def incompleteness(summary: RunSummary) -> list[str]:
+    """Why a run cannot be judged as a whole; empty for a finished run."""
+    why: list[str] = []
+    if summary.interrupted:
+        why.append("the run was interrupted")
+    elif not summary.complete:
+        why.append("the run did not finish (summary.complete is false: killed or still running)")
+    cut = [c.cell_id for c in summary.cells if _interrupted(c)]
+    if cut:
+        why.append(f"cells not finished: {', '.join(cut)}")
+    return why
 
 
 def load_run_folder(
-    run_dir: Path, max_requests: int | None = None, max_itl: int | None = None, repeat: str | None = None
+    run_dir: Path,
+    max_requests: int | None = None,
+    max_itl: int | None = None,
+    repeat: str | None = None,
+    allow_incomplete: bool = False,
 ) -> GateRun:
     """Load one run folder; cells sharing an identity inside it count as repeats."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise GateInputError(f"{run_dir}: no such run folder")
     summary = read_summary(run_dir / "summary.json")
+    why = incompleteness(summary)
+    if why and not allow_incomplete:
+        raise GateInputError(
+            f"{run_dir}: incomplete run ({'; '.join(why)}); refusing to judge it. Re-run it, or pass "
+            "--allow-incomplete to use only the steps it finished"
+        )
+    notes = [f"{run_dir.name}: incomplete run used (--allow-incomplete): {'; '.join(why)}"] if why else []
     scenario = _read_scenario(run_dir / "scenario.yaml")
-    records = _read_records(run_dir)
+    records = _read_records(run_dir, allow_incomplete, notes)
     if records.empty:
         raise GateInputError(f"{run_dir}: run has no records (records.parquet is empty)")
     run = GateRun(run_dir.name, [run_dir], "run", summary, _read_env(run_dir / "env.json"), scenario)
+    run.notes = notes
     slo = run.slo()
     by_cell: dict[Key, tuple[str, StepMetrics]] = {}
     for cell in summary.cells:
-        if cell.status == "failed":
+        if cell.status == "failed" and not _interrupted(cell):
             run.failed_cells.setdefault(cell.identity, cell)
         for step in cell.steps:
             by_cell[(cell.cell_id, step.step_id)] = (cell.identity, step)
-            run.steps.setdefault(
+            group = run.steps.setdefault(
                 (cell.identity, step.step_id), StepGroup((cell.identity, step.step_id), cell, step)
             )
+            note_limited(group, f"{run_dir.name}/{cell.cell_id}", step)
     tag = repeat or run_dir.name
     for s in extract_samples(records, by_cell, slo, tag, max_requests, max_itl):
         run.steps[(s.identity, s.step_id)].repeats.append(s)
@@ -160,6 +235,12 @@ def load_run_folder(
         del run.steps[key]
     _check_usable(run, run_dir)
     return run
+
+
+def note_limited(group: StepGroup, where: str, step: StepMetrics) -> None:
+    """Remember a harness-limited step: the client, not the server, set its numbers."""
+    if step.harness.limited:
+        group.limited.append(f"{where}: {'; '.join(step.harness.reasons) or 'harness-limited'}")
 
 
 def _check_usable(run: GateRun, where: Path) -> None:
@@ -185,11 +266,13 @@ def merge_repeats(runs: list[GateRun]) -> GateRun:
         env=first.env,
         scenario=first.scenario,
         failed_cells=dict(first.failed_cells),
+        notes=[n for r in runs for n in r.notes],
     )
     for run in runs:
         for key, group in run.steps.items():
             target = merged.steps.setdefault(key, StepGroup(key, group.cell, group.metrics))
             target.repeats.extend(group.repeats)
+            target.limited.extend(group.limited)
         for ident, cell in run.failed_cells.items():
             merged.failed_cells.setdefault(ident, cell)
     return merged

@@ -1,8 +1,11 @@
 """Noise-aware statistics for comparing two runs from their per-request samples.
 
-Why bootstrap: latency percentiles have no usable closed-form sampling
-distribution (and the tails of LLM latency are far from normal), so the gate
-resamples the requests it measured. Why *two-stage*: when a scenario has
+Why bootstrap: means and window rates have no usable closed-form sampling
+distribution here (LLM latency is far from normal), so the gate resamples
+what it measured. Percentile *intervals* in the gate come from order
+statistics instead (:mod:`harness.gate.orderstat`): distribution-free, and
+honest about a tail resting on a few dozen samples, where a bootstrap only
+reshuffles the few largest values it saw. Why *two-stage*: when a scenario has
 ``repeats: N``, most of the run-to-run noise lives between repeats (server
 warm state, page cache, batch phase), so resampling requests alone would
 understate it. With two or more repeats we first resample repeats, then

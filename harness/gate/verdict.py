@@ -14,8 +14,20 @@ Requiring significance *and* size is what keeps the gate quiet on noise (a
 tiny-but-real shift is not a regression) while still catching a ≥10 % change
 once the interval is narrower than the distance to the boundary.
 
+The interval comes from :mod:`harness.gate.interval`: within-run noise, and
+between-run noise (repeats pooled) when the sides hold repeats. Unless
+both sides hold two or more repeats, rules on tail percentiles are
+inconclusive unless the policy sets ``single_repeat_tails: within_run``:
+run-to-run variation of a p95 is larger than its sampling noise, and only
+repeats of that side can show it (a calm three-run baseline said nothing
+about a single run taken while the machine was busier: +19 % on an A/A).
+
 Absolute rules (``max`` / ``min``; SLOs): pass when the run's value meets the
-limit, regression when the whole interval breaks it, else inconclusive.
+limit, regression when the whole interval breaks it, else inconclusive (also
+when the value meets the limit but too few samples bound the percentile).
+
+A harness-limited step (the load generator was the bottleneck) turns every
+verdict on it into inconclusive, and the result lists it.
 """
 
 from __future__ import annotations
@@ -24,16 +36,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from harness.gate.interval import change_interval
 from harness.gate.match import Matching, Mismatch, Pair
 from harness.gate.measure import Measure, Measurer
 from harness.gate.policy import Policy, Rule
-from harness.gate.stats import (
-    extra_samples_needed,
-    mann_whitney,
-    percentile_interval,
-    relative_diff,
-    wilson_interval,
-)
+from harness.gate.stats import extra_samples_needed, mann_whitney, wilson_interval
 
 Verdict = Literal["pass", "regression", "improvement", "inconclusive"]
 ORDER: dict[str, int] = {"regression": 0, "inconclusive": 1, "improvement": 2, "pass": 3}
@@ -58,6 +65,9 @@ class Check:
     n_base: int = 0
     n_run: int = 0
     message: str = ""
+    method: str = ""  # which noise the interval covers: within-run only, or between runs too
+    notes: list[str] = field(default_factory=list)  # caveats, e.g. a percentile resting on too few samples
+    unlimited_verdict: Verdict | None = None  # on a harness-limited step: the verdict it would have had
 
 
 @dataclass
@@ -68,6 +78,8 @@ class GateResult:
     checks: list[Check] = field(default_factory=list)
     mismatches: list[Mismatch] = field(default_factory=list)
     env_diff: list[str] = field(default_factory=list)
+    harness_limited: dict[str, list[str]] = field(default_factory=dict)  # target → reasons
+    notes: list[str] = field(default_factory=list)  # concessions made to load the inputs
 
     @property
     def verdict(self) -> Verdict:
@@ -96,6 +108,10 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _signed(x: float) -> str:
+    return f"{x * 100:+.1f}%"
+
+
 def _more_data(m: Measure, half: float, distance: float) -> str:
     extra = extra_samples_needed(m.n_requests, half, distance)
     if extra is None:
@@ -105,8 +121,24 @@ def _more_data(m: Measure, half: float, distance: float) -> str:
     return f"about {extra} more requests per step (≈{factor:.1f}× the data, or {reps} more repeats) would settle it"
 
 
+def decide(w: float, w_lo: float, w_hi: float, tol: float) -> Verdict:
+    """The relative-rule decision on the change ``w`` in the bad direction with interval [w_lo, w_hi]."""
+    if w_lo > 0 and w > tol:
+        return "regression"
+    if w_hi < 0 and w < -tol:
+        return "improvement"
+    if w_hi <= tol:
+        return "pass"
+    return "inconclusive"
+
+
 def _relative(pair: Pair, metric: str, rule: Rule, b: Measure, r: Measure, policy: Policy) -> list[Check]:
     checks: list[Check] = []
+    ch = change_interval(b, r, policy.confidence)
+    # A tail needs repeats on *both* sides: pooling assumes both sides vary alike from run to run, and a
+    # single run taken while the machine was busier is exactly what a calm baseline's spread cannot show.
+    single = min(b.repeats, r.repeats) < 2
+    single_tail = b.tail and single and policy.single_repeat_tails == "inconclusive"
     for bad, tol in ((1.0, rule.max_increase), (-1.0, rule.max_decrease)):
         if tol is None:
             continue
@@ -121,9 +153,10 @@ def _relative(pair: Pair, metric: str, rule: Rule, b: Measure, r: Measure, polic
             r.point,
             n_base=b.n_requests,
             n_run=r.n_requests,
+            method=ch.describe(),
+            notes=list(ch.notes),
         )
-        rel, lo, hi = relative_diff(b.boot, r.boot, b.point, r.point, policy.confidence)
-        c.change, c.lo, c.hi = (None if math.isnan(v) else v for v in (rel, lo, hi))
+        c.change, c.lo, c.hi = (None if math.isnan(v) else v for v in (ch.rel, ch.lo, ch.hi))
         if min(b.n_requests, r.n_requests) < policy.min_requests:
             short = policy.min_requests - min(b.n_requests, r.n_requests)
             c.message = (
@@ -133,21 +166,33 @@ def _relative(pair: Pair, metric: str, rule: Rule, b: Measure, r: Measure, polic
             )
             checks.append(c)
             continue
-        if math.isnan(rel) or math.isnan(lo):
+        if math.isnan(ch.rel) or math.isnan(ch.lo):
             c.message = "baseline value is zero or missing; a relative rule cannot judge it"
             checks.append(c)
             continue
-        w = bad * rel
-        w_lo, w_hi = sorted((bad * lo, bad * hi))
-        if w_lo > 0 and w > tol:
-            c.verdict, c.message = (
-                "regression",
-                f"{_pct(round(w, 4))} worse, beyond the {_pct(tol)} tolerance",
+        w = bad * ch.rel
+        w_lo, w_hi = sorted((bad * ch.lo, bad * ch.hi))
+        verdict = decide(w, w_lo, w_hi, tol)
+        if single_tail:
+            side = "the run" if r.repeats < 2 else "the baseline"
+            c.message = (
+                f"{_signed(ch.rel)} ({b.repeats} baseline, {r.repeats} run repeats), but {side} has one repeat, "
+                "and tail percentiles vary between runs by more than one run can show; gate with repeats on "
+                "both sides (scenario repeats, several --run, a baseline saved from several runs) or set "
+                "single_repeat_tails: within_run in the policy"
             )
-        elif w_hi < 0 and w < -tol:
-            c.verdict, c.message = "improvement", f"{_pct(round(-w, 4))} better"
-        elif w_hi <= tol:
-            c.verdict, c.message = "pass", f"within tolerance (worst case {_pct(round(w_hi, 4))})"
+        elif verdict == "regression":
+            c.verdict, c.message = verdict, f"{_pct(round(w, 4))} worse, beyond the {_pct(tol)} tolerance"
+        elif verdict == "improvement":
+            c.verdict, c.message = verdict, f"{_pct(round(-w, 4))} better"
+        elif verdict == "pass":
+            c.verdict, c.message = verdict, f"within tolerance (worst case {_pct(round(w_hi, 4))})"
+        elif not math.isfinite(w_hi) or not math.isfinite(w_lo):
+            short = max((m.needed - m.n_samples for m in (b, r) if m.needed is not None), default=0)
+            c.message = (
+                f"the interval is unbounded: too few samples for {metric}; about {max(short, 1)} more "
+                "requests per step would bound it"
+            )
         elif w > tol:
             c.message = f"looks {_pct(round(w, 4))} worse but could be noise; " + _more_data(r, w - w_lo, w)
         else:
@@ -165,15 +210,30 @@ def _absolute(pair: Pair, metric: str, rule: Rule, r: Measure, policy: Policy, o
         lo, hi = wilson_interval(r.errors, r.n_total, policy.confidence)
         n = r.n_total
     else:
-        lo, hi = percentile_interval(r.boot, policy.confidence)
+        lo, hi = r.lo, r.hi
         n = r.n_requests
+    notes = [r.thin_note("run")] if r.thin else []
     for sign, limit in ((1.0, rule.max), (-1.0, rule.min)):
         if limit is None:
             continue
         shown = _pct(limit) if metric == "error_rate" else _fmt(limit)
         name = f"{'max' if sign > 0 else 'min'} {shown}{origin}"
-        c = Check(pair.label, pair.key, metric, name, "inconclusive", None, r.point, None, lo, hi, n_run=n)
+        c = Check(
+            pair.label,
+            pair.key,
+            metric,
+            name,
+            "inconclusive",
+            None,
+            r.point,
+            None,
+            lo,
+            hi,
+            n_run=n,
+            notes=notes,
+        )
         v, v_lo = sign * r.point, min(sign * lo, sign * hi)
+        v_hi = max(sign * lo, sign * hi)
         lim = sign * limit
         if n < policy.min_requests:
             c.message = (
@@ -187,6 +247,8 @@ def _absolute(pair: Pair, metric: str, rule: Rule, r: Measure, policy: Policy, o
                 "regression",
                 f"{_fmt(r.point)} breaks the limit {shown} (whole interval beyond it)",
             )
+        elif v <= lim and not math.isfinite(v_hi):
+            c.message = f"{_fmt(r.point)} meets {shown}, but too few samples bound this percentile"
         elif v <= lim:
             c.verdict, c.message = "pass", f"{_fmt(r.point)} meets the limit {shown}"
         else:
@@ -195,6 +257,19 @@ def _absolute(pair: Pair, metric: str, rule: Rule, r: Measure, policy: Policy, o
             )
         checks.append(c)
     return checks
+
+
+def _harness_limited(pair: Pair, checks: list[Check]) -> list[str]:
+    """Every verdict on a harness-limited step becomes inconclusive: the client set those numbers."""
+    reasons = [f"baseline {x}" if not x.startswith("baseline") else x for x in pair.base.limited]
+    reasons += [f"run {x}" for x in pair.run.limited]
+    if not reasons:
+        return []
+    for c in checks:
+        was = c.unlimited_verdict = c.verdict
+        c.verdict = "inconclusive"
+        c.message = f"harness-limited ({'; '.join(reasons)}), so this measures the load generator; was {was}: {c.message}"
+    return reasons
 
 
 def _slo_rules(scenario: dict | None) -> dict[str, Rule]:
@@ -211,9 +286,10 @@ def evaluate(
 ) -> GateResult:
     """Apply every rule to every matched step. Unmatched baseline steps make the gate inconclusive."""
     result = GateResult(baseline_label, run_label, policy, mismatches=list(matching.mismatches))
-    measurer = Measurer(policy.resamples, policy.seed)
+    measurer = Measurer(policy.resamples, policy.seed, policy.confidence)
     slo = _slo_rules(scenario) if policy.slo_from_scenario else {}
     for pair in matching.pairs:
+        start = len(result.checks)
         for metric, rule in policy.rules.items():
             b, r = measurer.measure(pair.base, metric), measurer.measure(pair.run, metric)
             p_value = None
@@ -233,6 +309,9 @@ def evaluate(
             result.checks += _absolute(
                 pair, metric, rule, measurer.measure(pair.run, metric), policy, " (SLO)"
             )
+        limited = _harness_limited(pair, result.checks[start:])
+        if limited:
+            result.harness_limited[pair.label] = limited
     for key in matching.failed_in_run:
         mm = next(m for m in matching.mismatches if m.key == key)
         result.checks.append(

@@ -388,5 +388,5 @@ def build_record(
             rec.error_class, rec.error_message = "bad_payload", result.error[:ERROR_BODY_CHARS]
         elif not result.complete:
             rec.error_class = "stream_broken"
-            rec.error_message = f"stream ended after {len(result.chunk_times_ns)} chunks without [DONE]"
+            rec.error_message = f"stream ended after {len(result.chunk_times_ns)} chunks without the protocol's end-of-stream event"
     return rec

@@ -1,9 +1,9 @@
 """SSE framing with per-read arrival stamps, split lazily once the stream is over.
 
 Why a module of its own: the framing is shared by every SSE protocol (OpenAI,
-TGI) and by the gRPC user's records (an empty splitter), while reading the
-socket (``httpstream``) and interpreting the events (``sse``, ``tgi``) are
-separate concerns with separate costs.
+TGI, Caikit HTTP) and by gRPC records (an empty splitter), while reading the
+socket (``httpstream``) and interpreting the events (the protocol specs in
+``harness.protocols``) are separate concerns with separate costs.
 
 A read that completes more than one data event is *coalesced*: every event in
 it carries the same stamp, so its per-token gaps are not real. We count those

@@ -119,9 +119,13 @@ class ProtocolSpec:
     * ``path``: the HTTP path, or the gRPC method as ``/package.Service/Method``;
     * ``prompt_style``: ``"text"`` (one prompt string) or ``"chat"`` (a messages list);
     * ``token_source``: where a record's output count comes from, for the docs and the report;
-    * ``errors``: whose status table maps a failed call to an error class
-      (``"http"``: ``httpstream``; ``"grpc"``: ``grpcstream.classify``); errors
-      reported *inside* a stream are the interpreter's (``StreamResult.error``);
+    * error mapping: a failed call's status is classified by the transport's
+      table (HTTP: ``httpstream``; gRPC: ``grpcstream.classify``, with the
+      HTTP-equivalent status); errors a server reports *inside* a stream
+      (an error event, a stop reason ERROR, an undecodable message) are the
+      interpreter's (``StreamResult.error``, recorded as ``bad_payload``), and a
+      stream that ends without the protocol's end-of-stream rule being met is
+      ``stream_broken``;
     * ``readiness``: the probes, in order, that say the server can take load;
     * ``stream_usage``: whether the request has an optional usage block that
       older servers reject (OpenAI's ``stream_options``), decided per cell.
@@ -133,7 +137,6 @@ class ProtocolSpec:
     prompt_style: PromptStyle
     token_source: str
     readiness: tuple[Probe, ...]
-    errors: Transport = "http"
     stream_usage: bool = False
 
     def build_request(self, plan: LoadPlan, prompt: PromptSpec) -> bytes:

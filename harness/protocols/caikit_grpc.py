@@ -92,5 +92,4 @@ SPEC = CaikitGrpcProtocol(
     prompt_style="text",
     token_source="usage (details.generated_tokens of the last message)",
     readiness=(HEALTH_PROBE, GrpcProbe(RUNTIME_INFO, _empty, _runtime_info_ok)),
-    errors="grpc",
 )

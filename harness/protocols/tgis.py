@@ -112,5 +112,4 @@ SPEC = TgisProtocol(
     prompt_style="text",
     token_source="usage (generated_token_count of the last message)",
     readiness=(HEALTH_PROBE, GrpcProbe(MODEL_INFO, _model_info_request, _model_info_ok)),
-    errors="grpc",
 )

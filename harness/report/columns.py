@@ -115,6 +115,30 @@ TERMINAL_KEYS: tuple[str, ...] = (
 )
 
 
+def thin_note(col: Column, row: Row) -> str | None:
+    """Why a percentile cell cannot be trusted: fewer samples than a bounded order-statistic interval needs.
+
+    A p99 from 32 requests is the maximum of 32 requests; the summary must not
+    present it as if it were a tail estimate (same rule as the gate's).
+    """
+    from harness.gate.orderstat import min_samples
+
+    metric, _, stat = col.key.rpartition("_")
+    if not (stat.startswith("p") and stat[1:].isdigit()):
+        return None
+    dist: Dist | None = getattr(row.step, f"{metric}_ms", None)
+    if dist is None or dist.count == 0:
+        return None
+    n = row.step.requests_ok if metric == "itl" else dist.count  # ITL gaps of one request move together
+    need = min_samples(float(stat[1:]) / 100.0)
+    if n >= need:
+        return None
+    return (
+        f"{col.label} rests on {n} requests; a bounded 95 % order-statistic interval needs at least "
+        f"{need}, so it is no better than the maximum"
+    )
+
+
 def rows_of(cells: list[CellResult], simulated_cells: set[str]) -> list[Row]:
     """Every measured step of every cell, in summary order."""
     return [

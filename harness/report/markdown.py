@@ -15,6 +15,7 @@ from harness.report.columns import (
     best_values,
     is_best,
     rows_of,
+    thin_note,
 )
 from harness.report.data import RunData
 
@@ -32,7 +33,8 @@ def _row(row: Row, best: dict[str, float]) -> str:
     values = []
     for col in MD_COLUMNS:
         text = col.fmt(col.value(row))
-        values.append(f"**{text}**" if is_best(col, row, best) else text)
+        text = f"**{text}**" if is_best(col, row, best) else text
+        values.append(text + ("†" if thin_note(col, row) else ""))
     name = row.cell.cell_id + (" (SIMULATED)" if row.simulated else "")
     flag = "⚠ limited" if row.step.harness.limited else ""
     ok = f"{row.step.requests_ok}/{row.step.requests_total}"
@@ -60,4 +62,10 @@ def render_markdown(run: RunData) -> str:
         lines += ["", "**Failed cells**", ""]
         lines += [f"- `{c.cell_id}`: {_cell(c.error or 'failed')}" for c in failed]
     lines += ["", "_Latencies in ms from the scheduled send time; **bold** = best in column._"]
+    if any(thin_note(c, r) for r in rows for c in MD_COLUMNS):
+        lines += [
+            "",
+            "_† too few requests for this percentile (a bounded 95 % order-statistic interval needs "
+            "368 for p99, 72 for p95): the value is no better than the maximum._",
+        ]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from html import escape
 from typing import Any
 
 from harness.redact import REDACTED, is_secret_name, redact_command, redact_mapping
-from harness.report.columns import SUMMARY_COLUMNS, Row, best_values, fmt_ms, fmt_pct, is_best
+from harness.report.columns import SUMMARY_COLUMNS, Row, best_values, fmt_ms, fmt_pct, is_best, thin_note
 from harness.report.data import RunData, cap_notes
 from harness.results import CellResult
 
@@ -136,10 +136,19 @@ def summary_table(rows: list[Row], colors: dict[str, str]) -> str:
     best = best_values(rows, SUMMARY_COLUMNS)
     head = "".join(f"<th>{escape(c.label)}</th>" for c in SUMMARY_COLUMNS)
     body: list[str] = []
+    thin_seen = False
     for row in rows:
         cells = []
         for col in SUMMARY_COLUMNS:
-            cls = ' class="best" title="best in column"' if is_best(col, row, best) else ""
+            classes, titles = [], []
+            if is_best(col, row, best):
+                classes, titles = ["best"], ["best in column"]
+            thin = thin_note(col, row)
+            if thin:  # marked by CSS (td.thin::after), so the cell's text stays the number
+                classes.append("thin")
+                titles.append(thin)
+                thin_seen = True
+            cls = f' class="{" ".join(classes)}" title="{escape("; ".join(titles))}"' if classes else ""
             cells.append(f'<td data-col="{col.key}"{cls}>{escape(col.fmt(col.value(row)))}</td>')
         limited = row.step.harness.limited
         flag = '<span class="badge limited">harness-limited</span>' if limited else "no"
@@ -156,7 +165,14 @@ def summary_table(rows: list[Row], colors: dict[str, str]) -> str:
     return (
         '<section id="summary"><h2>Summary</h2><p class="legend-note">One row per cell × load step. '
         "Latencies are measured from the scheduled send time. Highlighted: best value in the column "
-        "(lowest latency and error rate, highest throughput).</p>"
+        "(lowest latency and error rate, highest throughput)."
+        + (
+            " † too few requests for this percentile: a bounded 95 % order-statistic interval needs more "
+            "(p99: 368, p95: 72), so the value is no better than the maximum (hover for the count)."
+            if thin_seen
+            else ""
+        )
+        + "</p>"
         '<div class="table-wrap"><table id="summary_table"><thead><tr><th class="l">cell</th><th class="l">load</th>'
         f"<th>ok/total</th>{head}<th>harness-limited</th></tr></thead><tbody>{''.join(body)}</tbody></table></div></section>"
     )
