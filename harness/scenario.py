@@ -214,8 +214,10 @@ class Server(_Strict):
     settings: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
     startup_timeout_s: float = Field(default=600.0, gt=0)
     max_model_len: int | None = Field(default=None, gt=0)
-    api: Api | None = Field(
-        default=None, description="the protocol to drive this server with; defaults to workload.api"
+    api: Api | list[Api] | None = Field(
+        default=None,
+        description="the protocol to drive this server with (defaults to workload.api); a list measures "
+        "one server launch over each protocol in turn, one cell per protocol",
     )
     grpc_target: str | None = Field(default=None, description="external: host:port of the gRPC endpoint")
     tls: Tls | None = None
@@ -247,6 +249,10 @@ class Server(_Strict):
         for key, value in self.settings.items():
             if isinstance(value, list) and not value:
                 raise ValueError(f"settings.{key} is an empty sweep list")
+        if isinstance(self.api, list) and (not self.api or len(set(self.api)) != len(self.api)):
+            raise ValueError(
+                f"api: a list of protocols must be non-empty and without repeats, got {self.api}"
+            )
         return self
 
     def tls_options(self) -> TlsOptions:
@@ -282,9 +288,11 @@ class Scenario(_Strict):
     workload: Workload
     slo: Slo = Field(default_factory=Slo)
 
-    def protocol_of(self, server: Server) -> str:
-        """The protocol a server is driven with: its own ``api``, else the workload's."""
-        return server.api or self.workload.api
+    def protocols_of(self, server: Server) -> list[str]:
+        """The protocols a server is driven with: its own ``api`` (one or a list), else the workload's."""
+        if isinstance(server.api, list):
+            return list(server.api)
+        return [server.api or self.workload.api]
 
     @model_validator(mode="after")
     def _unique_and_fits(self) -> Scenario:
@@ -295,8 +303,9 @@ class Scenario(_Strict):
         prompt = self.workload.prompt_tokens
         need = (prompt.upper_bound if prompt else 0) + self.workload.output_tokens.upper_bound
         for server in self.servers:
-            _check_served(server, self.protocol_of(server))
-            server.check_tls(self.protocol_of(server))
+            for api in self.protocols_of(server):
+                _check_served(server, api)
+                server.check_tls(api)
             lens = server.settings.get("max_model_len", server.max_model_len)
             for ctx in lens if isinstance(lens, list) else [lens]:
                 if isinstance(ctx, int) and need > ctx:
