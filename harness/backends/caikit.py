@@ -193,7 +193,7 @@ class CaikitBackend:
         )
         model = server.served_model_name or server.model
         ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
-        rundir = workdir / "caikit"
+        rundir = (workdir / "caikit").resolve()  # the runtime runs in it: CONFIG_FILES must not be relative
         rundir.mkdir(parents=True, exist_ok=True)
         config = write_configs(
             rundir, model, model_dir=Path(resolve_model(server.model, self.repo_root)), tgis=tgis.grpc_target,
