@@ -91,15 +91,18 @@ def run(
         raise _fail(console, str(err)) from None
     outcome = runner.execute()
     if outcome.failed:
-        console.print(f"[bold red]failed cells:[/] {', '.join(outcome.failed)}")
+        console.print(f"[bold red]failed cells:[/] {escape(', '.join(outcome.failed))}", highlight=False)
     if outcome.summary.interrupted:
         console.print("[yellow]run interrupted: partial results kept, run marked incomplete[/]")
     try:
         print_summary(load_run(outcome.run_dir.path), console, report_path=outcome.report_path)
     except Exception as err:  # the data is on disk; a table bug must not hide the path
-        console.print(f"(summary table unavailable: {err!r})")
+        console.print(f"(summary table unavailable: {err!r})", markup=False)
         console.print(
-            f"report: {outcome.report_path or outcome.run_dir.path}", highlight=False, soft_wrap=True
+            f"report: {outcome.report_path or outcome.run_dir.path}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
         )
     raise typer.Exit(outcome.exit_code)
 
@@ -123,7 +126,7 @@ def validate(
     console.print(f"{scenario}: ok — {len(cells)} cells × {len(steps)} steps", highlight=False, markup=False)
     for c in cells:
         console.print(f"  cell {c.cell_id}  [{c.identity}]", highlight=False, markup=False)
-    console.print("  steps: " + ", ".join(s.step_id for s in steps), highlight=False)
+    console.print("  steps: " + ", ".join(s.step_id for s in steps), highlight=False, markup=False)
 
 
 @app.command()
@@ -137,7 +140,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder under repo
         raise _fail(console, f"{run_dir}: not a run folder (no summary.json)")
     RunDir(run_dir).merge()
     path = write_report(run_dir)
-    console.print(f"report: {path}", highlight=False)
+    console.print(f"report: {path}", highlight=False, markup=False)
 
 
 @app.command("make-model")
@@ -151,7 +154,7 @@ def make_model(
     from harness.tinymodel import make_tiny_model
 
     path = make_tiny_model(out_dir, seed=seed)
-    _console().print(f"model: {path}", highlight=False)
+    _console().print(f"model: {path}", highlight=False, markup=False)
 
 
 @app.command()
@@ -179,7 +182,7 @@ def setup(
         except ScenarioError as err:
             raise _fail(console, str(err)) from None
         if not wanted:
-            console.print(f"{for_}: no backend environment needed", highlight=False)
+            console.print(f"{for_}: no backend environment needed", highlight=False, markup=False)
     elif not wanted:
         wanted = ["vllm-cpu"]
     for name in wanted:
@@ -187,7 +190,7 @@ def setup(
             path = ensure_env(name, _repo_root(), _progress(console), force=force)
         except BackendEnvError as err:
             raise _fail(console, str(err), code=1) from None
-        console.print(f"environment {name}: {path}", highlight=False)
+        console.print(f"environment {name}: {path}", highlight=False, markup=False)
 
 
 def _register_plugins() -> None:
