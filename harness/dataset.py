@@ -57,7 +57,9 @@ def read_dataset(path: Path) -> list[DatasetRow]:
         ) from None
     rows = [check_row(path, lineno, line) for lineno, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not rows:
-        raise DatasetError(f"{path}: the dataset is empty (one JSON object per line expected)")
+        raise DatasetError(
+            f"{path}: the dataset is empty: one JSON object per line expected (got {len(raw)} bytes, no line)"
+        )
     return rows
 
 
@@ -75,8 +77,10 @@ def check_row(path: Path, lineno: int, line: str) -> DatasetRow:
         messages = _messages(where, messages)
         prompt = None
     elif not isinstance(prompt, str) or not prompt.strip():
-        shown_prompt = f" (got prompt {shown(prompt)})" if "prompt" in row else ""
-        raise DatasetError(f"{where}: needs a non-empty string 'prompt' or a 'messages' list{shown_prompt}")
+        got = shown(prompt) if "prompt" in row else f"no prompt; keys {shown(sorted(row))}"
+        raise DatasetError(
+            f"{where}: prompt: needs a non-empty string 'prompt' or a 'messages' list (got {got})"
+        )
     out = row.get("output_tokens")
     if "output_tokens" in row and (
         not isinstance(out, int) or isinstance(out, bool) or not 1 <= out <= MAX_TOKENS
