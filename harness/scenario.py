@@ -36,6 +36,7 @@ from harness.bounds import (
     rate_problem,
     without_userinfo,
 )
+from harness.dataset import DatasetError, read_dataset
 from harness.scenario_input import ScenarioError, apply_overrides, first_nul, format_error
 from harness.yamlfile import read_yaml, shown
 
@@ -448,8 +449,6 @@ def load_scenario(path: Path | str, overrides: list[str] | None = None) -> Scena
             raise ScenarioError(
                 f"{path}: invalid scenario\n  workload.dataset: no such file (got {shown(str(dataset))})"
             )
-        from harness.dataset import DatasetError, read_dataset
-
         try:  # every line, now: a bad line must not surface after the server started
             read_dataset(dataset)
         except DatasetError as err:
