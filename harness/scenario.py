@@ -38,7 +38,7 @@ from harness.bounds import (
 )
 from harness.dataset import DatasetError, read_dataset
 from harness.scenario_input import ScenarioError, apply_overrides, first_nul, format_error
-from harness.yamlfile import read_yaml, shown
+from harness.yamlfile import brief, read_yaml, shown
 
 if TYPE_CHECKING:
     from harness.protocols.base import TlsOptions
@@ -413,7 +413,7 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     if nul is not None:  # a NUL cannot reach a command line, an environment or a file name
         path, value = nul
         raise ScenarioError(
-            f"{source}: invalid scenario\n  {path or '<top>'}: contains a NUL character (got {shown(value)})"
+            f"{source}: invalid scenario\n  {brief(path, 200) or '<top>'}: contains a NUL character (got {shown(value)})"
         )
     try:
         scenario = Scenario.model_validate(data)

@@ -41,7 +41,7 @@ def format_error(source: str, err: ValidationError) -> str:
             msg = "unknown key"
         if e["type"] == "finite_number":
             msg = "must be a finite number (.inf and .nan are refused)"
-        lines.append(f"  {path or '<top>'}: {brief(msg)} (got {shown(value)})")
+        lines.append(f"  {brief(path, 200) or '<top>'}: {brief(msg)} (got {shown(value)})")
     return "\n".join(lines)
 
 

@@ -294,6 +294,13 @@ CASES: list[Case] = [
         sets=[f"workload.colour={HUGE}"],
         absent=HUGE[:1000],
     ),
+    Case(
+        "unknown-key-huge-name",
+        "workload.zzzz",
+        "1",
+        edit={"workload." + HUGE: 1},
+        absent=HUGE[:1000],
+    ),
     Case("wrong-type", "workload.duration_s", "'long'", sets=["workload.duration_s=long"]),
     Case("env-nul", "servers[0].env.A", "'x\\x00y'", edit={"servers.0.env": {"A": "x\0y"}}),
     Case("arg-nul", "servers[0].args[0]", "'--x\\x00'", edit={"servers.0.args": ["--x\0"]}),
