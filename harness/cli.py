@@ -125,6 +125,7 @@ def validate(
     steps = expand_steps(sc)
     console.print(f"{scenario}: ok — {len(cells)} cells × {len(steps)} steps", highlight=False, markup=False)
     for c in cells:
+        # markup=False: a hash like "[be12...]" would otherwise be read as a rich style tag and vanish.
         console.print(f"  cell {c.cell_id}  [{c.identity}]", highlight=False, markup=False)
     console.print("  steps: " + ", ".join(s.step_id for s in steps), highlight=False, markup=False)
 
@@ -145,16 +146,21 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder under repo
 
 @app.command("make-model")
 def make_model(
-    out_dir: Annotated[Path, typer.Argument(help="folder for the tiny model")] = Path(
-        ".cache/models/tiny-llama"
-    ),
+    out_dir: Annotated[
+        Path | None, typer.Argument(help="folder for the tiny model [default: .cache/models/tiny-ARCH]")
+    ] = None,
+    arch: Annotated[str, typer.Option(help="architecture: llama or gpt2")] = "llama",
     seed: int = 0,
 ) -> None:
-    """Generate the tiny random-weight Llama model and its locally trained tokenizer (cached)."""
+    """Generate a tiny random-weight model (Llama or GPT-2) and its locally trained tokenizer (cached)."""
+    from harness.tinyarch import ARCHITECTURES
     from harness.tinymodel import make_tiny_model
 
-    path = make_tiny_model(out_dir, seed=seed)
-    _console().print(f"model: {path}", highlight=False, markup=False)
+    console = _console()
+    if arch not in ARCHITECTURES:
+        raise _fail(console, f"unknown architecture {arch!r} (known: {', '.join(sorted(ARCHITECTURES))})")
+    path = make_tiny_model(out_dir or Path(f".cache/models/tiny-{arch}"), architecture=arch, seed=seed)
+    console.print(f"model: {path}", highlight=False, markup=False)
 
 
 @app.command()

@@ -32,6 +32,9 @@ class Cell:
     identity: str = ""
     repeat: int = 0
     protocol: str = "completions"  # the server's ``api``, else the workload's
+    # Cells with the same key share one server launch (a server whose ``api`` is a list is
+    # measured over each protocol in turn on the very same engine); empty: a launch of its own.
+    launch_key: str = ""
 
     @property
     def label(self) -> str:
@@ -59,6 +62,10 @@ def matrix_problems(scenario: Scenario) -> list[str]:
             if isinstance(value, list) and value:
                 count *= len(value)
                 longest += len(f"__{key}-") + max(len(slug(v)) for v in value)
+        protocols = scenario.protocols_of(server)
+        if len(protocols) > 1:  # one cell per protocol of a shared launch: ``__api-tgis``
+            count *= len(protocols)
+            longest += len("__api-") + max(len(slug(a)) for a in protocols)
         total += count
         if longest > MAX_CELL_ID:
             problems.append(
@@ -74,8 +81,14 @@ def matrix_problems(scenario: Scenario) -> list[str]:
     return problems
 
 
-def identity_of(server: Server, settings: dict[str, Scalar], scenario: Scenario) -> str:
-    """A stable hash of configuration: same server config + same workload → same identity."""
+def identity_of(
+    server: Server, settings: dict[str, Scalar], scenario: Scenario, api: str | None = None
+) -> str:
+    """A stable hash of configuration: same server config + same workload → same identity.
+
+    ``api`` is the cell's protocol when the server names one or several: a cell measured over
+    ``tgis`` as one of a list has the identity of a server with ``api: tgis`` alone.
+    """
     payload = {
         "backend": server.backend,
         "model": server.model,
@@ -84,7 +97,7 @@ def identity_of(server: Server, settings: dict[str, Scalar], scenario: Scenario)
         "workload": scenario.workload.model_dump(mode="json", exclude=NOT_IDENTITY),
     }
     if server.api is not None:  # only when set, so identities of existing scenarios stay stable
-        payload["api"] = server.api
+        payload["api"] = api if api is not None else server.api
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -95,7 +108,9 @@ def expand_cells(scenario: Scenario) -> list[Cell]:
     With ``repeats: N`` every configuration runs N times, each with its own
     server launch and seeds. Repeats share an identity (same configuration) and
     differ in ``cell_id`` (``__rep-2``...), which is how the gate finds them to
-    estimate run-to-run noise.
+    estimate run-to-run noise. A server whose ``api`` is a list gives one cell
+    per protocol (``__api-tgis``...), adjacent and sharing a ``launch_key``: the
+    run starts that server once and measures each protocol on the same engine.
     """
     cells: list[Cell] = []
     for server in scenario.servers:
@@ -106,19 +121,22 @@ def expand_cells(scenario: Scenario) -> list[Cell]:
             settings: dict[str, Scalar] = dict(fixed)
             settings.update(dict(zip(axes, combo, strict=True)))
             suffix = "".join(f"__{k}-{slug(v)}" for k, v in zip(axes, combo, strict=True))
-            identity = identity_of(server, settings, scenario)
+            protocols = scenario.protocols_of(server)
             for repeat in range(scenario.repeats):
                 rep = f"__rep-{repeat + 1}" if scenario.repeats > 1 else ""
-                cells.append(
-                    Cell(
-                        f"{server.name}{suffix}{rep}",
-                        server,
-                        settings,
-                        identity,
-                        repeat,
-                        scenario.protocol_of(server),
+                launch = f"{server.name}{suffix}{rep}"
+                for api in protocols:
+                    cells.append(
+                        Cell(
+                            f"{server.name}{suffix}__api-{slug(api)}{rep}" if len(protocols) > 1 else launch,
+                            server,
+                            settings,
+                            identity_of(server, settings, scenario, api),
+                            repeat,
+                            api,
+                            launch if len(protocols) > 1 else "",
+                        )
                     )
-                )
     return cells
 
 

@@ -98,6 +98,8 @@ class CellResult(_Model):
     error: str | None = None
     log_tail: list[str] = Field(default_factory=list)
     launch_s: float | None = None
+    # The cell whose server launch this cell was measured on (same engine, another protocol).
+    server_shared_with: str | None = None
     command: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     version: str | None = None

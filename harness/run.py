@@ -14,6 +14,7 @@ happens when something goes wrong. The rules it enforces:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import signal
@@ -128,6 +129,24 @@ def prompt_count(scenario: Scenario, step: Step) -> int:
     else:
         expected = step.target * (w.warmup_s + (w.duration_s or 0)) * 4
     return int(min(20_000, max(64, math.ceil(expected * 1.5))))
+
+
+def launch_groups(cells: list[Cell], results: list[CellResult]) -> Iterator[list[tuple[Cell, CellResult]]]:
+    """Consecutive unfinished cells that share a ``launch_key``, each group to be served by one launch.
+
+    Cells finished in an earlier attempt (``--resume``) are skipped, so a resumed group launches
+    its server again only for the cells still to measure.
+    """
+    group: list[tuple[Cell, CellResult]] = []
+    for cell, result in zip(cells, results, strict=True):
+        if result.status in ("ok", "failed"):
+            continue
+        if group and not (cell.launch_key and cell.launch_key == group[-1][0].launch_key):
+            yield group
+            group = []
+        group.append((cell, result))
+    if group:
+        yield group
 
 
 def resumable_summary(run_dir: RunDir, cells: list[Cell]) -> RunSummary:
@@ -247,22 +266,14 @@ class Run:
                     self.progress(f"stopped a process left by an earlier, killed harness: {line}")
                 resolved = resolve_scenario(self.scenario, self.repo_root, self.progress)
                 prepare_backends(resolved, self.repo_root, self.progress)
-                cells = [
-                    Cell(
-                        c.cell_id,
-                        next(s for s in resolved.servers if s.name == c.server.name),
-                        c.settings,
-                        c.identity,
-                        c.repeat,
-                        c.protocol,
-                    )
-                    for c in self.cells
-                ]
+                servers = {s.name: s for s in resolved.servers}
+                cells = [dataclasses.replace(c, server=servers[c.server.name]) for c in self.cells]
                 for cell, result in zip(cells, self.summary.cells, strict=True):
                     if result.status in ("ok", "failed"):
                         self.progress(f"[{cell.cell_id}] kept from the earlier attempt ({result.status})")
-                    else:
-                        self._run_cell(cell, result, resolved, registry)
+                for group in launch_groups(cells, self.summary.cells):
+                    self._run_group(group, resolved, registry)
+                for cell, result in zip(cells, self.summary.cells, strict=True):
                     if result.status != "ok":
                         outcome.failed.append(cell.cell_id)
             self.summary.complete = True
@@ -294,9 +305,14 @@ class Run:
             self.progress(f"report failed: {err!r}; data kept in {rd.path}")
 
     # -- one cell -----------------------------------------------------------------------------
-    def _run_cell(
-        self, cell: Cell, result: CellResult, scenario: Scenario, registry: ProcessRegistry
+    def _run_group(
+        self, group: list[tuple[Cell, CellResult]], scenario: Scenario, registry: ProcessRegistry
     ) -> None:
+        """Launch one server and measure each of the group's cells on it (usually a group of one).
+
+        A failure of the server (start, death, the load generator) fails every cell of the
+        group that had not finished; a cell whose own steps fail (``StepFailed``) fails alone.
+        """
         from harness.backends.base import BackendStartError
         from harness.backends.process import tail
         from harness.backends.registry import launch
@@ -304,41 +320,69 @@ class Run:
         from harness.load.runner import LoadRunError
         from harness.stepcheck import StepFailed
 
-        cell_dir = self.run_dir.cell_dir(cell.cell_id)
-        result.status, result.error = "running", None
+        first = group[0][0]
+        cell_dir = self.run_dir.cell_dir(first.cell_id)
+        pending = list(group)
+        for _, result in pending:
+            result.status, result.error = "running", None
         self.run_dir.write_summary(self.summary)
-        self.progress(f"[{cell.cell_id}] starting {cell.server.backend} server")
+        self.progress(f"[{first.cell_id}] starting {first.server.backend} server")
         try:
-            with launch(cell, cell_dir, repo_root=self.repo_root, registry=registry) as handle:
-                result.command = list(handle.command)
-                result.env = dict(handle.env)
-                result.version = handle.version
-                result.launch_s = handle.launch_s
-                result.simulated = handle.simulated
-                self.progress(f"[{cell.cell_id}] healthy in {handle.launch_s or 0:.1f}s ({handle.version})")
-                self._decide_stream_usage(cell, result, handle)
-                self._run_steps(cell, result, scenario, handle, cell_dir, registry)
-            result.status = "ok"
+            with launch(first, cell_dir, repo_root=self.repo_root, registry=registry) as handle:
+                self.progress(f"[{first.cell_id}] healthy in {handle.launch_s or 0:.1f}s ({handle.version})")
+                while pending:
+                    cell, result = pending[0]
+                    try:
+                        self._measure_cell(cell, result, scenario, handle, registry, first)
+                    except StepFailed as err:
+                        result.status, result.error = (
+                            "failed",
+                            f"{err}; the cell's remaining steps were skipped",
+                        )
+                    pending.pop(0)
         except BackendStartError as err:
-            result.status, result.error = "failed", f"server failed to start: {err}"
-            result.log_tail = list(getattr(err, "log_tail", []))
+            self._fail(pending, f"server failed to start: {err}", list(getattr(err, "log_tail", [])))
         except LoadRunError as err:
-            result.status, result.error = "failed", f"load generator failed: {err}"
-            result.log_tail = list(getattr(err, "log_tail", []))
+            self._fail(pending, f"load generator failed: {err}", list(getattr(err, "log_tail", [])))
         except ServerDied as err:
-            result.status, result.error = "failed", str(err)
-            result.log_tail = tail(cell_dir / "server.log")
-        except StepFailed as err:
-            result.status, result.error = "failed", f"{err}; the cell's remaining steps were skipped"
+            self._fail(pending, str(err), tail(cell_dir / "server.log"))
         except KeyboardInterrupt:
-            result.status, result.error = "interrupted", "interrupted by a signal (resumable: --resume)"
+            for _, result in pending:
+                result.status, result.error = "interrupted", "interrupted by a signal (resumable: --resume)"
             raise
         except Exception as err:  # any other failure of this cell: record it, go on with the next
-            result.status, result.error = "failed", f"{type(err).__name__}: {err}"
+            self._fail(pending, f"{type(err).__name__}: {err}", [])
         finally:
-            if result.status == "failed":
-                self.progress(f"[{cell.cell_id}] FAILED: {result.error}")
+            for cell, result in group:
+                if result.status == "failed":
+                    self.progress(f"[{cell.cell_id}] FAILED: {result.error}")
             self.run_dir.write_summary(self.summary)
+
+    @staticmethod
+    def _fail(pending: list[tuple[Cell, CellResult]], error: str, log_tail: list[str]) -> None:
+        for _, result in pending:
+            result.status, result.error, result.log_tail = "failed", error, log_tail
+
+    def _measure_cell(
+        self,
+        cell: Cell,
+        result: CellResult,
+        scenario: Scenario,
+        handle: ServerHandle,
+        registry: ProcessRegistry,
+        launched_for: Cell,
+    ) -> None:
+        result.command = list(handle.command)
+        result.env = dict(handle.env)
+        result.version = handle.version
+        result.launch_s = handle.launch_s
+        result.simulated = handle.simulated
+        if launched_for is not cell:
+            result.server_shared_with = launched_for.cell_id
+            self.progress(f"[{cell.cell_id}] the server of {launched_for.cell_id}, now over {cell.protocol}")
+        self._decide_stream_usage(cell, result, handle)
+        self._run_steps(cell, result, scenario, handle, self.run_dir.cell_dir(cell.cell_id), registry)
+        result.status = "ok"
 
     def _decide_stream_usage(self, cell: Cell, result: CellResult, handle: ServerHandle) -> None:
         """Once per cell, before load: does this server take OpenAI's ``stream_options``? (Recorded.)"""

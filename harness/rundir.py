@@ -48,7 +48,8 @@ class RunDir:
 
     @classmethod
     def create(cls, root: Path, scenario_name: str, *, stamp: str | None = None) -> RunDir:
-        base = root / f"{stamp or utc_stamp()}-{scenario_name}"
+        # Absolute: servers run with their own working directory and are handed paths inside it.
+        base = root.resolve() / f"{stamp or utc_stamp()}-{scenario_name}"
         path, n = base, 1
         while path.exists():
             n += 1

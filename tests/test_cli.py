@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -31,8 +32,12 @@ def sim_scenario(tmp: Path) -> Path:
 def test_validate_lists_cells_and_steps() -> None:
     proc = cli("validate", "scenarios/quickstart-cpu.yaml")
     assert proc.returncode == 0, proc.stderr
-    assert "2 cells × 3 steps" in proc.stdout
-    assert "vllm-cpu__max_num_seqs-4" in proc.stdout and "c1, c8, r4" in proc.stdout
+    assert "4 cells × 3 steps" in proc.stdout
+    assert "vllm-cpu__quantization-fp8-per-channel__max_num_seqs-16" in proc.stdout
+    assert "vllm-cpu__quantization-none__max_num_seqs-4" in proc.stdout and "c1, c8, r1" in proc.stdout
+    cell_lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("cell ")]
+    assert len(cell_lines) == 4
+    assert all(re.search(r"\[[0-9a-f]{16}\]$", line.strip()) for line in cell_lines), cell_lines
 
 
 def test_validate_bad_file_exits_2_naming_field_and_value(tmp_path: Path) -> None:

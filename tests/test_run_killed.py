@@ -199,3 +199,12 @@ def test_killed_owner_takes_grandchildren_down(tmp_path: Path, sig: int) -> None
     finally:
         owner.kill()
         owner.wait()
+
+
+def test_run_folder_is_absolute_even_for_a_relative_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Servers run in their own working directory (Caikit reads CONFIG_FILES from it): paths must be absolute."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = RunDir.create(Path("reports"), "rel")
+    assert run_dir.path.is_absolute() and run_dir.path.parent == tmp_path / "reports"

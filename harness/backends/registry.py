@@ -30,6 +30,8 @@ BACKEND_MODULES: dict[str, str] = {
     "vllm": "harness.backends.vllm",
     "external": "harness.backends.external",
     "sim": "harness.backends.sim",
+    "tgis": "harness.backends.tgis",
+    "caikit": "harness.backends.caikit",
 }
 
 

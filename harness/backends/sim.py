@@ -83,6 +83,8 @@ class SimSettings(BackendSettings):
     step_overhead_ms: NonNegative | None = None
     time_scale: Annotated[float, Field(gt=0)] | None = None
     grpc_port: Count | None = None
+    # Answer GET /v1/models with 404, as a TGIS or Caikit server does (readiness by protocol).
+    no_openai_models: bool | None = None
 
     @field_validator("mode", "api", "quantization", "kv_cache_dtype", "gpu", "model_profile")
     @classmethod
@@ -162,6 +164,8 @@ def sim_flags(settings: dict[str, Scalar]) -> list[str]:
         if key == "fault":
             for kind in filter(None, (k.strip() for k in str(value).split(","))):
                 flags += [flag, kind]
+        elif isinstance(value, bool):
+            flags += [flag] if value else []
         else:
             flags += [flag, str(value)]
     return flags
@@ -213,8 +217,8 @@ class SimBackend:
             if problem:
                 raise BackendStartError(f"cell '{cell.cell_id}': sim engine settings: {problem}")
         port = free_port()
-        # TGIS gRPC is always served (it costs the sim well under 0.1 s to start), so any
-        # cell can be driven with ``api: tgis``; a ``grpc_port`` setting (not 0) pins the port.
+        # gRPC (TGIS and Caikit) is always served (it costs the sim well under 0.1 s to start), so
+        # any cell can be driven with ``api: tgis``/``caikit-grpc``; a ``grpc_port`` (not 0) pins the port.
         grpc_flags: list[str] = []
         if not settings.get("grpc_port"):
             settings.pop("grpc_port", None)
@@ -285,7 +289,7 @@ class SimSpec(BackendSpec):
     name = "sim"
     label = "sim"
     Settings = SimSettings
-    protocols = ("completions", "chat", "tgi", "tgis")
+    protocols = ("completions", "chat", "tgi", "tgis", "caikit-grpc", "caikit-http")
     simulated = True
 
     def check(self, server: Server) -> list[str]:

@@ -163,35 +163,45 @@ def resolve_model(model: str, repo_root: Path) -> str:
     return model
 
 
-def build_command(
-    cell: Cell, *, python: Path, port: int, repo_root: Path, cpu: bool
-) -> tuple[list[str], dict[str, str]]:
-    """The ``vllm serve`` command line and the env overrides (not the whole environ) for one cell."""
+def engine_args(cell: Cell, *, cpu: bool) -> tuple[list[str], dict[str, str]]:
+    """The cell's vLLM engine flags (settings, CPU defaults, ``args``) and env overrides.
+
+    Shared by every launcher of a vLLM engine (``vllm serve`` here, ``python -m vllm_tgis_adapter``
+    in the ``tgis`` backend), so one setting means the same flag on both.
+    """
     server = cell.server
     settings = dict(cell.settings)
     if settings.get("max_model_len") is None and server.max_model_len is not None:
         settings["max_model_len"] = server.max_model_len
-    served = server.served_model_name or server.model
-    command = [
-        str(python), "-m", "vllm.entrypoints.cli.main", "serve", resolve_model(server.model, repo_root),
-        "--host", "127.0.0.1", "--port", str(port), "--served-model-name", served,
-    ]  # fmt: skip
-    command += settings_to_flags(settings)
+    flags = settings_to_flags(settings)
     env: dict[str, str] = {}
     if cpu:
         env.update(CPU_DEFAULT_ENV)
         if settings.get("enforce_eager") is None and not _has_flag(
             server.args, "--enforce-eager", "--no-enforce-eager"
         ):
-            command.append("--enforce-eager")
+            flags.append("--enforce-eager")
         if settings.get("distributed_executor_backend") is None and not _has_flag(
             server.args, "--distributed-executor-backend"
         ):
-            command += ["--distributed-executor-backend", "uni"]
+            flags += ["--distributed-executor-backend", "uni"]
     env.update(settings_to_env(settings))
     env.update(server.env)
-    command += list(server.args)
-    return command, env
+    return flags + list(server.args), env
+
+
+def build_command(
+    cell: Cell, *, python: Path, port: int, repo_root: Path, cpu: bool
+) -> tuple[list[str], dict[str, str]]:
+    """The ``vllm serve`` command line and the env overrides (not the whole environ) for one cell."""
+    server = cell.server
+    served = server.served_model_name or server.model
+    command = [
+        str(python), "-m", "vllm.entrypoints.cli.main", "serve", resolve_model(server.model, repo_root),
+        "--host", "127.0.0.1", "--port", str(port), "--served-model-name", served,
+    ]  # fmt: skip
+    flags, env = engine_args(cell, cpu=cpu)
+    return command + flags, env
 
 
 class VllmBackend:

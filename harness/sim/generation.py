@@ -22,11 +22,21 @@ class BadRequest(ValueError):
     """A request body the sim rejects with HTTP 400; the message names the field."""
 
 
+class Rejected(BadRequest):
+    """A rejection whose response the API renders itself (Caikit streams errors as SSE, HTTP 200)."""
+
+    def __init__(self, message: str, status: int, body: bytes, content_type: bytes = b"application/json"):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
 @dataclass(slots=True)
 class GenSpec:
     """The request's ask, parsed from its body."""
 
-    api: str  # "completions" | "chat" | "tgi"
+    api: str  # "completions" | "chat" | "tgi" | "tgis" | "caikit-http" | "caikit-grpc"
     model: str
     prompt_tokens: int
     max_tokens: int

@@ -38,13 +38,14 @@ class SimOptions:
     engine: EngineConfig | None = None
     time_scale: float = 1.0
     grpc_port: int | None = None
+    no_openai_models: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tokenbench sim",
         description="A simulated LLM server: exact, known timings or a modelled GPU engine "
-        "(OpenAI and TGI HTTP APIs, TGIS gRPC).",
+        "(OpenAI, TGI and Caikit HTTP APIs; TGIS and Caikit gRPC).",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
@@ -82,7 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-rate", type=float, default=0.0)
     p.add_argument("--fault-schedule", default="", metavar="KIND@N,...")
     p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
-    p.add_argument("--grpc-port", type=int, default=None, help="also serve TGIS gRPC on this port (0: any)")
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve gRPC on this port (0: any): TGIS GenerationService, Caikit NlpService, health",
+    )
+    p.add_argument(
+        "--no-openai-models",
+        action="store_true",
+        help="answer GET /v1/models with 404, like a TGI, TGIS or Caikit server (readiness tests)",
+    )
     add_engine_arguments(p)
     return p
 
@@ -133,4 +144,5 @@ def parse_options(argv: list[str]) -> SimOptions:
         engine=engine,
         time_scale=a.time_scale,
         grpc_port=a.grpc_port,
+        no_openai_models=a.no_openai_models,
     )

@@ -18,11 +18,11 @@ from typing import Any
 import orjson
 
 from harness import __version__
-from harness.sim import openai_api, tgi_api
+from harness.sim import caikit_api, openai_api, tgi_api
 from harness.sim.engine import ContextTooLong, EngineLoop
 from harness.sim.engine_http import HttpSink
 from harness.sim.faults import HTTP_FAULTS, Fault
-from harness.sim.generation import BadRequest, GenSpec, Plan, StreamFormat
+from harness.sim.generation import BadRequest, GenSpec, Plan, Rejected, StreamFormat
 from harness.sim.httpconn import Connection, HttpRequest, ParseQueue
 from harness.sim.metrics import SimCounters, render
 from harness.sim.options import SimOptions
@@ -32,6 +32,13 @@ from harness.sim.writelog import WriteLog, clean_request_id
 
 OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions")
 TGI_PATHS = ("/generate", "/generate_stream", "/")
+# POST path -> which API's parser, errors and stream format serve it.
+GENERATE_ROUTES = {
+    **dict.fromkeys(OPENAI_PATHS, "openai"),
+    **dict.fromkeys(TGI_PATHS, "tgi"),
+    **dict.fromkeys(caikit_api.PATHS, "caikit"),
+}
+ERROR_BODIES = {"openai": openai_api.error_body, "tgi": tgi_api.error_body, "caikit": caikit_api.error_body}
 FLUSH_S = 0.25
 
 
@@ -74,10 +81,10 @@ class SimServer:
         engine_task = loop.create_task(self.engine.run()) if self.engine is not None else None
         grpc_server = None
         if self.opts.grpc_port is not None:
-            from harness.sim.tgis_grpc import start_grpc  # grpc loads only when asked for
+            from harness.sim.grpc_server import start_grpc  # grpc loads only when asked for
 
             grpc_server, grpc_port = await start_grpc(self, self.opts.host, self.opts.grpc_port)
-            print(f"tokenbench sim serving TGIS gRPC on {self.opts.host}:{grpc_port}", flush=True)
+            print(f"tokenbench sim serving TGIS and Caikit gRPC on {self.opts.host}:{grpc_port}", flush=True)
         try:
             await self._stop.wait()
         finally:
@@ -119,38 +126,50 @@ class SimServer:
     # routing -----------------------------------------------------------------
     def handle(self, conn: Connection, req: HttpRequest) -> None:
         path, method = req.path, req.method
-        if method == "POST" and path in OPENAI_PATHS:
-            self._generate(conn, req, openai=True)
-        elif method == "POST" and path in TGI_PATHS:
-            self._generate(conn, req, openai=False)
+        if method == "POST" and path in GENERATE_ROUTES:
+            self._generate(conn, req, GENERATE_ROUTES[path])
         elif method not in ("GET", "HEAD"):
-            conn.respond(405 if path in (*OPENAI_PATHS, *TGI_PATHS) else 404, b'{"detail":"Not Found"}')
+            conn.respond(405 if path in GENERATE_ROUTES else 404, b'{"detail":"Not Found"}')
         elif path == "/health":
             up = (time.monotonic_ns() - self.started_ns) / 1e9 >= self.opts.faults.slow_start_s
             conn.respond(200 if up else 503, b"" if up else b'{"error":"starting"}')
         elif path == "/metrics":
             text = render(self.counters, api=self.opts.api, mode=self.opts.mode, model=self.opts.model)
             conn.respond(200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
-        elif path == "/v1/models":
+        elif path == "/v1/models" and not self.opts.no_openai_models:
             conn.respond(200, openai_api.models_body(self.opts.model, self.opts.max_model_len))
         elif path == "/version":
             conn.respond(200, orjson.dumps({"version": f"{__version__}+sim.{self.opts.mode}"}))
+        elif path in caikit_api.INFO_PATHS:
+            conn.respond(200, caikit_api.info_body(path, self.opts.model))
         elif path == "/info":
             conn.respond(200, tgi_api.info_body(self.opts.model, self.opts.max_model_len))
         else:
             conn.respond(404, b'{"detail":"Not Found"}')
 
     # generation --------------------------------------------------------------
-    def _parse(self, req: HttpRequest, openai: bool) -> GenSpec:
+    def _parse(self, req: HttpRequest, api: str) -> GenSpec:
         try:
             body: Any = orjson.loads(req.body)
         except orjson.JSONDecodeError as err:
+            if api == "caikit":  # FastAPI's request validation, before Caikit's own handler
+                raise Rejected(str(err), 422, caikit_api.error_body(422, f"Invalid JSON: {err}")) from None
             raise BadRequest(f"body: not valid JSON ({err})") from None
         if not isinstance(body, dict):
             raise BadRequest("body: expected a JSON object")
-        if openai:
+        if api == "openai":
             return openai_api.parse_openai(req.path, body, self.opts.model, self.opts.default_max_tokens)
+        if api == "caikit":
+            return caikit_api.parse_caikit(req.path, body, self.opts.model)
         return tgi_api.parse_tgi(req.path, body, self.opts.model)
+
+    @staticmethod
+    def _format(api: str, spec: GenSpec, plan: Plan, path: str) -> StreamFormat:
+        if api == "openai":
+            return openai_api.OpenAIFormat(spec, plan)
+        if api == "caikit":
+            return caikit_api.CaikitFormat(spec, plan)
+        return tgi_api.TgiFormat(spec, plan, path == "/")
 
     def _plan(self, spec: GenSpec) -> Plan:
         if spec.ignore_eos:
@@ -158,10 +177,13 @@ class SimServer:
         n = natural_length(self.length_rng, spec.max_tokens, spec.min_tokens)
         return Plan(n, "length" if n >= spec.max_tokens else "stop")
 
-    def _generate(self, conn: Connection, req: HttpRequest, openai: bool) -> None:
-        errors = openai_api.error_body if openai else tgi_api.error_body
+    def _generate(self, conn: Connection, req: HttpRequest, api: str) -> None:
+        errors = ERROR_BODIES[api]
         try:
-            spec = self._parse(req, openai)
+            spec = self._parse(req, api)
+        except Rejected as err:
+            conn.respond(err.status, err.body, err.content_type)
+            return
         except BadRequest as err:
             conn.respond(400, errors(400, str(err)))
             return
@@ -173,9 +195,7 @@ class SimServer:
         if fault is not None and self._early_fault(conn, fault, rid, errors):
             return
         plan = self._plan(spec)
-        fmt: StreamFormat = (
-            openai_api.OpenAIFormat(spec, plan) if openai else tgi_api.TgiFormat(spec, plan, req.path == "/")
-        )
+        fmt = self._format(api, spec, plan, req.path)
         if self.engine is not None:
             self._generate_engine(conn, spec, plan, fmt, rid, fault, errors)
             return

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -34,7 +34,7 @@ from grpc import aio
 from harness.protocols.proto import generation_pb2 as pb
 from harness.protocols.proto import generation_pb2_grpc as pb_grpc
 from harness.sim.faults import Fault
-from harness.sim.generation import TOKEN_TEXT, GenSpec
+from harness.sim.generation import TOKEN_TEXT, GenSpec, Plan
 from harness.sim.timing import chunk_offsets, chunk_sizes
 from harness.sim.writelog import clean_request_id
 
@@ -151,33 +151,35 @@ class TgisServicer(pb_grpc.GenerationServiceServicer):
                 await asyncio.sleep(left / 1e9)
             yield size
 
-    async def GenerateStream(self, request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:  # noqa: N802
-        arrival = time.monotonic_ns()
+    async def stream(
+        self,
+        spec: GenSpec,
+        context: aio.ServicerContext,
+        arrival: int,
+        ack: Callable[[], Any],
+        message: Callable[[int, int, bool, bool, Plan], Any],
+    ) -> AsyncIterator[Any]:
+        """Drive one server stream for any gRPC API: the ack, then ``message(sent, count, first, last, plan)``.
+
+        Why shared: TGIS and Caikit differ only in their message types; counters, faults, the
+        write log and the timing must be the same code, or the two protocols would not be
+        comparable on the sim.
+        """
         sim = self.sim
-        spec = tgis_spec(request.request.text, request.params, sim.opts.model)
         rid, fault = await self._begin(spec, context, arrival)
         plan = sim._plan(spec)
-        stop = pb.MAX_TOKENS if plan.finish_reason == "length" else pb.EOS_TOKEN
         engine = sim.engine is not None
         if not engine:
             sim.counters.running += 1
         sent = index = 0
         outcome = "client_gone"
         try:
-            yield pb.GenerationResponse(input_token_count=spec.prompt_tokens)
+            yield ack()
             mid_stream = fault is not None and fault.kind in ("disconnect_mid_stream", "malformed_sse")
             async for count in self._chunks(spec, plan.n_tokens, arrival, fault):
+                last = sent + count >= plan.n_tokens
+                yield message(sent, count, index == 0, last, plan)
                 sent += count
-                last = sent >= plan.n_tokens
-                msg = pb.GenerationResponse(
-                    generated_token_count=sent,
-                    text=TOKEN_TEXT * count,
-                    stop_reason=stop if last else pb.NOT_FINISHED,
-                    tokens=_token_infos(count, request.params),
-                )
-                if index == 0:
-                    msg.input_token_count = spec.prompt_tokens
-                yield msg
                 sim.log.chunk(rid, index, count, time.monotonic_ns())
                 index += 1
                 if mid_stream and fault is not None and not last and sent >= plan.n_tokens // 2:
@@ -197,6 +199,28 @@ class TgisServicer(pb_grpc.GenerationServiceServicer):
             if not engine:
                 sim.counters.running -= 1
             sim._settle("ok" if outcome in ("length", "stop", "stall") else outcome, sent, plan.finish_reason)
+
+    async def GenerateStream(self, request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:  # noqa: N802
+        arrival = time.monotonic_ns()
+        spec = tgis_spec(request.request.text, request.params, self.sim.opts.model)
+
+        def message(sent: int, count: int, first: bool, last: bool, plan: Plan) -> Any:
+            stop = pb.MAX_TOKENS if plan.finish_reason == "length" else pb.EOS_TOKEN
+            msg = pb.GenerationResponse(
+                generated_token_count=sent + count,
+                text=TOKEN_TEXT * count,
+                stop_reason=stop if last else pb.NOT_FINISHED,
+                tokens=_token_infos(count, request.params),
+            )
+            if first:
+                msg.input_token_count = spec.prompt_tokens
+            return msg
+
+        def ack() -> Any:
+            return pb.GenerationResponse(input_token_count=spec.prompt_tokens)
+
+        async for msg in self.stream(spec, context, arrival, ack, message):
+            yield msg
 
     async def Generate(self, request: Any, context: aio.ServicerContext) -> Any:  # noqa: N802
         arrival = time.monotonic_ns()
@@ -250,14 +274,3 @@ class TgisServicer(pb_grpc.GenerationServiceServicer):
             max_sequence_length=self.sim.opts.max_model_len,
             max_new_tokens=self.sim.opts.max_model_len,
         )
-
-
-async def start_grpc(sim: SimServer, host: str, port: int) -> tuple[aio.Server, int]:
-    """Start the TGIS service on ``host:port`` (0 picks a free port); returns the server and its port."""
-    server = aio.server(options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_GenerationServiceServicer_to_server(TgisServicer(sim), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"--grpc-port {port}: cannot bind {host}:{port}")
-    await server.start()
-    return server, bound
