@@ -301,6 +301,12 @@ CASES: list[Case] = [
         edit={"workload." + HUGE: 1},
         absent=HUGE[:1000],
     ),
+    Case(
+        "api-list-repeated",
+        "servers[0].api",
+        "['completions', 'completions']",
+        sets=["servers.0.api=[completions, completions]"],
+    ),
     Case("wrong-type", "workload.duration_s", "'long'", sets=["workload.duration_s=long"]),
     Case("env-nul", "servers[0].env.A", "'x\\x00y'", edit={"servers.0.env": {"A": "x\0y"}}),
     Case("arg-nul", "servers[0].args[0]", "'--x\\x00'", edit={"servers.0.args": ["--x\0"]}),
