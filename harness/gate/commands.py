@@ -124,7 +124,7 @@ def compare(
     for m in comp.mismatches:
         console.print(f"not matched ({m.side}): {m.describe()}", highlight=False, markup=False)
     console.print(comp.verdict_line(), highlight=False, markup=False, soft_wrap=True)
-    console.print(f"compare: {html_path}\nmarkdown: {md_path}", highlight=False)
+    console.print(f"compare: {html_path}\nmarkdown: {md_path}", highlight=False, markup=False)
 
 
 def gate(
@@ -189,7 +189,9 @@ def gate(
     write_text(out / "gate.junit.xml", to_junit(result))
     write_text(out / "gate.json", to_json_text(result))
     console.print(md, highlight=False, markup=False, soft_wrap=True)
-    console.print(f"gate: {result.verdict} (exit {result.exit_code}); outputs in {out}", highlight=False)
+    console.print(
+        f"gate: {result.verdict} (exit {result.exit_code}); outputs in {out}", highlight=False, markup=False
+    )
     raise typer.Exit(result.exit_code)
 
 
@@ -220,6 +222,7 @@ def baseline_save(
     console.print(
         f"baseline: {path} ({size_kb:.0f} KiB, {len(data.steps)} steps); commit it to use it in CI",
         highlight=False,
+        markup=False,
     )
 
 

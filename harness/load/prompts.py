@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from harness.atomic import write_text
+from harness.dataset import DatasetError, read_dataset
 from harness.protocols.base import PromptStyle
 from harness.scenario import LengthDist
 
@@ -203,9 +204,10 @@ def load_dataset(
     wins). Prompt lengths are counted with the tokenizer when given, else
     estimated as words (marked ``exact=False``).
     """
-    rows = _read_jsonl(path)
-    if not rows:
-        raise PromptError(f"{path}: dataset is empty")
+    try:  # the same whole-file check as ``validate`` (the file may have changed since)
+        rows = read_dataset(path)
+    except DatasetError as err:
+        raise PromptError(str(err)) from None
     tok = None
     if tokenizer_path is not None:
         from tokenizers import Tokenizer
@@ -216,25 +218,16 @@ def load_dataset(
     chat = _is_chat(style)
     specs: list[PromptSpec] = []
     for i in range(count):
-        lineno, row = rows[i % len(rows)]
-        if "messages" in row:
-            messages = row["messages"]
-            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-                raise PromptError(f"{path}:{lineno}: messages: must be a list of objects")
-        elif isinstance(row.get("prompt"), str):
-            messages = None
-        else:
-            raise PromptError(f"{path}:{lineno}: needs a string 'prompt' or a 'messages' list")
+        row = rows[i % len(rows)]
+        messages = row.messages
         if chat and messages is None:
-            messages = [{"role": "user", "content": row["prompt"]}]
-        prompt = None if chat else (row.get("prompt") if messages is None else None)
+            messages = [{"role": "user", "content": row.prompt or ""}]
+        prompt = None if chat else row.prompt
         if not chat and prompt is None:
-            prompt = "\n".join(str(m.get("content", "")) for m in messages or [])
-        text = prompt if prompt is not None else "\n".join(str(m.get("content", "")) for m in messages or [])
+            prompt = "\n".join(m["content"] for m in messages or [])
+        text = prompt if prompt is not None else "\n".join(m["content"] for m in messages or [])
         n = len(tok.encode(text, add_special_tokens=not chat).ids) if tok else len(text.split())
-        out = row.get("output_tokens", o_lens[i])
-        if not isinstance(out, int) or out < 1:
-            raise PromptError(f"{path}:{lineno}: output_tokens: must be a positive integer (got {out!r})")
+        out = row.output_tokens if row.output_tokens is not None else o_lens[i]
         specs.append(
             PromptSpec(
                 prompt_tokens=n,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.report.columns import SUMMARY_COLUMNS, TERMINAL_KEYS, best_values, is_best, rows_of
@@ -47,13 +48,12 @@ def print_summary(run: RunData, console: Console, report_path: Path | None = Non
     """Print the table, any incomplete-run warnings, and where the full report is."""
     console.print(summary_table(run))
     for cell in run.summary.cells:
-        if cell.status != "ok":
-            console.print(
-                f"[red]{cell.status}:[/] {cell.cell_id}: {cell.error or 'no measurement'}", markup=True
-            )
+        if cell.status != "ok":  # the error is text: a cell id in it reads like a markup tag
+            text = f"{cell.cell_id}: {cell.error or 'no measurement'}"
+            console.print(f"[red]{cell.status}:[/] {escape(text)}", markup=True, highlight=False)
     for line in cap_notes(run):
-        console.print(f"[yellow]concurrency cap:[/] {line}", highlight=False)
+        console.print(f"[yellow]concurrency cap:[/] {escape(line)}", highlight=False)
     for problem in run.problems:
-        console.print(f"[yellow]incomplete:[/] {problem}")
+        console.print(f"[yellow]incomplete:[/] {escape(problem)}", highlight=False)
     path = report_path if report_path is not None else run.run_dir / "report.html"
-    console.print(f"report: {path}", highlight=False, soft_wrap=True)
+    console.print(f"report: {path}", highlight=False, soft_wrap=True, markup=False)
