@@ -155,7 +155,7 @@ class StreamingUser(User):
     def finish(self, request_id: int, prompt: PromptSpec, scheduled: int, raw: Any) -> None:
         """Interpret a finished stream into a record (run by the process's ``Finisher``)."""
         outcome, events = self.wire.unpack(raw)
-        result = self.spec.interpret(events) if outcome.error_class is None or events else None
+        result = self.spec.read_stream(events) if outcome.error_class is None or events else None
         self.record(request_id, prompt, scheduled, outcome, result)
 
     def record(
