@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from harness.scenario import Scalar, Scenario, Server
 
-# Workload fields that say how to judge a run, not what is measured: changing them keeps a
-# configuration comparable with its baseline.
-NOT_IDENTITY = {"abort_error_rate"}
+# Workload fields that say how to judge a run or guard the harness, not what is measured: changing
+# them keeps a configuration comparable with its baseline.
+NOT_IDENTITY = {"abort_error_rate", "max_response_bytes", "max_response_chunks"}
 
 
 @dataclass(frozen=True)

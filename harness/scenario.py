@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from harness.load.bounds import MAX_RESPONSE_BYTES, MAX_RESPONSE_CHUNKS
 from harness.yamlfile import parse_yaml, read_yaml
 
 if TYPE_CHECKING:
@@ -130,6 +131,16 @@ class Workload(_Strict):
         gt=0,
         le=1,
         description="a step whose measured requests fail at this rate or more fails its cell",
+    )
+    max_response_bytes: int = Field(
+        default=MAX_RESPONSE_BYTES,
+        gt=0,
+        description="a response holding more body bytes is cut and counted as stream_too_large",
+    )
+    max_response_chunks: int = Field(
+        default=MAX_RESPONSE_CHUNKS,
+        gt=0,
+        description="a response needing more socket reads (gRPC: messages) is cut as stream_too_large",
     )
 
     @model_validator(mode="before")

@@ -6,13 +6,15 @@ Each test drives one real Locust step through ``run_step`` against a tiny server
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
-from hostile_http import BAD_EVENTS, WrongTypes
+from hostile_http import BAD_EVENTS, Endless, WrongTypes
 
 from fake_http import serve
 from harness.load.runner import run_step
@@ -67,3 +69,55 @@ def test_no_interpreter_raises_on_hostile_events(api: str) -> None:
         assert isinstance(res.text, str)
         if spec.transport == "grpc" or raw is hostile[0]:
             assert res.error, (api, raw)
+
+
+class PeakRss:
+    """Samples the summed RSS of this process's Locust children every 20 ms, in a thread."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for child in me.children(recursive=True):
+                try:
+                    if "locust" in " ".join(child.cmdline()):
+                        total += child.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def endless() -> Iterator[str]:
+    Endless.posts = 0
+    yield from serve(Endless)
+
+
+def test_an_endless_stream_is_cut_and_memory_stays_flat(tmp_path: Path, endless: str) -> None:
+    """Default bound (16 MiB / 65,536 chunks): each endless response is cut, the step ends on time."""
+    plan = sim_plan(tmp_path, base_url=endless, target=2, duration_s=2.0, timeout_s=20.0)
+    with PeakRss() as rss:
+        out = run_step(plan, tmp_path, max_wall_s=60)
+    rows = _rows(out.records_path)
+    classes = Counter(r["error_class"] for r in rows)
+    print(f"posts {Endless.posts}, records {len(rows)}, classes {dict(classes)}, "
+          f"peak Locust RSS {rss.peak / 2**20:.0f} MiB, wall {out.wall_s:.1f} s")  # fmt: skip
+    assert rows and classes == {"stream_too_large": len(rows)}
+    assert len(rows) == Endless.posts
+    assert all("16777216 bytes" in r["error_message"] for r in rows)
+    assert 0 < rss.peak < 400 * 2**20, f"peak RSS {rss.peak / 2**20:.0f} MiB"
+    assert out.wall_s < 15, "the step finished instead of reading until the timeout"

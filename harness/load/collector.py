@@ -364,6 +364,7 @@ def build_record(
         warmup=warmup,
         coalesced_chunks=outcome.splitter.coalesced,
         simulated=plan.simulated,
+        retry_after=outcome.retry_after,
     )
     if result is None:
         return rec
