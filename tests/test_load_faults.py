@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 import pytest
-from hostile_http import BAD_EVENTS, Endless, WrongTypes
+from hostile_http import BAD_EVENTS, Endless, RetryAfter, WrongTypes
 
 from fake_http import serve
 from harness.load.runner import run_step
@@ -121,3 +121,30 @@ def test_an_endless_stream_is_cut_and_memory_stays_flat(tmp_path: Path, endless:
     assert all("16777216 bytes" in r["error_message"] for r in rows)
     assert 0 < rss.peak < 400 * 2**20, f"peak RSS {rss.peak / 2**20:.0f} MiB"
     assert out.wall_s < 15, "the step finished instead of reading until the timeout"
+
+
+@pytest.fixture
+def retry_after() -> Iterator[str]:
+    RetryAfter.posts = RetryAfter.refused = 0
+    yield from serve(RetryAfter)
+
+
+def test_retry_after_is_counted_and_never_honoured(tmp_path: Path, retry_after: str) -> None:
+    """Every 429/503 keeps its Retry-After in the record; the step's metrics count them; no request is retried."""
+    from harness.matrix import Step
+    from harness.metrics import compute_step_metrics
+    from harness.scenario import Slo
+
+    plan = sim_plan(tmp_path, base_url=retry_after, target=2, requests=20, timeout_s=5.0)
+    out = run_step(plan, tmp_path, max_wall_s=40)
+    table = read_records(out.records_path)
+    rows = table.to_pylist()
+    refused = [r for r in rows if r["status"] in (429, 503)]
+    print(f"posts {RetryAfter.posts}, records {len(rows)}, refused {len(refused)}")
+    assert len(rows) == RetryAfter.posts == 20, "one request per record: nothing was retried"
+    assert len(refused) == RetryAfter.refused > 0
+    assert all(r["retry_after"] == "7" for r in refused)
+    assert all(r["retry_after"] is None for r in rows if r["status"] == 200)
+    metrics = compute_step_metrics(table.to_pandas(), step=Step("s", "concurrency", 2.0), slo=Slo())
+    assert metrics.retry_after_responses == len(refused)
+    assert metrics.errors["http_4xx"] + metrics.errors["http_5xx"] == len(refused)
