@@ -91,7 +91,8 @@ class ProcessContext:
             self.state.workers = self.plan.processes
         if self.state.spool is None:
             directory = parts_dir(self.plan.records_path)
-            self.state.spool = RecordSpool(directory, worker=self.state.worker_index)
+            pool = gevent.get_hub().threadpool
+            self.state.spool = RecordSpool(directory, worker=self.state.worker_index, submit=pool.spawn)
         if self._sampler is None:
             self._sampler = gevent.spawn(self.state.run_lag_sampler)
         # Everything alive now (Locust, gevent, pyarrow, numpy: ~10^5 objects) lives
