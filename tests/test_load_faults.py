@@ -148,3 +148,27 @@ def test_retry_after_is_counted_and_never_honoured(tmp_path: Path, retry_after: 
     metrics = compute_step_metrics(table.to_pandas(), step=Step("s", "concurrency", 2.0), slo=Slo())
     assert metrics.retry_after_responses == len(refused)
     assert metrics.errors["http_4xx"] + metrics.errors["http_5xx"] == len(refused)
+
+
+def test_an_endless_grpc_stream_is_cancelled_past_the_bound() -> None:
+    """The gRPC transport applies the same bound: the call is cancelled and its messages dropped."""
+    from harness.load.bounds import Bounds
+    from harness.load.grpcstream import stream_call
+
+    class Endless:
+        cancelled = False
+
+        def __iter__(self) -> Iterator[bytes]:
+            while not self.cancelled:
+                yield b"x" * 100
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    responses = Endless()
+    out = stream_call(lambda *a, **kw: responses, b"", 5.0, [], Bounds(max_bytes=10**9, max_reads=50))
+    outcome = out.outcome()
+    assert responses.cancelled and outcome.error_class == "stream_too_large"
+    assert "50 chunks" in (outcome.error_message or "") and not out.messages
+    out = stream_call(lambda *a, **kw: Endless(), b"", 5.0, [], Bounds(max_bytes=1000, max_reads=10**6))
+    assert out.outcome().error_class == "stream_too_large" and "1000 bytes" in (out.too_large or "")
