@@ -19,9 +19,9 @@ from harness.bounds import MAX_CELL_ID, MAX_CELLS
 from harness.scenario import Scalar, Scenario, Server, step_id_of
 from harness.yamlfile import shown
 
-# Workload fields that say how to judge a run, not what is measured: changing them keeps a
-# configuration comparable with its baseline.
-NOT_IDENTITY = {"abort_error_rate"}
+# Workload fields that say how to judge a run or guard the harness, not what is measured: changing
+# them keeps a configuration comparable with its baseline.
+NOT_IDENTITY = {"abort_error_rate", "max_response_bytes", "max_response_chunks"}
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ def _with_defaults(records: pd.DataFrame) -> pd.DataFrame:
         "client_output_tokens": None,
         "prompt_tokens": None,
         "token_source": "none",
+        "retry_after": None,
     }
     out = records
     for name, value in defaults.items():
@@ -352,6 +353,8 @@ def compute_step_metrics(
         slo_attainment=attainment,
         error_rate=float((~ok).sum()) / n_total,
         errors=_errors(measured["error_class"]),
+        # Counted, never honoured: a benchmark that backed off would hide the overload it measures.
+        retry_after_responses=int(measured["retry_after"].notna().sum()),
         token_agreement=_token_agreement(measured_ok),
         token_sources={
             str(k): int(v) for k, v in measured_ok["token_source"].fillna("none").value_counts().items()

@@ -21,13 +21,26 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ErrorClass = Literal["connect", "timeout", "http_4xx", "http_5xx", "stream_broken", "bad_payload"]
-ERROR_CLASSES: tuple[str, ...] = (
+ErrorClass = Literal[
     "connect",
+    "connect_timeout",
     "timeout",
     "http_4xx",
     "http_5xx",
     "stream_broken",
+    "stream_too_large",
+    "bad_payload",
+]
+# connect: refused or closed before a response; connect_timeout: no connection established in time;
+# timeout: connected, but no complete response in time; stream_too_large: past the response bound.
+ERROR_CLASSES: tuple[str, ...] = (
+    "connect",
+    "connect_timeout",
+    "timeout",
+    "http_4xx",
+    "http_5xx",
+    "stream_broken",
+    "stream_too_large",
     "bad_payload",
 )
 
@@ -69,6 +82,7 @@ class RequestRecord:
     warmup: bool = False
     coalesced_chunks: int = 0
     simulated: bool = False
+    retry_after: str | None = None  # a 429/503's Retry-After header, as sent (recorded, never honoured)
 
     @property
     def ok(self) -> bool:
@@ -101,6 +115,7 @@ RECORD_SCHEMA = pa.schema(
         ("warmup", pa.bool_()),
         ("coalesced_chunks", pa.int32()),
         ("simulated", pa.bool_()),
+        ("retry_after", pa.string()),
     ]
 )
 

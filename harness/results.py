@@ -63,6 +63,8 @@ class StepMetrics(_Model):
     slo_attainment: float | None = None
     error_rate: float = 0.0
     errors: dict[str, int] = Field(default_factory=dict)
+    # 429/503 responses that carried Retry-After: counted, never honoured (tokenbench does not retry).
+    retry_after_responses: int = 0
     token_agreement: float | None = None
     token_sources: dict[str, int] = Field(default_factory=dict)
     chunks_per_token: float | None = None

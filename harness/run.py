@@ -500,6 +500,8 @@ class Run:
             requests=w.requests,
             max_concurrency=w.max_concurrency,
             timeout_s=w.timeout_s,
+            max_response_bytes=w.max_response_bytes,
+            max_response_chunks=w.max_response_chunks,
             processes=w.processes,
             seed=seed,
             ignore_eos=w.ignore_eos,

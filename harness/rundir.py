@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import shutil
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.atomic import atomic_path, write_json
+from harness.load.spool import merge_parts
 from harness.owner import owner_alive
 from harness.records import concat_record_files
 from harness.results import RunSummary
@@ -92,8 +94,25 @@ class RunDir:
     def cell_timeseries_files(self) -> list[Path]:
         return sorted(self.path.glob("cells/*/timeseries.parquet"))
 
+    def recover_parts(self) -> list[Path]:
+        """Merge the part files of steps that have no records file (a killed Locust or harness).
+
+        Each Locust process writes its records to ``records.parquet.parts/``
+        during the step (``harness.load.spool``); normally the step merges them
+        itself, but a SIGKILL leaves only the parts. Returns the recovered files.
+        """
+        recovered = []
+        for parts in sorted(self.path.glob("cells/*/steps/*/records.parquet.parts")):
+            target = parts.with_name("records.parquet")
+            if target.exists():
+                shutil.rmtree(parts, ignore_errors=True)  # merged already; the crash came after
+            elif merge_parts(target) is not None:
+                recovered.append(target)
+        return recovered
+
     def merge(self) -> int:
-        """Build run-level records/timeseries from the per-step and per-cell files."""
+        """Build run-level records/timeseries from the per-step and per-cell files (recovering parts)."""
+        self.recover_parts()
         n = concat_record_files(self.step_record_files(), self.path / "records.parquet")
         tables = [pq.read_table(p) for p in self.cell_timeseries_files()]
         if tables:

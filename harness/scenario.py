@@ -37,6 +37,7 @@ from harness.bounds import (
     without_userinfo,
 )
 from harness.dataset import DatasetError, read_dataset
+from harness.load.bounds import MAX_RESPONSE_BYTES, MAX_RESPONSE_CHUNKS
 from harness.scenario_input import ScenarioError, apply_overrides, first_nul, format_error
 from harness.yamlfile import brief, read_yaml, shown
 
@@ -166,6 +167,16 @@ class Workload(_Strict):
         gt=0,
         le=1,
         description="a step whose measured requests fail at this rate or more fails its cell",
+    )
+    max_response_bytes: int = Field(
+        default=MAX_RESPONSE_BYTES,
+        gt=0,
+        description="a response holding more body bytes is cut and counted as stream_too_large",
+    )
+    max_response_chunks: int = Field(
+        default=MAX_RESPONSE_CHUNKS,
+        gt=0,
+        description="a response needing more socket reads (gRPC: messages) is cut as stream_too_large",
     )
 
     @model_validator(mode="before")

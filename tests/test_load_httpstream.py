@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import orjson
 import pytest
 
+from harness.load.bounds import Bounds
 from harness.load.httpstream import StreamClient, finish_head, request_prefix
 from harness.protocols.registry import get_protocol
 
@@ -207,3 +208,79 @@ def test_stamps_bracket_the_sims_write_log(sim_server) -> None:
     assert len(res.chunk_times_ns) == len(truth.chunk_times_ns) == 6
     assert res.chunk_times_ns[0] - out.sent_ns >= 20_000_000  # never earlier than the sim's TTFT
     assert all(abs(h - t) < 50_000_000 for h, t in zip(res.chunk_times_ns, truth.chunk_times_ns, strict=True))
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[str]:
+    """A listening socket on 127.0.0.1 that never accepts, with its accept queue already full.
+
+    Linux drops a SYN to a full accept queue, so a further connect neither
+    succeeds nor is refused: it hangs until the client gives up.
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    fillers: list[socket.socket] = []
+    for _ in range(8):
+        s = socket.socket()
+        s.settimeout(0.3)
+        fillers.append(s)
+        try:
+            s.connect(server.getsockname())
+        except TimeoutError:
+            break
+    else:
+        pytest.skip("the accept queue never filled up")
+    yield url
+    for s in fillers:
+        s.close()
+    server.close()
+
+
+def test_a_connection_never_established_is_connect_timeout(full_backlog: str) -> None:
+    out = _post(StreamClient(full_backlog, 0.4), full_backlog)
+    assert out.error_class == "connect_timeout" and out.status == 0, out.error_message
+    assert "no connection" in (out.error_message or "")
+    # the whole-request deadline firing while still connecting is the same class
+    client = StreamClient(full_backlog, 5.0)
+    prefix = request_prefix(full_backlog, "/v1/completions", {})
+    out = client.post(finish_head(prefix, "t", 2), b"{}", timeout_s=0.4)
+    assert out.error_class == "connect_timeout", out.error_message
+
+
+def test_retry_after_of_429_and_503_is_recorded(scripted) -> None:
+    def script(conn: socket.socket, index: int) -> None:
+        server.read_request(conn)
+        status = (b"429 Too Many Requests", b"503 Service Unavailable", b"500 Oops")[index]
+        conn.sendall(
+            b"HTTP/1.1 %s\r\nRetry-After: 12\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}" % status
+        )
+
+    server = scripted(script)
+    client = StreamClient(server.url, 2.0)
+    outs = [_post(client, server.url, f"s-{i}") for i in range(3)]
+    assert [o.status for o in outs] == [429, 503, 500]
+    assert [o.retry_after for o in outs] == ["12", "12", None]  # only 429/503 ask to retry
+
+
+def test_a_response_past_the_bound_is_cut_as_stream_too_large(scripted) -> None:
+    event = b'data: {"choices":[{"text":"a","finish_reason":null}]}\n\n'
+
+    def script(conn: socket.socket, index: int) -> None:
+        server.read_request(conn)
+        conn.sendall(SSE_HEAD)
+        while True:  # endless, one event per write
+            conn.sendall(b"%x\r\n%s\r\n" % (len(event), event))
+            time.sleep(0.001)
+
+    server = scripted(script)
+    client = StreamClient(server.url, 2.0, bounds=Bounds(max_bytes=2**30, max_reads=20))
+    out = _post(client, server.url)
+    assert out.error_class == "stream_too_large" and out.status == 200
+    assert "20 chunks" in (out.error_message or "")
+    assert out.splitter.size == 0  # the body is dropped, not kept
+    assert client._sock is None  # the connection is closed
+    client = StreamClient(server.url, 2.0, bounds=Bounds(max_bytes=1000, max_reads=10**6))
+    out = _post(client, server.url)
+    assert out.error_class == "stream_too_large" and "1000 bytes" in (out.error_message or "")

@@ -18,6 +18,7 @@ from harness.load.collector import (
 from harness.load.httpstream import Outcome
 from harness.load.plan import HEADERS_ENV, PLAN_ENV, LoadPlan, PlanError, headers_from_env, plan_from_env
 from harness.load.prompts import PromptSpec
+from harness.load.spool import RecordSpool, parts_dir
 from harness.load.sseframe import SseSplitter
 from harness.protocols.openai import openai_body
 from harness.protocols.registry import get_protocol
@@ -236,10 +237,14 @@ def test_master_collector_writes_sorted_records_and_health(tmp_path: Path) -> No
     rec_late.scheduled_ns, rec_early.scheduled_ns, rec_early.request_id = 90, 10, 2
     calls: list[int] = []
     col = MasterCollector(plan=plan, expected=1, on_all_done=lambda: calls.append(1))
-    col.add_records(finalize_records([rec_late, rec_early], ["", ""], None))
+    # a load process writes its final part file; the collector merges the parts
+    RecordSpool(parts_dir(plan.records_path), worker=0).final(
+        finalize_records([rec_late, rec_early], ["", ""], None)
+    )
     col.add_report({"index": 0, "cpu_s": 0.1, "wall_s": 1.0, "lag_ms": []})
     assert calls == [1]
     col.write()
     table = read_records(Path(plan.records_path))
     assert table.column("scheduled_ns").to_pylist() == [10, 90]
     assert json.loads(Path(plan.health_path).read_text())["workers"][0]["index"] == 0
+    assert not parts_dir(plan.records_path).exists()  # merged parts are removed

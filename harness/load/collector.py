@@ -3,12 +3,14 @@
 Why here and not in Locust's stats: Locust's statistics round response times
 and know nothing about tokens or schedules, so every number tokenbench reports
 comes from ``RequestRecord``s. Each Locust process that runs users keeps a
-``StepState`` (stop rule, outstanding requests, records, loop-lag samples);
-when its share of the step is over it ships records and a health report to
-the master with ``runner.send_message`` (Locust's own worker channel, so no
-files per worker and no home-made IPC). The master's ``MasterCollector`` writes
-the step's Parquet and health JSON once every worker has reported, or with
-whatever arrived if the run is cut short.
+``StepState`` (stop rule, outstanding requests, records, loop-lag samples)
+and appends its finished records to part files as it goes (``spool``), so a
+late failure loses nothing already measured; when its share of the step is
+over it writes its final part and sends its health report to the master with
+``runner.send_message`` (Locust's own worker channel). The master's
+``MasterCollector`` merges the parts into the step's Parquet and writes the
+health JSON once every worker has reported, or with whatever is on disk if
+the run is cut short.
 
 Self-diagnosis: a greenlet in every process sleeps 5 ms in a loop and records
 how late it wakes. If the event loop is late, every socket-read timestamp is
@@ -33,9 +35,10 @@ from harness.load.httpstream import ERROR_BODY_CHARS, Outcome
 from harness.load.plan import LoadPlan
 from harness.load.prompts import PromptSpec
 from harness.load.schedule import worker_share
+from harness.load.spool import RecordSpool, merge_parts
 from harness.protocols.base import StreamResult
 from harness.protocols.registry import get_protocol
-from harness.records import RequestRecord, record_to_dict, write_records
+from harness.records import RECORD_SCHEMA, RequestRecord, record_to_dict, write_records
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,6 @@ LAG_LIMIT_MS = 5.0
 CPU_LIMIT_PCT = 90.0
 COALESCED_LIMIT = 0.2
 MAX_LAG_SAMPLES = 200_000
-BATCH = 500
-MSG_RECORDS = "tokenbench_records"
 MSG_DONE = "tokenbench_done"
 
 
@@ -88,6 +89,7 @@ class StepState:
     texts: list[str] = field(default_factory=list)
     lag_ms: list[float] = field(default_factory=list)
     on_done: Callable[[], None] | None = None
+    spool: RecordSpool | None = None  # where finished records go to disk during the step
     _measured: int = 0
     _seq: int = 0
     _done_fired: bool = False
@@ -156,6 +158,8 @@ class StepState:
 
     def complete(self, record: RequestRecord, text: str = "") -> None:
         self.records.append(record)
+        if self.spool is not None:
+            self.spool.add(record)
         self.texts.append(text)
         self.outstanding -= 1
         self._check_done()
@@ -288,7 +292,9 @@ def summarize_health(
     if len(reports) < expected:
         seen = {r.get("index") for r in reports}
         missing = [i for i in range(expected) if i not in seen]
-        reasons.append(f"load process(es) {missing} never reported: their records are missing")
+        reasons.append(
+            f"load process(es) {missing} never reported: only the records they had written so far are kept"
+        )
     reasons.extend(notes or [])
     health["limited"] = p99 is not None and p99 > LAG_LIMIT_MS
     return health
@@ -300,13 +306,10 @@ class MasterCollector:
 
     plan: LoadPlan
     expected: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
     reports: dict[int, dict[str, Any]] = field(default_factory=dict)
     on_all_done: Callable[[], None] | None = None
     written: bool = False
-
-    def add_records(self, rows: list[dict[str, Any]]) -> None:
-        self.rows.extend(rows)
+    count: int = 0
 
     def add_report(self, report: dict[str, Any]) -> None:
         self.reports[int(report.get("index", 0))] = report
@@ -318,20 +321,18 @@ class MasterCollector:
         return len(self.reports) >= self.expected
 
     def write(self) -> None:
-        """Write records (Parquet) and health (JSON) atomically; safe to call more than once."""
-        self.rows.sort(key=lambda r: (r["scheduled_ns"], r["request_id"]))
-        write_records(Path(self.plan.records_path), self.rows)
-        health = summarize_health(
-            list(self.reports.values()), self.rows, self.expected, plan_notes(self.plan)
-        )
+        """Merge the processes' part files into the records (Parquet), write health (JSON); atomic."""
+        path = Path(self.plan.records_path)
+        table = merge_parts(path)
+        if table is None:
+            table = RECORD_SCHEMA.empty_table()
+            write_records(path, [])
+        rows = table.select(["chunk_times_ns", "coalesced_chunks"]).to_pylist()
+        health = summarize_health(list(self.reports.values()), rows, self.expected, plan_notes(self.plan))
         write_json(Path(self.plan.health_path), health)
         self.written = True
-        log.info("tokenbench: wrote %d records to %s", len(self.rows), self.plan.records_path)
-
-
-def batches(rows: list[dict[str, Any]], size: int = BATCH) -> list[list[dict[str, Any]]]:
-    """Split records so no single worker message grows huge."""
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
+        self.count = table.num_rows
+        log.info("tokenbench: wrote %d records to %s", table.num_rows, path)
 
 
 def build_record(
@@ -364,6 +365,7 @@ def build_record(
         warmup=warmup,
         coalesced_chunks=outcome.splitter.coalesced,
         simulated=plan.simulated,
+        retry_after=outcome.retry_after,
     )
     if result is None:
         return rec

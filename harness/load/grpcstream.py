@@ -40,6 +40,7 @@ from typing import Any
 
 import grpc
 
+from harness.load.bounds import Bounds
 from harness.load.httpstream import ERROR_BODY_CHARS, Outcome
 from harness.load.sseframe import SseSplitter
 from harness.protocols.base import Event
@@ -91,6 +92,7 @@ class GrpcStream:
     messages: list[bytes] = field(default_factory=list)
     code: grpc.StatusCode = grpc.StatusCode.OK
     details: str = ""
+    too_large: str | None = None  # why the call was cancelled past the response bound
 
     @property
     def events(self) -> list[Event]:
@@ -99,6 +101,8 @@ class GrpcStream:
 
     def outcome(self) -> Outcome:
         """As the shared ``Outcome`` that ``build_record`` takes (HTTP-equivalent status)."""
+        if self.too_large is not None:
+            return Outcome(200, self.sent_ns, self.end_ns, SseSplitter(), "stream_too_large", self.too_large)
         error = classify(self.code, len(self.messages))
         message = None
         if error is not None:
@@ -115,20 +119,38 @@ class GrpcStream:
 
 
 def stream_call(
-    call: Callable[..., Any], request: bytes, timeout_s: float, metadata: list[tuple[str, str]]
+    call: Callable[..., Any],
+    request: bytes,
+    timeout_s: float,
+    metadata: list[tuple[str, str]],
+    bounds: Bounds | None = None,
 ) -> GrpcStream:
     """Make one server-streaming call and stamp every message on arrival; never raises for RPC errors.
 
     ``call`` is ``channel.unary_stream(method)`` (bytes in, bytes out). The
-    loop body is one clock read and two appends: nothing that could delay the
-    next message's stamp or another stream's read.
+    loop body is one clock read, two appends and the bound check (two integer
+    subtractions and compares): nothing that could delay the next message's
+    stamp or another stream's read. Past ``bounds`` the call is cancelled and
+    its messages dropped (``stream_too_large``).
     """
+    bounds = bounds or Bounds()
     out = GrpcStream(sent_ns=time.monotonic_ns())
     arrivals, messages = out.arrivals_ns, out.messages
+    bytes_left, msgs_left = bounds.max_bytes, bounds.max_reads
+    responses: Any = None
     try:
-        for msg in call(request, timeout=timeout_s, metadata=metadata):
+        responses = call(request, timeout=timeout_s, metadata=metadata)
+        for msg in responses:
             arrivals.append(time.monotonic_ns())
             messages.append(msg)
+            bytes_left -= len(msg)
+            msgs_left -= 1
+            if bytes_left < 0 or msgs_left < 0:
+                out.too_large = bounds.message(bounds.max_bytes - bytes_left, bounds.max_reads - msgs_left)
+                responses.cancel()
+                arrivals.clear()
+                messages.clear()
+                break
     except grpc.RpcError as err:
         out.code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
         out.details = str(err.details() if callable(getattr(err, "details", None)) else err)

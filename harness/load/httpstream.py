@@ -40,6 +40,7 @@ import gevent.socket
 import gevent.ssl
 from geventhttpclient.response import HTTPParseError, HTTPResponse
 
+from harness.load.bounds import Bounds
 from harness.load.sseframe import SseSplitter
 from harness.protocols.base import TlsOptions
 from harness.protocols.tls import ssl_context
@@ -66,6 +67,7 @@ class Outcome:
     error_class: str | None = None
     error_message: str | None = None
     body_bytes: int = 0
+    retry_after: str | None = None  # a 429/503's Retry-After header, as sent
 
 
 class _Deadline(Exception):
@@ -74,6 +76,10 @@ class _Deadline(Exception):
 
 class _ClosedEarly(Exception):
     """The server closed the connection before the response headers were complete."""
+
+
+class _TooLarge(Exception):
+    """The response passed the byte or read bound: cut, so one endless stream cannot eat the memory."""
 
 
 def request_prefix(base_url: str, path: str, headers: Mapping[str, str]) -> bytes:
@@ -105,7 +111,13 @@ def finish_head(prefix: bytes, request_id: str, body_len: int) -> bytes:
 class StreamClient:
     """One user's connection to one server (plain HTTP or HTTPS), reused while the server keeps it alive."""
 
-    def __init__(self, base_url: str, connect_timeout_s: float, tls: TlsOptions | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        connect_timeout_s: float,
+        tls: TlsOptions | None = None,
+        bounds: Bounds | None = None,
+    ) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"base_url {base_url!r}: expected http(s)://host[:port][/prefix]")
@@ -119,6 +131,7 @@ class StreamClient:
             ssl_context(options, gevent.ssl.create_default_context) if self.tls else None
         )
         self._server_name = options.server_name or self.host
+        self.bounds = bounds or Bounds()
         self._sock: Any = None
 
     def close(self) -> None:
@@ -161,28 +174,58 @@ class StreamClient:
         return None
 
     def post(self, head: bytes, body: bytes, timeout_s: float) -> Outcome:
-        """Send one request and read the response, stamping every read; never raises for network errors."""
+        """Send one request and read the response, stamping every read; never raises for network errors.
+
+        Error classes: no connection within the connect or request deadline is
+        ``connect_timeout`` (the server never took the request); a deadline
+        after that is ``timeout``; a response past ``bounds`` is
+        ``stream_too_large`` (its body is dropped and the connection closed).
+        """
         splitter = SseSplitter()
         clock = time.monotonic_ns
         sent_ns = clock()
         parser = HTTPResponse("POST")
         keep = False
+        connecting = True
         try:
             with gevent.Timeout(timeout_s, _Deadline):
                 sock = self._reusable() or self._connect()
+                connecting = False
                 sent_ns = clock()
                 sock.sendall(head + body)
-                status = _read_response(sock, parser, splitter, clock, self.tls)
+                status = _read_response(sock, parser, splitter, clock, self.tls, self.bounds)
                 end_ns = clock()
                 keep = parser.message_complete and not parser.should_close()
                 if status >= 400:
                     text = splitter.head(ERROR_BODY_CHARS).decode("utf-8", "replace")
                     cls = "http_4xx" if status < 500 else "http_5xx"
-                    return Outcome(status, sent_ns, end_ns, splitter, cls, f"HTTP {status}: {text}")
+                    return Outcome(
+                        status,
+                        sent_ns,
+                        end_ns,
+                        splitter,
+                        cls,
+                        f"HTTP {status}: {text}",
+                        retry_after=retry_after(parser, status),
+                    )
                 return Outcome(status, sent_ns, end_ns, splitter, body_bytes=splitter.size)
         except (_Deadline, TimeoutError) as err:
             msg = f"no complete response within {timeout_s:g} s" if isinstance(err, _Deadline) else _msg(err)
+            if connecting:
+                msg = f"no connection to {self.host}:{self.port} established: {msg}"
+                return Outcome(0, sent_ns, clock(), splitter, "connect_timeout", msg)
             return Outcome(_status(parser), sent_ns, clock(), splitter, "timeout", msg)
+        except _TooLarge as err:
+            size = splitter.size
+            return Outcome(
+                _status(parser),
+                sent_ns,
+                clock(),
+                SseSplitter(),
+                "stream_too_large",
+                str(err),
+                body_bytes=size,
+            )
         except _ClosedEarly as err:
             return Outcome(0, sent_ns, clock(), splitter, "connect", _msg(err))
         except (HTTPParseError, OSError) as err:
@@ -197,12 +240,32 @@ class StreamClient:
                 self.close()
 
 
+RETRY_STATUSES = (429, 503)
+
+
+def retry_after(parser: HTTPResponse, status: int) -> str | None:
+    """The ``Retry-After`` value of a 429/503 (raw: seconds or an HTTP date), else None.
+
+    Recorded, never honoured: a benchmark that waited and retried would hide
+    the overload it is there to measure (docs/metrics.md).
+    """
+    if status not in RETRY_STATUSES:
+        return None
+    value = parser.get("retry-after")
+    return str(value)[:64] if value is not None else None
+
+
 def _status(parser: HTTPResponse) -> int:
     return parser.get_code() if parser.headers_complete else 0
 
 
 def _read_response(
-    sock: Any, parser: HTTPResponse, splitter: SseSplitter, clock: Callable[[], int], tls: bool
+    sock: Any,
+    parser: HTTPResponse,
+    splitter: SseSplitter,
+    clock: Callable[[], int],
+    tls: bool,
+    bounds: Bounds,
 ) -> int:
     """Read until the response is complete or the server closes; returns the status. Raises on errors.
 
@@ -213,7 +276,8 @@ def _read_response(
     by waiting for readability first and then reading the raw socket once; and
     any per-read timeout arming (the socket has none; the request is under one
     ``gevent.Timeout``). TLS sockets use the public ``recv``, since decrypted
-    bytes may already be buffered in the TLS layer.
+    bytes may already be buffered in the TLS layer. The response bound costs
+    two integer subtractions and compares per read, after the stamp.
     """
     buf: bytearray = parser._body_buffer
     feed = parser.feed
@@ -221,11 +285,16 @@ def _read_response(
     raw = None if tls else getattr(sock, "_sock", None)
     if raw is None:
         recv = sock.recv
+        bytes_left, reads_left = bounds.max_bytes, bounds.max_reads
         while True:
             data = recv(READ_SIZE)
             now = clock()
             if not data:
                 break
+            bytes_left -= len(data)
+            reads_left -= 1
+            if bytes_left < 0 or reads_left < 0:
+                raise _TooLarge(bounds.message(bounds.max_bytes - bytes_left, bounds.max_reads - reads_left))
             feed(data)
             if buf:
                 feed_splitter(buf, now)
@@ -233,7 +302,7 @@ def _read_response(
             if parser.message_complete and _final(parser):
                 break
     else:
-        _read_plain(raw, parser, feed_splitter, clock)
+        _read_plain(raw, parser, feed_splitter, clock, bounds)
     if not parser.headers_complete:
         raise _ClosedEarly("connection closed before the response headers")
     return int(parser.get_code())
@@ -244,6 +313,7 @@ def _read_plain(
     parser: HTTPResponse,
     feed_splitter: Callable[[bytearray, int], None],
     clock: Callable[[], int],
+    bounds: Bounds,
 ) -> None:
     """The hot loop on a plain socket: one persistent read watcher whose callback resumes this greenlet.
 
@@ -263,6 +333,7 @@ def _read_plain(
     to_hub = hub.switch
     watcher = hub.loop.io(raw.fileno(), 1)
     watcher.start(gevent.getcurrent().switch)
+    bytes_left, reads_left = bounds.max_bytes, bounds.max_reads
     try:
         while True:
             to_hub()
@@ -273,6 +344,10 @@ def _read_plain(
             now = clock()
             if not data:
                 return
+            bytes_left -= len(data)
+            reads_left -= 1
+            if bytes_left < 0 or reads_left < 0:
+                raise _TooLarge(bounds.message(bounds.max_bytes - bytes_left, bounds.max_reads - reads_left))
             feed(data)
             if buf:
                 feed_splitter(buf, now)

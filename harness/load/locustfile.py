@@ -6,11 +6,12 @@ Started only by ``harness.load.runner.run_step``, which passes the plan path in
 Process roles (Locust decides them; ``--processes N`` forks N workers):
 
 * local (one process): runs users, gathers its own records, writes the files, quits.
-* worker: runs users; when its share of the step is over it sends its records
-  and health report to the master (``runner.send_message``) and idles.
-* master: runs no users; gathers worker messages, quits once every worker has
-  reported, and writes the files in the ``quitting`` hook, which also runs on
-  SIGTERM so a cut-short step keeps partial results.
+* worker: runs users, appending finished records to its part files as it goes
+  (``spool``); when its share of the step is over it writes its final part,
+  sends its health report to the master (``runner.send_message``) and idles.
+* master: runs no users; gathers the reports, quits once every worker has
+  reported, and merges the parts and writes the files in the ``quitting``
+  hook, which also runs on SIGTERM so a cut-short step keeps partial results.
 """
 
 from __future__ import annotations
@@ -27,18 +28,12 @@ from locust import events
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
-from harness.load.collector import (
-    MSG_DONE,
-    MSG_RECORDS,
-    MasterCollector,
-    StepState,
-    batches,
-    finalize_records,
-)
+from harness.load.collector import MSG_DONE, MasterCollector, StepState, finalize_records
 from harness.load.finisher import Finisher
 from harness.load.plan import LoadPlan, headers_from_env, plan_from_env
 from harness.load.prompts import PromptSpec, read_prompts
 from harness.load.schedule import ArrivalPool
+from harness.load.spool import RecordSpool, parts_dir
 from harness.load.users import StreamingUser, make_pool
 from harness.protocols.base import ProtocolSpec
 from harness.protocols.registry import get_protocol
@@ -94,6 +89,10 @@ class ProcessContext:
         if isinstance(self.runner, WorkerRunner):
             self.state.worker_index = max(0, int(self.runner.worker_index))
             self.state.workers = self.plan.processes
+        if self.state.spool is None:
+            directory = parts_dir(self.plan.records_path)
+            pool = gevent.get_hub().threadpool
+            self.state.spool = RecordSpool(directory, worker=self.state.worker_index, submit=pool.spawn)
         if self._sampler is None:
             self._sampler = gevent.spawn(self.state.run_lag_sampler)
         # Everything alive now (Locust, gevent, pyarrow, numpy: ~10^5 objects) lives
@@ -105,7 +104,7 @@ class ProcessContext:
         gc.freeze()
 
     def ship(self) -> None:
-        """Hand this process's records and report to the collector (locally or as worker messages)."""
+        """Write this process's final part file and hand its report to the collector (or the master)."""
         if self._reported or self.state is None:
             return
         # Streams still queued for interpretation are records too: finish them
@@ -115,14 +114,13 @@ class ProcessContext:
         if self._pool is not None:
             self._pool.stop()
         rows = finalize_records(self.state.records, self.state.texts, self.plan.tokenizer_path)
+        spool = self.state.spool or RecordSpool(parts_dir(self.plan.records_path), self.state.worker_index)
+        spool.final(rows)
         report = self.state.report()
         if isinstance(self.runner, WorkerRunner):
-            for batch in batches(rows):
-                self.runner.send_message(MSG_RECORDS, batch)
             self.runner.send_message(MSG_DONE, report)
         else:
             assert self.collector is not None
-            self.collector.add_records(rows)
             self.collector.add_report(report)
 
     # --- collecting processes (local or master) ---------------------------------------------
@@ -186,7 +184,6 @@ def _on_init(environment: Environment, **_kw: Any) -> None:
     if isinstance(runner, MasterRunner):
         collector = ctx.collector
         assert collector is not None
-        runner.register_message(MSG_RECORDS, lambda msg, **_: collector.add_records(msg.data))
         runner.register_message(MSG_DONE, lambda msg, **_: collector.add_report(msg.data))
     if isinstance(runner, WorkerRunner):
         runner.register_message(MSG_FLUSH, lambda msg, **_: ctx.ship())

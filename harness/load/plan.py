@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.atomic import write_json
+from harness.load.bounds import MAX_RESPONSE_BYTES, MAX_RESPONSE_CHUNKS, Bounds
 from harness.protocols.base import ProtocolError, TlsOptions
 from harness.protocols.registry import get_protocol
 
@@ -72,6 +73,9 @@ class LoadPlan:
     tls_insecure_skip_verify: bool = False
     # Send OpenAI's ``stream_options`` (decided per cell from ``stream_usage: auto|on|off``).
     stream_usage: bool = True
+    # What one response may hold before it is cut as ``stream_too_large`` (``workload.max_response_*``).
+    max_response_bytes: int = MAX_RESPONSE_BYTES
+    max_response_chunks: int = MAX_RESPONSE_CHUNKS
 
     def __post_init__(self) -> None:
         self.validate()
@@ -98,6 +102,10 @@ class LoadPlan:
             raise bad("timeout_s", "must be > 0")
         if self.processes < 1:
             raise bad("processes", "must be >= 1")
+        if self.max_response_bytes < 1:
+            raise bad("max_response_bytes", "must be >= 1")
+        if self.max_response_chunks < 1:
+            raise bad("max_response_chunks", "must be >= 1")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise bad("max_concurrency", "must be >= 1")
         if not self.base_url.startswith(("http://", "https://")):
@@ -110,6 +118,10 @@ class LoadPlan:
             raise bad("grpc_target", f"api '{self.api}' (gRPC) needs the server's gRPC host:port")
         if self.grpc_target is not None and not _is_host_port(self.grpc_target):
             raise bad("grpc_target", "must be host:port")
+
+    @property
+    def bounds(self) -> Bounds:
+        return Bounds(self.max_response_bytes, self.max_response_chunks)
 
     @property
     def tls(self) -> TlsOptions:

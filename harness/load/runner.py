@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from harness.backends.process import ManagedProcess, ProcessRegistry, free_port,
 from harness.backends.watch import ServerDied, ServerWatch
 from harness.load.fdlimit import OpenFilesError, ensure_open_files
 from harness.load.plan import HEADERS_ENV, PLAN_ENV, LoadPlan
+from harness.load.spool import merge_parts, parts_dir
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -130,6 +132,7 @@ def run_step(
     records_path, health_path = Path(plan.records_path), Path(plan.health_path)
     for stale in (records_path, health_path):
         stale.unlink(missing_ok=True)
+    shutil.rmtree(parts_dir(records_path), ignore_errors=True)
     try:
         ensure_open_files(plan.users, plan.processes)
     except OpenFilesError as err:
@@ -166,6 +169,10 @@ def run_step(
         proc.terminate(TERMINATE_GRACE_S)
     wall_s = time.monotonic() - started
 
+    recovered = None
+    if not records_path.exists():
+        # Locust died before merging (killed, crashed): keep what its processes had written.
+        recovered = merge_parts(records_path)
     if died is not None:
         raise ServerDied(f"the server died during step {plan.step_id}: {died}; records so far kept")
     if not records_path.exists():
@@ -176,4 +183,9 @@ def run_step(
     health: dict[str, Any] = {}
     if health_path.exists():
         health = json.loads(health_path.read_text(encoding="utf-8"))
+    if recovered is not None:
+        health.setdefault("reasons", []).append(
+            f"Locust exited with code {returncode} before writing its records: {recovered.num_rows} "
+            "records recovered from its part files (the last unwritten group per process is lost)"
+        )
     return StepOutcome(records_path, health, returncode, log_path, wall_s)

@@ -49,7 +49,9 @@ class HttpWire:
     request_type = "POST"
 
     def __init__(self, plan: LoadPlan, spec: ProtocolSpec, headers: dict[str, str]) -> None:
-        self.client = StreamClient(plan.base_url, connect_timeout_s=min(plan.timeout_s, 30.0), tls=plan.tls)
+        self.client = StreamClient(
+            plan.base_url, connect_timeout_s=min(plan.timeout_s, 30.0), tls=plan.tls, bounds=plan.bounds
+        )
         self.prefix = request_prefix(plan.base_url, spec.path, {**spec.http_headers(), **headers})
 
     def prepare(self, key: str, body: bytes) -> bytes:
@@ -78,13 +80,14 @@ class GrpcWire:
         self.channel = grpc_channel(plan.grpc_target, tls=plan.grpc_tls, options=plan.tls)
         self.call = self.channel.unary_stream(spec.path)  # bytes in, bytes out: no decoding on the read path
         self.metadata = [*auth_metadata(headers), *spec.grpc_metadata(plan)]
+        self.bounds = plan.bounds
 
     def prepare(self, key: str, body: bytes) -> list[tuple[str, str]]:
         # x-request-id joins the record to the server's log, as the HTTP X-Request-Id does.
         return [*self.metadata, ("x-request-id", key)]
 
     def send(self, metadata: list[tuple[str, str]], body: bytes, timeout_s: float) -> GrpcStream:
-        return stream_call(self.call, body, timeout_s, metadata)
+        return stream_call(self.call, body, timeout_s, metadata, self.bounds)
 
     @staticmethod
     def unpack(raw: GrpcStream) -> tuple[Outcome, list[StreamEvent]]:
@@ -155,7 +158,7 @@ class StreamingUser(User):
     def finish(self, request_id: int, prompt: PromptSpec, scheduled: int, raw: Any) -> None:
         """Interpret a finished stream into a record (run by the process's ``Finisher``)."""
         outcome, events = self.wire.unpack(raw)
-        result = self.spec.interpret(events) if outcome.error_class is None or events else None
+        result = self.spec.read_stream(events) if outcome.error_class is None or events else None
         self.record(request_id, prompt, scheduled, outcome, result)
 
     def record(

@@ -36,6 +36,27 @@ class ProtocolError(ValueError):
     """A protocol name or a protocol-level setting that cannot work; names the field and value."""
 
 
+class PayloadError(ValueError):
+    """A stream event whose content has the wrong shape (a field of the wrong type)."""
+
+
+BAD_PAYLOAD_CHARS = 300
+
+
+def typed(obj: Mapping[str, Any], key: str, kind: type) -> Any:
+    """``obj[key]`` if absent/null or exactly of ``kind`` (``bool`` is not an ``int``), else ``PayloadError``.
+
+    Why strict: a server that sends ``"text": 123`` or ``"usage": []`` is
+    broken, and quietly skipping the field would record the request as a
+    good one with fewer tokens. Interpreters read known fields through this;
+    ``ProtocolSpec.read_stream`` turns the error into a ``bad_payload`` record.
+    """
+    value = obj.get(key)
+    if value is None or value.__class__ is kind:
+        return value
+    raise PayloadError(f"field {key!r} is {type(value).__name__}, expected {kind.__name__}: {value!r:.80}")
+
+
 @dataclass(slots=True)
 class StreamResult:
     """What a finished stream said, with timing kept per content chunk.
@@ -147,6 +168,24 @@ class ProtocolSpec:
         """Chunks, counts and the end-of-stream verdict from a finished (or cut) stream."""
         raise NotImplementedError
 
+    def read_stream(self, events: list[Event]) -> StreamResult:
+        """``interpret``, guarded: whatever a hostile stream does, the answer is a well-typed result.
+
+        Why here, once, and not per field: before this guard a stream event
+        with a wrong type (``"text": 123``, ``"choices": {...}``) raised inside
+        the finisher, the request's record was never made and the step
+        counted fewer requests than it sent (and waited out its watchdog).
+        Any exception from the interpreter, or a result whose fields have the
+        wrong types, becomes a result with ``error`` set (a ``bad_payload``
+        record with a short message); the other requests are unaffected.
+        """
+        try:
+            res = self.interpret(events)
+            check_result(res)
+        except Exception as err:  # noqa: BLE001 - any interpreter failure is the payload's fault
+            return StreamResult(error=f"bad payload: {type(err).__name__}: {err}"[:BAD_PAYLOAD_CHARS])
+        return res
+
     def http_headers(self) -> dict[str, str]:
         """Fixed request headers of an HTTP protocol (auth comes separately)."""
         return {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -160,6 +199,27 @@ class ProtocolSpec:
     ) -> tuple[bool, str]:
         """Whether the server takes the optional usage block (``client``: an ``httpx.Client``), and why."""
         return False, f"protocol '{self.name}' has no optional usage block"
+
+
+def _count(value: Any, name: str) -> None:
+    if value is not None and value.__class__ is not int:
+        raise PayloadError(f"{name} is {type(value).__name__}, expected int")
+
+
+def check_result(res: StreamResult) -> None:
+    """Raise ``PayloadError`` unless every field a record is built from has its type (cheap: one pass)."""
+    if res.text.__class__ is not str:
+        raise PayloadError(f"streamed text is {type(res.text).__name__}, expected str")
+    times, tokens = res.chunk_times_ns, res.chunk_tokens
+    if len(times) != len(tokens):
+        raise PayloadError(f"{len(times)} chunk stamps but {len(tokens)} chunk token counts")
+    if any(t.__class__ is not int for t in tokens):
+        raise PayloadError("a chunk token count is not an int")
+    _count(res.prompt_tokens, "prompt_tokens")
+    _count(res.completion_tokens, "completion_tokens")
+    _count(res.client_tokens, "client_tokens")
+    if res.error is not None and res.error.__class__ is not str:
+        res.error = str(res.error)
 
 
 def prompt_text(prompt: PromptSpec) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from harness.load.sseframe import event_data
-from harness.protocols.base import Event, HttpProbe, ProtocolSpec, StreamResult, prompt_text
+from harness.protocols.base import Event, HttpProbe, ProtocolSpec, StreamResult, prompt_text, typed
 from harness.protocols.caikit import CaikitStream
 from harness.protocols.jsonstream import parse_stream_json
 
@@ -66,17 +66,13 @@ def interpret_caikit_http(events: list[Event]) -> StreamResult:
         messages.append((arrival_ns, raw))
     parsed, _done, error = parse_stream_json(messages)
     for arrival_ns, obj in parsed:
-        details = obj.get("details")
-        if not isinstance(details, dict):
-            details = {}
-        generated = details.get("generated_tokens")
-        inputs = details.get("input_token_count")
+        details = typed(obj, "details", dict) or {}
         stream.add(
             arrival_ns,
-            str(obj.get("generated_text") or ""),
-            generated if isinstance(generated, int) else 0,
-            inputs if isinstance(inputs, int) else 0,
-            str(details.get("finish_reason") or ""),
+            typed(obj, "generated_text", str) or "",
+            typed(details, "generated_tokens", int) or 0,
+            typed(details, "input_token_count", int) or 0,
+            typed(details, "finish_reason", str) or "",
         )
     if error is not None and stream.res.error is None:
         stream.res.error = error

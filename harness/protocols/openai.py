@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from harness.protocols.base import Event, HttpProbe, ProtocolSpec, StreamResult
+from harness.protocols.base import Event, HttpProbe, PayloadError, ProtocolSpec, StreamResult, typed
 from harness.protocols.jsonstream import parse_stream_json
 
 if TYPE_CHECKING:
@@ -39,17 +39,26 @@ STREAM_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}
 
 def text_piece(choice: dict[str, Any]) -> str:
     """``/v1/completions``: the chunk's text."""
-    return choice.get("text") or ""
+    return typed(choice, "text", str) or ""
 
 
 def chat_piece(choice: dict[str, Any]) -> str:
     """``/v1/chat/completions``: the delta's content (or reasoning content, which is output too)."""
-    delta = choice.get("delta") or {}
-    return delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or ""
+    delta = typed(choice, "delta", dict) or {}
+    return (
+        typed(delta, "content", str)
+        or typed(delta, "reasoning_content", str)
+        or typed(delta, "reasoning", str)
+        or ""
+    )
 
 
 def interpret_openai(events: list[Event], piece: Callable[[dict[str, Any]], str]) -> StreamResult:
-    """Turn raw SSE events into chunks and tokens (rules in the module docstring)."""
+    """Turn raw SSE events into chunks and tokens (rules in the module docstring).
+
+    Known fields are read with ``typed``: a field of the wrong type raises
+    ``PayloadError``, which ``ProtocolSpec.read_stream`` records as ``bad_payload``.
+    """
     res = StreamResult()
     parsed, res.done, res.error = parse_stream_json(events)
     texts: list[str] = []
@@ -61,15 +70,13 @@ def interpret_openai(events: list[Event], piece: Callable[[dict[str, Any]], str]
         if obj.get("error") is not None:
             res.error = f"error event in stream: {str(obj['error'])[:500]}"
             break
-        choices = obj.get("choices")
-        usage = obj.get("usage")
+        choices = typed(obj, "choices", list)
+        usage = typed(obj, "usage", dict)
         ct: int | None = None
-        if usage.__class__ is dict:
-            ct = usage.get("completion_tokens")
-            if ct.__class__ is not int:
-                ct = None
-            pt = usage.get("prompt_tokens")
-            if pt.__class__ is int:
+        if usage is not None:
+            ct = typed(usage, "completion_tokens", int)
+            pt = typed(usage, "prompt_tokens", int)
+            if pt is not None:
                 res.prompt_tokens = pt
         if not choices:
             if ct is not None:
@@ -77,7 +84,9 @@ def interpret_openai(events: list[Event], piece: Callable[[dict[str, Any]], str]
                 res.usage_source = "usage"
                 res.finished = True
             continue
-        choice = choices[0] if choices[0].__class__ is dict else {}
+        choice = choices[0]
+        if choice.__class__ is not dict:
+            raise PayloadError(f"choices[0] is {type(choice).__name__}, expected an object")
         text = piece(choice)
         if ct is None:
             if text:
@@ -96,7 +105,7 @@ def interpret_openai(events: list[Event], piece: Callable[[dict[str, Any]], str]
             if res.usage_source != "usage":
                 res.completion_tokens = ct
                 res.usage_source = "usage_per_chunk"
-        if choice.get("finish_reason"):
+        if typed(choice, "finish_reason", str):
             res.finished = True
     res.text = "".join(texts)
     res.per_chunk_usage = bool(tokens) and all_usage

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from harness.load.sseframe import event_data
-from harness.protocols.base import Event, HttpProbe, ProtocolSpec, StreamResult, prompt_text
+from harness.protocols.base import Event, HttpProbe, ProtocolSpec, StreamResult, prompt_text, typed
 
 if TYPE_CHECKING:
     from harness.load.plan import LoadPlan
@@ -75,23 +75,23 @@ def interpret_tgi(events: list[Event]) -> StreamResult:
             kind = obj.get("error_type")
             res.error = f"error event in stream ({kind}): {str(obj['error'])[:500]}"
             break
-        token = obj.get("token")
-        if isinstance(token, dict):
+        token = typed(obj, "token", dict)
+        if token is not None:
             res.chunk_times_ns.append(arrival_ns)
             res.chunk_tokens.append(1)
-            if not token.get("special"):
-                texts.append(str(token.get("text") or ""))
-        details = obj.get("details")
-        if isinstance(details, dict):
-            generated = details.get("generated_tokens")
-            if isinstance(generated, int):
+            if not typed(token, "special", bool):
+                texts.append(typed(token, "text", str) or "")
+        details = typed(obj, "details", dict)
+        if details is not None:
+            generated = typed(details, "generated_tokens", int)
+            if generated is not None:
                 res.completion_tokens = generated
                 res.usage_source = "usage"
-            prompt = details.get("input_length")
-            if isinstance(prompt, int):
+            prompt = typed(details, "input_length", int)
+            if prompt is not None:
                 res.prompt_tokens = prompt
             res.finished = True
-        elif obj.get("generated_text") is not None:
+        elif typed(obj, "generated_text", str) is not None:
             res.finished = True  # details were not asked for (or stripped): still the last event
     res.text = "".join(texts)
     res.client_tokens = len(res.chunk_tokens)

@@ -115,6 +115,26 @@ TERMINAL_KEYS: tuple[str, ...] = (
 )
 
 
+def error_classes(step: StepMetrics) -> str:
+    """The step's failures by class, most frequent first (``"http_5xx 3, timeout 1"``); "" when none.
+
+    Why next to the rate: "4 % errors" does not say whether to fix a key, a
+    timeout or the server. Responses that asked to be retried are counted too,
+    since tokenbench never retries them (docs/metrics.md).
+    """
+    counts = sorted(((n, c) for c, n in step.errors.items() if n), key=lambda t: (-t[0], t[1]))
+    text = ", ".join(f"{c} {n}" for n, c in counts)
+    if step.retry_after_responses:
+        text += f" ({step.retry_after_responses} with Retry-After, not retried)"
+    return text
+
+
+RETRY_NOTE = (
+    "responses answered 429/503 with Retry-After; tokenbench counts them and does not retry "
+    "(a benchmark that backed off would hide the overload it measures)"
+)
+
+
 def thin_note(col: Column, row: Row) -> str | None:
     """Why a percentile cell cannot be trusted: fewer samples than a bounded order-statistic interval needs.
 

@@ -13,6 +13,7 @@ from harness.report.columns import (
     Column,
     Row,
     best_values,
+    error_classes,
     is_best,
     rows_of,
     thin_note,
@@ -38,7 +39,8 @@ def _row(row: Row, best: dict[str, float]) -> str:
     name = row.cell.cell_id + (" (SIMULATED)" if row.simulated else "")
     flag = "⚠ limited" if row.step.harness.limited else ""
     ok = f"{row.step.requests_ok}/{row.step.requests_total}"
-    return "| " + " | ".join(_cell(v) for v in [name, row.load_label, ok, *values, flag]) + " |"
+    errors = error_classes(row.step)
+    return "| " + " | ".join(_cell(v) for v in [name, row.load_label, ok, *values, errors, flag]) + " |"
 
 
 def render_markdown(run: RunData) -> str:
@@ -51,9 +53,9 @@ def render_markdown(run: RunData) -> str:
         lines += [f"> **SIMULATED**: {', '.join(sorted(run.simulated_cells))} ran against a simulator.", ""]
     if run.incomplete:
         lines += ["> **INCOMPLETE RUN**: " + "; ".join(run.problems), ""]
-    header = ["cell", "load", "ok/total", *(c.label for c in MD_COLUMNS), "harness"]
+    header = ["cell", "load", "ok/total", *(c.label for c in MD_COLUMNS), "error classes", "harness"]
     lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join([":--", ":--", "--:"] + ["--:"] * len(MD_COLUMNS) + [":--"]) + "|")
+    lines.append("|" + "|".join([":--", ":--", "--:"] + ["--:"] * len(MD_COLUMNS) + [":--", ":--"]) + "|")
     lines += [_row(r, best) for r in rows]
     if not rows:
         lines.append("| _no measured steps_ |" + " |" * (len(header) - 1))

@@ -16,7 +16,17 @@ from html import escape
 from typing import Any
 
 from harness.redact import REDACTED, is_secret_name, redact_command, redact_mapping
-from harness.report.columns import SUMMARY_COLUMNS, Row, best_values, fmt_ms, fmt_pct, is_best, thin_note
+from harness.report.columns import (
+    RETRY_NOTE,
+    SUMMARY_COLUMNS,
+    Row,
+    best_values,
+    error_classes,
+    fmt_ms,
+    fmt_pct,
+    is_best,
+    thin_note,
+)
 from harness.report.data import RunData, cap_notes
 from harness.results import CellResult
 
@@ -158,10 +168,12 @@ def summary_table(rows: list[Row], colors: dict[str, str]) -> str:
             f'data-step="{escape(row.step.step_id)}"><td class="l">{_swatch(colors.get(row.cell.cell_id, "#374151"))}'
             f'{escape(row.cell.cell_id)}{sim}</td><td class="l">{escape(row.load_label)}</td>'
             f"<td>{row.step.requests_ok}/{row.step.requests_total}</td>{''.join(cells)}"
-            f'<td class="flag">{flag}</td></tr>'
+            f'<td class="flag">{flag}</td>'
+            f'<td class="l" data-col="error_classes">{escape(error_classes(row.step) or "–")}</td></tr>'
         )
+    retried = sum(row.step.retry_after_responses for row in rows)
     if not body:
-        body.append(f'<tr><td class="l" colspan="{len(SUMMARY_COLUMNS) + 4}">No measured steps.</td></tr>')
+        body.append(f'<tr><td class="l" colspan="{len(SUMMARY_COLUMNS) + 5}">No measured steps.</td></tr>')
     return (
         '<section id="summary"><h2>Summary</h2><p class="legend-note">One row per cell × load step. '
         "Latencies are measured from the scheduled send time. Highlighted: best value in the column "
@@ -172,9 +184,12 @@ def summary_table(rows: list[Row], colors: dict[str, str]) -> str:
             if thin_seen
             else ""
         )
+        + (f' <span class="retry-note">{retried} {escape(RETRY_NOTE)}.</span>' if retried else "")
         + "</p>"
         '<div class="table-wrap"><table id="summary_table"><thead><tr><th class="l">cell</th><th class="l">load</th>'
-        f"<th>ok/total</th>{head}<th>harness-limited</th></tr></thead><tbody>{''.join(body)}</tbody></table></div></section>"
+        f"<th>ok/total</th>{head}<th>harness-limited</th>"
+        '<th class="l">error classes</th></tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div></section>"
     )
 
 

@@ -12,7 +12,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.report.columns import SUMMARY_COLUMNS, TERMINAL_KEYS, best_values, is_best, rows_of
+from harness.report.columns import (
+    RETRY_NOTE,
+    SUMMARY_COLUMNS,
+    TERMINAL_KEYS,
+    best_values,
+    error_classes,
+    is_best,
+    rows_of,
+)
 from harness.report.data import RunData, cap_notes
 
 TERMINAL_COLUMNS = [c for key in TERMINAL_KEYS for c in SUMMARY_COLUMNS if c.key == key]
@@ -30,6 +38,7 @@ def summary_table(run: RunData) -> Table:
     table.add_column("ok/total", justify="right")
     for col in TERMINAL_COLUMNS:
         table.add_column(col.label, justify="right")
+    table.add_column("error classes")
     for row in rows:
         values = []
         for col in TERMINAL_COLUMNS:
@@ -40,7 +49,8 @@ def summary_table(run: RunData) -> Table:
             name += " [red](harness-limited)[/]"
         if row.step.exceeds_concurrency_cap:
             name += f" [yellow](over cap {row.cell.concurrency_cap})[/]"
-        table.add_row(name, row.load_label, f"{row.step.requests_ok}/{row.step.requests_total}", *values)
+        ok = f"{row.step.requests_ok}/{row.step.requests_total}"
+        table.add_row(name, row.load_label, ok, *values, error_classes(row.step) or "–")
     return table
 
 
@@ -51,6 +61,9 @@ def print_summary(run: RunData, console: Console, report_path: Path | None = Non
         if cell.status != "ok":  # the error is text: a cell id in it reads like a markup tag
             text = f"{cell.cell_id}: {cell.error or 'no measurement'}"
             console.print(f"[red]{cell.status}:[/] {escape(text)}", markup=True, highlight=False)
+    retried = sum(s.retry_after_responses for c in run.summary.cells for s in c.steps)
+    if retried:
+        console.print(f"[yellow]retry-after:[/] {retried} {RETRY_NOTE}", highlight=False)
     for line in cap_notes(run):
         console.print(f"[yellow]concurrency cap:[/] {escape(line)}", highlight=False)
     for problem in run.problems:
