@@ -62,6 +62,10 @@ class ServerHandle:
     # ``host:port`` of a gRPC endpoint next to the HTTP one, when the server has one.
     grpc_target: str | None = None
     processes: dict[str, int] = field(default_factory=dict)
+    # Where a server that runs in a cluster (kserve) lives: its pod and namespace, for its events,
+    # logs and the cluster's Prometheus. None for servers on this host or behind a bare URL.
+    pod: str | None = None
+    namespace: str | None = None
 
     def trees(self) -> dict[str, int]:
         """Every process tree to measure, by role: ``processes``, else ``{"server": pid}``, else {}."""
@@ -84,6 +88,8 @@ class ServerHandle:
             "metrics_url": self.metrics_url,
             "simulated": self.simulated,
             "grpc_target": self.grpc_target,
+            "pod": self.pod,
+            "namespace": self.namespace,
         }
 
 
@@ -154,7 +160,10 @@ class BackendSpec:
     * ``protocols``: the protocol names (``harness.protocols``) it serves;
     * ``simulated``: True only for the simulator (the report labels its numbers);
     * ``endpoint``: True for a backend that points at a running server (``base_url``,
-      ``api_key_env``) instead of starting one.
+      ``api_key_env``) instead of starting one;
+    * ``launches_locally``: True when the server runs on this host as processes the harness
+      started, so this host's NVML and process trees describe it. False for ``external`` and
+      cluster backends: this host's GPUs are not the server's.
 
     Methods a backend overrides as needed: :meth:`create` (always),
     :meth:`environments`, :meth:`check`, :meth:`validation_context`,
@@ -167,6 +176,7 @@ class BackendSpec:
     protocols: ClassVar[tuple[str, ...]] = ()
     simulated: ClassVar[bool] = False
     endpoint: ClassVar[bool] = False
+    launches_locally: ClassVar[bool] = True
 
     # -- what it serves and needs ---------------------------------------------------------------
     def serves(self, api: str) -> bool:

@@ -133,6 +133,7 @@ class ExternalSpec(BackendSpec):
     label = "external"
     protocols = ()
     endpoint = True
+    launches_locally = False
 
     def serves(self, api: str) -> bool:
         return True  # whatever the endpoint speaks; its readiness probe says whether it does
