@@ -280,6 +280,11 @@ class Server(_Strict):
     stream_usage: StreamUsage = Field(
         default="auto", description="send OpenAI stream_options: auto (probe once per cell), on or off"
     )
+    deploy: dict[str, Any] | None = Field(
+        default=None,
+        description="where and how the backend deploys the server (kserve: runtime, namespace, "
+        "kubeconfig...); judged by the backend's Deploy model",
+    )
 
     @field_validator("settings", mode="before")
     @classmethod
@@ -329,6 +334,7 @@ class Server(_Strict):
         if not endpoint and self.api_key_env:
             names = " or ".join(f"'{s.name}'" for s in all_specs() if s.endpoint)
             raise FieldProblem("api_key_env", self.api_key_env, f"'api_key_env' is only for backend {names}")
+        _check_deploy(self)
         for key, value in self.settings.items():
             if isinstance(value, list) and not value:
                 raise FieldProblem(f"settings.{key}", value, f"settings.{key} is an empty sweep list")
@@ -412,11 +418,31 @@ class Scenario(_Strict):
         return self
 
 
+def _check_deploy(server: Server) -> None:
+    """``deploy`` only for a backend with a ``Deploy`` model, and then valid by it (names the field)."""
+    model = _backend_spec(server.backend).Deploy
+    if server.deploy is None:
+        return
+    if model is None:
+        raise FieldProblem("deploy", server.deploy, f"backend '{server.backend}' takes no 'deploy' block")
+    try:
+        model.model_validate(server.deploy)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        msg = (
+            "unknown key"
+            if first["type"] == "extra_forbidden"
+            else first["msg"].removeprefix("Value error, ")
+        )
+        raise FieldProblem(f"deploy.{loc}" if loc else "deploy", first.get("input"), msg) from None
+
+
 def _check_served(server: Server, api: str) -> None:
-    """A server is driven only with a protocol its backend serves (the spec's ``protocols``)."""
+    """A server is driven only with a protocol its backend serves (the spec's ``protocols_for``)."""
     spec = _backend_spec(server.backend)
-    if not spec.serves(api):
-        served = ", ".join(spec.protocols) or "none"
+    if not spec.serves_server(server, api):
+        served = ", ".join(spec.protocols_for(server)) or "none"
         raise ValueError(
             f"server '{server.name}': backend '{server.backend}' does not serve api '{api}' "
             f"(it serves: {served})"

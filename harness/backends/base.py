@@ -164,10 +164,15 @@ class BackendSpec:
     * ``launches_locally``: True when the server runs on this host as processes the harness
       started, so this host's NVML and process trees describe it. False for ``external`` and
       cluster backends: this host's GPUs are not the server's.
+    * ``Deploy``: the pydantic model of ``servers[].deploy`` (where and how a backend deploys
+      its server: a cluster's namespace, a runtime manifest), or None when the backend takes
+      no such block.
 
     Methods a backend overrides as needed: :meth:`create` (always),
     :meth:`environments`, :meth:`check`, :meth:`validation_context`,
-    :meth:`concurrency_cap`, :meth:`serves`.
+    :meth:`concurrency_cap`, :meth:`serves`, and, for a backend whose settings and protocols
+    depend on the server (its ``deploy`` block), :meth:`settings_model` and
+    :meth:`protocols_for`.
     """
 
     name: ClassVar[str]
@@ -177,11 +182,21 @@ class BackendSpec:
     simulated: ClassVar[bool] = False
     endpoint: ClassVar[bool] = False
     launches_locally: ClassVar[bool] = True
+    Deploy: ClassVar[type[BaseModel] | None] = None
 
     # -- what it serves and needs ---------------------------------------------------------------
     def serves(self, api: str) -> bool:
         """Whether a server of this backend can be driven with protocol ``api``."""
         return api in self.protocols
+
+    def protocols_for(self, server: Server) -> tuple[str, ...]:
+        """The protocols this particular server serves (``protocols`` unless the server's own
+        configuration narrows them, as a cluster runtime does)."""
+        return self.protocols
+
+    def serves_server(self, server: Server, api: str) -> bool:
+        """Whether ``server`` can be driven with ``api``: :meth:`serves`, narrowed by :meth:`protocols_for`."""
+        return self.serves(api) and (not self.protocols or api in self.protocols_for(server))
 
     def environments(self, server: Server, repo_root: Path) -> list[str]:
         """Names of the environments (``harness.envs``) this server runs from; [] when none."""
@@ -195,6 +210,10 @@ class BackendSpec:
             ensure_env(env_name, repo_root, progress)
 
     # -- validation ----------------------------------------------------------------------------
+    def settings_model(self, server: Server) -> type[BackendSettings]:
+        """The ``Settings`` model that judges this server's settings (``Settings`` by default)."""
+        return self.Settings
+
     def validation_context(self, server: Server) -> dict[str, Any]:
         """Run-time facts the ``Settings`` validators read (``info.context``); none by default."""
         return {}
@@ -215,13 +234,14 @@ class BackendSpec:
         """
         where = _where(server, cell_id)
         given = server.settings if settings is None else settings
-        if given and not self.Settings.model_fields:
+        model = self.settings_model(server)
+        if given and not model.model_fields:
             return [
                 f"{where}: backend '{self.name}' cannot apply settings "
                 f"({', '.join(sorted(given))}); configure the deployment itself"
             ]
         context = self.validation_context(server)
-        errors = settings_value_errors(self.Settings, dict(given), self.label, context)
+        errors = settings_value_errors(model, dict(given), self.label, context)
         return [f"{where}: {e}" for e in errors] + [
             f"{_where(server, None)}: {e}" for e in self.check(server)
         ]
@@ -236,12 +256,13 @@ class BackendSpec:
             self.parse(cell.settings, cell.server)
         except ValueError as err:
             where = _where(cell.server, cell.cell_id)
-            return [f"{where}: {e}" for e in format_settings_errors(err, self.Settings)]
+            return [f"{where}: {e}" for e in format_settings_errors(err, self.settings_model(cell.server))]
         return []
 
     def parse(self, settings: dict[str, Scalar], server: Server) -> BackendSettings:
         """One cell's settings as the typed model (raises ``pydantic.ValidationError``)."""
-        return self.Settings.model_validate(settings, context=self.validation_context(server))
+        model = self.settings_model(server)
+        return model.model_validate(settings, context=self.validation_context(server))
 
     # -- running -------------------------------------------------------------------------------
     def concurrency_cap(self, settings: dict[str, Scalar]) -> ConcurrencyCap | None:
