@@ -87,19 +87,19 @@ class FakeKube:
     """The double. ``start()``, ``write_kubeconfig(path)``, then point the kserve backend at it."""
 
     workdir: Path
-    token: str = field(default_factory=lambda: "kube-" + secrets.token_hex(12))
+    token: str = field(default_factory=lambda: "kube-" + secrets.token_hex(12), repr=False)
     namespace: str = "bench"
     never_ready: bool = False
     ready_delay_s: float = 0.3
     delete_delay_s: float = 0.2
     sim_args: tuple[str, ...] = ("--ttft-ms", "5", "--itl-ms", "1")
-    leak_in_logs: str | None = None  # a string the "pod" prints to its log (a server echoing a secret)
+    leak_in_logs: str | None = field(default=None, repr=False)  # a string the "pod" prints to its log (a server echoing a secret)
     objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (plural, name)
     events: list[dict[str, Any]] = field(default_factory=list)
     pods: dict[str, Pod] = field(default_factory=dict)
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, query)
     bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # as POSTed/PUT
-    auth_seen: list[str] = field(default_factory=list)
+    auth_seen: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.cond = threading.Condition()

@@ -167,13 +167,15 @@ class KserveBackend:
             http = get_protocol(cell.protocol).transport == "http"
             version = _probe_version(client, base_url) if http else None
             metrics_url = _probe_metrics(client, base_url) if http else None
-        image = runtime_image(runtime)
+        image, rt_name = runtime_image(runtime), runtime["metadata"]["name"]
         return ServerHandle(
             base_url=base_url,
             served_model=served,
             command=redact_command(container_command(runtime, args)),
             env={k: (REDACTED if is_secret_name(k) else v) for k, v in env.items()},
-            version=f"{version or image} (KServe ServingRuntime {runtime['metadata']['name']}, {image})",
+            version=f"{version} (KServe ServingRuntime {rt_name}, {image})"
+            if version
+            else f"KServe ServingRuntime {rt_name} ({image})",
             launch_s=launch_s,
             log_path=workdir / "server.log",
             pid=None,

@@ -91,8 +91,13 @@ class Cluster:
         cls, *, kubeconfig: str | None, context: str | None, namespace: str | None, where: str
     ) -> Cluster:
         """Load the kubeconfig (a clear error naming the file and context if it cannot be used)."""
-        from kubernetes import client, config
-
+        try:
+            from kubernetes import client, config
+        except ImportError:
+            raise ClusterError(
+                f"{where}: backend 'kserve' needs the Kubernetes client: pip install 'tokenbench[kserve]' "
+                "(kubernetes==37.0.2)"
+            ) from None
         path = kubeconfig_path(kubeconfig)
         context = context or os.environ.get(CONTEXT_ENV) or None
         configuration = client.Configuration()
@@ -108,7 +113,8 @@ class Cluster:
             ) from None  # fmt: skip
         chosen = next((c for c in contexts if c.get("name") == context), active) if context else active
         ns = namespace or os.environ.get(NAMESPACE_ENV) or (chosen or {}).get("context", {}).get("namespace")
-        auth = configuration.api_key.get("authorization") or ""
+        # ``BearerToken`` in kubernetes 37 (``authorization`` in older clients), as "Bearer <token>"
+        auth = configuration.api_key.get("BearerToken") or configuration.api_key.get("authorization") or ""
         bearer = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
         secrets = {v.removeprefix("Bearer ").strip() for v in configuration.api_key.values() if v}
         secrets |= {s for s in (configuration.password,) if s}
