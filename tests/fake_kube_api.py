@@ -93,7 +93,9 @@ class FakeKube:
     ready_delay_s: float = 0.3
     delete_delay_s: float = 0.2
     sim_args: tuple[str, ...] = ("--ttft-ms", "5", "--itl-ms", "1")
-    leak_in_logs: str | None = field(default=None, repr=False)  # a string the "pod" prints to its log (a server echoing a secret)
+    leak_in_logs: str | None = field(
+        default=None, repr=False
+    )  # a string the "pod" prints to its log (a server echoing a secret)
     objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (plural, name)
     events: list[dict[str, Any]] = field(default_factory=list)
     pods: dict[str, Pod] = field(default_factory=dict)
@@ -213,8 +215,13 @@ class FakeKube:
                 self._event("Pod", pod.name, "Warning", "FailedScheduling",
                             "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes "
                             "are available: 3 No preemption victims found for incoming pod.")  # fmt: skip
-                self._event("Pod", pod.name, "Warning", "Failed",
-                            'Failed to pull image "quay.io/modh/vllm:rhoai-2.19-cuda": ImagePullBackOff')
+                self._event(
+                    "Pod",
+                    pod.name,
+                    "Warning",
+                    "Failed",
+                    'Failed to pull image "quay.io/modh/vllm:rhoai-2.19-cuda": ImagePullBackOff',
+                )
                 self.cond.notify_all()
             return
         http_port, grpc_port = free_port(), free_port()
@@ -328,7 +335,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Authorization") != f"Bearer {fake.token}":
             return self._send(401, status(401, "Unauthorized", "Unauthorized"))
         custom, core = CUSTOM_PATH.match(parts.path), CORE_PATH.match(parts.path)
-        if custom and custom.group(3) == fake.namespace and custom.groups()[:2] + (custom.group(4),) in CUSTOM:
+        if (
+            custom
+            and custom.group(3) == fake.namespace
+            and custom.groups()[:2] + (custom.group(4),) in CUSTOM
+        ):
             group, version, _, plural, name = custom.groups()
             return self._custom(method, plural, name, query, body, f"{plural}.{group}")
         if core and core.group(1) == fake.namespace and method == "GET":
@@ -358,7 +369,9 @@ class _Handler(BaseHTTPRequestHandler):
         with fake.cond:
             obj = copy.deepcopy(fake.objects.get((plural, name or "")))
         if obj is None:
-            return self._send(404, status(404, "NotFound", f'{resource} "{name}" not found', name=name, kind=plural))
+            return self._send(
+                404, status(404, "NotFound", f'{resource} "{name}" not found', name=name, kind=plural)
+            )
         if method == "GET":
             return self._send(200, obj)
         if method == "PUT":
@@ -372,7 +385,9 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 with fake.cond:
                     fake.objects.pop((plural, name or ""), None)
-            return self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}})
+            return self._send(
+                200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}
+            )
         self._send(405, status(405, "MethodNotAllowed", f"{method} is not supported here"))
 
     def _watch(self, plural: str, query: dict[str, str]) -> None:
@@ -436,16 +451,25 @@ class _Handler(BaseHTTPRequestHandler):
                 kind = "PodList"
             else:
                 involved = query.get("fieldSelector", "").removeprefix("involvedObject.name=")
-                items = [copy.deepcopy(e) for e in fake.events if not involved or e["involvedObject"]["name"] == involved]
+                items = [
+                    copy.deepcopy(e)
+                    for e in fake.events
+                    if not involved or e["involvedObject"]["name"] == involved
+                ]
                 kind = "EventList"
-        self._send(200, {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": str(fake.rv)}, "items": items})
+        self._send(
+            200,
+            {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": str(fake.rv)}, "items": items},
+        )
 
 
 def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="run the fake Kubernetes API (a test double) until Ctrl-C")
-    parser.add_argument("--kubeconfig", type=Path, required=True, help="write a kubeconfig pointing at it here")
+    parser.add_argument(
+        "--kubeconfig", type=Path, required=True, help="write a kubeconfig pointing at it here"
+    )
     parser.add_argument("--never-ready", action="store_true")
     ns = parser.parse_args()
     workdir = ns.kubeconfig.parent / "fake-kube-pods"

@@ -103,7 +103,9 @@ def test_stop_is_idempotent_and_a_second_cell_reuses_the_same_runtime(fake: Fake
     assert len(fake.calls("DELETE", "inferenceservices")) == 2
 
 
-def test_a_different_runtime_of_the_same_name_is_refused_unless_replace(fake: FakeKube, tmp_path: Path) -> None:
+def test_a_different_runtime_of_the_same_name_is_refused_unless_replace(
+    fake: FakeKube, tmp_path: Path
+) -> None:
     runtime = yaml.safe_load((REPO / "servers/kserve/vllm.yaml").read_text())
     runtime["spec"]["containers"][0]["image"] = "example.com/someone-elses:1"
     with fake.cond:
@@ -118,7 +120,9 @@ def test_a_different_runtime_of_the_same_name_is_refused_unless_replace(fake: Fa
     with launch(_cell(replacing), tmp_path / "b", repo_root=REPO):
         pass
     assert len(fake.calls("PUT", "servingruntimes")) == 1
-    assert fake.objects[("servingruntimes", "tokenbench-vllm")]["spec"]["containers"][0]["image"].startswith("quay.io/")
+    assert fake.objects[("servingruntimes", "tokenbench-vllm")]["spec"]["containers"][0]["image"].startswith(
+        "quay.io/"
+    )
 
 
 def test_ready_timeout_is_a_clear_error_with_the_pod_events_and_still_deletes(tmp_path: Path) -> None:
@@ -126,7 +130,10 @@ def test_ready_timeout_is_a_clear_error_with_the_pod_events_and_still_deletes(tm
     with FakeKube(tmp_path / "pods", never_ready=True) as fake:
         server = _server(fake, tmp_path, timeout=2)
         started = time.monotonic()
-        with pytest.raises(BackendStartError) as err, launch(_cell(server), tmp_path / "cell", repo_root=REPO):
+        with (
+            pytest.raises(BackendStartError) as err,
+            launch(_cell(server), tmp_path / "cell", repo_root=REPO),
+        ):
             pass
         assert time.monotonic() - started < 30
         message = str(err.value)
@@ -140,7 +147,9 @@ def test_ready_timeout_is_a_clear_error_with_the_pod_events_and_still_deletes(tm
         assert "FailedScheduling" in (tmp_path / "cell" / "kserve" / "events.txt").read_text()
 
 
-def test_a_refused_kubeconfig_token_is_a_clear_error_without_the_token(fake: FakeKube, tmp_path: Path) -> None:
+def test_a_refused_kubeconfig_token_is_a_clear_error_without_the_token(
+    fake: FakeKube, tmp_path: Path
+) -> None:
     wrong = "sha256~wrong-token-0a1b2c3d4e"
     kubeconfig = fake.write_kubeconfig(tmp_path / "bad.yaml", token=wrong)
     server = _server(fake, tmp_path)
@@ -176,7 +185,10 @@ def test_secrets_echoed_by_the_pod_are_scrubbed_from_every_record(tmp_path: Path
         server.args = [f"--api-key={fake.token}"]
         with launch(_cell(server), tmp_path / "cell", repo_root=REPO):
             pass
-        assert INFERENCE_TOKEN in (tmp_path / "pods").joinpath(next(iter(fake.pods.values())).log.name).read_text()
+        assert (
+            INFERENCE_TOKEN
+            in (tmp_path / "pods").joinpath(next(iter(fake.pods.values())).log.name).read_text()
+        )
         for path in (tmp_path / "cell").rglob("*"):
             if path.is_file():
                 text = path.read_text()
@@ -195,7 +207,9 @@ def test_url_from_a_named_route(fake: FakeKube, tmp_path: Path) -> None:
 def test_tgis_runtime_is_driven_over_grpc_at_its_h2c_port(fake: FakeKube, tmp_path: Path) -> None:
     server = _server(fake, tmp_path, settings={"max_batch_size": 8})
     server.deploy = {**(server.deploy or {}), "runtime": "tgis"}
-    with launch(_cell(server, {"max_batch_size": 8}, protocol="tgis"), tmp_path / "c", repo_root=REPO) as handle:
+    with launch(
+        _cell(server, {"max_batch_size": 8}, protocol="tgis"), tmp_path / "c", repo_root=REPO
+    ) as handle:
         assert handle.grpc_target == handle.base_url.removeprefix("http://")
     args = fake.bodies[("inferenceservices", handle.served_model)]["spec"]["predictor"]["model"]["args"]
     assert args == ["--max-batch-size=8"]
@@ -214,7 +228,10 @@ def _scenario(**server: object) -> dict:
     [
         ({"deploy": {"runtime": "nope"}}, "servers[0].deploy.runtime: Input should be 'vllm', 'tgi'"),
         ({"deploy": {"runtime": "vllm", "namespac": "x"}}, "servers[0].deploy.namespac: unknown key"),
-        ({"deploy": {"runtime": "tgis"}, "api": "completions"}, "does not serve api 'completions' (it serves: tgis)"),
+        (
+            {"deploy": {"runtime": "tgis"}, "api": "completions"},
+            "does not serve api 'completions' (it serves: tgis)",
+        ),
         ({"backend": "sim", "model": "m"}, "servers[0].deploy: backend 'sim' takes no 'deploy' block"),
     ],
 )

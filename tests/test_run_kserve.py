@@ -37,7 +37,12 @@ def fake(tmp_path: Path) -> Iterator[FakeKube]:
 
 def _env(fake: FakeKube, tmp: Path) -> dict[str, str]:
     kubeconfig = fake.write_kubeconfig(tmp / "kubeconfig.yaml")
-    return {**os.environ, "KUBECONFIG": str(kubeconfig), "TB_FAKE_ISVC_TOKEN": ISVC_TOKEN, "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "TB_FAKE_ISVC_TOKEN": ISVC_TOKEN,
+        "PYTHONPATH": str(REPO),
+    }
 
 
 def _run(*args: object, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -69,15 +74,25 @@ def test_full_kserve_run_records_every_cell_and_never_writes_a_token(fake: FakeK
     # one InferenceService per cell, each created once and deleted once; one runtime per kind
     posts, deletes = fake.calls("POST", "inferenceservices"), fake.calls("DELETE", "inferenceservices")
     assert len(posts) == 3 and len(deletes) == 3
-    assert sorted(n for p, n in fake.bodies if p == "servingruntimes") == ["tokenbench-tgis", "tokenbench-vllm"]
+    assert sorted(n for p, n in fake.bodies if p == "servingruntimes") == [
+        "tokenbench-tgis",
+        "tokenbench-vllm",
+    ]
     assert not any(p == "inferenceservices" for p, _ in fake.objects)
     seqs = sorted(
-        b["spec"]["predictor"]["model"]["args"] for (p, _), b in fake.bodies.items() if p == "inferenceservices"
+        b["spec"]["predictor"]["model"]["args"]
+        for (p, _), b in fake.bodies.items()
+        if p == "inferenceservices"
     )
     assert seqs == [["--max-batch-size=8"], ["--max-num-seqs=16"], ["--max-num-seqs=8"]]
     for cell in summary["cells"]:
         folder = run / "cells" / cell["cell_id"]
-        for record in ("kserve/inferenceservice.yaml", "kserve/servingruntime.yaml", "kserve/events.txt", "server.log"):
+        for record in (
+            "kserve/inferenceservice.yaml",
+            "kserve/servingruntime.yaml",
+            "kserve/events.txt",
+            "server.log",
+        ):
             assert (folder / record).is_file(), (cell["cell_id"], record)
     # neither the inference token nor the kubeconfig's reaches any file of the run
     for path in run.rglob("*"):
@@ -126,7 +141,9 @@ def test_sigint_during_load_deletes_the_inferenceservice(fake: FakeKube, tmp_pat
     assert fake.calls("DELETE", "inferenceservices") == []
     output = _interrupt_when(proc, fake, lambda: True)
     assert len(fake.calls("DELETE", "inferenceservices")) == 1, output
-    assert fake.wait_for(lambda: all(p.proc is None or p.proc.poll() is not None for p in fake.pods.values()), 10)
+    assert fake.wait_for(
+        lambda: all(p.proc is None or p.proc.poll() is not None for p in fake.pods.values()), 10
+    )
 
 
 def test_validate_names_the_file_and_field_of_a_bad_deploy_block(tmp_path: Path) -> None:
