@@ -19,7 +19,13 @@ import pytest
 import yaml
 
 from harness.backends.kserve_runtimes import (
-    ISVC_TEMPLATE, MANIFEST_DIR, RUNTIMES, KserveDeploy, build_isvc, load_yaml, model_format,
+    ISVC_TEMPLATE,
+    MANIFEST_DIR,
+    RUNTIMES,
+    KserveDeploy,
+    build_isvc,
+    load_yaml,
+    model_format,
 )  # fmt: skip
 
 REPO = Path(__file__).resolve().parents[1]
