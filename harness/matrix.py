@@ -98,6 +98,10 @@ def identity_of(
     }
     if server.api is not None:  # only when set, so identities of existing scenarios stay stable
         payload["api"] = api if api is not None else server.api
+    if server.deploy is not None:  # what of the deploy block configures the server (not where it runs)
+        from harness.backends.registry import get_spec
+
+        payload["deploy"] = get_spec(server.backend).deploy_identity(server)
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

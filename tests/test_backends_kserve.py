@@ -252,3 +252,15 @@ def test_settings_are_judged_by_the_runtime_table() -> None:
     errors = SPEC.validate(missing.servers[0])
     assert any("needs a 'deploy' block" in e for e in errors)
     assert any("model: a KServe storageUri" in e for e in errors)
+
+
+def test_cell_identity_follows_the_runtime_not_the_cluster() -> None:
+    from harness.matrix import expand_cells
+
+    def identity(deploy: dict) -> str:
+        return expand_cells(parse_scenario(_scenario(deploy=deploy)))[0].identity
+
+    base = identity({"runtime": "vllm", "namespace": "a", "kubeconfig": "/x", "token_env": "T"})
+    assert identity({"runtime": "vllm", "namespace": "b", "context": "other"}) == base
+    assert identity({"runtime": "tgi"}) != base
+    assert identity({"runtime": "vllm", "resources": {"limits": {"nvidia.com/gpu": "2"}}}) != base

@@ -209,6 +209,11 @@ class BackendSpec:
         for env_name in self.environments(server, repo_root):
             ensure_env(env_name, repo_root, progress)
 
+    def deploy_identity(self, server: Server) -> dict[str, Any]:
+        """The part of ``servers[].deploy`` that changes what is measured (a runtime, resources), for
+        the cell's identity; not where it runs (a namespace, a kubeconfig). All of it by default."""
+        return dict(server.deploy or {})
+
     # -- validation ----------------------------------------------------------------------------
     def settings_model(self, server: Server) -> type[BackendSettings]:
         """The ``Settings`` model that judges this server's settings (``Settings`` by default)."""

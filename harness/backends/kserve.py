@@ -354,6 +354,11 @@ class KserveSpec(BackendSpec):
         deploy = deploy_of(server)
         return RUNTIMES[deploy.runtime].settings if deploy else BackendSettings
 
+    def deploy_identity(self, server: Server) -> dict[str, Any]:
+        """Runtime, manifests, resources and mode: what the server is; not the cluster, namespace or token."""
+        keys = ("runtime", "runtime_manifest", "isvc_template", "resources", "deployment_mode")
+        return {k: v for k, v in (server.deploy or {}).items() if k in keys}
+
     def validation_context(self, server: Server) -> dict[str, Any]:
         """vLLM choices from the kept list: the cluster's image is not inspectable from here."""
         return choices_context(None)
