@@ -264,3 +264,16 @@ def test_cell_identity_follows_the_runtime_not_the_cluster() -> None:
     assert identity({"runtime": "vllm", "namespace": "b", "context": "other"}) == base
     assert identity({"runtime": "tgi"}) != base
     assert identity({"runtime": "vllm", "resources": {"limits": {"nvidia.com/gpu": "2"}}}) != base
+
+
+def test_a_name_clash_is_an_error_and_the_other_inferenceservice_is_left_alone(
+    fake: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with fake.cond:
+        fake._put("inferenceservices", {"metadata": {"name": "tb-taken-000000"}, "spec": {}})
+    monkeypatch.setattr("harness.backends.kserve.isvc_name", lambda server: "tb-taken-000000")
+    with pytest.raises(BackendStartError, match="HTTP 409"):
+        with launch(_cell(_server(fake, tmp_path)), tmp_path / "cell", repo_root=REPO):
+            pass
+    assert fake.calls("DELETE", "inferenceservices") == []
+    assert ("inferenceservices", "tb-taken-000000") in fake.objects

@@ -101,23 +101,26 @@ def test_full_kserve_run_records_every_cell_and_never_writes_a_token(fake: FakeK
             assert ISVC_TOKEN.encode() not in data and fake.token.encode() not in data, path
 
 
-def _interrupt_when(proc: subprocess.Popen[str], fake: FakeKube, ready: object, timeout: float = 120) -> str:
-    if not fake.wait_for(ready, timeout):
+def _interrupt_when(
+    proc: subprocess.Popen[str], fake: FakeKube, ready: object, signum: int = signal.SIGINT
+) -> str:
+    if not fake.wait_for(ready, 120):
         proc.kill()
         raise AssertionError("the harness never got there:\n" + (proc.communicate()[0] or ""))
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     output, _ = proc.communicate(timeout=120)
     return output
 
 
-def test_sigint_while_waiting_for_ready_deletes_the_inferenceservice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_waiting_for_ready_deletes_the_inferenceservice(tmp_path: Path, signum: int) -> None:
     (tmp_path / "pods").mkdir()
     with FakeKube(tmp_path / "pods", never_ready=True) as fake:
         scenario = _one_cell_scenario(tmp_path)
         proc = _run(scenario, "--out", tmp_path / "reports", "--set", "servers.0.startup_timeout_s=600",
                     env=_env(fake, tmp_path))  # fmt: skip
         watching = lambda: any("watch=true" in q for _, _, q in fake.requests)  # noqa: E731
-        output = _interrupt_when(proc, fake, watching)
+        output = _interrupt_when(proc, fake, watching, signum)
         assert proc.returncode != 0
         assert len(fake.calls("POST", "inferenceservices")) == 1
         assert len(fake.calls("DELETE", "inferenceservices")) == 1, output

@@ -139,7 +139,12 @@ class KserveBackend:
         )  # fmt: skip
         self._write(records / "inferenceservice.yaml", isvc)
         started = time.monotonic()
-        cluster.create("InferenceService", isvc)
+        try:
+            cluster.create("InferenceService", isvc)
+        except ClusterError as err:
+            if err.status == 409:  # someone else's of that name: never delete it
+                self.name = None
+            raise
         obj = cluster.wait_ready(name, started + server.startup_timeout_s)
         if obj is None or not is_ready(obj):
             raise self._not_ready(where, obj, server.startup_timeout_s)

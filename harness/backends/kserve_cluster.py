@@ -40,6 +40,10 @@ LOG_LIMIT_BYTES = 32 * 1024 * 1024
 class ClusterError(BackendStartError):
     """A call to the Kubernetes API failed, or the cluster could not be reached or configured."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the API server's HTTP status, when it answered
+
 
 def kubeconfig_path(given: str | None) -> str:
     """``deploy.kubeconfig``, else ``$KUBECONFIG`` (may list several files), else ``~/.kube/config``."""
@@ -137,7 +141,8 @@ class Cluster:
         elif status == 403:
             hint = f" (your user may not do this in namespace {self.namespace!r})"
         code = f"HTTP {status}: " if status else ""
-        return ClusterError(scrub_text(f"{what} on {self.server}: {code}{message}{hint}", self.secrets))
+        text = scrub_text(f"{what} on {self.server}: {code}{message}{hint}", self.secrets)
+        return ClusterError(text, status if isinstance(status, int) else None)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         from kubernetes.client.rest import ApiException
