@@ -404,7 +404,7 @@ class Run:
         finally:
             series = cell_dir / "timeseries.parquet"
             earlier = read_timeseries(series) if series.exists() else []  # a resumed cell's first attempt
-            rows = earlier + sampler.stop()
+            rows = earlier + self.secrets.data(sampler.stop())  # server-made metric names, labels
             write_timeseries(series, rows)
             result.memory = memory_summary(rows, [s.step_id for s in self.steps])
 

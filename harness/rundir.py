@@ -3,7 +3,7 @@
 Layout (see README)::
 
     reports/<UTC timestamp>-<scenario>/
-        scenario.yaml        the scenario as resolved (overrides applied)
+        scenario.yaml        the scenario as resolved (overrides applied, secrets redacted)
         env.json             host, CPU, GPU, driver, versions
         prompts.jsonl        the exact prompts sent (seeded)
         summary.json         results.RunSummary, rewritten after every step
