@@ -172,3 +172,15 @@ def test_external_backend_sends_userinfo_as_basic_unless_an_api_key_is_configure
     assert auth_headers(server(api_key_env="TB_TEST_KEY_PRECEDENCE")) == {
         "Authorization": "Bearer bearer-key-1"
     }
+
+
+def test_a_load_plan_holding_a_known_secret_is_refused_not_written(tmp_path) -> None:
+    from harness.load.runner import LoadRunError, write_plan
+    from load_plans import sim_plan
+
+    plan = sim_plan(tmp_path, base_url="http://127.0.0.1:9/plan-secret-99", requests=4)
+    with pytest.raises(LoadRunError, match="would hold a secret in base_url") as err:
+        write_plan(tmp_path / "load_plan.json", plan, Redactor(["plan-secret-99"]))
+    assert "plan-secret-99" not in str(err.value) and not (tmp_path / "load_plan.json").exists()
+    write_plan(tmp_path / "load_plan.json", plan, Redactor(["other-secret"]))
+    assert (tmp_path / "load_plan.json").exists()

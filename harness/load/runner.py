@@ -116,6 +116,18 @@ def locust_env(
     return env
 
 
+def write_plan(path: Path, plan: LoadPlan, secrets: Redactor) -> None:
+    """Write the plan file, which must hold no secret: a field that does is an error naming the field.
+
+    Why not write it scrubbed: Locust would then run another plan (a ``REDACTED`` URL or path).
+    """
+    data = plan.to_dict()
+    leaked = [key for key, value in data.items() if any(k in str(value) for k in secrets.known)]
+    if leaked:
+        raise LoadRunError(f"the load plan of step {plan.step_id} would hold a secret in {', '.join(leaked)}")
+    write_json(path, data)
+
+
 def run_step(
     plan: LoadPlan,
     step_dir: Path,
@@ -151,7 +163,7 @@ def run_step(
     except OpenFilesError as err:
         raise LoadRunError(str(err)) from None
     plan_path = step_dir / "load_plan.json"
-    write_json(plan_path, secrets.data(plan.to_dict()))
+    write_plan(plan_path, plan, secrets)
     log_path = step_dir / "locust.log"
     if max_wall_s is None and plan.duration_s is not None:
         max_wall_s = 120.0 + plan.warmup_s + plan.duration_s + 2 * plan.timeout_s
