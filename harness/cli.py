@@ -53,7 +53,11 @@ def run(
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="folder that receives the run folder")] = Path("reports"),
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="override a field: path=value (YAML value)")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="override a field: path=value (YAML value); with --resume, give back redacted secrets",
+        ),
     ] = None,
     resume: Annotated[
         Path | None,
@@ -68,27 +72,37 @@ def run(
     """Run a scenario: start each cell's server, drive every load step, write the report."""
     from harness.report.data import load_run
     from harness.report.terminal import print_summary
+    from harness.resume import load_resume_scenario
     from harness.run import Run
     from harness.rundir import RunDir
+    from harness.runsecrets import Redactor
 
     console = _console()
+    secrets = Redactor.for_inputs(set_ or [])
     try:
         if resume is not None:
-            if scenario is not None or set_:
-                raise ScenarioError("--resume takes the run folder only: its scenario.yaml is the scenario")
+            if scenario is not None:
+                raise ScenarioError(
+                    "--resume takes the run folder, not a scenario: its scenario.yaml is the scenario"
+                )
             if not (resume / "summary.json").is_file():
                 raise ScenarioError(f"{resume}: not a run folder (no summary.json)")
-            sc = load_scenario(resume / "scenario.yaml")
-            runner = Run(
-                sc, out_root=out, repo_root=_repo_root(), progress=_progress(console), resume=RunDir(resume)
-            )
+            sc = load_resume_scenario(resume, set_ or [])
         else:
             if scenario is None:
                 raise ScenarioError("give a scenario file, or --resume RUN_DIR")
             sc = load_scenario(scenario, set_ or [])
-            runner = Run(sc, out_root=out, repo_root=_repo_root(), progress=_progress(console))
+        secrets = Redactor.for_scenario(sc, set_ or [])
+        runner = Run(
+            sc,
+            out_root=out,
+            repo_root=_repo_root(),
+            progress=_progress(console),
+            resume=RunDir(resume) if resume is not None else None,
+            secrets=secrets,
+        )
     except ScenarioError as err:
-        raise _fail(console, str(err)) from None
+        raise _fail(console, secrets.text(str(err))) from None
     outcome = runner.execute()
     if outcome.failed:
         console.print(f"[bold red]failed cells:[/] {escape(', '.join(outcome.failed))}", highlight=False)
@@ -97,7 +111,7 @@ def run(
     try:
         print_summary(load_run(outcome.run_dir.path), console, report_path=outcome.report_path)
     except Exception as err:  # the data is on disk; a table bug must not hide the path
-        console.print(f"(summary table unavailable: {err!r})", markup=False)
+        console.print(secrets.text(f"(summary table unavailable: {err!r})"), markup=False)
         console.print(
             f"report: {outcome.report_path or outcome.run_dir.path}",
             highlight=False,
@@ -115,13 +129,14 @@ def validate(
     """Check a scenario without starting anything; list the cells and steps it expands to."""
     from harness.matrix import expand_steps
     from harness.run import validate_cells
+    from harness.runsecrets import Redactor
 
     console = _console()
     try:
         sc = load_scenario(scenario, set_ or [])
         cells = validate_cells(sc)
     except ScenarioError as err:
-        raise _fail(console, str(err)) from None
+        raise _fail(console, Redactor.for_inputs(set_ or []).text(str(err))) from None
     steps = expand_steps(sc)
     console.print(f"{scenario}: ok — {len(cells)} cells × {len(steps)} steps", highlight=False, markup=False)
     for c in cells:

@@ -14,6 +14,7 @@ the harness and the simulator's write log share one time axis.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -121,6 +122,19 @@ RECORD_SCHEMA = pa.schema(
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RequestRecord))
 assert RECORD_FIELDS == tuple(RECORD_SCHEMA.names), "RequestRecord and RECORD_SCHEMA drifted apart"
+
+
+def scrub_record(record: RequestRecord, scrub: Callable[[str], str]) -> RequestRecord:
+    """The record's server-made text (``error_message``, ``retry_after``) passed through ``scrub``.
+
+    Why: a server may echo the request's Authorization header into a 401 body or an SSE
+    error event, and the record would keep it (``harness.runsecrets``).
+    """
+    if record.error_message is not None:
+        record.error_message = scrub(record.error_message)
+    if record.retry_after is not None:
+        record.retry_after = scrub(record.retry_after)
+    return record
 
 
 def record_to_dict(record: RequestRecord) -> dict[str, Any]:

@@ -63,21 +63,46 @@ _SECRET_SHAPES = (
 )
 
 
-def scrub_text(text: str, known: frozenset[str] = frozenset()) -> str:
+def scrub_text(text: str, known: frozenset[str] = frozenset(), *, cut: bool = False) -> str:
     """``text`` with every known secret value and every secret-shaped token replaced by ``REDACTED``.
 
     Why by value: a server may echo the Authorization header into a 401 body or
     an SSE event, and that body becomes a record's ``error_message``; no name
     is attached to it there. Known values are replaced longest first, so a
     secret that contains another is removed whole.
+
+    ``cut``: the text may have been cut at a length bound (a record's error
+    body), so the start of a known value at its very end goes too. Not for
+    names and ids, where a word that starts a secret may end a name.
     """
     for value in sorted(known, key=len, reverse=True):
         if len(value) >= MIN_SECRET_CHARS and value in text:
             text = text.replace(value, REDACTED)
+    if cut:
+        text = _cut_secret_at_end(text, known)
     for shape in _SECRET_SHAPES:
         text = shape.sub(
             lambda m: f"{m.group(1)}{REDACTED}" + ("@" if m.group(0).endswith("@") else ""), text
         )
+    return text
+
+
+_CLOSERS = "'\")]}>. \n"
+
+
+def _cut_secret_at_end(text: str, known: frozenset[str]) -> str:
+    """A known value cut short by a length bound (``body[:500]``) leaves its start at the end of
+    the text, perhaps before a closing quote: that start goes too."""
+    core = text.rstrip(_CLOSERS)
+    last = core[-MIN_SECRET_CHARS:]
+    if len(last) < MIN_SECRET_CHARS:
+        return text
+    for value in sorted(known, key=len, reverse=True):
+        # A start of ``value`` that ends ``core`` ends with ``last``: try only where ``last`` occurs.
+        ends = [i + MIN_SECRET_CHARS for i in range(len(value)) if value.startswith(last, i)]
+        for k in sorted(ends, reverse=True):
+            if k < len(value) and core.endswith(value[:k]):
+                return core[:-k] + REDACTED + text[len(core) :]
     return text
 
 
@@ -95,7 +120,7 @@ def scrub(data: Any, known: frozenset[str] = frozenset()) -> Any:
 def secret_values_in_args(argv: list[str]) -> set[str]:
     """Values that :func:`redact_command` would hide, so they can be scrubbed elsewhere too."""
     found: set[str] = set()
-    for arg, nxt in zip(argv, [*argv[1:], ""], strict=True):
+    for arg, nxt in zip(argv, [*argv[1:], ""][: len(argv)], strict=True):
         if arg.startswith("-") and "=" in arg and is_secret_name(arg.split("=", 1)[0]):
             found.add(arg.split("=", 1)[1])
         elif arg.startswith("-") and is_secret_name(arg) and nxt:

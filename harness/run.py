@@ -31,14 +31,17 @@ from harness import __version__
 from harness.assets import check_local_model, prepare_backends, resolve_scenario, tokenizer_path
 from harness.atomic import write_json, write_text
 from harness.backends.base import ServerHandle
-from harness.backends.process import ProcessRegistry, stop_leftovers
+from harness.backends.leftovers import stop_leftovers
+from harness.backends.process import ProcessRegistry
 from harness.backends.registry import get_spec
 from harness.bounds import MAX_CELL_ID
 from harness.matrix import Cell, Step, expand_cells, expand_steps, matrix_problems
-from harness.owner import owner_alive, owner_marker
+from harness.owner import owner_marker
 from harness.results import CellResult, Dist, RunSummary, StepMetrics
+from harness.resume import launch_groups, resumable_summary
 from harness.rundir import RunDir, collect_env
-from harness.scenario import Scenario, ScenarioError, Server, scenario_to_yaml
+from harness.runsecrets import Redactor
+from harness.scenario import Scenario, ScenarioError, Server
 from harness.yamlfile import shown
 
 if TYPE_CHECKING:
@@ -131,57 +134,6 @@ def prompt_count(scenario: Scenario, step: Step) -> int:
     return int(min(20_000, max(64, math.ceil(expected * 1.5))))
 
 
-def launch_groups(cells: list[Cell], results: list[CellResult]) -> Iterator[list[tuple[Cell, CellResult]]]:
-    """Consecutive unfinished cells that share a ``launch_key``, each group to be served by one launch.
-
-    Cells finished in an earlier attempt (``--resume``) are skipped, so a resumed group launches
-    its server again only for the cells still to measure.
-    """
-    group: list[tuple[Cell, CellResult]] = []
-    for cell, result in zip(cells, results, strict=True):
-        if result.status in ("ok", "failed"):
-            continue
-        if group and not (cell.launch_key and cell.launch_key == group[-1][0].launch_key):
-            yield group
-            group = []
-        group.append((cell, result))
-    if group:
-        yield group
-
-
-def resumable_summary(run_dir: RunDir, cells: list[Cell]) -> RunSummary:
-    """The earlier attempt's summary, ready to go on: same cells, unfinished ones set back to pending.
-
-    Refuses (``ScenarioError``) a run that finished, one whose harness is still
-    running, and one whose cells are not the scenario's (another scenario, or
-    an edited one: the kept steps would not be comparable).
-    """
-    where = str(run_dir.path)
-    try:
-        summary = run_dir.read_summary()
-    except (OSError, ValueError) as err:
-        raise ScenarioError(f"{where}: cannot resume: summary.json unreadable: {err}") from None
-    if summary.complete:
-        raise ScenarioError(f"{where}: cannot resume: the run finished; nothing is left to run")
-    if summary.owner and owner_alive(summary.owner) and not summary.interrupted:
-        raise ScenarioError(
-            f"{where}: cannot resume: its harness (pid {summary.owner.split(':')[0]}) still runs"
-        )
-    stored = [(c.cell_id, c.identity) for c in summary.cells]
-    wanted = [(c.cell_id, c.identity) for c in cells]
-    if stored != wanted:
-        raise ScenarioError(
-            f"{where}: cannot resume: its cells {[i for i, _ in stored]} are not this scenario's "
-            f"{[i for i, _ in wanted]} (was the scenario edited?)"
-        )
-    summary.complete = summary.interrupted = False
-    summary.resumes += 1
-    for cell in summary.cells:
-        if cell.status in ("running", "interrupted", "pending"):
-            cell.status, cell.error, cell.log_tail = "pending", None, []
-    return summary
-
-
 @contextmanager
 def _signals_raise_interrupt() -> Iterator[None]:
     """Turn SIGINT/SIGTERM/SIGHUP into KeyboardInterrupt so every ``finally`` tears down servers.
@@ -209,6 +161,9 @@ class Run:
     With ``resume`` (an earlier run folder of the same scenario), cells that
     finished (ok or failed) are kept, and every other cell runs from its first
     unfinished step, with a fresh server launch, into the same folder.
+
+    ``secrets`` (default: collected from the scenario and the environment) is
+    scrubbed from every file, log, record and progress line the run writes.
     """
 
     def __init__(
@@ -219,17 +174,19 @@ class Run:
         repo_root: Path,
         progress: Progress,
         resume: RunDir | None = None,
+        secrets: Redactor | None = None,
     ) -> None:
         self.scenario = scenario
         self.repo_root = repo_root
-        self.progress = progress
+        self.secrets = secrets or Redactor.for_scenario(scenario)
+        self.progress: Progress = lambda message: progress(self.secrets.text(message))
         self.cells = validate_cells(scenario)
         self.steps = expand_steps(scenario)
         if resume is not None:
-            self.run_dir = resume
-            self.summary = resumable_summary(resume, self.cells)
+            self.run_dir = dataclasses.replace(resume, secrets=self.secrets)
+            self.summary = resumable_summary(self.run_dir, self.cells)
             return
-        self.run_dir = RunDir.create(out_root, scenario.name)
+        self.run_dir = RunDir.create(out_root, scenario.name, secrets=self.secrets)
         self.summary = RunSummary(
             run_id=self.run_dir.path.name,
             scenario=scenario.name,
@@ -254,11 +211,11 @@ class Run:
     def execute(self) -> RunOutcome:
         rd = self.run_dir
         if not self.summary.resumes:
-            write_text(rd.path / "scenario.yaml", scenario_to_yaml(self.scenario))
+            write_text(rd.path / "scenario.yaml", self.secrets.scenario_yaml(self.scenario))
         self.summary.owner = owner_marker()
         rd.write_summary(self.summary)
         outcome = RunOutcome(rd, self.summary)
-        registry = ProcessRegistry()
+        registry = ProcessRegistry(scrub=self.secrets.text)
         try:
             with _signals_raise_interrupt(), registry:
                 self.progress(f"run folder: {rd.path}")
@@ -294,7 +251,7 @@ class Run:
         rd = self.run_dir
         self.summary.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         versions = {c.cell_id: c.version for c in self.summary.cells if c.version}
-        write_json(rd.path / "env.json", collect_env(versions))
+        write_json(rd.path / "env.json", self.secrets.data(collect_env(versions)))
         rd.write_summary(self.summary)
         rd.merge()
         from harness.report.html import write_report
@@ -329,6 +286,7 @@ class Run:
         self.progress(f"[{first.cell_id}] starting {first.server.backend} server")
         try:
             with launch(first, cell_dir, repo_root=self.repo_root, registry=registry) as handle:
+                self.secrets.add_headers(handle.headers)  # a cluster backend's bearer token
                 self.progress(f"[{first.cell_id}] healthy in {handle.launch_s or 0:.1f}s ({handle.version})")
                 while pending:
                     cell, result = pending[0]
@@ -372,8 +330,8 @@ class Run:
         registry: ProcessRegistry,
         launched_for: Cell,
     ) -> None:
-        result.command = list(handle.command)
-        result.env = dict(handle.env)
+        result.command = self.secrets.command(handle.command)
+        result.env = self.secrets.env(handle.env)
         result.version = handle.version
         result.launch_s = handle.launch_s
         result.simulated = handle.simulated
@@ -446,7 +404,7 @@ class Run:
         finally:
             series = cell_dir / "timeseries.parquet"
             earlier = read_timeseries(series) if series.exists() else []  # a resumed cell's first attempt
-            rows = earlier + sampler.stop()
+            rows = earlier + self.secrets.data(sampler.stop())  # server-made metric names, labels
             write_timeseries(series, rows)
             result.memory = memory_summary(rows, [s.step_id for s in self.steps])
 
@@ -514,7 +472,9 @@ class Run:
         )
         self.progress(f"[{cell.cell_id}] step {step.step_id}: {step.kind} {step.target:g}")
         watch = ServerWatch(pids=handle.trees())
-        outcome = run_step(plan, step_dir, headers=handle.headers, registry=registry, watch=watch)
+        outcome = run_step(
+            plan, step_dir, headers=handle.headers, registry=registry, watch=watch, secrets=self.secrets
+        )
         return Path(outcome.records_path), outcome.health, outcome.wall_s
 
     @staticmethod

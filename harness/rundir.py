@@ -3,7 +3,7 @@
 Layout (see README)::
 
     reports/<UTC timestamp>-<scenario>/
-        scenario.yaml        the scenario as resolved (overrides applied)
+        scenario.yaml        the scenario as resolved (overrides applied, secrets redacted)
         env.json             host, CPU, GPU, driver, versions
         prompts.jsonl        the exact prompts sent (seeded)
         summary.json         results.RunSummary, rewritten after every step
@@ -24,7 +24,7 @@ import datetime as dt
 import os
 import platform
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from harness.load.spool import merge_parts
 from harness.owner import owner_alive
 from harness.records import concat_record_files
 from harness.results import RunSummary
+from harness.runsecrets import Redactor
 
 
 def utc_stamp(now: dt.datetime | None = None) -> str:
@@ -46,10 +47,15 @@ def utc_stamp(now: dt.datetime | None = None) -> str:
 
 @dataclass(frozen=True)
 class RunDir:
+    """One run folder. ``secrets`` (the run's ``Redactor``) scrubs what its writers store."""
+
     path: Path
+    secrets: Redactor = field(default_factory=Redactor, compare=False, repr=False)
 
     @classmethod
-    def create(cls, root: Path, scenario_name: str, *, stamp: str | None = None) -> RunDir:
+    def create(
+        cls, root: Path, scenario_name: str, *, stamp: str | None = None, secrets: Redactor | None = None
+    ) -> RunDir:
         # Absolute: servers run with their own working directory and are handed paths inside it.
         base = root.resolve() / f"{stamp or utc_stamp()}-{scenario_name}"
         path, n = base, 1
@@ -57,7 +63,7 @@ class RunDir:
             n += 1
             path = base.with_name(f"{base.name}-{n}")
         path.mkdir(parents=True)
-        return cls(path)
+        return cls(path, secrets or Redactor())
 
     def cell_dir(self, cell_id: str) -> Path:
         d = self.path / "cells" / cell_id
@@ -74,7 +80,7 @@ class RunDir:
         return self.path / "summary.json"
 
     def write_summary(self, summary: RunSummary) -> None:
-        write_json(self.summary_path, summary.model_dump(mode="json"))
+        write_json(self.summary_path, self.secrets.data(summary.model_dump(mode="json")))
 
     def read_summary(self) -> RunSummary:
         """The stored summary, settled: a run whose harness is gone without finishing is interrupted."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -497,7 +496,3 @@ def load_scenario(path: Path | str, overrides: list[str] | None = None) -> Scena
         except DatasetError as err:
             raise ScenarioError(f"{path}: invalid scenario\n  workload.dataset: {err}") from None
     return scenario
-
-
-def scenario_to_yaml(scenario: Scenario) -> str:
-    return yaml.safe_dump(scenario.model_dump(mode="json", exclude_none=True), sort_keys=False)

@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from cli_runner import tokenbench
-from harness.backends.process import ManagedProcess, group_members, stop_leftovers
+from harness.backends.leftovers import stop_leftovers
+from harness.backends.process import ManagedProcess, group_members
 from harness.owner import OWNER_ENV
 from harness.rundir import RunDir
 from leftovers import new_marker, processes_with_marker

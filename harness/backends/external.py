@@ -9,6 +9,12 @@ The API key is read from the environment variable the scenario names, never
 from the scenario itself, and lives only in ``ServerHandle.headers`` (which is
 excluded from repr and from ``public_dict``): not in env, command, logs or
 error messages.
+
+Credentials in ``base_url`` (``http://user:pass@host``) are taken out of the
+URL before it is used anywhere and sent as ``Authorization: Basic ...``; the
+URL the harness probes, records and hands to Locust has no userinfo. When
+``api_key_env`` is set too, its ``Bearer`` key is the one sent: it is the
+field meant for auth, the userinfo is then ignored (and still redacted).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from harness.matrix import Cell
 from harness.protocols.base import Endpoint, ProtocolError
 from harness.protocols.readiness import wait_until_ready
 from harness.protocols.registry import get_protocol
+from harness.runsecrets import basic_auth, split_userinfo
 from harness.scenario import Server
 
 
@@ -37,9 +44,13 @@ def normalize_base_url(url: str) -> str:
 
 
 def auth_headers(server: Server) -> dict[str, str]:
-    """The Authorization header from ``api_key_env``; a clear error if that variable is unset."""
+    """The Authorization header: ``api_key_env``'s Bearer key, else ``base_url``'s userinfo as Basic.
+
+    A clear error if the named variable is unset (never its value, never the URL's userinfo).
+    """
     if not server.api_key_env:
-        return {}
+        _, userinfo = split_userinfo(server.base_url or "")
+        return {"Authorization": basic_auth(userinfo)} if userinfo else {}
     key = os.environ.get(server.api_key_env)
     if not key:
         raise BackendStartError(
@@ -85,7 +96,7 @@ class ExternalBackend:
     def start(self, cell: Cell, workdir: Path) -> ServerHandle:
         server = cell.server
         assert server.base_url, "scenario validation guarantees base_url for external"
-        base_url = normalize_base_url(server.base_url)
+        base_url = normalize_base_url(split_userinfo(server.base_url)[0])
         headers = auth_headers(server)
         timeout = (
             self.ready_timeout_s if self.ready_timeout_s is not None else min(server.startup_timeout_s, 60.0)

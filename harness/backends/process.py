@@ -11,6 +11,9 @@ shares one process-group id that ``killpg`` reaches, grandchildren included.
 every ``ManagedProcess`` registers its group in it, and ``kill_all`` (run from
 ``atexit`` and from the installed signal handlers) SIGKILLs whatever is left.
 It is an object, not a module global, so tests and nested runs stay isolated.
+It also carries the run's ``scrub`` (``Redactor.text``): every process started
+under it writes its output through a :class:`~harness.backends.logpump.LogPump`
+that scrubs each line, so a server's log never keeps a secret the run knows.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import httpx
 import psutil
 
 from harness.backends.base import BackendStartError
-from harness.owner import OWNER_ENV, owner_alive, owner_marker
+from harness.backends.logpump import LogPump, Scrub
+from harness.owner import OWNER_ENV, owner_marker
 from harness.redact import redact_command
 
 SUPERVISOR = Path(__file__).with_name("supervise.py")
@@ -106,7 +110,8 @@ class ProcessRegistry:
     atexit/signal hooks on entry and kill leftovers on exit.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scrub: Scrub | None = None) -> None:
+        self.scrub = scrub
         self._groups: set[int] = set()
         self._lock = threading.Lock()
         self._installed = False
@@ -176,6 +181,9 @@ class ProcessRegistry:
 class ManagedProcess:
     """A subprocess in its own process group, logging to a file, torn down as a tree.
 
+    Its stdout and stderr go through a pipe to a ``LogPump`` that scrubs each line
+    (``scrub``, else the registry's, else secret shapes only) before it reaches ``log_path``.
+
     Starts immediately on construction, under ``supervise.py`` (the group
     leader, which takes the group down if the harness is SIGKILLed). ``pid`` is
     the command's own pid, the root of the tree telemetry measures; ``pgid`` is
@@ -191,6 +199,7 @@ class ManagedProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         registry: ProcessRegistry | None = None,
+        scrub: Scrub | None = None,
     ) -> None:
         self.command = list(command)
         self.log_path = log_path
@@ -200,10 +209,11 @@ class ManagedProcess:
         child_env = dict(os.environ if env is None else env)
         child_env[OWNER_ENV] = owner_marker()
         read_fd, write_fd = os.pipe()
+        out_read, out_write = os.pipe()
         try:
             self._popen = subprocess.Popen(
                 [sys.executable, str(SUPERVISOR), str(write_fd), str(os.getpid()), "--", *self.command],
-                stdout=self._log,
+                stdout=out_write,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=child_env,
@@ -213,10 +223,14 @@ class ManagedProcess:
             )
         except OSError:
             os.close(read_fd)
+            os.close(out_read)
             self._log.close()
             raise
         finally:
             os.close(write_fd)
+            os.close(out_write)
+        scrub = scrub or (registry.scrub if registry is not None else None)
+        self._pump = LogPump(out_read, self._log, scrub, name=log_path.name)
         self.pgid: int = self._popen.pid  # start_new_session: the supervisor leads its own group
         self._terminated = False
         if registry is not None:
@@ -237,7 +251,15 @@ class ManagedProcess:
         deadline = time.monotonic() + 5.0
         while self.pid != self._popen.pid and _running(self.pid) and time.monotonic() < deadline:
             time.sleep(0.01)
+        self.drain_log()
         return code
+
+    def drain_log(self, timeout_s: float = 2.0) -> None:
+        """Wait (briefly) until the output so far is in the log file: call before reading its tail.
+
+        Bounded: a grandchild that left the group may hold the pipe open for ever.
+        """
+        self._pump.join(timeout_s)
 
     def terminate(self, grace_s: float = 10.0) -> int | None:
         """SIGTERM the whole group, SIGKILL after ``grace_s``; returns the child's exit code."""
@@ -264,6 +286,7 @@ class ManagedProcess:
             self._terminated = True
             if self._registry is not None:
                 self._registry.discard(self.pgid)
+            self.drain_log(5.0)
             self._log.close()
         return self._popen.returncode
 
@@ -301,6 +324,7 @@ class ProcessSet:
         self, role: str, command: list[str], *, log_path: Path, env: dict[str, str] | None = None,
         cwd: Path | None = None,
     ) -> ManagedProcess:  # fmt: skip
+        """Start ``command`` as ``role``; its output is scrubbed as the registry says."""
         if role in self._procs:
             raise ValueError(f"a process with role {role!r} was already started")
         proc = ManagedProcess(command, log_path=log_path, env=env, cwd=cwd, registry=self.registry)
@@ -338,37 +362,6 @@ def _read_child_pid(fd: int, timeout_s: float = 10.0) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def stop_leftovers(grace_s: float = 2.0) -> list[str]:
-    """Stop processes that an earlier, crashed harness started and that outlived it.
-
-    Every child of a ``ManagedProcess`` carries ``OWNER_ENV``; a process whose
-    owner is gone is a leftover. Its whole group gets SIGTERM, then SIGKILL
-    after ``grace_s``. Returns one line per process stopped, for the run log.
-    """
-    found: dict[int, list[str]] = {}
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            marker = proc.environ().get(OWNER_ENV)
-            if marker is None or owner_alive(marker):
-                continue
-            cmd = " ".join(redact_command(proc.info["cmdline"] or []))[:160]
-            found.setdefault(os.getpgid(proc.pid), []).append(
-                f"pid {proc.pid} (started by harness pid {marker.split(':')[0]}): {cmd}"
-            )
-        except (psutil.Error, ProcessLookupError, OSError):
-            continue
-    for pgid in found:
-        _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_group_alive(g) for g in found):
-        time.sleep(0.05)
-    for pgid in found:
-        _signal_group(pgid, signal.SIGKILL)
-    return [line for lines in found.values() for line in lines]
-
-
 def wait_ready(
     urls: Iterable[str],
     timeout_s: float,
@@ -390,6 +383,7 @@ def wait_ready(
     with httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0), headers=headers or {}) as client:
         while pending:
             if proc is not None and (code := proc.poll()) is not None:
+                proc.drain_log()
                 raise BackendStartError(
                     f"server process exited with code {code} before becoming ready "
                     f"(command: {shlex.join(redact_command(proc.command))})",

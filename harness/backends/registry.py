@@ -95,7 +95,25 @@ def launch(
     backend = create_backend(cell.server, repo_root=repo_root, registry=registry)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        handle = backend.start(cell, workdir)
+        handle = without_url_credentials(backend.start(cell, workdir))
         yield handle
     finally:
         backend.stop()
+
+
+def without_url_credentials(handle: ServerHandle) -> ServerHandle:
+    """A handle whose ``base_url`` carries ``user:pass@`` gets it as an Authorization header instead.
+
+    Whatever backend handed it back: the URL goes into the load plan, the Host
+    header and the report, and none of them may hold a credential. An explicit
+    ``Authorization`` header the backend set is kept (it wins over the userinfo).
+    """
+    from harness.runsecrets import basic_auth, split_userinfo
+
+    clean, userinfo = split_userinfo(handle.base_url)
+    if userinfo is None:
+        return handle
+    handle.base_url = clean
+    if not any(k.lower() == "authorization" for k in handle.headers):
+        handle.headers = {**handle.headers, "Authorization": basic_auth(userinfo)}
+    return handle

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness.atomic import write_text
 from harness.gate.rundata import GateInputError, GateRun, StepGroup, note_limited, read_json
 from harness.gate.samples import StepSamples
+from harness.redact import redact_command, scrub
 from harness.results import RunSummary
 
 BASELINE_SCHEMA_VERSION = 1
@@ -166,14 +167,20 @@ def _strip_secrets(summary: RunSummary) -> RunSummary:
 
 
 def _strip_scenario_secrets(scenario: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Server ``env`` values (tokens, keys) are replaced; the names stay so the setup is still readable."""
+    """Server ``env`` values (tokens, keys) are replaced; the names stay so the setup is still readable.
+
+    Secret flags' values in ``args``, URL userinfo and secret shapes go too: a run folder written
+    before the run's own redaction (``harness.runsecrets``) may still hold them.
+    """
     if not scenario:
         return scenario
     clean = json.loads(json.dumps(scenario, default=str))
     for server in clean.get("servers") or []:
         if isinstance(server, dict) and isinstance(server.get("env"), dict):
             server["env"] = {k: "<redacted>" for k in server["env"]}
-    return clean
+        if isinstance(server, dict) and isinstance(server.get("args"), list):
+            server["args"] = redact_command([str(a) for a in server["args"]])
+    return scrub(clean)
 
 
 def baseline_path(name: str, root: Path = Path("reports/baselines")) -> Path:

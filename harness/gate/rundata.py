@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.gate.samples import StepSamples, extract_samples
+from harness.redact import scrub
 from harness.results import SCHEMA_VERSION, CellResult, RunSummary, StepMetrics
 from harness.scenario import Slo
 from harness.yamlfile import read_yaml
@@ -113,7 +114,7 @@ def read_summary(path: Path) -> RunSummary:
             "re-run the benchmark or use a matching tokenbench version"
         )
     try:
-        return RunSummary.model_validate(raw)
+        return RunSummary.model_validate(scrub(raw))  # secret shapes, should an old run folder hold any
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -90,7 +90,9 @@ def request_prefix(base_url: str, path: str, headers: Mapping[str, str]) -> byte
     """
     url = urlsplit(base_url)
     prefix = url.path.rstrip("/")
-    lines = [f"POST {prefix}{path} HTTP/1.1", f"Host: {url.netloc}"]
+    # Never the URL's userinfo: ``Host: user:pass@h`` would send a credential in the clear and
+    # break virtual hosting (the backend moves userinfo into an Authorization header).
+    lines = [f"POST {prefix}{path} HTTP/1.1", f"Host: {url.netloc.rpartition('@')[2]}"]
     for name, value in headers.items():
         if not _TOKEN.match(name):
             raise ValueError(f"request header name {name!r} is not a valid HTTP token")

@@ -1,7 +1,8 @@
 """What ``locust -f`` loads: the one user class, the plan's protocol spec, and the wiring per Locust process.
 
 Started only by ``harness.load.runner.run_step``, which passes the plan path in
-``TOKENBENCH_LOAD_PLAN`` and auth headers in ``TOKENBENCH_LOAD_HEADERS``.
+``TOKENBENCH_LOAD_PLAN``, auth headers in ``TOKENBENCH_LOAD_HEADERS`` and the run's
+known secret values (scrubbed from every record) in ``TOKENBENCH_LOAD_SECRETS``.
 
 Process roles (Locust decides them; ``--processes N`` forks N workers):
 
@@ -37,6 +38,7 @@ from harness.load.spool import RecordSpool, parts_dir
 from harness.load.users import StreamingUser, make_pool
 from harness.protocols.base import ProtocolSpec
 from harness.protocols.registry import get_protocol
+from harness.runsecrets import Redactor
 
 log = logging.getLogger("tokenbench.load")
 
@@ -61,6 +63,7 @@ class ProcessContext:
     environment: Environment
     protocol: ProtocolSpec
     headers: dict[str, str] = field(default_factory=dict)
+    secrets: Redactor = field(default_factory=Redactor)
     prompts: list[PromptSpec] = field(default_factory=list)
     state: StepState | None = None
     collector: MasterCollector | None = None
@@ -172,8 +175,13 @@ class ProcessContext:
 def _on_init(environment: Environment, **_kw: Any) -> None:
     plan = PLAN
     ctx = ProcessContext(
-        plan=plan, environment=environment, protocol=get_protocol(plan.api), headers=headers_from_env()
+        plan=plan,
+        environment=environment,
+        protocol=get_protocol(plan.api),
+        headers=headers_from_env(),
+        secrets=Redactor.from_environ(),
     )
+    ctx.secrets.add_headers(ctx.headers)
     runner = environment.runner
     if not isinstance(runner, MasterRunner):
         ctx.prompts = read_prompts(plan.prompts_path)

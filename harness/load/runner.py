@@ -7,8 +7,10 @@ orchestrator stays plain Python; Locust runs in its own process group via
 error and Ctrl-C alike.
 
 Secrets: auth headers go to Locust only through ``TOKENBENCH_LOAD_HEADERS`` in
-its environment. They are never written to the plan file, put on the command
-line, or logged.
+its environment, and the run's known secret values (which Locust scrubs from
+every record) through ``TOKENBENCH_LOAD_SECRETS``. They are never written to the
+plan file or put on the command line; Locust's output reaches ``locust.log``
+through the registry's scrubbing log pump.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.atomic import write_json
 from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, tail
 from harness.backends.watch import ServerDied, ServerWatch
 from harness.load.fdlimit import OpenFilesError, ensure_open_files
 from harness.load.plan import HEADERS_ENV, PLAN_ENV, LoadPlan
 from harness.load.spool import merge_parts, parts_dir
+from harness.runsecrets import SECRETS_ENV, Redactor
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -94,16 +98,34 @@ def locust_command(plan: LoadPlan, master_port: int | None = None) -> list[str]:
     return cmd
 
 
-def locust_env(plan_path: Path, headers: dict[str, str] | None) -> dict[str, str]:
-    """The child environment: plan path, headers (JSON), import path; stray LOCUST_* settings removed."""
+def locust_env(
+    plan_path: Path, headers: dict[str, str] | None, secrets: Redactor | None = None
+) -> dict[str, str]:
+    """The child environment: plan path, headers and known secrets (JSON), import path; stray
+    LOCUST_* settings removed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
     env[PLAN_ENV] = str(plan_path)
     env.pop(HEADERS_ENV, None)
+    env.pop(SECRETS_ENV, None)
     if headers:
         env[HEADERS_ENV] = json.dumps(headers)
+    if secrets is not None and secrets.known:
+        env[SECRETS_ENV] = secrets.to_environ()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def write_plan(path: Path, plan: LoadPlan, secrets: Redactor) -> None:
+    """Write the plan file, which must hold no secret: a field that does is an error naming the field.
+
+    Why not write it scrubbed: Locust would then run another plan (a ``REDACTED`` URL or path).
+    """
+    data = plan.to_dict()
+    leaked = [key for key, value in data.items() if any(k in str(value) for k in secrets.known)]
+    if leaked:
+        raise LoadRunError(f"the load plan of step {plan.step_id} would hold a secret in {', '.join(leaked)}")
+    write_json(path, data)
 
 
 def run_step(
@@ -114,6 +136,7 @@ def run_step(
     registry: ProcessRegistry | None = None,
     max_wall_s: float | None = None,
     watch: ServerWatch | None = None,
+    secrets: Redactor | None = None,
 ) -> StepOutcome:
     """Drive one step with Locust and return where its records are.
 
@@ -123,8 +146,10 @@ def run_step(
     appeared. On KeyboardInterrupt the Locust group is terminated (it writes
     what it has) and the interrupt is re-raised. ``watch`` is polled while
     Locust runs: when the server dies, Locust is stopped (its records so far
-    are written) and ``ServerDied`` is raised.
+    are written) and ``ServerDied`` is raised. ``secrets`` (the run's) are
+    scrubbed from the plan file, the records and the failure message.
     """
+    secrets = secrets or Redactor()
     step_dir = Path(step_dir)
     step_dir.mkdir(parents=True, exist_ok=True)
     # Each Locust worker needs at least one user, or it would never report.
@@ -138,7 +163,7 @@ def run_step(
     except OpenFilesError as err:
         raise LoadRunError(str(err)) from None
     plan_path = step_dir / "load_plan.json"
-    plan.write(plan_path)
+    write_plan(plan_path, plan, secrets)
     log_path = step_dir / "locust.log"
     if max_wall_s is None and plan.duration_s is not None:
         max_wall_s = 120.0 + plan.warmup_s + plan.duration_s + 2 * plan.timeout_s
@@ -147,9 +172,10 @@ def run_step(
     proc = ManagedProcess(
         locust_command(plan),
         log_path=log_path,
-        env=locust_env(plan_path, headers),
+        env=locust_env(plan_path, headers, secrets),
         cwd=PROJECT_ROOT,
         registry=registry,
+        scrub=secrets.text,
     )
     returncode: int | None = None
     died: str | None = None
@@ -178,7 +204,9 @@ def run_step(
     if not records_path.exists():
         lines = "\n".join(tail(log_path, 40))
         raise LoadRunError(
-            f"Locust (exit code {returncode}) wrote no records to {records_path}; log {log_path}:\n{lines}"
+            secrets.text(
+                f"Locust (exit code {returncode}) wrote no records to {records_path}; log {log_path}:\n{lines}"
+            )
         )
     health: dict[str, Any] = {}
     if health_path.exists():

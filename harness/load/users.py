@@ -41,6 +41,7 @@ from harness.load.schedule import ArrivalPool, derive_seed, poisson_arrivals
 from harness.protocols.base import Event as StreamEvent
 from harness.protocols.base import ProtocolSpec, StreamResult
 from harness.protocols.tls import grpc_channel
+from harness.records import scrub_record
 
 
 class HttpWire:
@@ -182,6 +183,7 @@ class StreamingUser(User):
             outcome=outcome,
             result=result,
         )
+        scrub_record(rec, ctx.secrets.message)  # before the record is kept, spooled or shown by Locust
         state.complete(rec, result.text if result is not None else "")
         self.environment.events.request.fire(
             request_type=self.wire.request_type,

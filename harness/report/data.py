@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from harness.metrics import per_request_frame
 from harness.records import RECORD_SCHEMA, read_records
+from harness.redact import scrub, scrub_text
 from harness.results import CellResult, RunSummary
 
 TIMESERIES_COLUMNS: tuple[str, ...] = ("cell_id", "step_id", "t_ns", "source", "name", "value", "labels")
@@ -85,7 +86,10 @@ def _read_summary(path: Path, run_dir: Path, problems: list[str]) -> RunSummary:
             run_id=run_dir.name, scenario="unknown", started_at="unknown", harness_version="unknown"
         )
     try:
-        return RunSummary.model_validate_json(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return RunSummary.model_validate(scrub(data))  # secret shapes, should an old run folder hold any
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path}: not valid JSON: {err}") from None
     except ValidationError as err:
         raise ReportError(_validation_message(path, err)) from None
 
@@ -156,7 +160,7 @@ def load_run(run_dir: Path | str) -> RunData:
     records = _read_records(run_dir / "records.parquet", problems)
     timeseries = _read_timeseries(run_dir / "timeseries.parquet", problems)
     scenario_path = run_dir / "scenario.yaml"
-    scenario_text = scenario_path.read_text(encoding="utf-8") if scenario_path.exists() else None
+    scenario_text = scrub_text(scenario_path.read_text(encoding="utf-8")) if scenario_path.exists() else None
     return RunData(
         run_dir=run_dir,
         summary=summary,
