@@ -247,6 +247,72 @@ CASES: list[Case] = [
         "'nohost'",
         edit={**EXTERNAL, "servers.0.base_url": "http://h:1", "servers.0.grpc_target": "nohost"},
     ),
+    # -- telemetry: the cluster's Prometheus for servers not on this host
+    Case(
+        "prometheus-url-ftp",
+        "telemetry.prometheus_url",
+        "'ftp://p'",
+        edit={"telemetry": {"prometheus_url": "ftp://p"}},
+    ),
+    Case(
+        "prometheus-url-secret-not-echoed",
+        "telemetry.prometheus_url",
+        "'ftp://***@p'",
+        edit={"telemetry": {"prometheus_url": f"ftp://u:{SECRET}@p"}},
+        absent=SECRET,
+    ),
+    Case(
+        "prometheus-token-env-bad-name",
+        "telemetry.prometheus_token_env",
+        "'MY TOKEN'",
+        edit={"telemetry": {"prometheus_url": "http://p:9090", "prometheus_token_env": "MY TOKEN"}},
+    ),
+    Case(
+        "prometheus-pod-bad-regex",
+        "telemetry.pod",
+        "'granite-(['",
+        edit={"telemetry": {"prometheus_url": "http://p:9090", "pod": "granite-(["}},
+    ),
+    Case(
+        "prometheus-namespace-upper",
+        "telemetry.namespace",
+        "'LLM_Serving'",
+        edit={"telemetry": {"prometheus_url": "http://p:9090", "namespace": "LLM_Serving"}},
+    ),
+    Case(
+        "prometheus-pod-without-url",
+        "telemetry.pod",
+        "'granite-.*'",
+        edit={"telemetry": {"pod": "granite-.*"}},
+    ),
+    Case(
+        "prometheus-step-zero",
+        "telemetry.step_s",
+        "0",
+        edit={"telemetry": {"prometheus_url": "http://p:9090", "step_s": 0}},
+    ),
+    Case(
+        "prometheus-label-bad",
+        "telemetry.pod_label",
+        "'exported-pod'",
+        edit={"telemetry": {"prometheus_url": "http://p:9090", "pod_label": "exported-pod"}},
+    ),
+    Case(
+        "telemetry-unknown-key",
+        "telemetry.prometheus",
+        "'http://p'",
+        edit={"telemetry": {"prometheus": "http://p"}},
+    ),
+    Case(
+        "prometheus-external-without-selector",
+        "telemetry.prometheus_url",
+        "'http://p:9090'",
+        edit={
+            **EXTERNAL,
+            "servers.0.base_url": "http://h:1",
+            "telemetry": {"prometheus_url": "http://p:9090"},
+        },
+    ),
     # -- datasets: the whole file, at validate
     _dataset(b"", "dataset-empty", "workload.dataset", "0 bytes"),
     _dataset(b"\n  \n\n", "dataset-blank-lines", "workload.dataset", "5 bytes"),

@@ -125,8 +125,10 @@ def telemetry_problems(scenario: Scenario) -> list[str]:
     bare = [s.name for s in scenario.servers if get_spec(s.backend).endpoint]
     if not bare:
         return []
+    from harness.yamlfile import shown
+
     return [
         f"telemetry.prometheus_url: server(s) {', '.join(repr(n) for n in bare)} do not know their pod; "
         "set telemetry.pod (a regex of the pod's name) and/or telemetry.namespace so the query matches "
-        "the server's GPUs only"
+        f"the server's GPUs only (got {shown(without_userinfo(config.prometheus_url))})"
     ]
