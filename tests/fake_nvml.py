@@ -47,5 +47,11 @@ class FakeNvml:
     def nvmlInit(self) -> None:  # noqa: N802
         return None
 
+    def nvmlDeviceGetName(self, h: int) -> str:  # noqa: N802
+        return f"Fake GPU {h} (test double)"
+
+    def nvmlSystemGetDriverVersion(self) -> str:  # noqa: N802
+        return "0.0-double"
+
     def nvmlShutdown(self) -> None:  # noqa: N802
         self.shutdown_calls += 1

@@ -17,4 +17,6 @@ nvmlDeviceGetCount = _fake.nvmlDeviceGetCount  # noqa: N816
 nvmlDeviceGetHandleByIndex = _fake.nvmlDeviceGetHandleByIndex  # noqa: N816
 nvmlDeviceGetMemoryInfo = _fake.nvmlDeviceGetMemoryInfo  # noqa: N816
 nvmlDeviceGetUtilizationRates = _fake.nvmlDeviceGetUtilizationRates  # noqa: N816
+nvmlDeviceGetName = _fake.nvmlDeviceGetName  # noqa: N816
+nvmlSystemGetDriverVersion = _fake.nvmlSystemGetDriverVersion  # noqa: N816
 nvmlDeviceGetComputeRunningProcesses = _fake.nvmlDeviceGetComputeRunningProcesses  # noqa: N816
