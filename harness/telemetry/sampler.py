@@ -19,10 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from harness.atomic import atomic_path
 from harness.results import RemoteGpu
@@ -33,39 +30,55 @@ from harness.telemetry.gpu import GpuProbe
 from harness.telemetry.process_mem import ProcessTreeProbe
 from harness.telemetry.prometheus import PrometheusScraper
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 log = logging.getLogger(__name__)
 
-TIMESERIES_SCHEMA = pa.schema(
-    [
-        ("cell_id", pa.string()),
-        ("step_id", pa.string()),
-        ("t_ns", pa.int64()),
-        ("source", pa.string()),
-        ("name", pa.string()),
-        ("value", pa.float64()),
-        ("labels", pa.string()),
-    ]
+# (name, Arrow type) of each column; pyarrow is imported only to write or read the file, so the
+# sampler itself runs where pyarrow is not installed (the GPU check on a lent machine).
+TIMESERIES_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("cell_id", "string"),
+    ("step_id", "string"),
+    ("t_ns", "int64"),
+    ("source", "string"),
+    ("name", "string"),
+    ("value", "float64"),
+    ("labels", "string"),
 )
-TIMESERIES_FIELDS: tuple[str, ...] = tuple(TIMESERIES_SCHEMA.names)
+TIMESERIES_FIELDS: tuple[str, ...] = tuple(name for name, _ in TIMESERIES_COLUMNS)
 SOURCES: tuple[str, ...] = ("process", "gpu", "prometheus", "dcgm")
 ROLE = "server"  # the one tree of a single-process server (``harness.backends.base.MAIN_ROLE``)
 
 
+def timeseries_schema() -> pa.Schema:
+    """The Arrow schema of ``timeseries.parquet``."""
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in TIMESERIES_COLUMNS])
+
+
 def write_timeseries(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write telemetry rows atomically as Parquet with ``TIMESERIES_SCHEMA``."""
+    """Write telemetry rows atomically as Parquet with ``timeseries_schema()``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     columns = {name: [r.get(name) for r in rows] for name in TIMESERIES_FIELDS}
-    table = pa.table(columns, schema=TIMESERIES_SCHEMA)
+    table = pa.table(columns, schema=timeseries_schema())
     with atomic_path(Path(path)) as tmp:
         pq.write_table(table, tmp)
 
 
 def read_timeseries(path: Path) -> list[dict[str, Any]]:
     """Rows as written by ``write_timeseries`` (the shape ``memory_summary`` takes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such timeseries file")
     try:
-        table = pq.read_table(path, schema=TIMESERIES_SCHEMA)
+        table = pq.read_table(path, schema=timeseries_schema())
     except (pa.ArrowException, OSError) as err:
         raise ValueError(f"{path}: not a readable timeseries file: {err}") from None
     return table.to_pylist()
