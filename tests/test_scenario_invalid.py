@@ -262,6 +262,13 @@ CASES: list[Case] = [
         absent=SECRET,
     ),
     Case(
+        "prometheus-url-credentials-refused",
+        "telemetry.prometheus_url",
+        "'https://***@thanos:9091'",
+        edit={"telemetry": {"prometheus_url": f"https://admin:{SECRET}@thanos:9091", "namespace": "llm"}},
+        absent=SECRET,
+    ),
+    Case(
         "prometheus-token-env-bad-name",
         "telemetry.prometheus_token_env",
         "'MY TOKEN'",

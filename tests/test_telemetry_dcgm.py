@@ -71,6 +71,11 @@ def test_selector_handle_pod_takes_over_and_strings_are_escaped() -> None:
 def test_query_spans_merge_margins_clamp_now_and_split() -> None:
     windows = [Window("c1", 10 * S, 20 * S), Window("c2", 21 * S, 30 * S), Window("c4", 100 * S, 110 * S)]
     assert query_spans(windows, 2.0, now_ns=111 * S, step_s=1.0) == [(8 * S, 32 * S), (98 * S, 111 * S)]
+    # not before the cell's start: earlier values may be another cell's load
+    assert query_spans(windows, 2.0, 111 * S, 1.0, not_before_ns=9 * S) == [
+        (9 * S, 32 * S),
+        (98 * S, 111 * S),
+    ]
     long = [Window("c1", 0, 3 * MAX_POINTS * S)]
     spans = query_spans(long, 0.0, now_ns=10**15, step_s=1.0)
     assert len(spans) == 3 and all(end - start <= MAX_POINTS * S for start, end in spans)

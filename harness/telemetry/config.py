@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -61,6 +62,8 @@ class TelemetryConfig(BaseModel):
     @classmethod
     def _url(cls, url: str | None) -> str | None:
         problem = check_http_url(url) if url is not None else None
+        if url is not None and not problem and "@" in urlsplit(url).netloc:
+            problem = "must not hold credentials (user:password@); give the token in prometheus_token_env"
         if problem:
             raise FieldProblem("", without_userinfo(url or ""), problem)
         return url

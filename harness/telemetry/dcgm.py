@@ -76,12 +76,20 @@ def selector_for(config: TelemetryConfig, pod: str | None, namespace: str | None
     return "{" + ",".join(matchers) + "}" if matchers else None
 
 
-def query_spans(windows: list[Window], margin_s: float, now_ns: int, step_s: float) -> list[tuple[int, int]]:
+def query_spans(
+    windows: list[Window], margin_s: float, now_ns: int, step_s: float, not_before_ns: int | None = None
+) -> list[tuple[int, int]]:
     """The monotonic spans to ask for: each window widened by the margin, overlaps merged, none
-    past ``now_ns`` (Prometheus would repeat its last value into the future), split so no query
-    returns more than ``MAX_POINTS`` points per series."""
+    past ``now_ns`` (Prometheus would repeat its last value into the future) or before
+    ``not_before_ns`` (the cell's start: earlier values may be another cell's load), split so no
+    query returns more than ``MAX_POINTS`` points per series.
+
+    Why a margin after a step matters most: the exporter collects every few seconds and
+    Prometheus scrapes it every 15-30 s, so what a step did to the GPU may appear only after it.
+    """
     margin = int(margin_s * 1e9)
-    spans = sorted((w.start_ns - margin, min(w.end_ns + margin, now_ns)) for w in windows)
+    floor = not_before_ns if not_before_ns is not None else -(2**62)
+    spans = sorted((max(w.start_ns - margin, floor), min(w.end_ns + margin, now_ns)) for w in windows)
     merged: list[list[int]] = []
     for start, end in spans:
         if end <= start:
@@ -231,9 +239,15 @@ class RemoteGpuQuery:
         )
 
     def fetch(
-        self, cell_id: str, windows: list[Window], clock: ClockMap, now_ns: int
+        self,
+        cell_id: str,
+        windows: list[Window],
+        clock: ClockMap,
+        now_ns: int,
+        not_before_ns: int | None = None,
     ) -> tuple[list[dict[str, Any]], RemoteGpu]:
-        """Timeseries rows (source ``dcgm``: ``gpu_used_bytes``, ``gpu_util`` per GPU) and the status."""
+        """Timeseries rows (source ``dcgm``: ``gpu_used_bytes``, ``gpu_util`` per GPU) and the status,
+        for the ``windows`` (see ``query_spans``) of a cell that started at ``not_before_ns``."""
         if self.missing_token_env:
             message = (
                 f"telemetry.prometheus_token_env names '{self.missing_token_env}', which is not set "
@@ -249,7 +263,7 @@ class RemoteGpuQuery:
         rows: list[dict[str, Any]] = []
         gpus: set[tuple[str, ...]] = set()
         failure: QueryFailed | None = None
-        spans = query_spans(windows, cfg.margin_s, now_ns, cfg.step_s)
+        spans = query_spans(windows, cfg.margin_s, now_ns, cfg.step_s, not_before_ns)
         try:
             for name, metric, scale in (("gpu_used_bytes", FB_USED, MIB), ("gpu_util", GPU_UTIL, 1)):
                 for start, end in spans:

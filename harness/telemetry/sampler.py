@@ -246,7 +246,7 @@ class TelemetrySampler:
                 self._windows.append(Window(self._step_id, self._step_start_ns, now))
                 self._step_id = None
             windows = list(self._windows) or [Window(None, self._start_ns, now)]
-        rows, self.remote_status = remote.fetch(self.cell_id, windows, clock, now)
+        rows, self.remote_status = remote.fetch(self.cell_id, windows, clock, now, self._start_ns)
         with self._lock:
             self._rows.extend(rows)
 
