@@ -52,13 +52,19 @@ bench-harness: install
 # The NVML path against a real GPU (harness/telemetry/gpucheck.py): known torch allocations, the harness's
 # sampler at 4 Hz, attribution to the process tree, the report's peak/steady figures. Run it on a machine
 # with an NVIDIA GPU; GPU_PYTHON must have torch (CUDA) and the wheels below. Without a GPU it says SKIPPED.
+# With .cache/gpucheck-wheels present, the wheels go into a venv that still sees GPU_PYTHON's own packages
+# (torch, and numpy when it has one), so nothing is installed into that interpreter itself.
 GPU_PYTHON ?= python3
 GPUCHECK_WHEELS := .cache/gpucheck-wheels
+GPUCHECK_VENV := .cache/gpucheck-venv
 GPUCHECK_DEPS := nvidia-ml-py psutil pandas numpy pydantic httpx prometheus-client
+GPUCHECK_NEEDS := nvidia-ml-py psutil pandas pydantic httpx prometheus-client
 bench-gpu-mem:
-	@test ! -d $(GPUCHECK_WHEELS) || $(GPU_PYTHON) -m pip install --quiet --no-index \
-	  --find-links $(GPUCHECK_WHEELS) $(GPUCHECK_DEPS)
-	$(GPU_PYTHON) -m harness.telemetry.gpucheck $(GPUCHECK_ARGS)
+	@if [ -d $(GPUCHECK_WHEELS) ]; then \
+	  test -x $(GPUCHECK_VENV)/bin/python || $(GPU_PYTHON) -m venv --system-site-packages $(GPUCHECK_VENV); \
+	  $(GPUCHECK_VENV)/bin/python -m pip install --quiet --no-index --find-links $(GPUCHECK_WHEELS) \
+	    $(GPUCHECK_NEEDS) && $(GPUCHECK_VENV)/bin/python -m harness.telemetry.gpucheck $(GPUCHECK_ARGS); \
+	else $(GPU_PYTHON) -m harness.telemetry.gpucheck $(GPUCHECK_ARGS); fi
 
 # The check's dependencies as wheels (about 32 MB), at the harness venv's versions, for a GPU machine
 # with no package index; GPU_PY_VERSION is that machine's Python (e.g. 3.12). Copy .cache/gpucheck-wheels along.

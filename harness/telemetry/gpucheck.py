@@ -46,7 +46,13 @@ What it needs besides the harness: ``torch`` with CUDA in the interpreter
 that runs the child (``--python``, default this one), and for the harness
 itself nvidia-ml-py, psutil, pandas, numpy, pydantic, httpx and
 prometheus-client (pyarrow is not needed). Where there is no index to install
-from, they travel as wheels (``make gpucheck-wheels`` on a machine with one).
+from, they travel as wheels (about 32 MB)::
+
+    make gpucheck-wheels GPU_PY_VERSION=3.12   # here: .cache/gpucheck-wheels
+    make bench-gpu-mem GPU_PYTHON=python3      # there, from the repository root
+
+``bench-gpu-mem`` installs the wheels into ``.cache/gpucheck-venv``, a venv
+that still sees ``GPU_PYTHON``'s torch, and runs the check with it.
 """
 
 from __future__ import annotations
