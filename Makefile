@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 SCENARIO ?= scenarios/quickstart-cpu.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install backend-env test-envs model browser bench bench-harness test test-fast lint clean bench-stack
+.PHONY: install backend-env test-envs model browser bench bench-harness test test-fast lint clean bench-stack \
+        bench-gpu-mem gpucheck-wheels
 
 # The harness's own environment (the backends get their own under .cache/venvs).
 $(VENV)/.installed: pyproject.toml
@@ -47,6 +48,33 @@ bench-stack:
 # The harness measured against the simulator's ground truth (issue 3).
 bench-harness: install
 	$(BIN)/python -m harness.fidelity
+
+# The NVML path against a real GPU (harness/telemetry/gpucheck.py): known torch allocations, the harness's
+# sampler at 4 Hz, attribution to the process tree, the report's peak/steady figures. Run it on a machine
+# with an NVIDIA GPU; GPU_PYTHON must have torch (CUDA) and the wheels below. Without a GPU it says SKIPPED.
+# With .cache/gpucheck-wheels present, the wheels go into a venv that still sees GPU_PYTHON's own packages
+# (torch, and numpy when it has one), so nothing is installed into that interpreter itself.
+GPU_PYTHON ?= python3
+GPUCHECK_WHEELS := .cache/gpucheck-wheels
+GPUCHECK_VENV := .cache/gpucheck-venv
+GPUCHECK_DEPS := nvidia-ml-py psutil pandas numpy pydantic httpx prometheus-client
+GPUCHECK_NEEDS := nvidia-ml-py psutil pandas pydantic httpx prometheus-client
+bench-gpu-mem:
+	@if [ -d $(GPUCHECK_WHEELS) ]; then \
+	  test -x $(GPUCHECK_VENV)/bin/python || $(GPU_PYTHON) -m venv --system-site-packages $(GPUCHECK_VENV); \
+	  $(GPUCHECK_VENV)/bin/python -m pip install --quiet --no-index --find-links $(GPUCHECK_WHEELS) \
+	    $(GPUCHECK_NEEDS) && $(GPUCHECK_VENV)/bin/python -m harness.telemetry.gpucheck $(GPUCHECK_ARGS); \
+	else $(GPU_PYTHON) -m harness.telemetry.gpucheck $(GPUCHECK_ARGS); fi
+
+# The check's dependencies as wheels (about 32 MB), at the harness venv's versions, for a GPU machine
+# with no package index; GPU_PY_VERSION is that machine's Python (e.g. 3.12). Copy .cache/gpucheck-wheels along.
+GPU_PY_VERSION ?= 3.11
+gpucheck-wheels: install
+	@mkdir -p $(GPUCHECK_WHEELS)
+	$(BIN)/pip freeze --exclude-editable | grep -v ' @ ' > $(GPUCHECK_WHEELS)/constraints.txt
+	$(BIN)/pip download --quiet --only-binary=:all: --python-version $(GPU_PY_VERSION) \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+	  -c $(GPUCHECK_WHEELS)/constraints.txt --dest $(GPUCHECK_WHEELS) $(GPUCHECK_DEPS)
 
 test: install test-envs model browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

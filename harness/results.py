@@ -76,6 +76,29 @@ class StepMetrics(_Model):
     exceeds_concurrency_cap: bool = False
 
 
+RemoteGpuStatus = Literal["ok", "auth_failed", "no_series", "unreachable", "error", "no_token", "no_selector"]
+
+
+class RemoteGpu(_Model):
+    """The server pod's GPUs as the cluster's Prometheus saw them (DCGM exporter), and how they were asked.
+
+    ``t_ns`` (the records' monotonic clock) = Prometheus timestamp in wall-clock
+    ns - ``wall_minus_monotonic_ns``, read on this host when the cell's
+    telemetry started (``clock_uncertainty_ns``: half the time that read took).
+    """
+
+    url: str  # the Prometheus base URL, any user:password@ cut out
+    selector: str  # the PromQL label matchers, e.g. {namespace="llm",pod=~"granite-.*"}
+    status: RemoteGpuStatus
+    message: str | None = None
+    series: int = 0  # distinct GPUs matched
+    samples: int = 0
+    queries: int = 0
+    step_s: float = 1.0
+    wall_minus_monotonic_ns: int | None = None
+    clock_uncertainty_ns: int | None = None
+
+
 class MemorySummary(_Model):
     peak_rss_mb: float | None = None
     steady_rss_mb: float | None = None
@@ -85,6 +108,14 @@ class MemorySummary(_Model):
     kv_cache_usage_peak: float | None = None
     # A server of several process trees (Caikit runtime + TGIS): peak RSS of each, by role.
     peak_rss_by_role_mb: dict[str, float] = Field(default_factory=dict)
+    # False: the server is not on this host (external, kserve), so neither this host's GPUs nor process
+    # trees were sampled; reports say "not measured here" rather than show this host's figures.
+    measured_here: bool = True
+    # Where the VRAM figures come from: NVML on this host, the cluster's DCGM exporter, or the simulator.
+    gpu_source: Literal["nvml", "dcgm", "modelled"] | None = None
+    peak_gpu_util_pct: float | None = None
+    steady_gpu_util_pct: float | None = None
+    remote_gpu: RemoteGpu | None = None
 
 
 class CellResult(_Model):

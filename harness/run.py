@@ -71,6 +71,7 @@ class RunOutcome:
 def validate_cells(scenario: Scenario) -> list[Cell]:
     """Expand and check every cell against its backend before anything starts."""
     from harness.backends.registry import validate_settings
+    from harness.telemetry.config import telemetry_problems
 
     where = f"{scenario.source}: invalid scenario\n  "
     too_big = matrix_problems(scenario)
@@ -87,6 +88,7 @@ def validate_cells(scenario: Scenario) -> list[Cell]:
         for i in ids
         if len(i) > MAX_CELL_ID
     ]
+    problems += telemetry_problems(scenario)
     if problems:
         raise ScenarioError(where + "\n  ".join(problems))
     return cells
@@ -368,15 +370,22 @@ class Run:
     ) -> None:
         from harness.metrics import compute_step_metrics
         from harness.stepcheck import check_step
+        from harness.telemetry.dcgm import RemoteGpuQuery
         from harness.telemetry.sampler import TelemetrySampler, read_timeseries, write_timeseries
-        from harness.telemetry.summary import memory_summary
+        from harness.telemetry.summary import measurement_note, memory_summary
 
+        # This host's GPUs and processes describe only a server launched here; others' GPUs are the cluster's.
+        local = get_spec(cell.server.backend).launches_locally
+        telemetry = scenario.telemetry
+        remote = None if local else RemoteGpuQuery.for_server(telemetry, handle.pod, handle.namespace)
         sampler = TelemetrySampler(
             cell_id=cell.cell_id,
             server_pid=handle.pid,
             processes=handle.trees(),
             metrics_url=handle.metrics_url,
             headers=handle.headers,
+            local=local,
+            remote=remote,
         )
         sampler.start()
         rows: list[dict] = []
@@ -406,7 +415,11 @@ class Run:
             earlier = read_timeseries(series) if series.exists() else []  # a resumed cell's first attempt
             rows = earlier + self.secrets.data(sampler.stop())  # server-made metric names, labels
             write_timeseries(series, rows)
-            result.memory = memory_summary(rows, [s.step_id for s in self.steps])
+            steps = [s.step_id for s in self.steps]
+            result.memory = memory_summary(rows, steps, measured_here=local, remote=sampler.remote_status)
+            note = measurement_note(result.memory)
+            if note:
+                self.progress(f"[{cell.cell_id}] memory: {note}")
 
     def _load_step(
         self,

@@ -38,6 +38,7 @@ from harness.bounds import (
 from harness.dataset import DatasetError, read_dataset
 from harness.load.bounds import MAX_RESPONSE_BYTES, MAX_RESPONSE_CHUNKS
 from harness.scenario_input import ScenarioError, apply_overrides, first_nul, format_error
+from harness.telemetry.config import TelemetryConfig
 from harness.yamlfile import brief, read_yaml, shown
 
 if TYPE_CHECKING:
@@ -373,6 +374,7 @@ class Scenario(_Strict):
     servers: list[Server] = Field(min_length=1)
     workload: Workload
     slo: Slo = Field(default_factory=Slo)
+    telemetry: TelemetryConfig | None = None  # the cluster's Prometheus, for servers not on this host
     _source: str = PrivateAttr(default="<scenario>")
 
     @property

@@ -11,8 +11,8 @@ from rich.console import Console
 
 from harness.report.data import cap_notes, load_run
 from harness.report.html import write_report
+from harness.report.memory import memory_timeline, role_series
 from harness.report.terminal import print_summary
-from harness.report.timelines import memory_timeline, role_series
 from synthetic_run import make_run
 
 

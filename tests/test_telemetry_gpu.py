@@ -8,50 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
+from fake_nvml import GIB, FakeNvml
 
 from harness.telemetry.gpu import GpuProbe
 from harness.telemetry.sampler import TelemetrySampler
 from harness.telemetry.summary import memory_summary
-
-GIB = 2**30
-
-
-@dataclass
-class FakeNvml:
-    """A double for pynvml: two GPUs, memory used grows by 1 GiB per query of GPU 0."""
-
-    used: list[float] = field(default_factory=lambda: [2.0 * GIB, 1.0 * GIB])
-    procs: dict[int, list[Any]] = field(default_factory=dict)
-    shutdown_calls: int = 0
-    fail_count: bool = False
-
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802 - pynvml's names
-        if self.fail_count:
-            raise RuntimeError("NVML Shared Library Not Found")
-        return 2
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:  # noqa: N802
-        return i
-
-    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:  # noqa: N802
-        value = self.used[h]
-        if h == 0:
-            self.used[0] += GIB
-        return SimpleNamespace(used=value, total=80.0 * GIB, free=80.0 * GIB - value)
-
-    def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:  # noqa: N802
-        return SimpleNamespace(gpu=50 + h, memory=10)
-
-    def nvmlDeviceGetComputeRunningProcesses(self, h: int) -> list[Any]:  # noqa: N802
-        return self.procs.get(h, [])
-
-    def nvmlShutdown(self) -> None:  # noqa: N802
-        self.shutdown_calls += 1
 
 
 def test_no_gpu_here_is_quiet(caplog: pytest.LogCaptureFixture) -> None:

@@ -23,6 +23,7 @@ from harness.metrics import per_request_frame
 from harness.records import RECORD_SCHEMA, read_records
 from harness.redact import scrub, scrub_text
 from harness.results import CellResult, RunSummary
+from harness.telemetry.summary import measurement_note
 
 TIMESERIES_COLUMNS: tuple[str, ...] = ("cell_id", "step_id", "t_ns", "source", "name", "value", "labels")
 
@@ -222,3 +223,14 @@ def cap_notes(run: RunData) -> list[str]:
                 f"{cell.concurrency_cap} ({cell.concurrency_cap_setting}); requests above it queue in the server"
             )
     return notes
+
+
+def not_here(run: RunData) -> list[str]:
+    """Cells whose server was not on this host: no host RSS or NVML figure of theirs exists."""
+    return [c.cell_id for c in run.summary.cells if not c.memory.measured_here]
+
+
+def memory_notes(run: RunData) -> list[str]:
+    """``cell: where its memory figures come from`` for every cell not measured on this host."""
+    notes = [(c.cell_id, measurement_note(c.memory)) for c in run.summary.cells]
+    return [f"{cid}: {note}" for cid, note in notes if note]

@@ -14,7 +14,7 @@ from pathlib import Path
 from string import Template
 
 from harness.atomic import write_text
-from harness.report import figures, sections, timelines
+from harness.report import figures, memory, sections, timelines
 from harness.report.columns import Row, rows_of
 from harness.report.data import RunData, load_run, per_request
 from harness.report.svg import Figure, cell_colors
@@ -49,8 +49,8 @@ def build_figures(run: RunData, rows: list[Row], colors: dict[str, str]) -> list
         figures.throughput_vs_load(rows, colors, sims),
         figures.frontier(rows, colors, sims),
         figures.latency_cdf(rows, per_request(run.records), colors, sims),
-        timelines.memory_timeline(run, colors),
-        timelines.memory_bars(run, colors),
+        memory.memory_timeline(run, colors),
+        memory.memory_bars(run, colors),
         timelines.kv_cache_timeline(run, colors),
         timelines.queue_timeline(run, colors),
     ]

@@ -19,50 +19,66 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from harness.atomic import atomic_path
+from harness.results import RemoteGpu
 from harness.telemetry import Sample
+from harness.telemetry.clock import ClockMap
+from harness.telemetry.dcgm import RemoteGpuQuery, Window
 from harness.telemetry.gpu import GpuProbe
 from harness.telemetry.process_mem import ProcessTreeProbe
 from harness.telemetry.prometheus import PrometheusScraper
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 log = logging.getLogger(__name__)
 
-TIMESERIES_SCHEMA = pa.schema(
-    [
-        ("cell_id", pa.string()),
-        ("step_id", pa.string()),
-        ("t_ns", pa.int64()),
-        ("source", pa.string()),
-        ("name", pa.string()),
-        ("value", pa.float64()),
-        ("labels", pa.string()),
-    ]
+# (name, Arrow type) of each column; pyarrow is imported only to write or read the file, so the
+# sampler itself runs where pyarrow is not installed (the GPU check on a lent machine).
+TIMESERIES_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("cell_id", "string"),
+    ("step_id", "string"),
+    ("t_ns", "int64"),
+    ("source", "string"),
+    ("name", "string"),
+    ("value", "float64"),
+    ("labels", "string"),
 )
-TIMESERIES_FIELDS: tuple[str, ...] = tuple(TIMESERIES_SCHEMA.names)
-SOURCES: tuple[str, ...] = ("process", "gpu", "prometheus")
+TIMESERIES_FIELDS: tuple[str, ...] = tuple(name for name, _ in TIMESERIES_COLUMNS)
+SOURCES: tuple[str, ...] = ("process", "gpu", "prometheus", "dcgm")
 ROLE = "server"  # the one tree of a single-process server (``harness.backends.base.MAIN_ROLE``)
 
 
+def timeseries_schema() -> pa.Schema:
+    """The Arrow schema of ``timeseries.parquet``."""
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in TIMESERIES_COLUMNS])
+
+
 def write_timeseries(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write telemetry rows atomically as Parquet with ``TIMESERIES_SCHEMA``."""
+    """Write telemetry rows atomically as Parquet with ``timeseries_schema()``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     columns = {name: [r.get(name) for r in rows] for name in TIMESERIES_FIELDS}
-    table = pa.table(columns, schema=TIMESERIES_SCHEMA)
+    table = pa.table(columns, schema=timeseries_schema())
     with atomic_path(Path(path)) as tmp:
         pq.write_table(table, tmp)
 
 
 def read_timeseries(path: Path) -> list[dict[str, Any]]:
     """Rows as written by ``write_timeseries`` (the shape ``memory_summary`` takes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such timeseries file")
     try:
-        table = pq.read_table(path, schema=TIMESERIES_SCHEMA)
+        table = pq.read_table(path, schema=timeseries_schema())
     except (pa.ArrowException, OSError) as err:
         raise ValueError(f"{path}: not a readable timeseries file: {err}") from None
     return table.to_pylist()
@@ -79,6 +95,12 @@ class TelemetrySampler:
     samples several process trees of one server instead of ``server_pid``'s
     one; each tree's samples carry the label ``role=<role>``, all stamped with
     the same time, so summing a timestamp's rows gives the whole server.
+
+    ``local`` False (a server not on this host: ``external``, ``kserve``)
+    samples neither this host's GPUs nor any process tree: they are not the
+    server's. ``remote`` then asks the cluster's Prometheus for the server
+    pod's GPUs, once, in :meth:`stop`, over the windows of the steps seen
+    through :meth:`set_step`; ``remote_status`` says what it answered.
     """
 
     def __init__(
@@ -92,14 +114,25 @@ class TelemetrySampler:
         interval_s: float = 0.25,
         scrape_interval_s: float = 1.0,
         gpu: GpuProbe | None = None,
+        local: bool = True,
+        remote: RemoteGpuQuery | None = None,
     ) -> None:
         if interval_s <= 0 or scrape_interval_s <= 0:
             raise ValueError(f"intervals must be > 0 (got {interval_s}, {scrape_interval_s})")
         self.cell_id = cell_id
         self.server_pid = server_pid
+        self.local = local
         self.processes = (
             dict(processes) if processes else ({ROLE: server_pid} if server_pid is not None else {})
         )
+        if not local:
+            self.processes = {}
+        self.remote = remote
+        self.remote_status: RemoteGpu | None = None
+        self.clock: ClockMap | None = None
+        self._windows: list[Window] = []
+        self._step_start_ns = 0
+        self._start_ns = 0
         self.metrics_url = metrics_url
         self.interval_s = interval_s
         self.scrape_interval_s = scrape_interval_s
@@ -117,11 +150,14 @@ class TelemetrySampler:
     def start(self) -> None:
         if self._threads or self._stopped:
             raise RuntimeError("TelemetrySampler.start() may be called once")
-        gpu = self._gpu if self._gpu is not None else GpuProbe()
-        self._gpu = gpu
-        self._add("gpu", [Sample("gpu_present", 1.0 if gpu.present else 0.0)], time.monotonic_ns())
-        probes = {role: ProcessTreeProbe(pid) for role, pid in self.processes.items()}
-        self._spawn("telemetry-local", self.interval_s, lambda: self._sample_local(probes, gpu))
+        self.clock = ClockMap.read()
+        self._start_ns = time.monotonic_ns()
+        if self.local:
+            gpu = self._gpu if self._gpu is not None else GpuProbe()
+            self._gpu = gpu
+            self._add("gpu", [Sample("gpu_present", 1.0 if gpu.present else 0.0)], time.monotonic_ns())
+            probes = {role: ProcessTreeProbe(pid) for role, pid in self.processes.items()}
+            self._spawn("telemetry-local", self.interval_s, lambda: self._sample_local(probes, gpu))
         if self.metrics_url:
             scraper = PrometheusScraper(
                 self.metrics_url, headers=self._headers, timeout_s=min(0.8, self.scrape_interval_s)
@@ -132,9 +168,12 @@ class TelemetrySampler:
             )
 
     def set_step(self, step_id: str | None) -> None:
-        """Tag later samples with this load step (None between steps)."""
+        """Tag later samples with this load step (None between steps); each step's window is kept."""
+        now = time.monotonic_ns()
         with self._lock:
-            self._step_id = step_id
+            if self._step_id is not None:
+                self._windows.append(Window(self._step_id, self._step_start_ns, now))
+            self._step_id, self._step_start_ns = step_id, now
 
     def stop(self) -> list[dict[str, Any]]:
         """Stop sampling, release the probes and return all rows (time-ordered per source)."""
@@ -147,6 +186,8 @@ class TelemetrySampler:
                 self._scraper.close()
             if self._gpu is not None:
                 self._gpu.close()
+            if self.remote is not None and self.clock is not None:
+                self._fetch_remote(self.remote, self.clock)
         with self._lock:
             return list(self._rows)
 
@@ -196,6 +237,18 @@ class TelemetrySampler:
             pids |= probe.pids
         if gpu.present:
             self._add("gpu", gpu.sample(frozenset(pids)), t_ns)
+
+    def _fetch_remote(self, remote: RemoteGpuQuery, clock: ClockMap) -> None:
+        """The cluster's series for the steps seen (the whole cell when none ran), once."""
+        now = time.monotonic_ns()
+        with self._lock:
+            if self._step_id is not None:  # stopped during a step (a failure, Ctrl-C)
+                self._windows.append(Window(self._step_id, self._step_start_ns, now))
+                self._step_id = None
+            windows = list(self._windows) or [Window(None, self._start_ns, now)]
+        rows, self.remote_status = remote.fetch(self.cell_id, windows, clock, now, self._start_ns)
+        with self._lock:
+            self._rows.extend(rows)
 
     def _sample_prometheus(self, scraper: PrometheusScraper) -> None:
         t_ns, samples = scraper.scrape()
