@@ -115,6 +115,8 @@ class CellResult(_Model):
     # The server's own concurrency limit and the setting behind it (e.g. 5, RUNTIME_GRPC_SERVER_THREAD_POOL_SIZE).
     concurrency_cap: int | None = None
     concurrency_cap_setting: str | None = None
+    # What the server said about itself once ready (TGI's /info: version, model_id, sha, limits).
+    server_info: dict[str, str] = Field(default_factory=dict)
 
 
 class RunSummary(_Model):

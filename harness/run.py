@@ -375,6 +375,7 @@ class Run:
         result.command = list(handle.command)
         result.env = dict(handle.env)
         result.version = handle.version
+        result.server_info = dict(handle.server_info)
         result.launch_s = handle.launch_s
         result.simulated = handle.simulated
         if launched_for is not cell:

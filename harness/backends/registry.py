@@ -32,6 +32,7 @@ BACKEND_MODULES: dict[str, str] = {
     "sim": "harness.backends.sim",
     "tgis": "harness.backends.tgis",
     "caikit": "harness.backends.caikit",
+    "tgi": "harness.backends.tgi",
 }
 
 
