@@ -34,6 +34,7 @@ from harness.backends.base import ServerHandle
 from harness.backends.process import ProcessRegistry, stop_leftovers
 from harness.backends.registry import get_spec
 from harness.bounds import MAX_CELL_ID
+from harness.kvfit import kv_fit_warnings
 from harness.matrix import Cell, Step, expand_cells, expand_steps, matrix_problems
 from harness.owner import owner_alive, owner_marker
 from harness.results import CellResult, Dist, RunSummary, StepMetrics
@@ -262,6 +263,8 @@ class Run:
         try:
             with _signals_raise_interrupt(), registry:
                 self.progress(f"run folder: {rd.path}")
+                for line in kv_fit_warnings(self.scenario, self.cells):
+                    self.progress(f"warning: {line}")
                 for line in stop_leftovers():
                     self.progress(f"stopped a process left by an earlier, killed harness: {line}")
                 resolved = resolve_scenario(self.scenario, self.repo_root, self.progress)

@@ -280,6 +280,18 @@ class Server(_Strict):
     stream_usage: StreamUsage = Field(
         default="auto", description="send OpenAI stream_options: auto (probe once per cell), on or off"
     )
+    gpu: str | None = Field(
+        default=None,
+        description="the GPU the server runs on, a profile of harness/hardware/data/gpus.yaml (a10g-24gb, "
+        "or a unique prefix: a10g); validate then warns when a batch setting cannot fit its KV cache",
+    )
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_profile(cls, gpu: str | None) -> str | None:
+        from harness.hardware.profiles import resolve_gpu
+
+        return None if gpu is None else resolve_gpu(gpu)
 
     @field_validator("settings", mode="before")
     @classmethod

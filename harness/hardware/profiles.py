@@ -172,6 +172,19 @@ def get_gpu(key: str) -> GpuSpec:
     return gpus[key]
 
 
+def resolve_gpu(name: str) -> str:
+    """A GPU profile key from its key or a unique prefix (``a10g`` -> ``a10g-24gb``); ``ValueError``
+    listing the known ones otherwise."""
+    gpus = load_gpus()
+    if name in gpus:
+        return name
+    matches = [key for key in gpus if key.startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    how = "matches several" if matches else "is not a GPU profile"
+    raise ValueError(f"{name!r} {how}; known: {', '.join(gpus)} (harness/hardware/data/gpus.yaml)")
+
+
 def get_model(key: str) -> ModelSpec:
     models = load_models()
     if key not in models:
