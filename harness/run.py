@@ -35,6 +35,7 @@ from harness.backends.process import ProcessRegistry, stop_leftovers
 from harness.backends.registry import get_spec
 from harness.bounds import MAX_CELL_ID
 from harness.kvfit import kv_fit_warnings
+from harness.lengths import apply_length_flags
 from harness.matrix import Cell, Step, expand_cells, expand_steps, matrix_problems
 from harness.owner import owner_alive, owner_marker
 from harness.results import CellResult, Dist, RunSummary, StepMetrics
@@ -296,6 +297,7 @@ class Run:
     def _finish(self, outcome: RunOutcome) -> None:
         rd = self.run_dir
         self.summary.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        apply_length_flags(self.summary)
         versions = {c.cell_id: c.version for c in self.summary.cells if c.version}
         write_json(rd.path / "env.json", collect_env(versions))
         rd.write_summary(self.summary)

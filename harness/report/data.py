@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import ValidationError
 
+from harness.lengths import length_flags
 from harness.metrics import per_request_frame
 from harness.records import RECORD_SCHEMA, read_records
 from harness.results import CellResult, RunSummary
@@ -218,3 +219,12 @@ def cap_notes(run: RunData) -> list[str]:
                 f"{cell.concurrency_cap} ({cell.concurrency_cap_setting}); requests above it queue in the server"
             )
     return notes
+
+
+def length_notes(run: RunData) -> list[str]:
+    """One line per cell whose achieved mean output length is more than 5 % off the other cells'.
+
+    Recomputed from the steps (``harness/lengths.py``), so a summary written before the run
+    finished, or by an older harness, is flagged the same way.
+    """
+    return [f"{cell_id}: {why}" for cell_id, why in length_flags(run.summary.cells).items()]
