@@ -5,10 +5,11 @@ honours ``ignore_eos``; TGI has neither ``ignore_eos`` nor ``min_new_tokens`` (a
 servers may stop on EOS too), so a TGI cell can finish 30 % shorter and look faster per request
 while doing less work. Every cell's achieved mean is recorded (``CellResult.output_tokens_mean``,
 per step ``StepMetrics.output_tokens_mean`` beside the requested mean), and a cell is flagged
-when its mean differs by more than ``TOLERANCE`` from the **median of the other cells' means**.
-The median of the *others* is the reference so that one short cell among several equal ones is
-the only one flagged (a mean including it would flag its neighbours too), and with two cells
-each is compared with the other.
+when its mean differs by more than ``TOLERANCE`` from the reference: the **median of all
+cells' means** (with two cells, the other cell's mean). The median, not the mean, so that one
+short cell among several equal ones is the only one flagged (a mean including it would move
+towards it and flag its neighbours too); two groups of equal cells more than 5 % apart are all
+flagged, since which group is "right" is not the harness's to say.
 """
 
 from __future__ import annotations
@@ -43,20 +44,24 @@ def _median(values: list[float]) -> float:
 def length_flags(cells: list[CellResult], tolerance: float = TOLERANCE) -> dict[str, str]:
     """cell id -> why its achieved mean output length is out of line with the other cells'."""
     means = {c.cell_id: m for c in cells if (m := cell_output_mean(c)) is not None}
+    if len(means) < 2:
+        return {}
+    median = _median(list(means.values()))
     flags: dict[str, str] = {}
     for cell_id, mean in means.items():
-        others = [m for other, m in means.items() if other != cell_id]
-        if not others:
-            continue
-        reference = _median(others)
+        if len(means) == 2:
+            reference = next(m for other, m in means.items() if other != cell_id)
+            what = "the other cell's mean"
+        else:
+            reference, what = median, "the median of all cells' means"
         if reference <= 0:
             continue
         diff = (mean - reference) / reference
         if abs(diff) > tolerance:
             flags[cell_id] = (
                 f"mean output {mean:.1f} tokens is {abs(diff):.1%} {'below' if diff < 0 else 'above'} "
-                f"the other cells' median ({reference:.1f}); per-request throughput and latency are "
-                f"not comparable (more than {tolerance:.0%} apart)"
+                f"{what} ({reference:.1f}); per-request throughput and latency are not comparable "
+                f"(more than {tolerance:.0%} apart)"
             )
     return flags
 

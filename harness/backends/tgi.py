@@ -192,6 +192,9 @@ class TgiBackend:
                 cell, runtime=runtime, name=container_name("tokenbench-tgi", cell.cell_id), port=port,
                 repo_root=self.repo_root, env=self.env,
             )  # fmt: skip
+            for host, inside, _ in run.volumes:
+                if inside == CONTAINER_DATA:  # the HF cache: docker would create it, podman refuses
+                    Path(host).mkdir(parents=True, exist_ok=True)
             command = run.command()
             self.container = (runtime, run.name)
             launch = {"mode": run.flavour, "container": run.name, "image": run.image}

@@ -222,7 +222,7 @@ def cap_notes(run: RunData) -> list[str]:
 
 
 def length_notes(run: RunData) -> list[str]:
-    """One line per cell whose achieved mean output length is more than 5 % off the other cells'.
+    """One line per cell whose achieved mean output length is more than 5 % off the others' median.
 
     Recomputed from the steps (``harness/lengths.py``), so a summary written before the run
     finished, or by an older harness, is flagged the same way.

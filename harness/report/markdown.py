@@ -64,7 +64,7 @@ def render_markdown(run: RunData) -> str:
         lines.append("| _no measured steps_ |" + " |" * (len(header) - 1))
     lengths = length_notes(run)
     if lengths:
-        lines += ["", "**Output lengths differ** (more than 5 % from the other cells' median)", ""]
+        lines += ["", "**Output lengths differ** (more than 5 % from the median of all cells' means)", ""]
         lines += [f"- `{_cell(n.split(': ', 1)[0])}`: {_cell(n.split(': ', 1)[1])}" for n in lengths]
     failed = [c for c in s.cells if c.status == "failed"]
     if failed:

@@ -75,7 +75,7 @@ def banners(run: RunData) -> str:
         items = "".join(f"<li>{escape(n)}</li>" for n in lengths)
         parts.append(
             '<div class="banner incomplete" id="output_length_banner">OUTPUT LENGTHS DIFFER: these cells '
-            "produced a mean output length more than 5 % away from the other cells' median, so their "
+            "produced a mean output length more than 5 % away from the median of all cells' means (with two cells: from each other), so their "
             f"throughput and latency are not comparable with the others'.<ul>{items}</ul></div>"
         )
     if run.incomplete:
