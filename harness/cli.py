@@ -143,6 +143,10 @@ def validate(
         # markup=False: a hash like "[be12...]" would otherwise be read as a rich style tag and vanish.
         console.print(f"  cell {c.cell_id}  [{c.identity}]", highlight=False, markup=False)
     console.print("  steps: " + ", ".join(s.step_id for s in steps), highlight=False, markup=False)
+    from harness.kvfit import kv_fit_warnings
+
+    for line in kv_fit_warnings(sc, cells):  # estimates: a warning, never a failure
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, markup=True, soft_wrap=True)
 
 
 @app.command()

@@ -82,6 +82,7 @@ def _with_defaults(records: pd.DataFrame) -> pd.DataFrame:
         "prompt_tokens": None,
         "token_source": "none",
         "retry_after": None,
+        "requested_output_tokens": None,
     }
     out = records
     for name, value in defaults.items():
@@ -284,6 +285,13 @@ def _chunks_per_token(measured_ok: pd.DataFrame, tokens: np.ndarray) -> float | 
     return chunks / total if total > 0 else None
 
 
+def _nanmean(values: np.ndarray) -> float | None:
+    """The mean of the known values; None when there are none."""
+    arr = np.asarray(values, dtype="float64")
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if arr.size else None
+
+
 def compute_step_metrics(
     records: pd.DataFrame,
     *,
@@ -336,6 +344,7 @@ def compute_step_metrics(
         rate, cv = arrival_stats(measured["scheduled_ns"].to_numpy())
 
     n_total = len(measured)
+    requested = _as_float(measured_ok["requested_output_tokens"]) if len(measured_ok) else np.empty(0)
     return StepMetrics(
         **base,
         duration_s=float(window_s),
@@ -363,6 +372,8 @@ def compute_step_metrics(
         achieved_rate=rate,
         arrival_cv=cv,
         mean_in_flight=mean_in_flight(measured["sent_ns"].to_numpy(), measured["end_ns"].to_numpy(), window),
+        output_tokens_mean=_nanmean(out_tokens),
+        requested_output_tokens_mean=_nanmean(requested),
     )
 
 

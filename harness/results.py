@@ -74,6 +74,10 @@ class StepMetrics(_Model):
     harness: HarnessHealth = Field(default_factory=HarnessHealth)
     # The step asked for more concurrent streams than the server serves at once (CellResult.concurrency_cap).
     exceeds_concurrency_cap: bool = False
+    # Mean output tokens per successful measured request: what the server produced, and what was
+    # asked for (servers without ignore_eos, such as TGI, may stop earlier; harness/lengths.py).
+    output_tokens_mean: float | None = None
+    requested_output_tokens_mean: float | None = None
 
 
 RemoteGpuStatus = Literal["ok", "auth_failed", "no_series", "unreachable", "error", "no_token", "no_selector"]
@@ -146,6 +150,12 @@ class CellResult(_Model):
     # The server's own concurrency limit and the setting behind it (e.g. 5, RUNTIME_GRPC_SERVER_THREAD_POOL_SIZE).
     concurrency_cap: int | None = None
     concurrency_cap_setting: str | None = None
+    # What the server said about itself once ready (TGI's /info: version, model_id, sha, limits).
+    server_info: dict[str, str] = Field(default_factory=dict)
+    # Achieved mean output length over all measured steps, and why it is flagged when it differs
+    # from the other cells' by more than 5 % (harness/lengths.py); set when the run finishes.
+    output_tokens_mean: float | None = None
+    output_length_flag: str | None = None
 
 
 class RunSummary(_Model):

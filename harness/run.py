@@ -35,6 +35,8 @@ from harness.backends.leftovers import stop_leftovers
 from harness.backends.process import ProcessRegistry
 from harness.backends.registry import get_spec
 from harness.bounds import MAX_CELL_ID
+from harness.kvfit import kv_fit_warnings
+from harness.lengths import apply_length_flags
 from harness.matrix import Cell, Step, expand_cells, expand_steps, matrix_problems
 from harness.owner import owner_marker
 from harness.results import CellResult, Dist, RunSummary, StepMetrics
@@ -221,6 +223,8 @@ class Run:
         try:
             with _signals_raise_interrupt(), registry:
                 self.progress(f"run folder: {rd.path}")
+                for line in kv_fit_warnings(self.scenario, self.cells):
+                    self.progress(f"warning: {line}")
                 for line in stop_leftovers():
                     self.progress(f"stopped a process left by an earlier, killed harness: {line}")
                 resolved = resolve_scenario(self.scenario, self.repo_root, self.progress)
@@ -252,6 +256,7 @@ class Run:
     def _finish(self, outcome: RunOutcome) -> None:
         rd = self.run_dir
         self.summary.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        apply_length_flags(self.summary)
         versions = {c.cell_id: c.version for c in self.summary.cells if c.version}
         write_json(rd.path / "env.json", self.secrets.data(collect_env(versions)))
         rd.write_summary(self.summary)
@@ -335,6 +340,7 @@ class Run:
         result.command = self.secrets.command(handle.command)
         result.env = self.secrets.env(handle.env)
         result.version = handle.version
+        result.server_info = dict(handle.server_info)
         result.launch_s = handle.launch_s
         result.simulated = handle.simulated
         if launched_for is not cell:

@@ -285,6 +285,18 @@ class Server(_Strict):
         description="where and how the backend deploys the server (kserve: runtime, namespace, "
         "kubeconfig...); judged by the backend's Deploy model",
     )
+    gpu: str | None = Field(
+        default=None,
+        description="the GPU the server runs on, a profile of harness/hardware/data/gpus.yaml (a10g-24gb, "
+        "or a unique prefix: a10g); validate then warns when a batch setting cannot fit its KV cache",
+    )
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_profile(cls, gpu: str | None) -> str | None:
+        from harness.hardware.profiles import resolve_gpu
+
+        return None if gpu is None else resolve_gpu(gpu)
 
     @field_validator("settings", mode="before")
     @classmethod

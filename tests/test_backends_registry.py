@@ -39,7 +39,7 @@ def echo_registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_every_registered_backend_has_a_spec_of_its_name() -> None:
-    assert registry.backend_names() == ("vllm", "external", "sim", "tgis", "caikit", "kserve")
+    assert registry.backend_names() == ("vllm", "external", "sim", "tgis", "caikit", "kserve", "tgi")
     for spec in registry.all_specs():
         assert spec.name in registry.backend_names() and spec.label
     assert registry.get_spec("sim").simulated and not registry.get_spec("vllm").simulated

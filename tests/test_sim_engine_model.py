@@ -208,7 +208,7 @@ def test_shipped_profiles_load_and_match_served_names() -> None:
 
 def test_bad_profile_file_names_file_profile_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "models.yaml"
-    text = (Path(__file__).parent.parent / "harness/sim/profiles/models.yaml").read_text()
+    text = (Path(__file__).parent.parent / "harness/hardware/data/models.yaml").read_text()
     bad.write_text(text.replace("layers: 32", "layers: 31", 1))
     with pytest.raises(ProfileError, match=r"models.yaml: mistral-7b.*params 7248023552 disagrees"):
         load_models(bad)

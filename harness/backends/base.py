@@ -66,6 +66,9 @@ class ServerHandle:
     # logs and the cluster's Prometheus. None for servers on this host or behind a bare URL.
     pod: str | None = None
     namespace: str | None = None
+    # What the server says about itself once ready (TGI's ``/info``: version, model_id, sha,
+    # limits), recorded with the cell; {} where a server reports nothing of the kind.
+    server_info: dict[str, str] = field(default_factory=dict)
 
     def trees(self) -> dict[str, int]:
         """Every process tree to measure, by role: ``processes``, else ``{"server": pid}``, else {}."""
@@ -90,6 +93,7 @@ class ServerHandle:
             "grpc_target": self.grpc_target,
             "pod": self.pod,
             "namespace": self.namespace,
+            "server_info": dict(self.server_info),
         }
 
 
@@ -145,6 +149,26 @@ class ConcurrencyCap(NamedTuple):
     setting: str
 
 
+class KvFitInputs(NamedTuple):
+    """What the pre-flight KV-fit estimate (``harness/kvfit.py``) needs from one cell's settings.
+
+    In the engine model's terms (``harness.hardware.memory``): ``quantization`` is the weight
+    format (none, fp8, awq, gptq), ``kv_cache_dtype`` auto or fp8, ``memory_fraction`` the share
+    of the GPU the server keeps for weights, runtime and KV cache. ``max_seqs`` is the most
+    sequences the server batches (None: the cell does not set it, so there is nothing to check),
+    named by ``seqs_setting``; ``kv_token_cap`` a setting that caps the KV cache further.
+    """
+
+    max_seqs: int | None
+    seqs_setting: str
+    quantization: str
+    kv_cache_dtype: str
+    memory_fraction: float
+    batched_tokens: int
+    kv_token_cap: int | None = None
+    cap_setting: str | None = None
+
+
 def _where(server: Server, cell_id: str | None) -> str:
     return f"server '{server.name}'" + (f" (cell '{cell_id}')" if cell_id else "")
 
@@ -170,7 +194,7 @@ class BackendSpec:
 
     Methods a backend overrides as needed: :meth:`create` (always),
     :meth:`environments`, :meth:`check`, :meth:`validation_context`,
-    :meth:`concurrency_cap`, :meth:`serves`, and, for a backend whose settings and protocols
+    :meth:`concurrency_cap`, :meth:`kv_fit`, :meth:`serves`, and, for a backend whose settings and protocols
     depend on the server (its ``deploy`` block), :meth:`settings_model` and
     :meth:`protocols_for`.
     """
@@ -273,6 +297,11 @@ class BackendSpec:
     def concurrency_cap(self, settings: dict[str, Scalar]) -> ConcurrencyCap | None:
         """The most concurrent streams a server with these (cell) settings serves at once, if it has
         such a limit (Caikit's gRPC thread pool, default 5); summary and report flag steps above it."""
+        return None
+
+    def kv_fit(self, settings: dict[str, Scalar], server: Server) -> KvFitInputs | None:
+        """How this cell's settings size its KV cache, for the KV-fit warning; None: no estimate
+        (a backend that is not a GPU engine this harness models)."""
         return None
 
     def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> Backend:

@@ -33,6 +33,7 @@ BACKEND_MODULES: dict[str, str] = {
     "tgis": "harness.backends.tgis",
     "caikit": "harness.backends.caikit",
     "kserve": "harness.backends.kserve",
+    "tgi": "harness.backends.tgi",
 }
 
 

@@ -38,7 +38,7 @@ Positive = Annotated[int, Field(ge=1)]
 
 def _choices() -> dict[str, tuple[str, ...]]:
     """Allowed values of the enumerated settings (profiles read from the sim's package data)."""
-    from harness.sim.hardware import load_gpus, load_models
+    from harness.hardware.profiles import load_gpus, load_models
     from harness.sim.roofline import KV_CACHE_DTYPES, QUANTIZATIONS
 
     return {
@@ -111,7 +111,7 @@ ENGINE_SETTINGS = (
 
 def _engine_errors(server: Server) -> list[str]:
     """Cross-setting rules: engine settings need ``mode: engine``, which needs a GPU and a model profile."""
-    from harness.sim.hardware import load_gpus, load_models, match_model
+    from harness.hardware.profiles import load_gpus, load_models, match_model
 
     def listed(key: str) -> list[Scalar]:
         raw = server.settings.get(key)
@@ -210,7 +210,7 @@ class SimBackend:
         mode = str(settings.get("mode") or "exact")
         served = server.served_model_name or server.model
         if mode == "engine":
-            from harness.sim.hardware import match_model
+            from harness.hardware.profiles import match_model
 
             settings.setdefault("model_profile", match_model(server.model))
             problem = check_engine(settings, served)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.backends.base import BackendSpec, BackendStartError, ServerHandle
+from harness.backends.base import BackendSpec, BackendStartError, KvFitInputs, ServerHandle
 from harness.backends.process import ManagedProcess, ProcessRegistry, await_ready, free_port, tail
 from harness.backends.vllm_settings import VllmSettings, choices_context
 from harness.envs.base import venv_dir, venv_python
@@ -68,6 +68,25 @@ RECORDED_ENV_PREFIXES = (
     "TOKENIZERS_",
 )
 RECORDED_ENV_NAMES = ("LD_PRELOAD", "HUGGING_FACE_HUB_TOKEN", "NCCL_DEBUG")
+
+
+# vLLM ``quantization`` -> the engine model's weight format (harness.hardware.memory); others: bf16.
+FOUR_BIT = ("awq", "auto_awq", "awq_marlin", "gptq", "auto_gptq", "gptq_marlin", "moe_wna16", "bitsandbytes")
+# vLLM's defaults on a GPU under 70 GB (the engine model's too): scheduler token budget, memory share.
+DEFAULT_BATCHED_TOKENS = 2048
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+
+
+def weight_format(quantization: str, model: str) -> str:
+    """none, fp8, awq or gptq for a vLLM ``quantization`` (unset: read from a model id like ``...-AWQ``)."""
+    if quantization in FOUR_BIT:
+        return "gptq" if "gptq" in quantization or quantization == "bitsandbytes" else "awq"
+    if "fp8" in quantization or quantization.startswith("modelopt"):
+        return "fp8"
+    if quantization:
+        return "none"
+    low = model.lower()
+    return "awq" if "awq" in low else "gptq" if "gptq" in low else "none"
 
 
 def settings_to_flags(settings: dict[str, Scalar]) -> list[str]:
@@ -288,6 +307,22 @@ class VllmSpec(BackendSpec):
         """Choices recorded from the server's own vLLM (repo root = cwd, as for the CLI), else the fallback."""
         python = python_for(server, Path.cwd())
         return choices_context(python.parent.parent)
+
+    def kv_fit(self, settings: dict[str, Scalar], server: Server) -> KvFitInputs:
+        """``max_num_seqs`` sequences against the KV cache ``gpu_memory_utilization`` leaves."""
+        seqs = settings.get("max_num_seqs")
+        batched = settings.get("max_num_batched_tokens")
+        fraction = settings.get("gpu_memory_utilization")
+        return KvFitInputs(
+            max_seqs=seqs if isinstance(seqs, int) and not isinstance(seqs, bool) else None,
+            seqs_setting="max_num_seqs",
+            quantization=weight_format(str(settings.get("quantization") or ""), server.model),
+            kv_cache_dtype="fp8" if str(settings.get("kv_cache_dtype") or "").startswith("fp8") else "auto",
+            memory_fraction=float(fraction)
+            if isinstance(fraction, int | float)
+            else DEFAULT_GPU_MEMORY_UTILIZATION,
+            batched_tokens=int(batched) if isinstance(batched, int) else DEFAULT_BATCHED_TOKENS,
+        )
 
     def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> VllmBackend:
         return VllmBackend(repo_root=repo_root, registry=registry)

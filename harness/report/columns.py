@@ -98,6 +98,8 @@ THROUGHPUT_COLUMNS: list[Column] = [
 ]
 
 CHECK_COLUMNS: list[Column] = [
+    # Achieved, not requested: servers without ignore_eos (TGI) may stop early (harness/lengths.py).
+    Column("out_tok_req", "out tok/req", lambda r: r.step.output_tokens_mean, fmt_num),
     Column("token_agreement", "token agreement", lambda r: r.step.token_agreement, fmt_pct),
     Column("chunks_per_token", "chunks/token", lambda r: r.step.chunks_per_token, fmt_ratio),
 ]
@@ -111,6 +113,7 @@ TERMINAL_KEYS: tuple[str, ...] = (
     "tpot_p99",
     "out_tok_s",
     "req_s",
+    "out_tok_req",
     "error_rate",
 )
 

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import ValidationError
 
+from harness.lengths import length_flags
 from harness.metrics import per_request_frame
 from harness.records import RECORD_SCHEMA, read_records
 from harness.redact import scrub, scrub_text
@@ -234,3 +235,12 @@ def memory_notes(run: RunData) -> list[str]:
     """``cell: where its memory figures come from`` for every cell not measured on this host."""
     notes = [(c.cell_id, measurement_note(c.memory)) for c in run.summary.cells]
     return [f"{cid}: {note}" for cid, note in notes if note]
+
+
+def length_notes(run: RunData) -> list[str]:
+    """One line per cell whose achieved mean output length is more than 5 % off the others' median.
+
+    Recomputed from the steps (``harness/lengths.py``), so a summary written before the run
+    finished, or by an older harness, is flagged the same way.
+    """
+    return [f"{cell_id}: {why}" for cell_id, why in length_flags(run.summary.cells).items()]

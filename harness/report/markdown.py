@@ -8,6 +8,7 @@ bold), and loud notes when a run is incomplete, simulated or had failures.
 from __future__ import annotations
 
 from harness.report.columns import (
+    CHECK_COLUMNS,
     LATENCY_COLUMNS,
     THROUGHPUT_COLUMNS,
     Column,
@@ -18,11 +19,13 @@ from harness.report.columns import (
     rows_of,
     thin_note,
 )
-from harness.report.data import RunData
+from harness.report.data import RunData, length_notes
 
-MD_COLUMNS: list[Column] = [
-    c for c in LATENCY_COLUMNS if c.key.startswith(("ttft", "tpot", "e2e"))
-] + THROUGHPUT_COLUMNS
+MD_COLUMNS: list[Column] = (
+    [c for c in LATENCY_COLUMNS if c.key.startswith(("ttft", "tpot", "e2e"))]
+    + THROUGHPUT_COLUMNS
+    + [c for c in CHECK_COLUMNS if c.key == "out_tok_req"]
+)
 
 
 def _cell(text: str) -> str:
@@ -59,6 +62,10 @@ def render_markdown(run: RunData) -> str:
     lines += [_row(r, best) for r in rows]
     if not rows:
         lines.append("| _no measured steps_ |" + " |" * (len(header) - 1))
+    lengths = length_notes(run)
+    if lengths:
+        lines += ["", "**Output lengths differ** (more than 5 % from the median of all cells' means)", ""]
+        lines += [f"- `{_cell(n.split(': ', 1)[0])}`: {_cell(n.split(': ', 1)[1])}" for n in lengths]
     failed = [c for c in s.cells if c.status == "failed"]
     if failed:
         lines += ["", "**Failed cells**", ""]

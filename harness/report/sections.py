@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 
+from harness.lengths import cell_output_mean, cell_requested_mean
 from harness.redact import REDACTED, is_secret_name, redact_command, redact_mapping
 from harness.report.columns import (
     RETRY_NOTE,
@@ -27,7 +28,7 @@ from harness.report.columns import (
     is_best,
     thin_note,
 )
-from harness.report.data import RunData, cap_notes
+from harness.report.data import RunData, cap_notes, length_notes
 from harness.results import CellResult
 
 
@@ -68,6 +69,14 @@ def banners(run: RunData) -> str:
         parts.append(
             '<div class="banner incomplete" id="concurrency_cap_banner">CONCURRENCY CAP: '
             f"these steps drove more concurrent streams than the server serves at once.<ul>{items}</ul></div>"
+        )
+    lengths = length_notes(run)
+    if lengths:
+        items = "".join(f"<li>{escape(n)}</li>" for n in lengths)
+        parts.append(
+            '<div class="banner incomplete" id="output_length_banner">OUTPUT LENGTHS DIFFER: these cells '
+            "produced a mean output length more than 5 % away from the median of all cells' means (with two cells: from each other), so their "
+            f"throughput and latency are not comparable with the others'.<ul>{items}</ul></div>"
         )
     if run.incomplete:
         items = "".join(f"<li>{escape(p)}</li>" for p in run.problems)
@@ -110,6 +119,15 @@ def _cell_row(cell: CellResult, color: str, simulated: bool) -> str:
     command = shlex.join(redact_command(cell.command)) if cell.command else "–"
     env = ", ".join(f"{k}={v}" for k, v in redact_mapping(cell.env).items())
     detail = f"<pre>{escape(command)}</pre>"
+    achieved, requested = cell_output_mean(cell), cell_requested_mean(cell)
+    if achieved is not None:
+        asked = f" (requested {requested:.1f})" if requested is not None else ""
+        detail += (
+            f'<div class="legend-note" data-output-mean>output: {achieved:.1f} tokens/request{asked}</div>'
+        )
+    if cell.server_info:
+        info = ", ".join(f"{k}={v}" for k, v in cell.server_info.items())
+        detail += f'<div class="legend-note">server info: {escape(info)}</div>'
     if env:
         detail += f'<div class="legend-note">env: {escape(env)}</div>'
     if cell.status != "ok" and (cell.error or cell.log_tail):

@@ -21,7 +21,7 @@ from harness.report.columns import (
     is_best,
     rows_of,
 )
-from harness.report.data import RunData, cap_notes, memory_notes
+from harness.report.data import RunData, cap_notes, length_notes, memory_notes
 
 TERMINAL_COLUMNS = [c for key in TERMINAL_KEYS for c in SUMMARY_COLUMNS if c.key == key]
 
@@ -68,6 +68,8 @@ def print_summary(run: RunData, console: Console, report_path: Path | None = Non
         console.print(f"[yellow]concurrency cap:[/] {escape(line)}", highlight=False)
     for line in memory_notes(run):
         console.print(f"[cyan]memory:[/] {escape(line)}", highlight=False)
+    for line in length_notes(run):
+        console.print(f"[yellow]output length:[/] {escape(line)}", highlight=False)
     for problem in run.problems:
         console.print(f"[yellow]incomplete:[/] {escape(problem)}", highlight=False)
     path = report_path if report_path is not None else run.run_dir / "report.html"

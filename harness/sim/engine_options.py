@@ -32,11 +32,13 @@ TGI_DEFAULT_PREFILL_TOKENS = 4096
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine mode (--mode engine)")
-    g.add_argument("--gpu", default=None, help="GPU profile, e.g. a10g-24gb (harness/sim/profiles/gpus.yaml)")
+    g.add_argument(
+        "--gpu", default=None, help="GPU profile, e.g. a10g-24gb (harness/hardware/data/gpus.yaml)"
+    )
     g.add_argument(
         "--model-profile",
         default=None,
-        help="model profile, e.g. mistral-7b (profiles/models.yaml); default: matched from --model",
+        help="model profile, e.g. mistral-7b (harness/hardware/data/models.yaml); default: matched from --model",
     )
     g.add_argument("--quantization", choices=QUANTIZATIONS, default="none")
     g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto")
@@ -76,7 +78,14 @@ def engine_config(a: argparse.Namespace) -> EngineConfig | None:
         if given:
             raise ValueError(f"{', '.join(given)}: only used with --mode engine")
         return None
-    from harness.sim.hardware import ProfileError, get_gpu, get_model, load_gpus, load_models, match_model
+    from harness.hardware.profiles import (
+        ProfileError,
+        get_gpu,
+        get_model,
+        load_gpus,
+        load_models,
+        match_model,
+    )
 
     if a.gpu is None:
         raise ValueError(f"--mode engine needs --gpu (one of {', '.join(load_gpus())})")

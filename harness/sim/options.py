@@ -39,6 +39,11 @@ class SimOptions:
     time_scale: float = 1.0
     grpc_port: int | None = None
     no_openai_models: bool = False
+    # TGI's router limits and identity (the fake TGI launcher in tests maps its flags onto these).
+    max_concurrent_requests: int | None = None
+    max_input_tokens: int | None = None
+    no_ignore_eos: bool = False
+    tgi_version: str = "3.3.7"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="answer GET /v1/models with 404, like a TGI, TGIS or Caikit server (readiness tests)",
     )
+    t = p.add_argument_group("TGI router behaviour (what the fake TGI launcher in tests maps onto)")
+    t.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=None,
+        help="answer 429 'Model is overloaded' above this many requests in flight, as TGI's router does",
+    )
+    t.add_argument(
+        "--max-input-tokens",
+        type=int,
+        default=None,
+        help="answer 422 for prompts above this (and prompt + max tokens above --max-model-len), as TGI does",
+    )
+    t.add_argument(
+        "--no-ignore-eos",
+        action="store_true",
+        help="the server has no ignore_eos/min_tokens (TGI): every answer ends at a seeded natural EOS",
+    )
+    t.add_argument("--tgi-version", default="3.3.7", help="the version /info reports")
     add_engine_arguments(p)
     return p
 
@@ -125,6 +149,9 @@ def parse_options(argv: list[str]) -> SimOptions:
         parser.error(f"--grpc-port {a.grpc_port}: out of range")
     if not 0 <= a.port <= 65535:
         parser.error(f"--port {a.port}: out of range")
+    for flag in ("max_concurrent_requests", "max_input_tokens"):
+        if getattr(a, flag) is not None and getattr(a, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(a, flag)}: must be >= 1")
     if a.default_max_tokens < 1:
         parser.error(f"--default-max-tokens {a.default_max_tokens}: must be >= 1")
     return SimOptions(
@@ -145,4 +172,8 @@ def parse_options(argv: list[str]) -> SimOptions:
         time_scale=a.time_scale,
         grpc_port=a.grpc_port,
         no_openai_models=a.no_openai_models,
+        max_concurrent_requests=a.max_concurrent_requests,
+        max_input_tokens=a.max_input_tokens,
+        no_ignore_eos=a.no_ignore_eos,
+        tgi_version=a.tgi_version,
     )

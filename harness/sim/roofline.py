@@ -21,61 +21,48 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+# The sizing arithmetic and the profiles are the harness's (``harness.hardware``): the KV-fit
+# estimate at ``validate`` uses the same functions, so the two cannot disagree.
+from harness.hardware.memory import (
+    BF16_BYTES,
+    INT4_GROUP_BYTES,
+    KV_CACHE_DTYPES,
+    LOGITS_BYTES,
+    QUANTIZATIONS,
+    RUNTIME_OVERHEAD_BYTES,
+    SizingError,
+    activation_bytes,
+    kv_budget,
+    kv_bytes_per_token,
+    weight_bytes,
+)
+
 if TYPE_CHECKING:  # the profiles' loader (pydantic, yaml) stays out of exact mode's start-up
-    from harness.sim.hardware import GpuSpec, ModelSpec
+    from harness.hardware.profiles import GpuSpec, ModelSpec
 
-QUANTIZATIONS = ("none", "fp8", "awq", "gptq")
-KV_CACHE_DTYPES = ("auto", "fp8")
-BF16_BYTES = 2.0
-# 4-bit weights in groups of 128 with an fp16 scale and a 4-bit zero point per group
-# (AWQ and GPTQ's common layout): 0.5 + 2/128 + 0.5/128 bytes per parameter.
-INT4_GROUP_BYTES = 0.5 + 2.0 / 128 + 0.5 / 128
-# CUDA context, cuBLAS/NCCL workspaces and CUDA graphs: about 1 GB in vLLM's start-up
-# memory report on 24-80 GB cards; counted inside the utilisation budget, as vLLM does.
-RUNTIME_OVERHEAD_BYTES = 1.0e9
-LOGITS_BYTES = 8.0  # fp32 logits plus fp32 probabilities per vocab entry in the sampler
 DEFAULT_STEP_OVERHEAD_S = 0.0005
+# An engine configuration that cannot run (it does not fit, or a bad value); names the setting.
+EngineConfigError = SizingError
 
-
-class EngineConfigError(ValueError):
-    """An engine configuration that cannot run (it does not fit, or a bad value); names the setting."""
-
-
-def weight_bytes(model: ModelSpec, quantization: str = "none") -> float:
-    """Bytes of the weights in VRAM.
-
-    ``fp8`` stores linear layers in 1 byte per parameter; ``awq``/``gptq`` in
-    4 bits plus group scales. All of them keep the embedding and LM head in
-    bf16, as vLLM's kernels do, which is why 4-bit is a little over a quarter.
-    """
-    if quantization not in QUANTIZATIONS:
-        raise EngineConfigError(f"quantization {quantization!r}: expected one of {', '.join(QUANTIZATIONS)}")
-    if quantization == "none":
-        return model.params * BF16_BYTES
-    per_param = 1.0 if quantization == "fp8" else INT4_GROUP_BYTES
-    embed = model.embedding_params
-    return (model.params - embed) * per_param + embed * BF16_BYTES
-
-
-def kv_bytes_per_token(model: ModelSpec, kv_cache_dtype: str = "auto") -> int:
-    """K and V for one token across all layers: ``2 × layers × kv_heads × head_dim × dtype bytes``."""
-    if kv_cache_dtype not in KV_CACHE_DTYPES:
-        raise EngineConfigError(
-            f"kv_cache_dtype {kv_cache_dtype!r}: expected one of {', '.join(KV_CACHE_DTYPES)}"
-        )
-    dtype_bytes = 1 if kv_cache_dtype == "fp8" else 2
-    return 2 * model.layers * model.kv_heads * model.head_dim * dtype_bytes
-
-
-def activation_bytes(model: ModelSpec, max_num_batched_tokens: int, max_num_seqs: int) -> float:
-    """Peak activations of the profiling forward pass vLLM runs before sizing the KV cache.
-
-    The MLP is the peak: gate/up output (2 × intermediate), the activated
-    product (intermediate) and a few hidden-size buffers, in bf16, for every
-    batched token; plus the sampler's fp32 logits for every sequence.
-    """
-    per_token = (3 * model.intermediate_size + 4 * model.hidden_size) * BF16_BYTES
-    return max_num_batched_tokens * per_token + max_num_seqs * model.vocab_size * LOGITS_BYTES
+__all__ = [
+    "BF16_BYTES",
+    "DEFAULT_STEP_OVERHEAD_S",
+    "INT4_GROUP_BYTES",
+    "KV_CACHE_DTYPES",
+    "LOGITS_BYTES",
+    "QUANTIZATIONS",
+    "RUNTIME_OVERHEAD_BYTES",
+    "EngineConfig",
+    "EngineConfigError",
+    "MemoryPlan",
+    "Roofline",
+    "StepCost",
+    "activation_bytes",
+    "kv_bytes_per_token",
+    "plan_memory",
+    "step_cost",
+    "weight_bytes",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,13 +134,17 @@ class MemoryPlan:
 
 def plan_memory(cfg: EngineConfig) -> MemoryPlan:
     """Size the KV cache like vLLM; raises ``EngineConfigError`` when nothing fits."""
-    budget = cfg.gpu.memory_bytes * cfg.gpu_memory_utilization
-    weights = weight_bytes(cfg.model, cfg.quantization)
-    overhead = RUNTIME_OVERHEAD_BYTES + activation_bytes(
-        cfg.model, cfg.max_num_batched_tokens, cfg.max_num_seqs
+    sized = kv_budget(
+        cfg.gpu,
+        cfg.model,
+        quantization=cfg.quantization,
+        kv_cache_dtype=cfg.kv_cache_dtype,
+        memory_fraction=cfg.gpu_memory_utilization,
+        batched_tokens=cfg.max_num_batched_tokens,
+        max_seqs=cfg.max_num_seqs,
     )
-    kvb = kv_bytes_per_token(cfg.model, cfg.kv_cache_dtype)
-    left = budget - weights - overhead
+    budget, weights, overhead, kvb = sized.budget, sized.weights, sized.overhead, sized.kv_bytes_per_token
+    left = sized.kv_bytes
     gb = 1e9
     if left <= 0:
         raise EngineConfigError(

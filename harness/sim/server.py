@@ -56,6 +56,7 @@ class SimServer:
         self.finished = 0
         self.started_ns = time.monotonic_ns()
         self.exit_code = 0
+        self.in_flight = 0  # admitted generation requests not yet finished (TGI's concurrency limit)
         self._stop: asyncio.Event | None = None
         self.engine = EngineLoop(opts.engine, self.counters, opts.time_scale) if opts.engine else None
 
@@ -143,7 +144,16 @@ class SimServer:
         elif path in caikit_api.INFO_PATHS:
             conn.respond(200, caikit_api.info_body(path, self.opts.model))
         elif path == "/info":
-            conn.respond(200, tgi_api.info_body(self.opts.model, self.opts.max_model_len))
+            conn.respond(
+                200,
+                tgi_api.info_body(
+                    self.opts.model,
+                    self.opts.max_model_len,
+                    max_concurrent_requests=self.opts.max_concurrent_requests,
+                    max_input_tokens=self.opts.max_input_tokens,
+                    version=self.opts.tgi_version,
+                ),
+            )
         else:
             conn.respond(404, b'{"detail":"Not Found"}')
 
@@ -172,6 +182,9 @@ class SimServer:
         return tgi_api.TgiFormat(spec, plan, path == "/")
 
     def _plan(self, spec: GenSpec) -> Plan:
+        if self.opts.no_ignore_eos:  # TGI: no ignore_eos, no min_tokens; the "model" stops where it does
+            n = natural_length(self.length_rng, spec.max_tokens, 0)
+            return Plan(n, "length" if n >= spec.max_tokens else "stop")
         if spec.ignore_eos:
             return Plan(spec.max_tokens, "length")
         n = natural_length(self.length_rng, spec.max_tokens, spec.min_tokens)
@@ -187,6 +200,11 @@ class SimServer:
         except BadRequest as err:
             conn.respond(400, errors(400, str(err)))
             return
+        refusal = self._router_refusal(spec)
+        if refusal is not None:
+            status, message = refusal
+            conn.respond(status, errors(status, message))
+            return
         self.seq += 1
         self.counters.requests_total += 1
         rid = clean_request_id(req.headers.get("x-request-id") or f"sim-{self.seq}")
@@ -194,6 +212,7 @@ class SimServer:
         self.log.arrival(rid, req.arrival_ns, spec.prompt_tokens, spec.api)
         if fault is not None and self._early_fault(conn, fault, rid, errors):
             return
+        self.in_flight += 1
         plan = self._plan(spec)
         fmt = self._format(api, spec, plan, req.path)
         if self.engine is not None:
@@ -243,6 +262,7 @@ class SimServer:
         try:
             self.engine.check(spec.prompt_tokens, spec.max_tokens)
         except ContextTooLong as err:
+            self.in_flight -= 1
             conn.respond(400, errors(400, str(err)))
             self.log.end(rid, 0, 0, time.monotonic_ns(), "context_too_long")
             self.counters.failure_total += 1
@@ -333,8 +353,28 @@ class SimServer:
         self.counters.running -= 1
         self._settle(outcome, tokens, finish_reason)
 
+    def _router_refusal(self, spec: GenSpec) -> tuple[int, str] | None:
+        """TGI's router checks before a request is queued: input length (422), concurrency (429)."""
+        opts = self.opts
+        if opts.max_input_tokens is not None:
+            if spec.prompt_tokens > opts.max_input_tokens:
+                return 422, (
+                    f"Input validation error: `inputs` must have less than {opts.max_input_tokens} tokens. "
+                    f"Given: {spec.prompt_tokens}"
+                )
+            if spec.prompt_tokens + spec.max_tokens > opts.max_model_len:
+                return 422, (
+                    f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= "
+                    f"{opts.max_model_len}. Given: {spec.prompt_tokens} `inputs` tokens and "
+                    f"{spec.max_tokens} `max_new_tokens`"
+                )
+        if opts.max_concurrent_requests is not None and self.in_flight >= opts.max_concurrent_requests:
+            return 429, "Model is overloaded"
+        return None
+
     def _settle(self, outcome: str, tokens: int, finish_reason: str) -> None:
         """Count a finished request (engine mode's running gauge is the engine's, not ours)."""
+        self.in_flight -= 1
         c = self.counters
         c.generation_tokens_total += tokens
         if outcome in ("ok", "length", "stop", "stall"):

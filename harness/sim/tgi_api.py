@@ -15,8 +15,10 @@ import orjson
 
 from harness.sim.generation import TOKEN_ID, TOKEN_TEXT, BadRequest, GenSpec, Plan, count_words, int_field
 
-TGI_VERSION = "3.3.6"
+TGI_VERSION = "3.3.7"
 DEFAULT_MAX_NEW_TOKENS = 100
+# What /info reports when the sim enforces no --max-concurrent-requests (its socket backlog).
+UNLIMITED_CONCURRENT_REQUESTS = 4096
 
 
 def parse_tgi(path: str, body: dict[str, Any], model: str) -> GenSpec:
@@ -97,21 +99,29 @@ class TgiFormat:
         return b"[" + obj + b"]" if self.list_body else obj
 
 
-def info_body(model: str, max_model_len: int) -> bytes:
+def info_body(
+    model: str,
+    max_model_len: int,
+    *,
+    max_concurrent_requests: int | None = None,
+    max_input_tokens: int | None = None,
+    version: str = TGI_VERSION,
+) -> bytes:
+    """TGI's ``/info`` (``struct Info`` in router/src/lib.rs), with the sim's limits."""
     return orjson.dumps(
         {
             "model_id": model,
             "model_sha": None,
             "model_pipeline_tag": "text-generation",
-            "max_concurrent_requests": 4096,
-            "max_best_of": 1,
+            "max_concurrent_requests": max_concurrent_requests or UNLIMITED_CONCURRENT_REQUESTS,
+            "max_best_of": 2,
             "max_stop_sequences": 4,
-            "max_input_tokens": max_model_len - 1,
+            "max_input_tokens": max_input_tokens or max_model_len - 1,
             "max_total_tokens": max_model_len,
             "validation_workers": 2,
             "max_client_batch_size": 4,
             "router": "text-generation-router",
-            "version": TGI_VERSION,
+            "version": version,
             "sha": None,
             "docker_label": "tokenbench-sim",
         }

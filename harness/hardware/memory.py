@@ -1,0 +1,113 @@
+"""VRAM sizing: weight bytes, KV bytes per token, activations, and the KV cache that is left.
+
+Why pure arithmetic on public figures: "does a batch of 128 sequences of 1,280
+tokens fit an A10G's KV cache?" must be answerable before a 15-minute launch,
+on a machine without the GPU, and checkable by hand. The same functions size
+the simulator's engine (``harness/sim/roofline.py``) and the pre-flight KV-fit
+warning (``harness/kvfit.py``), so the two cannot disagree.
+
+The plan follows vLLM's: ``memory × fraction`` is the instance's budget;
+weights, a runtime overhead and the activation peak of a
+``batched_tokens`` forward pass come out of it, and the rest is KV cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from harness.hardware.errors import HardwareError
+
+if TYPE_CHECKING:  # the profiles' loader (pydantic, yaml) stays out of the sim's exact-mode start-up
+    from harness.hardware.profiles import GpuSpec, ModelSpec
+
+QUANTIZATIONS = ("none", "fp8", "awq", "gptq")
+KV_CACHE_DTYPES = ("auto", "fp8")
+BF16_BYTES = 2.0
+# 4-bit weights in groups of 128 with an fp16 scale and a 4-bit zero point per group
+# (AWQ and GPTQ's common layout): 0.5 + 2/128 + 0.5/128 bytes per parameter.
+INT4_GROUP_BYTES = 0.5 + 2.0 / 128 + 0.5 / 128
+# CUDA context, cuBLAS/NCCL workspaces and CUDA graphs: about 1 GB in vLLM's start-up
+# memory report on 24-80 GB cards; counted inside the utilisation budget, as vLLM does.
+RUNTIME_OVERHEAD_BYTES = 1.0e9
+LOGITS_BYTES = 8.0  # fp32 logits plus fp32 probabilities per vocab entry in the sampler
+
+
+class SizingError(HardwareError):
+    """A configuration that cannot be sized (it does not fit, or a bad value); names the setting."""
+
+
+def weight_bytes(model: ModelSpec, quantization: str = "none") -> float:
+    """Bytes of the weights in VRAM.
+
+    ``fp8`` stores linear layers in 1 byte per parameter; ``awq``/``gptq`` in
+    4 bits plus group scales. All of them keep the embedding and LM head in
+    bf16, as vLLM's kernels do, which is why 4-bit is a little over a quarter.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise SizingError(f"quantization {quantization!r}: expected one of {', '.join(QUANTIZATIONS)}")
+    if quantization == "none":
+        return model.params * BF16_BYTES
+    per_param = 1.0 if quantization == "fp8" else INT4_GROUP_BYTES
+    embed = model.embedding_params
+    return (model.params - embed) * per_param + embed * BF16_BYTES
+
+
+def kv_bytes_per_token(model: ModelSpec, kv_cache_dtype: str = "auto") -> int:
+    """K and V for one token across all layers: ``2 × layers × kv_heads × head_dim × dtype bytes``."""
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise SizingError(f"kv_cache_dtype {kv_cache_dtype!r}: expected one of {', '.join(KV_CACHE_DTYPES)}")
+    dtype_bytes = 1 if kv_cache_dtype == "fp8" else 2
+    return 2 * model.layers * model.kv_heads * model.head_dim * dtype_bytes
+
+
+def activation_bytes(model: ModelSpec, batched_tokens: int, max_seqs: int) -> float:
+    """Peak activations of the profiling forward pass an engine runs before sizing the KV cache.
+
+    The MLP is the peak: gate/up output (2 × intermediate), the activated
+    product (intermediate) and a few hidden-size buffers, in bf16, for every
+    batched token; plus the sampler's fp32 logits for every sequence.
+    """
+    per_token = (3 * model.intermediate_size + 4 * model.hidden_size) * BF16_BYTES
+    return batched_tokens * per_token + max_seqs * model.vocab_size * LOGITS_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class KvBudget:
+    """Modelled VRAM, in bytes, and the KV cache it leaves (before rounding to blocks)."""
+
+    budget: float
+    weights: float
+    overhead: float
+    kv_bytes_per_token: int
+
+    @property
+    def kv_bytes(self) -> float:
+        return self.budget - self.weights - self.overhead
+
+    @property
+    def kv_tokens(self) -> int:
+        """Tokens of KV cache the budget holds (0 when the weights alone do not fit)."""
+        return max(0, int(self.kv_bytes // self.kv_bytes_per_token))
+
+
+def kv_budget(
+    gpu: GpuSpec,
+    model: ModelSpec,
+    *,
+    quantization: str = "none",
+    kv_cache_dtype: str = "auto",
+    memory_fraction: float = 0.9,
+    batched_tokens: int = 2048,
+    max_seqs: int = 256,
+) -> KvBudget:
+    """What ``memory_fraction`` of ``gpu`` leaves for KV cache after weights, runtime and activations."""
+    if not 0.0 < memory_fraction <= 1.0:
+        raise SizingError(f"memory fraction {memory_fraction}: must be in (0, 1]")
+    overhead = RUNTIME_OVERHEAD_BYTES + activation_bytes(model, batched_tokens, max_seqs)
+    return KvBudget(
+        budget=gpu.memory_bytes * memory_fraction,
+        weights=weight_bytes(model, quantization),
+        overhead=overhead,
+        kv_bytes_per_token=kv_bytes_per_token(model, kv_cache_dtype),
+    )
