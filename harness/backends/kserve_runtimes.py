@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.backends.base import BackendSettings
+from harness.backends.tgi_settings import TgiFlagSettings
 from harness.backends.vllm import engine_args
 from harness.backends.vllm_settings import VllmSettings
 from harness.redact import REDACTED, is_secret_name, redact_command
@@ -36,23 +37,6 @@ RuntimeName = Literal["vllm", "tgi", "tgis", "caikit-tgis-grpc", "caikit-tgis-ht
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tokenbench"}
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 Positive = Annotated[int, Field(ge=1)]
-
-
-class TgiLauncherSettings(BackendSettings):
-    """``text-generation-launcher`` (Hugging Face TGI 3.x) flags a cell may sweep."""
-
-    max_concurrent_requests: Positive | None = None
-    max_input_tokens: Positive | None = None
-    max_total_tokens: Positive | None = None
-    max_batch_prefill_tokens: Positive | None = None
-    max_batch_total_tokens: Positive | None = None
-    max_batch_size: Positive | None = None
-    max_waiting_tokens: Positive | None = None
-    num_shard: Positive | None = None
-    dtype: Literal["float16", "bfloat16"] | None = None
-    quantize: str | None = None
-    kv_cache_dtype: str | None = None
-    cuda_graphs: str | None = None
 
 
 class TgisLauncherSettings(BackendSettings):
@@ -127,7 +111,7 @@ RUNTIMES: dict[str, Runtime] = {
     r.name: r
     for r in (
         Runtime("vllm", "vllm.yaml", ("completions", "chat", "tgis"), VllmSettings, None, "--served-model-name"),
-        Runtime("tgi", "tgi.yaml", ("completions", "chat", "tgi"), TgiLauncherSettings, "max_total_tokens"),
+        Runtime("tgi", "tgi.yaml", ("completions", "chat", "tgi"), TgiFlagSettings, "max_total_tokens"),
         Runtime("tgis", "tgis.yaml", ("tgis",), TgisLauncherSettings, "max_sequence_length"),
         Runtime("caikit-tgis-grpc", "caikit-tgis-grpc.yaml", ("caikit-grpc",), TgisLauncherSettings,
                 "max_sequence_length"),

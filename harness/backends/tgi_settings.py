@@ -90,8 +90,9 @@ def runtime_flavour(container: str) -> str | None:
     return name if name in CONTAINER_RUNTIMES else None
 
 
-class TgiSettings(BackendSettings):
-    """``servers[].settings`` of a TGI server: launcher flags (``FLAG_SETTINGS``), then launch settings."""
+class TgiFlagSettings(BackendSettings):
+    """TGI's launcher flags (``FLAG_SETTINGS``) with TGI's value rules: what a cell may sweep wherever
+    TGI runs (this host, a container, or a KServe runtime's ``args``)."""
 
     quantize: str | None = None
     dtype: str | None = None
@@ -107,13 +108,6 @@ class TgiSettings(BackendSettings):
     num_shard: Count | None = None  # "`num_shard` cannot be < 1"
     speculate: Annotated[int, Field(ge=0)] | None = None
     cuda_memory_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
-    # -- launch settings (not flags) ----------------------------------------------------------
-    launcher: str | None = Field(default=None, min_length=1)
-    container: str | None = Field(default=None, min_length=1)
-    image: str | None = Field(default=None, min_length=1)
-    gpus: str | None = None
-    shm_size: str | None = None
-    hf_cache: str | None = Field(default=None, min_length=1)
 
     @field_validator("quantize")
     @classmethod
@@ -129,6 +123,47 @@ class TgiSettings(BackendSettings):
     @classmethod
     def _kv_cache_dtype(cls, value: str | None) -> str | None:
         return _one_of(value, KV_CACHE_DTYPE_CHOICES)
+
+    @model_validator(mode="after")
+    def _together(self) -> TgiFlagSettings:
+        """The launcher's own cross-flag checks (``main()``)."""
+        if (
+            self.max_input_tokens is not None
+            and self.max_total_tokens is not None
+            and self.max_input_tokens >= self.max_total_tokens
+        ):
+            raise ValueError(
+                f"settings.max_input_tokens: must be < max_total_tokens ({self.max_total_tokens}), "
+                f"got {self.max_input_tokens}"
+            )
+        if (
+            self.max_total_tokens is not None
+            and self.max_batch_total_tokens is not None
+            and self.max_total_tokens > self.max_batch_total_tokens
+        ):
+            raise ValueError(
+                f"settings.max_total_tokens: must be <= max_batch_total_tokens "
+                f"({self.max_batch_total_tokens}), got {self.max_total_tokens}"
+            )
+        if self.dtype is not None and self.quantize is not None and self.quantize not in DTYPE_WITH_QUANTIZE:
+            raise ValueError(
+                f"settings.dtype: TGI takes dtype or quantize, not both (except "
+                f"{', '.join(DTYPE_WITH_QUANTIZE)}); got dtype {self.dtype!r} with quantize {self.quantize!r}"
+            )
+        if self.quantize == "exl2" and (self.num_shard or 1) > 1:
+            raise ValueError(f"settings.num_shard: exl2 cannot be sharded, got {self.num_shard}")
+        return self
+
+
+class TgiSettings(TgiFlagSettings):
+    """``servers[].settings`` of ``backend: tgi``: the launcher flags, then how TGI is started."""
+
+    launcher: str | None = Field(default=None, min_length=1)
+    container: str | None = Field(default=None, min_length=1)
+    image: str | None = Field(default=None, min_length=1)
+    gpus: str | None = None
+    shm_size: str | None = None
+    hf_cache: str | None = Field(default=None, min_length=1)
 
     @field_validator("container")
     @classmethod
@@ -155,33 +190,8 @@ class TgiSettings(BackendSettings):
         return value
 
     @model_validator(mode="after")
-    def _together(self) -> TgiSettings:
-        """The launcher's own cross-flag checks (``main()``), and the launch settings' consistency."""
-        if (
-            self.max_input_tokens is not None
-            and self.max_total_tokens is not None
-            and self.max_input_tokens >= self.max_total_tokens
-        ):
-            raise ValueError(
-                f"settings.max_input_tokens: must be < max_total_tokens ({self.max_total_tokens}), "
-                f"got {self.max_input_tokens}"
-            )
-        if (
-            self.max_total_tokens is not None
-            and self.max_batch_total_tokens is not None
-            and self.max_total_tokens > self.max_batch_total_tokens
-        ):
-            raise ValueError(
-                f"settings.max_total_tokens: must be <= max_batch_total_tokens "
-                f"({self.max_batch_total_tokens}), got {self.max_total_tokens}"
-            )
-        if self.dtype is not None and self.quantize is not None and self.quantize not in DTYPE_WITH_QUANTIZE:
-            raise ValueError(
-                f"settings.dtype: TGI takes dtype or quantize, not both (except "
-                f"{', '.join(DTYPE_WITH_QUANTIZE)}); got dtype {self.dtype!r} with quantize {self.quantize!r}"
-            )
-        if self.quantize == "exl2" and (self.num_shard or 1) > 1:
-            raise ValueError(f"settings.num_shard: exl2 cannot be sharded, got {self.num_shard}")
+    def _launch(self) -> TgiSettings:
+        """The launch settings' consistency: one way to start TGI, container options only with one."""
         if self.launcher is not None and self.container is not None:
             raise ValueError(
                 f"settings.launcher: give launcher (run TGI on this host) or container (run its image), "
