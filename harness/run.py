@@ -216,12 +216,12 @@ class Run:
         scenario: Scenario,
         *,
         out_root: Path,
-        repo_root: Path,
+        home: Path,
         progress: Progress,
         resume: RunDir | None = None,
     ) -> None:
         self.scenario = scenario
-        self.repo_root = repo_root
+        self.home = home
         self.progress = progress
         self.cells = validate_cells(scenario)
         self.steps = expand_steps(scenario)
@@ -264,8 +264,8 @@ class Run:
                 self.progress(f"run folder: {rd.path}")
                 for line in stop_leftovers():
                     self.progress(f"stopped a process left by an earlier, killed harness: {line}")
-                resolved = resolve_scenario(self.scenario, self.repo_root, self.progress)
-                prepare_backends(resolved, self.repo_root, self.progress)
+                resolved = resolve_scenario(self.scenario, self.home, self.progress)
+                prepare_backends(resolved, self.home, self.progress)
                 servers = {s.name: s for s in resolved.servers}
                 cells = [dataclasses.replace(c, server=servers[c.server.name]) for c in self.cells]
                 for cell, result in zip(cells, self.summary.cells, strict=True):
@@ -328,7 +328,7 @@ class Run:
         self.run_dir.write_summary(self.summary)
         self.progress(f"[{first.cell_id}] starting {first.server.backend} server")
         try:
-            with launch(first, cell_dir, repo_root=self.repo_root, registry=registry) as handle:
+            with launch(first, cell_dir, home=self.home, registry=registry) as handle:
                 self.progress(f"[{first.cell_id}] healthy in {handle.launch_s or 0:.1f}s ({handle.version})")
                 while pending:
                     cell, result = pending[0]

@@ -183,16 +183,16 @@ class BackendSpec:
         """Whether a server of this backend can be driven with protocol ``api``."""
         return api in self.protocols
 
-    def environments(self, server: Server, repo_root: Path) -> list[str]:
+    def environments(self, server: Server, home: Path) -> list[str]:
         """Names of the environments (``harness.envs``) this server runs from; [] when none."""
         return []
 
-    def prepare(self, server: Server, repo_root: Path, progress: Progress) -> None:
+    def prepare(self, server: Server, home: Path, progress: Progress) -> None:
         """Build (idempotently) every environment :meth:`environments` names, before any cell starts."""
         from harness.envs import ensure_env
 
-        for env_name in self.environments(server, repo_root):
-            ensure_env(env_name, repo_root, progress)
+        for env_name in self.environments(server, home):
+            ensure_env(env_name, home, progress)
 
     # -- validation ----------------------------------------------------------------------------
     def validation_context(self, server: Server) -> dict[str, Any]:
@@ -249,6 +249,6 @@ class BackendSpec:
         such a limit (Caikit's gRPC thread pool, default 5); summary and report flag steps above it."""
         return None
 
-    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> Backend:
+    def create(self, *, home: Path, registry: ProcessRegistry | None) -> Backend:
         """A fresh, not yet started backend object for one cell."""
         raise NotImplementedError(f"backend '{self.name}' has no launcher")
