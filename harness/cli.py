@@ -25,6 +25,26 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from harness import __version__
+
+        typer.echo(f"tokenbench {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the harness version and exit", callback=_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Benchmark LLM serving backends: launch servers, drive Locust token-streaming load, report."""
+
+
 def _home() -> Path:
     """Where ``.cache/`` (models, backend environments) lives: the current directory, like ``reports/``."""
     return Path.cwd()
@@ -130,15 +150,15 @@ def validate(
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder under reports/")]) -> None:
-    """Re-render report.html (and the merged Parquet files) from a run folder's stored data."""
-    from harness.report.html import write_report
+    """Re-render report.html, summary.md, the CSV exports and the merged Parquet files from a run folder."""
+    from harness.report.outputs import write_outputs
     from harness.rundir import RunDir
 
     console = _console()
     if not (run_dir / "summary.json").is_file():
         raise _fail(console, f"{run_dir}: not a run folder (no summary.json)")
     RunDir(run_dir).merge()
-    path = write_report(run_dir)
+    path = write_outputs(run_dir)
     console.print(f"report: {path}", highlight=False, markup=False)
 
 

@@ -39,6 +39,7 @@ from harness.owner import owner_alive, owner_marker
 from harness.results import CellResult, Dist, RunSummary, StepMetrics
 from harness.rundir import RunDir, collect_env
 from harness.scenario import Scenario, ScenarioError, Server, scenario_to_yaml
+from harness.wallclock import read_clock_anchor
 from harness.yamlfile import shown
 
 if TYPE_CHECKING:
@@ -235,6 +236,7 @@ class Run:
             scenario=scenario.name,
             started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             harness_version=__version__,
+            clock=read_clock_anchor(),
             cells=[
                 CellResult(
                     cell_id=c.cell_id,
@@ -297,10 +299,10 @@ class Run:
         write_json(rd.path / "env.json", collect_env(versions))
         rd.write_summary(self.summary)
         rd.merge()
-        from harness.report.html import write_report
+        from harness.report.outputs import write_outputs
 
         try:
-            outcome.report_path = write_report(rd.path)
+            outcome.report_path = write_outputs(rd.path)
         except Exception as err:  # a report bug must not lose the measured data
             self.progress(f"report failed: {err!r}; data kept in {rd.path}")
 
