@@ -57,9 +57,9 @@ bench-harness: install
 test: install test-envs model browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# Everything but the real-vLLM and browser tests (seconds, not minutes).
+# Everything but the real-vLLM, browser and wheel-install tests (seconds, not minutes).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not vllm and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not vllm and not browser and not wheel" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check harness tests

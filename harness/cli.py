@@ -46,8 +46,10 @@ def _main(
 
 
 def _home() -> Path:
-    """Where ``.cache/`` (models, backend environments) lives: the current directory, like ``reports/``."""
-    return Path.cwd()
+    """Where backend environments and generated models are cached: ``TOKENBENCH_HOME`` (``harness.home``)."""
+    from harness.home import tokenbench_home
+
+    return tokenbench_home()
 
 
 def _console() -> Console:
@@ -166,7 +168,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder under repo
 def make_model(
     out_dir: Annotated[
         Path | None,
-        typer.Argument(help="folder for the tiny model [default: TOKENBENCH_HOME/models/tiny-ARCH]"),
+        typer.Argument(help="folder for the tiny model (default: TOKENBENCH_HOME/models/tiny-ARCH)"),
     ] = None,
     arch: Annotated[str, typer.Option(help="architecture: llama or gpt2")] = "llama",
     seed: int = 0,
