@@ -37,10 +37,27 @@ def check_local_model(server: Server) -> list[str]:
     return []
 
 
+def _local_path(given: str | None, home: Path) -> str | None:
+    """A relative model/tokenizer path that exists under the cwd or the home, made absolute (else as given:
+    a hub id such as ``org/name`` is not a path here)."""
+    if not given or Path(given).is_absolute():
+        return given
+    for base in (Path.cwd(), home):
+        if (base / given).exists():
+            return str((base / given).resolve())
+    return given
+
+
 def resolve_server(server: Server, home: Path, progress: Progress) -> Server:
-    """Replace a ``tokenbench:<name>`` model by its generated folder (creating it once, cached)."""
+    """Replace a ``tokenbench:<name>`` model by its generated folder (creating it once, cached), and a
+    relative local model or tokenizer path by the absolute one (cwd first, then ``home``)."""
     if not _is_local(server):
-        return server
+        update = {"model": _local_path(server.model, home), "tokenizer": _local_path(server.tokenizer, home)}
+        return (
+            server.model_copy(update=update)
+            if update != {"model": server.model, "tokenizer": server.tokenizer}
+            else server
+        )
     name = server.model.removeprefix(LOCAL_MODEL_PREFIX)
     from harness.tinymodel import make_tiny_model
 

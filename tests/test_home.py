@@ -47,3 +47,23 @@ def test_make_sets_the_home_to_the_checkouts_cache() -> None:
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == f"{REPO}/.cache"
+
+
+def test_relative_model_and_tokenizer_paths_resolve_against_cwd_then_home(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from harness.assets import resolve_server
+    from harness.scenario import Server
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    (home / "models" / "m").mkdir(parents=True)
+    (home / "models" / "m" / "tokenizer.json").write_text("{}")
+    work.mkdir()
+    monkeypatch.chdir(work)
+    server = Server(name="s", backend="vllm", model="models/m", tokenizer="models/m")
+    resolved = resolve_server(server, home, print)
+    assert resolved.model == str(home / "models" / "m") and resolved.tokenizer == str(home / "models" / "m")
+    hub = Server(name="s", backend="vllm", model="org/model")
+    assert resolve_server(hub, home, print) is hub  # not a path anywhere: a hub id, untouched
+    (work / "models" / "m").mkdir(parents=True)
+    assert resolve_server(server, home, print).model == str(work / "models" / "m")  # cwd first
