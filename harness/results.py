@@ -158,6 +158,14 @@ class CellResult(_Model):
     output_length_flag: str | None = None
 
 
+class ClockAnchor(_Model):
+    """How the records' monotonic ``*_ns`` stamps map to UTC: ``unix_ns = ns + wall_minus_monotonic_ns``."""
+
+    monotonic_zero_utc: str = Field(description="UTC time (ISO 8601) at which the monotonic clock read 0")
+    wall_minus_monotonic_ns: int = Field(description="time.time_ns() - time.monotonic_ns(), read together")
+    uncertainty_ns: int = Field(ge=0, description="half the spread of the bracketing monotonic reads")
+
+
 class RunSummary(_Model):
     schema_version: int = SCHEMA_VERSION
     run_id: str
@@ -171,6 +179,8 @@ class RunSummary(_Model):
     # still going from one whose harness was killed (see ``RunDir.read_summary``).
     owner: str | None = None
     resumes: int = 0
+    # The wall-clock anchor of every ``*_ns`` stamp in the run (harness.wallclock); None in older runs.
+    clock: ClockAnchor | None = None
     cells: list[CellResult] = Field(default_factory=list)
 
     @property

@@ -44,6 +44,7 @@ from harness.resume import launch_groups, resumable_summary
 from harness.rundir import RunDir, collect_env
 from harness.runsecrets import Redactor
 from harness.scenario import Scenario, ScenarioError, Server
+from harness.wallclock import read_clock_anchor
 from harness.yamlfile import shown
 
 if TYPE_CHECKING:
@@ -175,13 +176,13 @@ class Run:
         scenario: Scenario,
         *,
         out_root: Path,
-        repo_root: Path,
+        home: Path,
         progress: Progress,
         resume: RunDir | None = None,
         secrets: Redactor | None = None,
     ) -> None:
         self.scenario = scenario
-        self.repo_root = repo_root
+        self.home = home
         self.secrets = secrets or Redactor.for_scenario(scenario)
         self.progress: Progress = lambda message: progress(self.secrets.text(message))
         self.cells = validate_cells(scenario)
@@ -196,6 +197,7 @@ class Run:
             scenario=scenario.name,
             started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             harness_version=__version__,
+            clock=read_clock_anchor(),
             cells=[
                 CellResult(
                     cell_id=c.cell_id,
@@ -227,8 +229,8 @@ class Run:
                     self.progress(f"warning: {line}")
                 for line in stop_leftovers():
                     self.progress(f"stopped a process left by an earlier, killed harness: {line}")
-                resolved = resolve_scenario(self.scenario, self.repo_root, self.progress)
-                prepare_backends(resolved, self.repo_root, self.progress)
+                resolved = resolve_scenario(self.scenario, self.home, self.progress)
+                prepare_backends(resolved, self.home, self.progress)
                 servers = {s.name: s for s in resolved.servers}
                 cells = [dataclasses.replace(c, server=servers[c.server.name]) for c in self.cells]
                 for cell, result in zip(cells, self.summary.cells, strict=True):
@@ -261,10 +263,10 @@ class Run:
         write_json(rd.path / "env.json", self.secrets.data(collect_env(versions)))
         rd.write_summary(self.summary)
         rd.merge()
-        from harness.report.html import write_report
+        from harness.report.outputs import write_outputs
 
         try:
-            outcome.report_path = write_report(rd.path)
+            outcome.report_path = write_outputs(rd.path)
         except Exception as err:  # a report bug must not lose the measured data
             self.progress(f"report failed: {err!r}; data kept in {rd.path}")
 
@@ -292,7 +294,7 @@ class Run:
         self.run_dir.write_summary(self.summary)
         self.progress(f"[{first.cell_id}] starting {first.server.backend} server")
         try:
-            with launch(first, cell_dir, repo_root=self.repo_root, registry=registry) as handle:
+            with launch(first, cell_dir, home=self.home, registry=registry) as handle:
                 self.secrets.add_headers(handle.headers)  # a cluster backend's bearer token
                 self.progress(f"[{first.cell_id}] healthy in {handle.launch_s or 0:.1f}s ({handle.version})")
                 while pending:

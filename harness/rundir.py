@@ -7,7 +7,10 @@ Layout (see README)::
         env.json             host, CPU, GPU, driver, versions
         prompts.jsonl        the exact prompts sent (seeded)
         summary.json         results.RunSummary, rewritten after every step
-        records.parquet      every request of every cell and step
+        records.parquet      every request of every cell and step: raw stamps + derived ms columns
+        records.csv          the same requests, derived columns only (TTFT, TPOT, E2E, UTC times)
+        summary.csv          one row per cell × step (every StepMetrics field, flattened)
+        summary.md           the Markdown summary, short enough for a pull-request comment
         timeseries.parquet   memory / GPU / server-metric samples
         report.html          the self-contained report
         cells/<cell>/        server.log, per-step records and Locust logs

@@ -23,6 +23,9 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Backend environments and tiny models: the checkout's .cache, as `make` sets it (harness.home), so a
+# plain `pytest` finds what `make test-envs` built; a TOKENBENCH_HOME given from outside wins.
+os.environ.setdefault("TOKENBENCH_HOME", str(REPO / ".cache"))
 
 
 def _free_port() -> int:

@@ -26,7 +26,7 @@ class EchoSpec(BackendSpec):
         size = settings.get("pool_size")
         return ConcurrencyCap(int(size) if isinstance(size, int) else 5, "pool_size")
 
-    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> object:  # type: ignore[override]
+    def create(self, *, home: Path, registry: ProcessRegistry | None) -> object:  # type: ignore[override]
         raise NotImplementedError("echo is never started in these tests")
 
 

@@ -93,7 +93,7 @@ def test_start_sends_key_probes_and_never_leaks_it(
     endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TB_TEST_KEY", KEY)
-    with launch(_cell(endpoint + "/v1/"), tmp_path, repo_root=tmp_path) as handle:
+    with launch(_cell(endpoint + "/v1/"), tmp_path, home=tmp_path) as handle:
         assert handle.base_url == endpoint
         assert handle.headers == {"Authorization": f"Bearer {KEY}"}
         assert handle.version == "0.11.2"

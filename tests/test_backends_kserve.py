@@ -55,7 +55,7 @@ def test_full_cycle_creates_waits_records_and_deletes(fake: FakeKube, tmp_path: 
     server = _server(fake, tmp_path, settings={"max_num_seqs": 16, "dtype": "bfloat16"})
     cell = _cell(server, {"max_num_seqs": 16, "dtype": "bfloat16"})
     work = tmp_path / "cell"
-    with launch(cell, work, repo_root=REPO) as handle:
+    with launch(cell, work, home=REPO) as handle:
         name = handle.served_model
         assert fake.objects[("inferenceservices", name)]["status"]["url"] == handle.base_url
         assert handle.pod is not None and handle.pod.startswith(f"{name}-predictor-")
@@ -91,12 +91,12 @@ def test_full_cycle_creates_waits_records_and_deletes(fake: FakeKube, tmp_path: 
 
 def test_stop_is_idempotent_and_a_second_cell_reuses_the_same_runtime(fake: FakeKube, tmp_path: Path) -> None:
     server = _server(fake, tmp_path)
-    backend = KserveBackend(repo_root=REPO)
+    backend = KserveBackend(home=REPO)
     backend.start(_cell(server), tmp_path / "a")
     backend.stop()
     backend.stop()
     assert len(fake.calls("DELETE", "inferenceservices")) == 1
-    with launch(_cell(server), tmp_path / "b", repo_root=REPO):
+    with launch(_cell(server), tmp_path / "b", home=REPO):
         pass
     assert len(fake.calls("POST", "servingruntimes")) == 1  # the existing one is the same: kept
     assert len(fake.calls("POST", "inferenceservices")) == 2
@@ -111,13 +111,13 @@ def test_a_different_runtime_of_the_same_name_is_refused_unless_replace(
     with fake.cond:
         fake._put("servingruntimes", runtime)
     server = _server(fake, tmp_path)
-    with pytest.raises(BackendStartError) as err, launch(_cell(server), tmp_path / "a", repo_root=REPO):
+    with pytest.raises(BackendStartError) as err, launch(_cell(server), tmp_path / "a", home=REPO):
         pass
     assert "ServingRuntime bench/tokenbench-vllm exists and differs" in str(err.value)
     assert "spec.containers[0].image" in str(err.value) and "replace_runtime" in str(err.value)
     assert fake.calls("POST", "inferenceservices") == []
     replacing = _server(fake, tmp_path, replace_runtime=True)
-    with launch(_cell(replacing), tmp_path / "b", repo_root=REPO):
+    with launch(_cell(replacing), tmp_path / "b", home=REPO):
         pass
     assert len(fake.calls("PUT", "servingruntimes")) == 1
     assert fake.objects[("servingruntimes", "tokenbench-vllm")]["spec"]["containers"][0]["image"].startswith(
@@ -132,7 +132,7 @@ def test_ready_timeout_is_a_clear_error_with_the_pod_events_and_still_deletes(tm
         started = time.monotonic()
         with (
             pytest.raises(BackendStartError) as err,
-            launch(_cell(server), tmp_path / "cell", repo_root=REPO),
+            launch(_cell(server), tmp_path / "cell", home=REPO),
         ):
             pass
         assert time.monotonic() - started < 30
@@ -154,7 +154,7 @@ def test_a_refused_kubeconfig_token_is_a_clear_error_without_the_token(
     kubeconfig = fake.write_kubeconfig(tmp_path / "bad.yaml", token=wrong)
     server = _server(fake, tmp_path)
     server.deploy = {**(server.deploy or {}), "kubeconfig": str(kubeconfig)}
-    with pytest.raises(BackendStartError) as err, launch(_cell(server), tmp_path / "cell", repo_root=REPO):
+    with pytest.raises(BackendStartError) as err, launch(_cell(server), tmp_path / "cell", home=REPO):
         pass
     assert "HTTP 401" in str(err.value) and "oc login" in str(err.value)
     assert wrong not in str(err.value)
@@ -167,10 +167,10 @@ def test_token_env_is_the_inference_token_and_must_be_set(
     server = _server(fake, tmp_path, token_env="TB_TEST_ISVC_TOKEN")
     monkeypatch.delenv("TB_TEST_ISVC_TOKEN", raising=False)
     with pytest.raises(BackendStartError, match="'TB_TEST_ISVC_TOKEN', which is not set"):
-        with launch(_cell(server), tmp_path / "a", repo_root=REPO):
+        with launch(_cell(server), tmp_path / "a", home=REPO):
             pass
     monkeypatch.setenv("TB_TEST_ISVC_TOKEN", INFERENCE_TOKEN)
-    with launch(_cell(server), tmp_path / "b", repo_root=REPO) as handle:
+    with launch(_cell(server), tmp_path / "b", home=REPO) as handle:
         assert handle.headers == {"Authorization": f"Bearer {INFERENCE_TOKEN}"}
         public = repr(handle) + str(handle.public_dict())
         assert INFERENCE_TOKEN not in public and fake.token not in public
@@ -183,7 +183,7 @@ def test_secrets_echoed_by_the_pod_are_scrubbed_from_every_record(tmp_path: Path
         monkeypatch.setenv("TB_TEST_ISVC_TOKEN", INFERENCE_TOKEN)
         server = _server(fake, tmp_path, token_env="TB_TEST_ISVC_TOKEN")
         server.args = [f"--api-key={fake.token}"]
-        with launch(_cell(server), tmp_path / "cell", repo_root=REPO):
+        with launch(_cell(server), tmp_path / "cell", home=REPO):
             pass
         assert (
             INFERENCE_TOKEN
@@ -198,7 +198,7 @@ def test_secrets_echoed_by_the_pod_are_scrubbed_from_every_record(tmp_path: Path
 
 def test_url_from_a_named_route(fake: FakeKube, tmp_path: Path) -> None:
     server = _server(fake, tmp_path, route="{name}")
-    with launch(_cell(server), tmp_path / "cell", repo_root=REPO) as handle:
+    with launch(_cell(server), tmp_path / "cell", home=REPO) as handle:
         route = fake.objects[("routes", handle.served_model)]
         assert handle.base_url == "http://" + route["spec"]["host"]
     assert any("/routes/" in p for p in fake.calls("GET", "routes"))
@@ -207,9 +207,7 @@ def test_url_from_a_named_route(fake: FakeKube, tmp_path: Path) -> None:
 def test_tgis_runtime_is_driven_over_grpc_at_its_h2c_port(fake: FakeKube, tmp_path: Path) -> None:
     server = _server(fake, tmp_path, settings={"max_batch_size": 8})
     server.deploy = {**(server.deploy or {}), "runtime": "tgis"}
-    with launch(
-        _cell(server, {"max_batch_size": 8}, protocol="tgis"), tmp_path / "c", repo_root=REPO
-    ) as handle:
+    with launch(_cell(server, {"max_batch_size": 8}, protocol="tgis"), tmp_path / "c", home=REPO) as handle:
         assert handle.grpc_target == handle.base_url.removeprefix("http://")
     args = fake.bodies[("inferenceservices", handle.served_model)]["spec"]["predictor"]["model"]["args"]
     assert args == ["--max-batch-size=8"]
@@ -273,7 +271,7 @@ def test_a_name_clash_is_an_error_and_the_other_inferenceservice_is_left_alone(
         fake._put("inferenceservices", {"metadata": {"name": "tb-taken-000000"}, "spec": {}})
     monkeypatch.setattr("harness.backends.kserve.isvc_name", lambda server: "tb-taken-000000")
     with pytest.raises(BackendStartError, match="HTTP 409"):
-        with launch(_cell(_server(fake, tmp_path)), tmp_path / "cell", repo_root=REPO):
+        with launch(_cell(_server(fake, tmp_path)), tmp_path / "cell", home=REPO):
             pass
     assert fake.calls("DELETE", "inferenceservices") == []
     assert ("inferenceservices", "tb-taken-000000") in fake.objects

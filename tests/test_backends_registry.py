@@ -113,9 +113,7 @@ def test_environments_are_derived_from_the_scenario(tmp_path: Path) -> None:
     quick = load_scenario(REPO / "scenarios" / "quickstart-cpu.yaml")
     assert required_environments(quick, tmp_path) == ["vllm-cpu"]  # no GPU on this machine
     assert required_environments(load_scenario(REPO / "scenarios" / "ci-sim.yaml"), tmp_path) == []
-    gpu = parse_scenario(
-        scenario({"backend": "vllm", "python": str(tmp_path / ".cache/venvs/vllm-gpu/bin/python")})
-    )
+    gpu = parse_scenario(scenario({"backend": "vllm", "python": str(tmp_path / "venvs/vllm-gpu/bin/python")}))
     assert required_environments(gpu, tmp_path) == ["vllm-gpu"]
     foreign = parse_scenario(scenario({"backend": "vllm", "python": "/opt/my-vllm/bin/python"}))
     assert required_environments(foreign, tmp_path) == []
@@ -128,10 +126,12 @@ def test_environments_are_derived_from_the_scenario(tmp_path: Path) -> None:
 def test_setup_for_a_scenario_without_backend_envs_builds_nothing(tmp_path: Path) -> None:
     from cli_runner import tokenbench
 
-    result = tokenbench("setup", "--for", REPO / "scenarios" / "ci-sim.yaml", cwd=tmp_path)
+    home = tmp_path / "home"
+    env = {"TOKENBENCH_HOME": str(home)}
+    result = tokenbench("setup", "--for", REPO / "scenarios" / "ci-sim.yaml", cwd=tmp_path, extra_env=env)
     assert result.returncode == 0, result.stderr
     assert "no backend environment needed" in result.stdout
-    assert not (tmp_path / ".cache").exists()
+    assert not home.exists() and not (tmp_path / ".cache").exists()
     bad = tokenbench("setup", "vllm-tpu", cwd=tmp_path)
     assert bad.returncode == 2 and "known: vllm-cpu, vllm-gpu, tgis, caikit" in bad.stdout + bad.stderr
 

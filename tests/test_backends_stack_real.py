@@ -18,6 +18,7 @@ import pytest
 from harness.backends.process import ProcessRegistry
 from harness.backends.registry import launch
 from harness.envs import ensure_env
+from harness.home import models_dir, tokenbench_home
 from harness.load.sseframe import SseSplitter
 from harness.matrix import Cell
 from harness.protocols.proto import caikit_nlp_pb2, generation_pb2
@@ -26,7 +27,7 @@ from harness.scenario import Server
 from harness.tinymodel import make_tiny_model, single_token_words
 from leftovers import new_marker, processes_with_marker
 
-REPO = Path(__file__).resolve().parents[1]
+HOME = tokenbench_home()  # make and conftest: the checkout's .cache
 N = 8
 pytestmark = pytest.mark.vllm
 
@@ -60,7 +61,7 @@ def _check(protocol: str, sent: int, events: list) -> None:
 
 
 def _server(backend: str, python: Path | None, settings: dict) -> Server:
-    model = make_tiny_model(REPO / ".cache" / "models" / "tiny-llama")
+    model = make_tiny_model(models_dir(HOME) / "tiny-llama")
     return Server(
         name=backend, backend=backend, model=str(model), served_model_name="tiny-llama",
         python=str(python) if python else None, startup_timeout_s=600, max_model_len=512,
@@ -76,15 +77,15 @@ def _gone(marker: str) -> None:
 
 
 def test_tgis_serves_openai_and_tgis_grpc_from_one_engine(tmp_path: Path, monkeypatch) -> None:
-    python = ensure_env("tgis", REPO)
-    words = " ".join(single_token_words(REPO / ".cache" / "models" / "tiny-llama")[:12])
+    python = ensure_env("tgis", HOME)
+    words = " ".join(single_token_words(models_dir(HOME) / "tiny-llama")[:12])
     name, marker = new_marker()
     monkeypatch.setenv(name, marker)
     server = _server("tgis", python, {"max_num_seqs": 4})
     cell = Cell("tgis", server, dict(server.settings), protocol="tgis")
     with (
         ProcessRegistry() as registry,
-        launch(cell, tmp_path / "cell", repo_root=REPO, registry=registry) as h,
+        launch(cell, tmp_path / "cell", home=HOME, registry=registry) as h,
     ):
         assert h.version and "vllm 0.12.0" in h.version and "vllm-tgis-adapter 0.10.0" in h.version
         assert h.grpc_target and h.launch_s and h.launch_s > 0
@@ -107,14 +108,14 @@ def test_tgis_serves_openai_and_tgis_grpc_from_one_engine(tmp_path: Path, monkey
 
 
 def test_caikit_forwards_to_tgis_over_grpc_and_http_and_stops_both(tmp_path: Path, monkeypatch) -> None:
-    ensure_env("tgis", REPO)
-    python = ensure_env("caikit", REPO)
+    ensure_env("tgis", HOME)
+    python = ensure_env("caikit", HOME)
     name, marker = new_marker()
     monkeypatch.setenv(name, marker)
     server = _server("caikit", python, {"grpc_server_thread_pool_size": 3})
     cell = Cell("caikit", server, dict(server.settings), protocol="caikit-grpc")
     workdir = tmp_path / "cell"
-    with ProcessRegistry() as registry, launch(cell, workdir, repo_root=REPO, registry=registry) as h:
+    with ProcessRegistry() as registry, launch(cell, workdir, home=HOME, registry=registry) as h:
         assert set(h.processes) == {"tgis", "caikit"} and len(set(h.processes.values())) == 2
         assert h.env["RUNTIME_GRPC_SERVER_THREAD_POOL_SIZE"] == "3"
         assert "thread pool size: 3" in (workdir / "caikit" / "server.log").read_text(errors="replace")
@@ -139,7 +140,7 @@ def test_caikit_forwards_to_tgis_over_grpc_and_http_and_stops_both(tmp_path: Pat
 def test_a_caikit_runtime_that_dies_takes_its_tgis_server_down(tmp_path: Path, monkeypatch) -> None:
     from harness.backends.base import BackendStartError
 
-    ensure_env("tgis", REPO)
+    ensure_env("tgis", HOME)
     name, marker = new_marker()
     monkeypatch.setenv(name, marker)
     server = _server("caikit", Path("/bin/false"), {})  # the runtime exits at once
@@ -148,7 +149,7 @@ def test_a_caikit_runtime_that_dies_takes_its_tgis_server_down(tmp_path: Path, m
         ProcessRegistry() as registry,
         pytest.raises(BackendStartError, match="Caikit runtime did not start"),
     ):
-        with launch(cell, tmp_path / "cell", repo_root=REPO, registry=registry):
+        with launch(cell, tmp_path / "cell", home=HOME, registry=registry):
             pass
     assert (tmp_path / "cell" / "tgis" / "server.log").is_file()  # TGIS did start first
     _gone(marker)

@@ -167,7 +167,7 @@ def test_launcher_command_maps_model_port_and_settings_then_args(tmp_path: Path)
     (cell,) = cells({"max_batch_size": 16}, max_model_len=4096, args=["--revision", "abc123"])
     cmd = launcher_command(
         cell, launcher="/opt/tgi/text-generation-launcher", port=8080, prometheus_port=9100,
-        uds_path=tmp_path / "uds", repo_root=tmp_path,
+        uds_path=tmp_path / "uds", home=tmp_path,
     )  # fmt: skip
     assert cmd == [
         "/opt/tgi/text-generation-launcher", "--model-id", "org/m", "--hostname", "127.0.0.1",
@@ -184,7 +184,7 @@ def test_container_run_maps_gpu_port_model_volume_cache_and_env_by_name(tmp_path
         env={"HF_TOKEN": "hf_secret_value", "LOG_LEVEL": "info"},
     )
     cell = dataclasses.replace(cell, server=cell.server.model_copy(update={"model": str(model)}))
-    run = container_run(cell, runtime="/usr/bin/podman", name="tb-1", port=43000, repo_root=tmp_path, env={})
+    run = container_run(cell, runtime="/usr/bin/podman", name="tb-1", port=43000, home=tmp_path, env={})
     cmd = run.command()
     assert cmd[:5] == ["/usr/bin/podman", "run", "--rm", "--name", "tb-1"]
     assert ["-p", "127.0.0.1:43000:80"] == cmd[cmd.index("-p") : cmd.index("-p") + 2]

@@ -19,11 +19,12 @@ from harness.backends.process import ProcessRegistry
 from harness.backends.registry import get_spec
 from harness.backends.tgis import build_tgis_command
 from harness.backends.vllm import build_command
+from harness.home import tokenbench_home
 from harness.matrix import Cell
 from harness.run import validate_cells
 from harness.scenario import ScenarioError, Server, parse_scenario
 
-REPO = Path(__file__).resolve().parents[1]
+HOME = tokenbench_home()  # make and conftest: the checkout's .cache
 
 
 def _cell(backend: str, settings: dict, **server: object) -> Cell:
@@ -46,22 +47,20 @@ def test_tgis_command_is_the_references_with_the_vllm_flags() -> None:
     settings = {"max_num_seqs": 4, "dtype": "bfloat16", "quantization": "fp8_per_channel"}
     cell = _cell("tgis", settings, served_model_name="tiny", max_model_len=1024, args=["--seed", "3"])
     command, env = build_tgis_command(
-        cell, python=Path("/py"), http_port=8000, grpc_port=8033, repo_root=REPO, cpu=True
+        cell, python=Path("/py"), http_port=8000, grpc_port=8033, home=HOME, cpu=True
     )
     assert command[:12] == [
         "/py", "-m", "vllm_tgis_adapter", "--model", "m", "--served-model-name", "tiny",
         "--host", "127.0.0.1", "--port", "8000", "--grpc-port",
     ]  # fmt: skip
     assert command[12] == "8033"
-    vllm_command, vllm_env = build_command(cell, python=Path("/py"), port=8000, repo_root=REPO, cpu=True)
+    vllm_command, vllm_env = build_command(cell, python=Path("/py"), port=8000, home=HOME, cpu=True)
     # One setting, one flag: the engine flags after the entry point are the vllm backend's.
     assert command[13:] == vllm_command[11:]
     assert ["--max-num-seqs", "4"] == command[command.index("--max-num-seqs") :][:2]
     assert "--enforce-eager" in command and command[-2:] == ["--seed", "3"]
     assert env == {**vllm_env, "VLLM_TARGET_DEVICE": "cpu"}
-    no_cpu, env = build_tgis_command(
-        cell, python=Path("/py"), http_port=1, grpc_port=2, repo_root=REPO, cpu=False
-    )
+    no_cpu, env = build_tgis_command(cell, python=Path("/py"), http_port=1, grpc_port=2, home=HOME, cpu=False)
     assert "--enforce-eager" not in no_cpu and "VLLM_TARGET_DEVICE" not in env
 
 
@@ -104,10 +103,10 @@ def test_specs_protocols_environments_and_cap() -> None:
     assert tgis.protocols == ("completions", "chat", "tgis")
     assert caikit.protocols == ("caikit-grpc", "caikit-http")
     plain = Server(name="a", backend="caikit", model="m")
-    assert caikit.environments(plain, REPO) == ["tgis", "caikit"]
-    assert tgis.environments(Server(name="a", backend="tgis", model="m"), REPO) == ["tgis"]
+    assert caikit.environments(plain, HOME) == ["tgis", "caikit"]
+    assert tgis.environments(Server(name="a", backend="tgis", model="m"), HOME) == ["tgis"]
     own = Server(name="a", backend="caikit", model="m", python="/opt/my/python")
-    assert caikit.environments(own, REPO) == ["tgis"]
+    assert caikit.environments(own, HOME) == ["tgis"]
     assert caikit.concurrency_cap({}) == ConcurrencyCap(5, "grpc_server_thread_pool_size")
     assert caikit.concurrency_cap({"grpc_server_thread_pool_size": 16}).limit == 16
     assert tgis.concurrency_cap({}) is None
@@ -149,10 +148,10 @@ def test_pool_size_is_a_sweep_axis_and_protocols_are_checked() -> None:
 def test_missing_interpreters_fail_before_anything_starts(tmp_path: Path) -> None:
     cell = _cell("caikit", {}, python=str(tmp_path / "no" / "python"))
     with ProcessRegistry() as registry:
-        backend = CaikitBackend(repo_root=REPO, registry=registry, tgis_python=tmp_path / "no-tgis")
+        backend = CaikitBackend(home=HOME, registry=registry, tgis_python=tmp_path / "no-tgis")
         with pytest.raises(BackendStartError, match="tokenbench setup caikit"):
             backend.start(cell, tmp_path / "cell")
-        backend = CaikitBackend(repo_root=REPO, registry=registry, tgis_python=tmp_path / "no-tgis")
+        backend = CaikitBackend(home=HOME, registry=registry, tgis_python=tmp_path / "no-tgis")
         with pytest.raises(BackendStartError, match="tokenbench setup tgis"):
             backend.start(_cell("caikit", {}, python="/bin/sh"), tmp_path / "cell2")
         assert registry.groups == frozenset()

@@ -133,7 +133,7 @@ def test_registry_validate_dispatches_on_cell() -> None:
 
 def test_cpu_defaults_added_unless_overridden(tmp_path: Path) -> None:
     cell = _cell(_server())
-    cmd, env = build_command(cell, python=Path("/py"), port=1234, repo_root=tmp_path, cpu=True)
+    cmd, env = build_command(cell, python=Path("/py"), port=1234, home=tmp_path, cpu=True)
     assert cmd[:5] == ["/py", "-m", "vllm.entrypoints.cli.main", "serve", "some/model"]
     assert cmd[cmd.index("--port") + 1] == "1234"
     assert cmd[cmd.index("--served-model-name") + 1] == "some/model"
@@ -149,21 +149,21 @@ def test_cpu_defaults_added_unless_overridden(tmp_path: Path) -> None:
             served_model_name="tiny",
         )
     )
-    cmd, env = build_command(over, python=Path("/py"), port=1, repo_root=tmp_path, cpu=True)
+    cmd, env = build_command(over, python=Path("/py"), port=1, home=tmp_path, cpu=True)
     assert "--enforce-eager" not in cmd and "--no-enforce-eager" in cmd
     assert cmd.count("--distributed-executor-backend") == 0
     assert cmd[-3:] == ["--distributed-executor-backend=mp", "--swap-space", "1"]
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "4"
     assert cmd[cmd.index("--served-model-name") + 1] == "tiny"
 
-    cmd, env = build_command(cell, python=Path("/py"), port=1, repo_root=tmp_path, cpu=False)
+    cmd, env = build_command(cell, python=Path("/py"), port=1, home=tmp_path, cpu=False)
     assert "--enforce-eager" not in cmd and "--distributed-executor-backend" not in cmd
     assert env == {}
 
 
 def test_server_max_model_len_and_env_settings(tmp_path: Path) -> None:
     cell = _cell(_server(max_model_len=512, settings={"cpu_kvcache_space_gib": 2}))
-    cmd, env = build_command(cell, python=Path("/py"), port=1, repo_root=tmp_path, cpu=True)
+    cmd, env = build_command(cell, python=Path("/py"), port=1, home=tmp_path, cpu=True)
     assert cmd[cmd.index("--max-model-len") + 1] == "512"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
 
@@ -171,7 +171,7 @@ def test_server_max_model_len_and_env_settings(tmp_path: Path) -> None:
 def test_local_model_path_is_made_absolute(tmp_path: Path) -> None:
     (tmp_path / "models" / "tiny").mkdir(parents=True)
     cell = _cell(_server(model="models/tiny"))
-    cmd, _ = build_command(cell, python=Path("/py"), port=1, repo_root=tmp_path, cpu=False)
+    cmd, _ = build_command(cell, python=Path("/py"), port=1, home=tmp_path, cpu=False)
     assert cmd[4] == str((tmp_path / "models" / "tiny").resolve())
     assert cmd[cmd.index("--served-model-name") + 1] == "models/tiny"
 
@@ -200,7 +200,7 @@ def test_launch_records_handle_and_tears_down_tree(tmp_path: Path, fake_python: 
         python=str(fake_python), settings={"max_num_seqs": 4}, env={"TB_X": "1"}, startup_timeout_s=30
     )
     workdir = tmp_path / "cells" / "v"
-    with launch(_cell(server), workdir, repo_root=tmp_path) as handle:
+    with launch(_cell(server), workdir, home=tmp_path) as handle:
         assert handle.version == "9.9.9+cpu"
         assert handle.base_url.startswith("http://127.0.0.1:") and not handle.base_url.endswith("/")
         assert handle.metrics_url == handle.base_url + "/metrics"
@@ -228,7 +228,7 @@ def test_launch_crash_raises_with_log_tail_fast(
     server = _server(python=str(fake_python), startup_timeout_s=300)
     started = time.monotonic()
     with pytest.raises(BackendStartError) as info:
-        with launch(_cell(server), tmp_path / "c", repo_root=tmp_path):
+        with launch(_cell(server), tmp_path / "c", home=tmp_path):
             pytest.fail("should not become ready")
     assert time.monotonic() - started < 60
     assert "cell 'v__x'" in str(info.value) and "exited with code 2" in str(info.value)
@@ -238,10 +238,10 @@ def test_launch_crash_raises_with_log_tail_fast(
 
 def test_missing_interpreter_and_bad_settings_fail_before_launch(tmp_path: Path) -> None:
     with pytest.raises(BackendStartError, match="does not exist"):
-        with launch(_cell(_server(python=str(tmp_path / "nope"))), tmp_path / "c", repo_root=tmp_path):
+        with launch(_cell(_server(python=str(tmp_path / "nope"))), tmp_path / "c", home=tmp_path):
             pass
     with pytest.raises(BackendStartError, match="unknown vLLM setting 'nope'"):
-        with launch(_cell(_server(settings={"nope": 1})), tmp_path / "c", repo_root=tmp_path):
+        with launch(_cell(_server(settings={"nope": 1})), tmp_path / "c", home=tmp_path):
             pass
 
 
@@ -256,23 +256,36 @@ def test_version_cache_probes_once(
     assert VersionCache().get(tmp_path / "missing") is None
 
 
-def test_relative_python_resolves_against_repo_root(tmp_path: Path) -> None:
+def test_relative_python_resolves_against_cwd_then_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented rule (harness.home): cwd's if it exists, else the home's; an environment not
+    built yet is still recognised as the home's (so `setup --for` builds it)."""
     from harness.backends.vllm import VllmBackend
 
-    backend = VllmBackend(repo_root=tmp_path)
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    backend = VllmBackend(home=home)
     assert (
-        backend.python_for(_server(python=".cache/venvs/gpu/bin/python"))
-        == tmp_path / ".cache/venvs/gpu/bin/python"
+        backend.python_for(_server(python="venvs/vllm-gpu/bin/python")) == home / "venvs/vllm-gpu/bin/python"
     )
+    assert backend.python_for(_server(python="bin/python")) == work / "bin/python"  # neither exists
+    (home / "bin").mkdir(parents=True)
+    (home / "bin/python").touch()
+    assert backend.python_for(_server(python="bin/python")) == home / "bin/python"
+    (work / "bin").mkdir()
+    (work / "bin/python").touch()
+    assert backend.python_for(_server(python="bin/python")) == work / "bin/python"  # cwd first
     assert backend.python_for(_server(python="/abs/python")) == Path("/abs/python")
-    assert backend.python_for(_server()) == tmp_path / ".cache/venvs/vllm-cpu/bin/python"
+    assert backend.python_for(_server()) == home / "venvs/vllm-cpu/bin/python"
 
 
 def test_ctrl_c_inside_launch_stops_server(tmp_path: Path, fake_python: Path) -> None:
     server = _server(python=str(fake_python), startup_timeout_s=30)
     workdir = tmp_path / "c"
     with pytest.raises(KeyboardInterrupt):
-        with launch(_cell(server), workdir, repo_root=tmp_path) as handle:
+        with launch(_cell(server), workdir, home=tmp_path) as handle:
             root = handle.pid
             raise KeyboardInterrupt
     child = int((workdir / "fake_child.pid").read_text())
@@ -293,7 +306,7 @@ def test_ctrl_c_during_health_wait_stops_server(
 
     monkeypatch.setattr(process_mod, "wait_ready", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        with launch(_cell(_server(python=str(fake_python))), tmp_path / "c", repo_root=tmp_path):
+        with launch(_cell(_server(python=str(fake_python))), tmp_path / "c", home=tmp_path):
             pytest.fail("should not get here")
     child = int((tmp_path / "c" / "fake_child.pid").read_text())
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE

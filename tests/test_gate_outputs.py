@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import xmlschema
 
 from gate_synth import write_run
 from harness.gate.match import match_runs
@@ -14,6 +15,9 @@ from harness.gate.outputs import to_json, to_json_text, to_junit, to_markdown
 from harness.gate.policy import load_policy
 from harness.gate.rundata import load_run_folder
 from harness.gate.verdict import GateResult, evaluate
+
+# The Jenkins xunit-plugin's JUnit schema (tests/data/junit/README.md names its source).
+JUNIT_XSD = Path(__file__).parent / "data" / "junit" / "junit-10.xsd"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +36,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GateResult]:
 def _check_junit(text: str, n_checks: int) -> ET.Element:
     root = ET.fromstring(text.split("\n", 1)[1])
     assert root.tag == "testsuites"
+    assert root.get("skipped") is None  # not in the Jenkins schema's <testsuites>
     totals = {k: 0 for k in ("tests", "failures", "errors", "skipped")}
+    times = 0.0
     for suite in root:
         assert suite.tag == "testsuite" and suite.get("name")
         cases = list(suite)
@@ -45,8 +51,14 @@ def _check_junit(text: str, n_checks: int) -> ET.Element:
         assert int(suite.get("errors")) == 0
         for k in totals:
             totals[k] += int(suite.get(k))
+        case_times = [float(c.get("time")) for c in cases]
+        assert all(t >= 0 for t in case_times)
+        assert float(suite.get("time")) == pytest.approx(sum(case_times), abs=0.001 * (len(cases) + 1))
+        times += float(suite.get("time"))
     for k, v in totals.items():
-        assert int(root.get(k)) == v
+        if k != "skipped":
+            assert int(root.get(k)) == v
+    assert float(root.get("time")) == pytest.approx(times, abs=0.001 * (len(root) + 1))
     assert totals["tests"] == n_checks
     return root
 
@@ -67,8 +79,25 @@ def test_junit_inconclusive_is_failure_or_skipped_by_policy(results: dict[str, G
     assert int(strict.get("failures")) == len(tiny.checks)
     tiny.policy = tiny.policy.model_copy(update={"inconclusive_fails": False})
     lenient = ET.fromstring(to_junit(tiny).split("\n", 1)[1])
-    assert int(lenient.get("skipped")) == len(tiny.checks) and int(lenient.get("failures")) == 0
+    skipped = sum(int(s.get("skipped")) for s in lenient)
+    assert skipped == len(tiny.checks) and int(lenient.get("failures")) == 0
     tiny.policy = tiny.policy.model_copy(update={"inconclusive_fails": True})
+
+
+def test_junit_validates_against_the_jenkins_schema(results: dict[str, GateResult]) -> None:
+    """Every verdict mix (pass, regression, inconclusive as failure and as skipped) is schema-valid."""
+    schema = xmlschema.XMLSchema(JUNIT_XSD)
+    tiny = results["tiny"]
+    lenient = GateResult(
+        tiny.baseline, tiny.run, tiny.policy.model_copy(update={"inconclusive_fails": False})
+    )
+    lenient.checks = tiny.checks
+    for res in [*results.values(), lenient]:
+        text = to_junit(res)
+        schema.validate(text)  # raises XMLSchemaValidationError naming the element and attribute
+        assert any(float(c.get("time")) > 0 for c in ET.fromstring(text.split("\n", 1)[1]).iter("testcase"))
+    broken = to_junit(results["same"]).replace("<testsuites ", '<testsuites skipped="0" ', 1)
+    assert not schema.is_valid(broken)  # the schema does catch what the old writer did
 
 
 def _tables(md: str) -> list[list[str]]:

@@ -37,7 +37,7 @@ def test_external_endpoint_per_protocol(tmp_path: Path, sim_server: Any, protoco
             "api": protocol,
         }
     )
-    with launch(Cell("ext", server, {}, protocol=protocol), tmp_path / "cell", repo_root=tmp_path) as handle:
+    with launch(Cell("ext", server, {}, protocol=protocol), tmp_path / "cell", home=tmp_path) as handle:
         assert handle.launch_s is not None
         plan = sim_plan(
             tmp_path,

@@ -36,7 +36,7 @@ def test_start_serves_and_stop_tears_down(tmp_path: Path) -> None:
     (cell,) = expand_cells(
         scenario({"ttft_ms": 5, "itl_ms": 1, "tokens_per_chunk": 2, "fault": "slow_start:0.2"})
     )
-    backend = SimBackend(repo_root=tmp_path)
+    backend = SimBackend(home=tmp_path)
     handle = backend.start(cell, tmp_path)
     try:
         assert handle.simulated and handle.served_model == "org/fake-7b"

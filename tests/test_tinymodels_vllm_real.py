@@ -18,11 +18,12 @@ from tokenizers import Tokenizer
 from harness.assets import TINY_MODELS
 from harness.backends.process import ProcessRegistry
 from harness.backends.registry import launch
+from harness.home import models_dir, tokenbench_home
 from harness.matrix import Cell
 from harness.scenario import Server
 from harness.tinymodel import make_tiny_model, single_token_words
 
-REPO = Path(__file__).resolve().parents[1]
+HOME = tokenbench_home()  # make and conftest: the checkout's .cache
 pytestmark = pytest.mark.vllm
 
 
@@ -51,7 +52,7 @@ def _stream_completion(client: httpx.Client, url: str, body: dict[str, object]) 
 def test_tiny_model_serves_exact_lengths_with_agreeing_usage(
     name: str, settings: dict[str, str], tmp_path: Path
 ) -> None:
-    model = make_tiny_model(REPO / ".cache" / "models" / name, architecture=TINY_MODELS[name])
+    model = make_tiny_model(models_dir(HOME) / name, architecture=TINY_MODELS[name])
     tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
     words = single_token_words(model)
     server = Server(
@@ -65,7 +66,7 @@ def test_tiny_model_serves_exact_lengths_with_agreeing_usage(
     cell = Cell("tiny", server, dict(server.settings))
     rng = np.random.default_rng(11)
     with ProcessRegistry() as registry:
-        with launch(cell, tmp_path / "cell", repo_root=REPO, registry=registry) as handle:
+        with launch(cell, tmp_path / "cell", home=HOME, registry=registry) as handle:
             log = handle.log_path.read_text(errors="replace") if handle.log_path else ""
             if "quantization" in settings:
                 assert "Quantizing 8 layers" in log, "fp8_per_channel should really quantize the linears"

@@ -222,16 +222,16 @@ class BackendSpec:
         """Whether ``server`` can be driven with ``api``: :meth:`serves`, narrowed by :meth:`protocols_for`."""
         return self.serves(api) and (not self.protocols or api in self.protocols_for(server))
 
-    def environments(self, server: Server, repo_root: Path) -> list[str]:
+    def environments(self, server: Server, home: Path) -> list[str]:
         """Names of the environments (``harness.envs``) this server runs from; [] when none."""
         return []
 
-    def prepare(self, server: Server, repo_root: Path, progress: Progress) -> None:
+    def prepare(self, server: Server, home: Path, progress: Progress) -> None:
         """Build (idempotently) every environment :meth:`environments` names, before any cell starts."""
         from harness.envs import ensure_env
 
-        for env_name in self.environments(server, repo_root):
-            ensure_env(env_name, repo_root, progress)
+        for env_name in self.environments(server, home):
+            ensure_env(env_name, home, progress)
 
     def deploy_identity(self, server: Server) -> dict[str, Any]:
         """The part of ``servers[].deploy`` that changes what is measured (a runtime, resources), for
@@ -304,6 +304,6 @@ class BackendSpec:
         (a backend that is not a GPU engine this harness models)."""
         return None
 
-    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> Backend:
+    def create(self, *, home: Path, registry: ProcessRegistry | None) -> Backend:
         """A fresh, not yet started backend object for one cell."""
         raise NotImplementedError(f"backend '{self.name}' has no launcher")

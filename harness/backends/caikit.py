@@ -40,6 +40,7 @@ from harness.backends.tgis import probe_versions, start_tgis, wait_protocol_read
 from harness.backends.vllm import env_of, resolve_model
 from harness.backends.vllm_settings import VllmSettings, choices_context
 from harness.envs.base import venv_dir, venv_python
+from harness.home import tokenbench_home
 from harness.matrix import Cell
 from harness.redact import REDACTED, is_secret_name, redact_command
 from harness.scenario import Server
@@ -61,14 +62,13 @@ class CaikitSettings(VllmSettings):
     grpc_server_thread_pool_size: int | None = Field(default=None, ge=1)
 
 
-def python_for(server: Server, repo_root: Path) -> Path:
-    """The runtime's interpreter: ``servers[].python`` (relative: cwd, then repo root), else ``caikit``'s."""
+def python_for(server: Server, home: Path) -> Path:
+    """The runtime's interpreter: ``servers[].python`` (relative: cwd, then TOKENBENCH_HOME), else ``caikit``'s."""
     if not server.python:
-        return venv_python(venv_dir(repo_root, ENV_NAME))
-    given = Path(server.python).expanduser()
-    if given.is_absolute() or given.exists():
-        return given.absolute()
-    return repo_root / given
+        return venv_python(venv_dir(home, ENV_NAME))
+    from harness.envs import resolve_python
+
+    return resolve_python(server.python, home)
 
 
 def special_tokens(model_dir: Path) -> tuple[str, str]:
@@ -170,10 +170,10 @@ class CaikitBackend:
     """One Caikit+TGIS cell: a TGIS server, then the runtime; ``stop`` ends both (idempotent)."""
 
     def __init__(
-        self, *, repo_root: Path, registry: ProcessRegistry | None = None, tgis_python: Path | None = None
+        self, *, home: Path, registry: ProcessRegistry | None = None, tgis_python: Path | None = None
     ) -> None:
-        self.repo_root = repo_root
-        self.tgis_python = tgis_python or default_tgis_python(repo_root)
+        self.home = home
+        self.tgis_python = tgis_python or default_tgis_python(home)
         self.procs = ProcessSet(registry)
 
     def start(self, cell: Cell, workdir: Path) -> ServerHandle:
@@ -181,7 +181,7 @@ class CaikitBackend:
         if errors:
             raise BackendStartError("invalid Caikit settings:\n" + "\n".join(errors))
         server = cell.server
-        python = python_for(server, self.repo_root)
+        python = python_for(server, self.home)
         if not python.exists():
             raise BackendStartError(
                 f"cell '{cell.cell_id}': Caikit interpreter {python} does not exist; run `tokenbench "
@@ -189,14 +189,14 @@ class CaikitBackend:
             )
         started = time.monotonic()
         tgis = start_tgis(
-            cell, workdir / "tgis", self.procs, python=self.tgis_python, repo_root=self.repo_root, role="tgis"
+            cell, workdir / "tgis", self.procs, python=self.tgis_python, home=self.home, role="tgis"
         )
         model = server.served_model_name or server.model
         ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
         rundir = (workdir / "caikit").resolve()  # the runtime runs in it: CONFIG_FILES must not be relative
         rundir.mkdir(parents=True, exist_ok=True)
         config = write_configs(
-            rundir, model, model_dir=Path(resolve_model(server.model, self.repo_root)), tgis=tgis.grpc_target,
+            rundir, model, model_dir=Path(resolve_model(server.model, self.home)), tgis=tgis.grpc_target,
             **ports,
         )  # fmt: skip
         pool = cell.settings.get(POOL_SETTING) or DEFAULT_POOL
@@ -266,20 +266,20 @@ class CaikitSpec(BackendSpec):
     Settings = CaikitSettings
     protocols = ("caikit-grpc", "caikit-http")
 
-    def environments(self, server: Server, repo_root: Path) -> list[str]:
+    def environments(self, server: Server, home: Path) -> list[str]:
         """``tgis`` always (the runtime forwards to it) and ``caikit`` unless ``python`` is your own."""
-        env = env_of(python_for(server, repo_root), repo_root)
+        env = env_of(python_for(server, home), home)
         return ["tgis", *([env] if env else [])]
 
     def validation_context(self, server: Server) -> dict[str, Any]:
         """vLLM choices of the TGIS environment (its vLLM 0.12 runs the engine), else the fallback."""
-        return choices_context(default_tgis_python(Path.cwd()).parent.parent)
+        return choices_context(default_tgis_python(tokenbench_home()).parent.parent)
 
     def concurrency_cap(self, settings: dict[str, Any]) -> ConcurrencyCap:
         return ConcurrencyCap(int(settings.get(POOL_SETTING) or DEFAULT_POOL), POOL_SETTING)
 
-    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> CaikitBackend:
-        return CaikitBackend(repo_root=repo_root, registry=registry)
+    def create(self, *, home: Path, registry: ProcessRegistry | None) -> CaikitBackend:
+        return CaikitBackend(home=home, registry=registry)
 
 
 SPEC = CaikitSpec()

@@ -81,12 +81,12 @@ class ContainerRun:
         return [*cmd, self.image, *self.args]
 
 
-def resolve_executable(given: str, repo_root: Path) -> str | None:
+def resolve_executable(given: str, home: Path) -> str | None:
     """A program by path (relative: cwd, then the repo root) or by name on PATH; None if not found."""
     if "/" not in given:
         return shutil.which(given)
     path = Path(given).expanduser()
-    for candidate in (path, repo_root / path) if not path.is_absolute() else (path,):
+    for candidate in (path, home / path) if not path.is_absolute() else (path,):
         if candidate.is_file():
             return str(candidate.absolute())
     return None

@@ -149,7 +149,7 @@ class ExternalSpec(BackendSpec):
     def serves(self, api: str) -> bool:
         return True  # whatever the endpoint speaks; its readiness probe says whether it does
 
-    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> ExternalBackend:
+    def create(self, *, home: Path, registry: ProcessRegistry | None) -> ExternalBackend:
         return ExternalBackend()
 
 

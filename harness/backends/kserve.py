@@ -39,6 +39,7 @@ from harness.backends.external import _probe_metrics, _probe_version, normalize_
 from harness.backends.kserve_cluster import Cluster, ClusterError, conditions_text, event_line, is_ready
 from harness.backends.kserve_runtimes import (
     ALL_PROTOCOLS,
+    MANIFEST_ROOT,
     RUNTIMES,
     KserveDeploy,
     build_isvc,
@@ -78,10 +79,10 @@ def isvc_name(server: Server) -> str:
     return f"tb-{slug[:30].rstrip('-')}-{secrets.token_hex(3)}"
 
 
-def resolve(path: str | None, repo_root: Path) -> Path:
+def resolve(path: str | None, base: Path) -> Path:
     """A relative path: the working directory's if it exists there, else the repository's."""
     given = Path(path or ".").expanduser()
-    return given if given.is_absolute() or given.exists() else repo_root / given
+    return given if given.is_absolute() or given.exists() else base / given
 
 
 def grpc_target_of(url: str) -> str:
@@ -94,8 +95,8 @@ def grpc_target_of(url: str) -> str:
 class KserveBackend:
     """One cell's InferenceService. ``start`` then ``stop``; ``stop`` is idempotent and always deletes."""
 
-    def __init__(self, *, repo_root: Path) -> None:
-        self.repo_root = repo_root
+    def __init__(self, *, home: Path) -> None:
+        self.home = home
         self.cluster: Cluster | None = None
         self.name: str | None = None
         self.workdir: Path | None = None
@@ -114,7 +115,7 @@ class KserveBackend:
         where = f"cell '{cell.cell_id}'"
         self.delete_timeout_s = deploy.delete_timeout_s
         token = self._token(deploy, server)
-        kubeconfig = str(resolve(deploy.kubeconfig, self.repo_root)) if deploy.kubeconfig else None
+        kubeconfig = str(resolve(deploy.kubeconfig, Path.cwd())) if deploy.kubeconfig else None
         self.cluster = cluster = Cluster.connect(
             kubeconfig=kubeconfig, context=deploy.context, namespace=deploy.namespace, where=where
         )
@@ -125,8 +126,8 @@ class KserveBackend:
         records = workdir / RECORDS
         records.mkdir(parents=True, exist_ok=True)
         try:
-            runtime = runtime_manifest(deploy, self.repo_root)
-            template = isvc_template(deploy, self.repo_root)
+            runtime = runtime_manifest(deploy, MANIFEST_ROOT)
+            template = isvc_template(deploy, MANIFEST_ROOT)
         except (OSError, ValueError, yaml.YAMLError) as err:
             raise BackendStartError(f"{where}: {err}") from None
         self._write(records / "servingruntime.yaml", runtime)
@@ -384,8 +385,8 @@ class KserveSpec(BackendSpec):
             errors.append("python: a KServe server runs the runtime's image; 'python' does not apply")
         return errors
 
-    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> KserveBackend:
-        return KserveBackend(repo_root=repo_root)
+    def create(self, *, home: Path, registry: ProcessRegistry | None) -> KserveBackend:
+        return KserveBackend(home=home)
 
 
 SPEC = KserveSpec()

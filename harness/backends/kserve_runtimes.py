@@ -31,7 +31,11 @@ from harness.redact import REDACTED, is_secret_name, redact_command
 if TYPE_CHECKING:
     from harness.matrix import Cell
 
-MANIFEST_DIR = Path("servers") / "kserve"  # under the repository root
+MANIFEST_DIR = Path("servers") / "kserve"  # under the source tree
+# The kept manifests are files of the source tree (``servers/kserve``), not package data: a
+# checkout or an editable install finds them here; an installed wheel needs
+# ``deploy.runtime_manifest`` / ``deploy.isvc_template`` (or a ``servers/kserve`` in the cwd).
+MANIFEST_ROOT = Path(__file__).resolve().parents[2]
 ISVC_TEMPLATE = "inferenceservice.yaml"
 RuntimeName = Literal["vllm", "tgi", "tgis", "caikit-tgis-grpc", "caikit-tgis-http"]
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tokenbench"}
@@ -171,7 +175,9 @@ def runtime_manifest(deploy: KserveDeploy, base: Path) -> dict[str, Any]:
         if deploy.runtime_manifest
         else base / MANIFEST_DIR / RUNTIMES[deploy.runtime].manifest
     )
-    if not path.is_absolute() and not path.exists():  # relative: the working directory's, else the repo's
+    if (
+        not path.is_absolute() and not path.exists()
+    ):  # relative: the working directory's, else the source tree's
         path = base / path
     data = load_yaml(path)
     if data.get("kind") != "ServingRuntime" or not data.get("metadata", {}).get("name"):

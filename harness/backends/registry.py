@@ -61,9 +61,9 @@ def all_specs() -> list[BackendSpec]:
     return [get_spec(name) for name in BACKEND_MODULES]
 
 
-def create_backend(server: Server, *, repo_root: Path, registry: ProcessRegistry | None = None) -> Backend:
+def create_backend(server: Server, *, home: Path, registry: ProcessRegistry | None = None) -> Backend:
     """A fresh, not yet started backend object for ``server.backend``."""
-    return get_spec(server.backend).create(repo_root=repo_root, registry=registry)
+    return get_spec(server.backend).create(home=home, registry=registry)
 
 
 def validate_server(server: Server, cell_id: str | None = None) -> list[str]:
@@ -86,14 +86,14 @@ def validate_settings(cell: Cell) -> list[str]:
 
 @contextmanager
 def launch(
-    cell: Cell, workdir: Path, *, repo_root: Path, registry: ProcessRegistry | None = None
+    cell: Cell, workdir: Path, *, home: Path, registry: ProcessRegistry | None = None
 ) -> Iterator[ServerHandle]:
     """Start the cell's server, yield its handle, and always stop it afterwards.
 
     ``stop`` also runs when ``start`` itself fails or is interrupted, so a
     half-started server (e.g. Ctrl-C during the health wait) is not leaked.
     """
-    backend = create_backend(cell.server, repo_root=repo_root, registry=registry)
+    backend = create_backend(cell.server, home=home, registry=registry)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         handle = without_url_credentials(backend.start(cell, workdir))

@@ -193,8 +193,8 @@ def check_engine(settings: dict[str, Scalar], served_model: str) -> str | None:
 class SimBackend:
     """Starts ``python -m harness.sim`` for one cell and stops it (process group)."""
 
-    def __init__(self, repo_root: Path | None = None, registry: ProcessRegistry | None = None) -> None:
-        self.repo_root = repo_root
+    def __init__(self, home: Path | None = None, registry: ProcessRegistry | None = None) -> None:
+        self.home = home
         self.registry = registry
         self.process: ManagedProcess | None = None
         self.grace_s = 5.0
@@ -295,8 +295,8 @@ class SimSpec(BackendSpec):
     def check(self, server: Server) -> list[str]:
         return _engine_errors(server)
 
-    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> SimBackend:
-        return SimBackend(repo_root=repo_root, registry=registry)
+    def create(self, *, home: Path, registry: ProcessRegistry | None) -> SimBackend:
+        return SimBackend(home=home, registry=registry)
 
 
 SPEC = SimSpec()

@@ -94,7 +94,7 @@ def _flag_settings(cell: Cell) -> dict[str, Scalar]:
 
 
 def launcher_command(
-    cell: Cell, *, launcher: str, port: int, prometheus_port: int, uds_path: Path, repo_root: Path
+    cell: Cell, *, launcher: str, port: int, prometheus_port: int, uds_path: Path, home: Path
 ) -> list[str]:
     """``text-generation-launcher --model-id M --hostname 127.0.0.1 --port P ...`` for one cell.
 
@@ -102,7 +102,7 @@ def launcher_command(
     ``/tmp/text-generation-server`` would collide with any other TGI on the host).
     """
     command = [
-        launcher, "--model-id", resolve_model(cell.server.model, repo_root),
+        launcher, "--model-id", resolve_model(cell.server.model, home),
         "--hostname", "127.0.0.1", "--port", str(port), "--prometheus-port", str(prometheus_port),
         "--shard-uds-path", str(uds_path),
     ]  # fmt: skip
@@ -115,11 +115,11 @@ def default_hf_cache() -> str:
 
 
 def container_run(
-    cell: Cell, *, runtime: str, name: str, port: int, repo_root: Path, env: dict[str, str]
+    cell: Cell, *, runtime: str, name: str, port: int, home: Path, env: dict[str, str]
 ) -> ContainerRun:
     """The ``podman``/``docker`` run for one cell: GPU, port, model volume, HF cache, env by name."""
     settings = cell.settings
-    model = resolve_model(cell.server.model, repo_root)
+    model = resolve_model(cell.server.model, home)
     volumes = [
         (str(Path(str(settings.get("hf_cache") or default_hf_cache())).expanduser()), CONTAINER_DATA, False)
     ]
@@ -159,15 +159,15 @@ def read_info(base_url: str) -> dict[str, str]:
 class TgiBackend:
     """One TGI server (launcher process, or container) for one cell; ``stop`` is idempotent."""
 
-    def __init__(self, *, repo_root: Path, registry: ProcessRegistry | None = None) -> None:
-        self.repo_root = repo_root
+    def __init__(self, *, home: Path, registry: ProcessRegistry | None = None) -> None:
+        self.home = home
         self.procs = ProcessSet(registry)
         self.container: tuple[str, str] | None = None  # (runtime, name) while one may exist
         self.env: dict[str, str] = {}
         self.log_path: Path | None = None
 
     def _program(self, given: str, what: str, cell: Cell) -> str:
-        found = resolve_executable(given, self.repo_root)
+        found = resolve_executable(given, self.home)
         if found is None:
             raise BackendStartError(
                 f"cell '{cell.cell_id}': {what} {given!r} not found (as a path, or on PATH); "
@@ -190,7 +190,7 @@ class TgiBackend:
             runtime = self._program(str(settings["container"]), "container runtime", cell)
             run = container_run(
                 cell, runtime=runtime, name=container_name("tokenbench-tgi", cell.cell_id), port=port,
-                repo_root=self.repo_root, env=self.env,
+                home=self.home, env=self.env,
             )  # fmt: skip
             for host, inside, _ in run.volumes:
                 if inside == CONTAINER_DATA:  # the HF cache: docker would create it, podman refuses
@@ -202,7 +202,7 @@ class TgiBackend:
             launcher = self._program(str(settings.get("launcher") or DEFAULT_LAUNCHER), "TGI launcher", cell)
             command = launcher_command(
                 cell, launcher=launcher, port=port, prometheus_port=free_port(),
-                uds_path=workdir / "tgi-shard", repo_root=self.repo_root,
+                uds_path=workdir / "tgi-shard", home=self.home,
             )  # fmt: skip
             launch = {"mode": "launcher"}
         base_url = f"http://127.0.0.1:{port}"
@@ -287,8 +287,8 @@ class TgiSpec(BackendSpec):
             cap_setting="max_batch_total_tokens",
         )
 
-    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> TgiBackend:
-        return TgiBackend(repo_root=repo_root, registry=registry)
+    def create(self, *, home: Path, registry: ProcessRegistry | None) -> TgiBackend:
+        return TgiBackend(home=home, registry=registry)
 
 
 def weight_format(quantize: str, model: str) -> str:

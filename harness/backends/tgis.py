@@ -30,6 +30,7 @@ from harness.backends.process import ManagedProcess, ProcessRegistry, ProcessSet
 from harness.backends.vllm import engine_args, env_of, recorded_env, resolve_model
 from harness.backends.vllm_settings import VllmSettings, choices_context
 from harness.envs.base import venv_dir, venv_python
+from harness.home import tokenbench_home
 from harness.matrix import Cell
 from harness.redact import redact_command
 from harness.scenario import Server
@@ -42,18 +43,17 @@ CPU_ENV = {"VLLM_TARGET_DEVICE": "cpu"}
 GRACE_S = 15.0
 
 
-def default_python(repo_root: Path) -> Path:
-    return venv_python(venv_dir(repo_root, ENV_NAME))
+def default_python(home: Path) -> Path:
+    return venv_python(venv_dir(home, ENV_NAME))
 
 
-def python_for(server: Server, repo_root: Path) -> Path:
-    """``servers[].python`` (relative: cwd, then repo root), else the ``tgis`` environment's."""
+def python_for(server: Server, home: Path) -> Path:
+    """``servers[].python`` (relative: cwd, then TOKENBENCH_HOME), else the ``tgis`` environment's."""
     if not server.python:
-        return default_python(repo_root)
-    given = Path(server.python).expanduser()
-    if given.is_absolute() or given.exists():
-        return given.absolute()
-    return repo_root / given
+        return default_python(home)
+    from harness.envs import resolve_python
+
+    return resolve_python(server.python, home)
 
 
 def probe_versions(python: Path, dists: tuple[str, ...]) -> dict[str, str | None]:
@@ -85,12 +85,12 @@ def tgis_version(python: Path) -> str | None:
 
 
 def build_tgis_command(
-    cell: Cell, *, python: Path, http_port: int, grpc_port: int, repo_root: Path, cpu: bool
+    cell: Cell, *, python: Path, http_port: int, grpc_port: int, home: Path, cpu: bool
 ) -> tuple[list[str], dict[str, str]]:
     """The adapter's command line and env overrides for one cell (the reference's start command)."""
     server = cell.server
     command = [
-        str(python), "-m", ADAPTER_MODULE, "--model", resolve_model(server.model, repo_root),
+        str(python), "-m", ADAPTER_MODULE, "--model", resolve_model(server.model, home),
         "--served-model-name", server.served_model_name or server.model,
         "--host", "127.0.0.1", "--port", str(http_port), "--grpc-port", str(grpc_port),
     ]  # fmt: skip
@@ -150,7 +150,7 @@ def wait_protocol_ready(
 
 
 def start_tgis(
-    cell: Cell, workdir: Path, procs: ProcessSet, *, python: Path, repo_root: Path, role: str = "server"
+    cell: Cell, workdir: Path, procs: ProcessSet, *, python: Path, home: Path, role: str = "server"
 ) -> TgisLaunch:
     """Start the adapter under ``procs`` (as ``role``) and wait until HTTP and gRPC are both ready.
 
@@ -166,7 +166,7 @@ def start_tgis(
     cpu = version is not None and "+cpu" in version
     http_port, grpc_port = free_port(), free_port()
     command, overrides = build_tgis_command(
-        cell, python=python, http_port=http_port, grpc_port=grpc_port, repo_root=repo_root, cpu=cpu
+        cell, python=python, http_port=http_port, grpc_port=grpc_port, home=home, cpu=cpu
     )
     env = {**os.environ, **overrides}
     workdir.mkdir(parents=True, exist_ok=True)
@@ -199,16 +199,16 @@ def start_tgis(
 class TgisBackend:
     """One TGIS server for one cell. ``start`` then ``stop``; ``stop`` is idempotent."""
 
-    def __init__(self, *, repo_root: Path, registry: ProcessRegistry | None = None) -> None:
-        self.repo_root = repo_root
+    def __init__(self, *, home: Path, registry: ProcessRegistry | None = None) -> None:
+        self.home = home
         self.procs = ProcessSet(registry)
 
     def start(self, cell: Cell, workdir: Path) -> ServerHandle:
         errors = SPEC.validate_cell(cell)
         if errors:
             raise BackendStartError("invalid TGIS settings:\n" + "\n".join(errors))
-        python = python_for(cell.server, self.repo_root)
-        launch = start_tgis(cell, workdir, self.procs, python=python, repo_root=self.repo_root)
+        python = python_for(cell.server, self.home)
+        launch = start_tgis(cell, workdir, self.procs, python=python, home=self.home)
         return ServerHandle(
             base_url=launch.base_url,
             served_model=cell.server.served_model_name or cell.server.model,
@@ -235,17 +235,17 @@ class TgisSpec(BackendSpec):
     Settings = VllmSettings
     protocols = ("completions", "chat", "tgis")
 
-    def environments(self, server: Server, repo_root: Path) -> list[str]:
+    def environments(self, server: Server, home: Path) -> list[str]:
         """The ``tgis`` environment, unless ``python`` names an interpreter of your own."""
-        env = env_of(python_for(server, repo_root), repo_root)
+        env = env_of(python_for(server, home), home)
         return [env] if env else []
 
     def validation_context(self, server: Server) -> dict[str, Any]:
         """The choices recorded from the environment's own vLLM 0.12, else the kept fallback."""
-        return choices_context(python_for(server, Path.cwd()).parent.parent)
+        return choices_context(python_for(server, tokenbench_home()).parent.parent)
 
-    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> TgisBackend:
-        return TgisBackend(repo_root=repo_root, registry=registry)
+    def create(self, *, home: Path, registry: ProcessRegistry | None) -> TgisBackend:
+        return TgisBackend(home=home, registry=registry)
 
 
 SPEC = TgisSpec()

@@ -25,6 +25,7 @@ from harness.backends.base import BackendSpec, BackendStartError, KvFitInputs, S
 from harness.backends.process import ManagedProcess, ProcessRegistry, await_ready, free_port, tail
 from harness.backends.vllm_settings import VllmSettings, choices_context
 from harness.envs.base import venv_dir, venv_python
+from harness.home import tokenbench_home
 from harness.matrix import Cell
 from harness.redact import REDACTED, is_secret_name, redact_command
 from harness.scenario import Scalar, Server
@@ -149,22 +150,21 @@ def default_env_name() -> str:
     return "vllm-cpu" if _gpus() is None else "vllm-gpu"
 
 
-def python_for(server: Server, repo_root: Path) -> Path:
-    """``servers[].python`` (relative paths: cwd, then repo root), or the default environment's."""
+def python_for(server: Server, home: Path) -> Path:
+    """``servers[].python`` (relative paths: cwd, then TOKENBENCH_HOME), or the default environment's."""
     if not server.python:
-        return venv_python(venv_dir(repo_root, default_env_name()))
-    given = Path(server.python).expanduser()
-    if given.is_absolute() or given.exists():
-        return given.absolute()
-    return repo_root / given
+        return venv_python(venv_dir(home, default_env_name()))
+    from harness.envs import resolve_python
+
+    return resolve_python(server.python, home)
 
 
-def env_of(python: Path, repo_root: Path) -> str | None:
+def env_of(python: Path, home: Path) -> str | None:
     """The name of the tokenbench environment ``python`` belongs to, if it is one of ours."""
     from harness.envs import env_names
 
     for name in env_names():
-        if python.absolute() == venv_python(venv_dir(repo_root, name)).absolute():
+        if python.absolute() == venv_python(venv_dir(home, name)).absolute():
             return name
     return None
 
@@ -173,9 +173,9 @@ def _has_flag(args: list[str], *names: str) -> bool:
     return any(a == n or a.startswith(n + "=") for a in args for n in names)
 
 
-def resolve_model(model: str, repo_root: Path) -> str:
-    """A model given as a path (relative to the repo root or cwd) becomes absolute; HF ids pass through."""
-    for base in (Path.cwd(), repo_root):
+def resolve_model(model: str, home: Path) -> str:
+    """A model given as a path (relative to the cwd, then TOKENBENCH_HOME) becomes absolute; HF ids pass through."""
+    for base in (Path.cwd(), home):
         candidate = (base / model).expanduser()
         if candidate.exists():
             return str(candidate.resolve())
@@ -210,13 +210,13 @@ def engine_args(cell: Cell, *, cpu: bool) -> tuple[list[str], dict[str, str]]:
 
 
 def build_command(
-    cell: Cell, *, python: Path, port: int, repo_root: Path, cpu: bool
+    cell: Cell, *, python: Path, port: int, home: Path, cpu: bool
 ) -> tuple[list[str], dict[str, str]]:
     """The ``vllm serve`` command line and the env overrides (not the whole environ) for one cell."""
     server = cell.server
     served = server.served_model_name or server.model
     command = [
-        str(python), "-m", "vllm.entrypoints.cli.main", "serve", resolve_model(server.model, repo_root),
+        str(python), "-m", "vllm.entrypoints.cli.main", "serve", resolve_model(server.model, home),
         "--host", "127.0.0.1", "--port", str(port), "--served-model-name", served,
     ]  # fmt: skip
     flags, env = engine_args(cell, cpu=cpu)
@@ -229,20 +229,20 @@ class VllmBackend:
     def __init__(
         self,
         *,
-        repo_root: Path,
+        home: Path,
         registry: ProcessRegistry | None = None,
         versions: VersionCache | None = None,
         grace_s: float = 15.0,
     ) -> None:
-        self.repo_root = repo_root
+        self.home = home
         self.registry = registry
         self.versions = versions or VersionCache()
         self.grace_s = grace_s
         self.process: ManagedProcess | None = None
 
     def python_for(self, server: Server) -> Path:
-        """The backend interpreter: ``servers[].python`` (relative paths: cwd, then repo root) or the default."""
-        return python_for(server, self.repo_root)
+        """The backend interpreter: ``servers[].python`` (relative paths: cwd, then TOKENBENCH_HOME) or the default."""
+        return python_for(server, self.home)
 
     def start(self, cell: Cell, workdir: Path) -> ServerHandle:
         errors = SPEC.validate_cell(cell)
@@ -250,7 +250,7 @@ class VllmBackend:
             raise BackendStartError("invalid vLLM settings:\n" + "\n".join(errors))
         python = self.python_for(cell.server)
         if not python.exists():
-            env = SPEC.environments(cell.server, self.repo_root)
+            env = SPEC.environments(cell.server, self.home)
             hint = f"run `tokenbench setup {env[0]}`" if env else "check servers[].python"
             raise BackendStartError(
                 f"cell '{cell.cell_id}': vLLM interpreter {python} does not exist; {hint}"
@@ -258,7 +258,7 @@ class VllmBackend:
         version = self.versions.get(python)
         cpu = version is not None and "cpu" in version
         port = free_port()
-        command, overrides = build_command(cell, python=python, port=port, repo_root=self.repo_root, cpu=cpu)
+        command, overrides = build_command(cell, python=python, port=port, home=self.home, cpu=cpu)
         env = {**os.environ, **overrides}
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = workdir / "server.log"
@@ -298,14 +298,14 @@ class VllmSpec(BackendSpec):
     Settings = VllmSettings
     protocols = ("completions", "chat")
 
-    def environments(self, server: Server, repo_root: Path) -> list[str]:
+    def environments(self, server: Server, home: Path) -> list[str]:
         """The tokenbench environment the server's interpreter lives in; [] for a foreign ``python``."""
-        env = env_of(python_for(server, repo_root), repo_root)
+        env = env_of(python_for(server, home), home)
         return [env] if env else []
 
     def validation_context(self, server: Server) -> dict[str, Any]:
-        """Choices recorded from the server's own vLLM (repo root = cwd, as for the CLI), else the fallback."""
-        python = python_for(server, Path.cwd())
+        """Choices recorded from the server's own vLLM (TOKENBENCH_HOME, as for the CLI), else the fallback."""
+        python = python_for(server, tokenbench_home())
         return choices_context(python.parent.parent)
 
     def kv_fit(self, settings: dict[str, Scalar], server: Server) -> KvFitInputs:
@@ -324,8 +324,8 @@ class VllmSpec(BackendSpec):
             batched_tokens=int(batched) if isinstance(batched, int) else DEFAULT_BATCHED_TOKENS,
         )
 
-    def create(self, *, repo_root: Path, registry: ProcessRegistry | None) -> VllmBackend:
-        return VllmBackend(repo_root=repo_root, registry=registry)
+    def create(self, *, home: Path, registry: ProcessRegistry | None) -> VllmBackend:
+        return VllmBackend(home=home, registry=registry)
 
 
 SPEC = VllmSpec()

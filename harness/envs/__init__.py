@@ -1,4 +1,4 @@
-"""Backend environments: one venv per server build under ``.cache/venvs``, made by ``tokenbench setup NAME``.
+"""Backend environments: one venv per server build under ``TOKENBENCH_HOME/venvs``, made by ``tokenbench setup NAME``.
 
 Adding one is a module with an :class:`~harness.envs.base.Environment`
 subclass plus one line in ``ENVIRONMENTS``. Backend specs name the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.envs.base import BackendEnvError, Environment, Progress
+from harness.envs.base import BackendEnvError, Environment, Progress, venv_dir, venv_python
 from harness.envs.caikit import CaikitEnv
 from harness.envs.tgis import TgisEnv
 from harness.envs.vllm_cpu import VllmCpuEnv
@@ -24,7 +24,15 @@ ENVIRONMENTS: dict[str, type[Environment]] = {
     "caikit": CaikitEnv,
 }
 
-__all__ = ["BackendEnvError", "Environment", "ENVIRONMENTS", "env_names", "get_env", "ensure_env"]
+__all__ = [
+    "BackendEnvError",
+    "Environment",
+    "ENVIRONMENTS",
+    "env_names",
+    "get_env",
+    "ensure_env",
+    "resolve_python",
+]
 
 
 def env_names() -> tuple[str, ...]:
@@ -40,6 +48,25 @@ def get_env(name: str) -> Environment:
         ) from None
 
 
-def ensure_env(name: str, repo_root: Path, progress: Progress = print, *, force: bool = False) -> Path:
+def ensure_env(name: str, home: Path, progress: Progress = print, *, force: bool = False) -> Path:
     """Build environment ``name`` if it is not complete; its interpreter."""
-    return get_env(name).ensure(repo_root, progress, force=force)
+    return get_env(name).ensure(home, progress, force=force)
+
+
+def resolve_python(given: str, home: Path) -> Path:
+    """A ``servers[].python`` as the interpreter path it means (``harness.home`` states the rule).
+
+    Absolute: as is. Relative: the current directory's if it exists, else the
+    home's; when neither exists yet, the one that is a tokenbench environment's
+    interpreter (so ``tokenbench setup --for`` builds it), else the current
+    directory's (the launch then fails naming that path).
+    """
+    path = Path(given).expanduser()
+    if path.is_absolute():
+        return path
+    candidates = [path.absolute(), home / path]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    ours = {venv_python(venv_dir(home, name)).absolute() for name in env_names()}
+    return next((c for c in candidates if c.absolute() in ours), candidates[0])

@@ -1,4 +1,4 @@
-"""One backend environment: a venv under ``.cache/venvs/NAME``, built by a recipe, trusted only when complete.
+"""One backend environment: a venv under ``TOKENBENCH_HOME/venvs/NAME``, built by a recipe, trusted only when complete.
 
 Why a base class: every backend server runs from its own interpreter (vLLM,
 TGIS and Caikit pin torch, transformers, protobuf and pydantic to versions
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from harness.home import venvs_dir
+
 MARKER_NAME = ".tokenbench-complete.json"
 
 Progress = Callable[[str], None]
@@ -33,8 +35,9 @@ class BackendEnvError(RuntimeError):
     """Creating a backend environment failed; the message says which environment, which step and why."""
 
 
-def venv_dir(repo_root: Path, name: str) -> Path:
-    return repo_root / ".cache" / "venvs" / name
+def venv_dir(home: Path, name: str) -> Path:
+    """``HOME/venvs/NAME`` (``harness.home``: ``TOKENBENCH_HOME``)."""
+    return venvs_dir(home) / name
 
 
 def venv_python(env_dir: Path) -> Path:
@@ -114,15 +117,15 @@ class Environment:
         return False
 
     # -- the bookkeeping ------------------------------------------------------------------------
-    def dir(self, repo_root: Path) -> Path:
-        return venv_dir(repo_root, self.name)
+    def dir(self, home: Path) -> Path:
+        return venv_dir(home, self.name)
 
-    def python(self, repo_root: Path) -> Path:
-        return venv_python(self.dir(repo_root))
+    def python(self, home: Path) -> Path:
+        return venv_python(self.dir(home))
 
-    def is_complete(self, repo_root: Path) -> bool:
+    def is_complete(self, home: Path) -> bool:
         """True only if a previous install of this exact recipe ran to the end."""
-        env_dir = self.dir(repo_root)
+        env_dir = self.dir(home)
         marker = env_dir / MARKER_NAME
         if not marker.is_file() or not venv_python(env_dir).exists():
             return False
@@ -133,7 +136,7 @@ class Environment:
 
     def ensure(
         self,
-        repo_root: Path,
+        home: Path,
         progress: Progress = print,
         *,
         force: bool = False,
@@ -144,10 +147,10 @@ class Environment:
         Idempotent: a complete env is returned untouched in milliseconds; a half-built one is wiped
         and rebuilt; the marker is written only after the import check passed.
         """
-        env_dir = self.dir(repo_root)
+        env_dir = self.dir(home)
         python = venv_python(env_dir)
         log_path = env_dir.parent / f"{self.name}-install.log"
-        if not force and self.is_complete(repo_root):
+        if not force and self.is_complete(home):
             if self.extras_missing(env_dir):
                 self.finish(python, installer(self.name, log_path, progress))
             progress(f"[{self.name}] env ready: {env_dir}")

@@ -21,7 +21,8 @@ from harness.gate.match import MatchBy, name_hint, rekey
 from harness.gate.policy import PolicyError
 from harness.gate.rundata import GateInputError, GateRun
 
-BASELINE_DIR = Path("reports/baselines")
+BASELINE_DIR = Path("reports/baselines")  # relative to the current directory, like ./reports
+BASELINES_HELP = "folder that bare baseline names resolve against"
 MATCH_HELP = (
     "pair cells by configuration 'identity' (default) or by cell 'name' when the settings are what changed"
 )
@@ -46,15 +47,15 @@ def _guarded(what: str, load: Callable[[], GateRun]) -> GateRun:
         raise GateInputError(f"{what}: cannot read it ({type(err).__name__}: {err})") from None
 
 
-def _load_side(ref: str | Path, allow_incomplete: bool = False) -> GateRun:
-    """A run folder or a baseline file (by path or name under reports/baselines)."""
+def _load_side(ref: str | Path, allow_incomplete: bool = False, baselines: Path = BASELINE_DIR) -> GateRun:
+    """A run folder or a baseline file (by path, or by name under ``baselines``)."""
     from harness.gate.baseline import load_baseline, resolve_baseline
     from harness.gate.rundata import load_run_folder
 
     path = Path(ref)
     if path.is_dir():
         return _guarded(str(path), lambda: load_run_folder(path, allow_incomplete=allow_incomplete))
-    resolved = resolve_baseline(str(ref), BASELINE_DIR)
+    resolved = resolve_baseline(str(ref), baselines)
     return _guarded(str(resolved), lambda: load_baseline(resolved))
 
 
@@ -89,6 +90,7 @@ def compare(
         Path | None,
         typer.Option("--policy", help="gate policy whose tolerances colour the page (default: shipped)"),
     ] = None,
+    baselines: Annotated[Path, typer.Option("--baselines", help=BASELINES_HELP)] = BASELINE_DIR,
 ) -> None:
     """Compare runs matched by configuration identity: deltas with intervals, overlaid figures."""
     from harness.gate.compare_report import write_compare
@@ -103,7 +105,7 @@ def compare(
     by = _match_by(console, match)
     try:
         pol = load_policy(policy).model_copy(update={"confidence": confidence})
-        sides = [rekey(_load_side(r, allow_incomplete=True), by) for r in runs]
+        sides = [rekey(_load_side(r, allow_incomplete=True, baselines=baselines), by) for r in runs]
     except (GateInputError, PolicyError) as err:
         raise _bad(console, str(err)) from None
     labels = [s.label for s in sides]
@@ -129,7 +131,7 @@ def compare(
 
 def gate(
     baseline: Annotated[
-        str, typer.Option("--baseline", help="baseline file, name under reports/baselines, or run folder")
+        str, typer.Option("--baseline", help="baseline file, name under --baselines, or run folder")
     ],
     run: Annotated[list[Path], typer.Option("--run", help="run folder; repeat the option to pool repeats")],
     policy: Annotated[
@@ -146,11 +148,12 @@ def gate(
     ] = False,
     match: Annotated[str, typer.Option("--match", help=MATCH_HELP)] = "identity",
     allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help=ALLOW_INCOMPLETE_HELP)] = False,
+    baselines: Annotated[Path, typer.Option("--baselines", help=BASELINES_HELP)] = BASELINE_DIR,
 ) -> None:
     """Judge a run against a baseline with a noise-aware policy; exit 0 pass, 1 regression, 2 bad input, 3 inconclusive."""
     from harness.gate.baseline import fingerprint, fingerprint_diff
     from harness.gate.match import match_runs
-    from harness.gate.outputs import to_json_text, to_junit, to_markdown
+    from harness.gate.outputs import short_verdict, to_json_text, to_junit, to_markdown
     from harness.gate.policy import load_policy
     from harness.gate.verdict import evaluate
 
@@ -158,7 +161,7 @@ def gate(
     by = _match_by(console, match)
     try:
         pol = load_policy(policy)
-        base = rekey(_load_side(baseline, allow_incomplete), by)
+        base = rekey(_load_side(baseline, allow_incomplete, baselines), by)
         current = rekey(_load_runs(run, allow_incomplete), by)
     except (GateInputError, PolicyError) as err:
         raise _bad(console, str(err)) from None
@@ -188,17 +191,23 @@ def gate(
     write_text(out / "gate.md", md)
     write_text(out / "gate.junit.xml", to_junit(result))
     write_text(out / "gate.json", to_json_text(result))
-    console.print(md, highlight=False, markup=False, soft_wrap=True)
+    for line in short_verdict(result):  # the full Markdown is gate.md (a PR comment), not the log
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(
-        f"gate: {result.verdict} (exit {result.exit_code}); outputs in {out}", highlight=False, markup=False
+        f"gate: {result.verdict} (exit {result.exit_code}); outputs in {out} (gate.md, gate.junit.xml, gate.json)",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
     )
     raise typer.Exit(result.exit_code)
 
 
 def baseline_save(
     run: Annotated[list[Path], typer.Argument(help="run folder(s); several are stored as repeats")],
-    name: Annotated[str, typer.Option("--name", help="baseline name → reports/baselines/NAME.json")],
-    out_dir: Annotated[Path, typer.Option("--dir", help="folder for baselines")] = BASELINE_DIR,
+    name: Annotated[str, typer.Option("--name", help="baseline name → BASELINES/NAME.json")],
+    out_dir: Annotated[
+        Path, typer.Option("--baselines", "--dir", help="folder that receives the baseline")
+    ] = BASELINE_DIR,
     max_requests: Annotated[int, typer.Option(help="per-request samples kept per step and repeat")] = 2000,
     allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help=ALLOW_INCOMPLETE_HELP)] = False,
 ) -> None:

@@ -5,7 +5,10 @@
 * JUnit XML: every CI system renders it; one ``testsuite`` per matched
   (cell, step), one ``testcase`` per rule; regressions are ``<failure>``,
   inconclusive rules are ``<failure type="inconclusive">`` when inconclusive
-  fails the build and ``<skipped>`` otherwise.
+  fails the build and ``<skipped>`` otherwise. It validates against the
+  Jenkins JUnit schema (``tests/data/junit/junit-10.xsd``): ``skipped`` only on
+  ``<testsuite>`` (the schema has none on ``<testsuites>``), and ``time`` in
+  seconds with at most three decimals: the gate's own time on each rule.
 * JSON: the full result for scripts.
 """
 
@@ -110,19 +113,42 @@ def to_markdown(result: GateResult) -> str:
     return "\n".join(lines)
 
 
+def _seconds(x: float) -> str:
+    """JUnit ``time``: the Jenkins schema's SUREFIRE_TIME, digits with at most three decimals."""
+    return f"{max(0.0, x):.3f}"
+
+
+def short_verdict(result: GateResult, limit: int = 5) -> list[str]:
+    """A few lines for the CI log: the verdict, the counts and the first checks needing attention."""
+    counts = ", ".join(f"{n} {v}" for v, n in result.counts().items() if n) or "no checks"
+    lines = [f"{ICONS[result.verdict]} tokenbench gate: {result.verdict} — {counts}"]
+    attention = [c for c in result.checks if c.verdict in ("regression", "inconclusive")]
+    for c in attention[:limit]:
+        lines.append(f"  {c.verdict}: {c.target} {c.metric} ({c.rule}) change {_pct(c.change)}: {c.message}")
+    if len(attention) > limit:
+        lines.append(f"  … and {len(attention) - limit} more: see gate.md")
+    return lines
+
+
 def to_junit(result: GateResult) -> str:
     """JUnit XML with consistent ``tests``/``failures``/``errors``/``skipped`` counts at every level."""
     root = ET.Element("testsuites", name="tokenbench-gate")
     suites: dict[str, list[Check]] = {}
     for c in result.checks:
         suites.setdefault(c.target, []).append(c)
-    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    totals = {"tests": 0, "failures": 0, "errors": 0}
+    total_time = 0.0
     for target, checks in suites.items():
         suite = ET.SubElement(root, "testsuite", name=target)
         counts = {"tests": len(checks), "failures": 0, "errors": 0, "skipped": 0}
+        suite_time = sum(c.seconds for c in checks)
         for c in checks:
             case = ET.SubElement(
-                suite, "testcase", name=f"{c.metric} {c.rule}", classname=f"tokenbench.gate.{target}"
+                suite,
+                "testcase",
+                name=f"{c.metric} {c.rule}",
+                classname=f"tokenbench.gate.{target}",
+                time=_seconds(c.seconds),
             )
             detail = (
                 f"baseline={_num(c.base)} run={_num(c.run)} change={_pct(c.change)} "
@@ -141,9 +167,13 @@ def to_junit(result: GateResult) -> str:
                 ET.SubElement(case, "system-out").text = f"{c.verdict}: {detail}"
         for k, v in counts.items():
             suite.set(k, str(v))
-            totals[k] += v
+            if k in totals:
+                totals[k] += v
+        suite.set("time", _seconds(suite_time))
+        total_time += suite_time
     for k, v in totals.items():
         root.set(k, str(v))
+    root.set("time", _seconds(total_time))
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 

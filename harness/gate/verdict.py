@@ -33,6 +33,7 @@ verdict on it into inconclusive, and the result lists it.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -68,6 +69,7 @@ class Check:
     method: str = ""  # which noise the interval covers: within-run only, or between runs too
     notes: list[str] = field(default_factory=list)  # caveats, e.g. a percentile resting on too few samples
     unlimited_verdict: Verdict | None = None  # on a harness-limited step: the verdict it would have had
+    seconds: float = 0.0  # the gate's own time evaluating this check (JUnit ``time``)
 
 
 @dataclass
@@ -281,6 +283,12 @@ def _slo_rules(scenario: dict | None) -> dict[str, Rule]:
     return rules
 
 
+def _share_time(checks: list[Check], seconds: float) -> None:
+    """Split the time one rule took between the checks it produced (a rule can give two)."""
+    for c in checks:
+        c.seconds = seconds / len(checks)
+
+
 def evaluate(
     matching: Matching, policy: Policy, baseline_label: str, run_label: str, scenario: dict | None = None
 ) -> GateResult:
@@ -291,6 +299,7 @@ def evaluate(
     for pair in matching.pairs:
         start = len(result.checks)
         for metric, rule in policy.rules.items():
+            began, first = time.perf_counter(), len(result.checks)
             b, r = measurer.measure(pair.base, metric), measurer.measure(pair.run, metric)
             p_value = None
             if "_" in metric and metric.split("_")[0] in ("ttft", "tpot", "itl", "e2e"):
@@ -305,10 +314,13 @@ def evaluate(
                     result.checks.append(c)
             if rule.max is not None or rule.min is not None:
                 result.checks += _absolute(pair, metric, Rule(max=rule.max, min=rule.min), r, policy, "")
+            _share_time(result.checks[first:], time.perf_counter() - began)
         for metric, rule in slo.items():
+            began, first = time.perf_counter(), len(result.checks)
             result.checks += _absolute(
                 pair, metric, rule, measurer.measure(pair.run, metric), policy, " (SLO)"
             )
+            _share_time(result.checks[first:], time.perf_counter() - began)
         limited = _harness_limited(pair, result.checks[start:])
         if limited:
             result.harness_limited[pair.label] = limited

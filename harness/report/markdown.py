@@ -46,11 +46,18 @@ def _row(row: Row, best: dict[str, float]) -> str:
     return "| " + " | ".join(_cell(v) for v in [name, row.load_label, ok, *values, errors, flag]) + " |"
 
 
-def render_markdown(run: RunData) -> str:
-    """One table row per cell × step, then failures; best values in bold."""
+def render_markdown(run: RunData, max_rows: int | None = None) -> str:
+    """One table row per cell × step, then failures; best values in bold.
+
+    ``max_rows`` keeps the first rows only and says how many were left out
+    (``summary.md`` must fit a pull-request comment); the best values are
+    still those of every row.
+    """
     s = run.summary
     rows = rows_of(s.cells, run.simulated_cells)
     best = best_values(rows, MD_COLUMNS)
+    dropped = 0 if max_rows is None else max(0, len(rows) - max_rows)
+    shown_rows = rows[: len(rows) - dropped]
     lines = [f"### tokenbench: {s.scenario} (`{s.run_id}`)", ""]
     if run.simulated_cells:
         lines += [f"> **SIMULATED**: {', '.join(sorted(run.simulated_cells))} ran against a simulator.", ""]
@@ -59,7 +66,11 @@ def render_markdown(run: RunData) -> str:
     header = ["cell", "load", "ok/total", *(c.label for c in MD_COLUMNS), "error classes", "harness"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join([":--", ":--", "--:"] + ["--:"] * len(MD_COLUMNS) + [":--", ":--"]) + "|")
-    lines += [_row(r, best) for r in rows]
+    lines += [_row(r, best) for r in shown_rows]
+    if dropped:
+        lines.append(
+            f"| _… {dropped} more rows: see summary.csv or report.html_ |" + " |" * (len(header) - 1)
+        )
     if not rows:
         lines.append("| _no measured steps_ |" + " |" * (len(header) - 1))
     lengths = length_notes(run)
@@ -71,7 +82,7 @@ def render_markdown(run: RunData) -> str:
         lines += ["", "**Failed cells**", ""]
         lines += [f"- `{c.cell_id}`: {_cell(c.error or 'failed')}" for c in failed]
     lines += ["", "_Latencies in ms from the scheduled send time; **bold** = best in column._"]
-    if any(thin_note(c, r) for r in rows for c in MD_COLUMNS):
+    if any(thin_note(c, r) for r in shown_rows for c in MD_COLUMNS):
         lines += [
             "",
             "_† too few requests for this percentile (a bounded 95 % order-statistic interval needs "

@@ -40,15 +40,55 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="model profile, e.g. mistral-7b (harness/hardware/data/models.yaml); default: matched from --model",
     )
-    g.add_argument("--quantization", choices=QUANTIZATIONS, default="none")
-    g.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto")
-    g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    g.add_argument("--max-num-seqs", type=int, default=None)
-    g.add_argument("--max-num-batched-tokens", type=int, default=None)
-    g.add_argument("--max-batch-total-tokens", type=int, default=None, help="TGI (--api tgi)")
-    g.add_argument("--max-batch-prefill-tokens", type=int, default=None, help="TGI (--api tgi)")
-    g.add_argument("--block-size", type=int, default=16)
-    g.add_argument("--step-overhead-ms", type=float, default=DEFAULT_STEP_OVERHEAD_S * 1000)
+    g.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        default="none",
+        help="weights as the engine holds them: none (the profile's dtype), fp8, or 4-bit awq/gptq",
+    )
+    g.add_argument(
+        "--kv-cache-dtype",
+        choices=KV_CACHE_DTYPES,
+        default="auto",
+        help="KV cache element type: auto (the model's dtype) or fp8 (half the bytes per token)",
+    )
+    g.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="fraction of GPU memory the engine takes for weights, activations and KV cache (vLLM's)",
+    )
+    g.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        help="most sequences in one batch (default: 256 on GPUs under 70 GB, 1024 on larger ones)",
+    )
+    g.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="token budget of one engine step (default: 2048 under 70 GB, 8192 on larger GPUs)",
+    )
+    g.add_argument(
+        "--max-batch-total-tokens",
+        type=int,
+        default=None,
+        help="TGI (--api tgi): cap on the KV cache, tokens (default: what memory allows)",
+    )
+    g.add_argument(
+        "--max-batch-prefill-tokens",
+        type=int,
+        default=None,
+        help=f"TGI (--api tgi): prefill tokens per step (default: {TGI_DEFAULT_PREFILL_TOKENS})",
+    )
+    g.add_argument("--block-size", type=int, default=16, help="KV cache block (page) size, tokens")
+    g.add_argument(
+        "--step-overhead-ms",
+        type=float,
+        default=DEFAULT_STEP_OVERHEAD_S * 1000,
+        help="fixed scheduling and launch cost of each engine step, ms",
+    )
     g.add_argument(
         "--time-scale",
         type=float,

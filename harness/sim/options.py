@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.sim.engine_options import add_engine_arguments, engine_config
-from harness.sim.faults import FaultError, FaultPlan
+from harness.sim.faults import ALL_FAULTS, NEEDS_ARG, FaultError, FaultPlan
 from harness.sim.roofline import EngineConfig
 from harness.sim.timing import MS, ExactTiming
 
@@ -46,48 +46,93 @@ class SimOptions:
     tgi_version: str = "3.3.7"
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help with the default after each option that has one worth showing (not None, False or [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        nothing = default is None or default is False or default == [] or default == ""
+        if nothing or default is argparse.SUPPRESS or "default" in text or action.required:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tokenbench sim",
         description="A simulated LLM server: exact, known timings or a modelled GPU engine "
-        "(OpenAI, TGI and Caikit HTTP APIs; TGIS and Caikit gRPC).",
+        "(OpenAI, TGI and Caikit HTTP APIs; TGIS and Caikit gRPC). A test double for the harness: "
+        "its numbers are never a real server's.",
+        epilog="Examples: tokenbench sim --port 8000 --ttft-ms 50 --itl-ms 10; "
+        "tokenbench sim --port 8000 --mode engine --gpu a10g-24gb --model mistralai/Mistral-7B-Instruct-v0.3",
+        formatter_class=_HelpFormatter,
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--mode", choices=["exact", "engine"], default="exact")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument(
+        "--port", type=int, required=True, help="HTTP port to listen on (required; 0: any free port)"
+    )
+    p.add_argument(
+        "--mode",
+        choices=["exact", "engine"],
+        default="exact",
+        help="exact: fixed timings from --ttft-ms/--itl-ms; engine: a modelled GPU engine (batching, KV cache)",
+    )
     p.add_argument(
         "--api",
         choices=["openai", "tgi"],
         default="openai",
-        help="which metric names /metrics uses; both APIs are always served",
+        help="which metric names /metrics uses (and, in engine mode, whose scheduler is modelled); "
+        "both APIs are always served",
     )
     p.add_argument("--model", default="sim-model", help="the model name the sim pretends to serve")
-    p.add_argument("--ttft-ms", type=float, default=100.0)
-    p.add_argument("--itl-ms", type=float, default=10.0)
-    p.add_argument("--tokens-per-chunk", type=int, default=1)
-    p.add_argument("--jitter-ms", type=float, default=0.0)
-    p.add_argument("--stall-every", type=int, default=0, help="stall before every Nth chunk")
-    p.add_argument("--stall-ms", type=float, default=0.0)
-    p.add_argument("--write-log", type=Path, default=None, help="CSV of every chunk's write time")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--default-max-tokens", type=int, default=16)
+    p.add_argument("--ttft-ms", type=float, default=100.0, help="exact mode: time to the first token, ms")
+    p.add_argument("--itl-ms", type=float, default=10.0, help="exact mode: time between chunks, ms")
+    p.add_argument("--tokens-per-chunk", type=int, default=1, help="tokens in each streamed chunk")
+    p.add_argument(
+        "--jitter-ms", type=float, default=0.0, help="seeded uniform [0, J) ms added to each chunk's due time"
+    )
+    p.add_argument("--stall-every", type=int, default=0, help="stall before every Nth chunk (0: never)")
+    p.add_argument("--stall-ms", type=float, default=0.0, help="length of each --stall-every stall, ms")
+    p.add_argument(
+        "--write-log", type=Path, default=None, help="CSV of every chunk's write time (the ground truth)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of output lengths, jitter and drawn faults")
+    p.add_argument(
+        "--default-max-tokens", type=int, default=16, help="output tokens when a request sets no maximum"
+    )
     p.add_argument(
         "--max-model-len",
         type=int,
         default=None,
-        help=f"default {DEFAULT_MAX_MODEL_LEN}; in engine mode the model profile's context length",
+        help=f"context length, prompt + output (default {DEFAULT_MAX_MODEL_LEN}; "
+        "in engine mode the model profile's)",
     )
-    p.add_argument("--backlog", type=int, default=4096)
+    p.add_argument(
+        "--backlog", type=int, default=4096, help="listen backlog: connections waiting to be accepted"
+    )
     p.add_argument(
         "--fault",
         action="append",
         default=[],
         metavar="KIND",
-        help="fault kind to draw with --fault-rate (repeatable), or slow_start:N / exit_after:N",
+        help="fault kind to draw with --fault-rate (repeatable): "
+        + ", ".join(f for f in ALL_FAULTS if f not in NEEDS_ARG)
+        + ", stall:S (an S-second pause mid-stream); or a process fault, slow_start:S / exit_after:N",
     )
-    p.add_argument("--fault-rate", type=float, default=0.0)
-    p.add_argument("--fault-schedule", default="", metavar="KIND@N,...")
-    p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
+    p.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        help="probability that a request gets one of the --fault kinds",
+    )
+    p.add_argument(
+        "--fault-schedule",
+        default="",
+        metavar="KIND@N,...",
+        help="faults on given requests, 1-based over generation requests (e.g. http_500@3,stall:2@7)",
+    )
+    p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop instead of uvloop")
     p.add_argument(
         "--grpc-port",
         type=int,

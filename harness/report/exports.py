@@ -1,0 +1,154 @@
+"""Tables for other tools: ``records.csv``, ``summary.csv`` and the derived columns of ``records.parquet``.
+
+Why beside the report: spreadsheets, notebooks and dashboards want flat
+tables, not a pydantic summary or list-valued Parquet columns. Every number
+comes from the same definitions the report uses (``harness.metrics``), so a
+CSV and the HTML never disagree.
+
+* ``records.parquet``: the raw per-request stamps (``RECORD_SCHEMA``) plus the
+  derived columns ``DERIVED_COLUMNS`` (ok, TTFT, TPOT, E2E and queueing in ms,
+  the resolved output token count, and ``start_utc``/``end_utc`` from the
+  run's wall-clock anchor). Readers of the raw schema ignore the extra columns.
+* ``records.csv``: one row per request, the derived table without list columns.
+* ``summary.csv``: one row per cell × step, every ``StepMetrics`` field
+  flattened (``ttft_ms_p95``, ``harness_limited``, ``errors`` as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harness.atomic import atomic_path
+from harness.records import RECORD_SCHEMA
+from harness.results import ClockAnchor, Dist, HarnessHealth, RunSummary, StepMetrics
+
+DERIVED_COLUMNS: tuple[str, ...] = (
+    "ok",
+    "ttft_ms",
+    "tpot_ms",
+    "e2e_ms",
+    "queue_ms",
+    "output_tokens_resolved",
+    "start_utc",
+    "end_utc",
+)
+CSV_RECORD_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "cell_id",
+    "step_id",
+    "request_id",
+    "worker",
+    "api",
+    "warmup",
+    "ok",
+    "status",
+    "error_class",
+    "prompt_tokens",
+    "output_tokens_resolved",
+    "token_source",
+    "ttft_ms",
+    "tpot_ms",
+    "e2e_ms",
+    "queue_ms",
+    "start_utc",
+    "end_utc",
+    "scheduled_ns",
+    "sent_ns",
+    "first_token_ns",
+    "end_ns",
+)
+CELL_COLUMNS: tuple[str, ...] = ("cell_id", "server", "backend", "model", "identity", "status", "simulated")
+DIST_STATS: tuple[str, ...] = tuple(Dist.model_fields)
+
+
+def _utc(ns: pd.Series, clock: ClockAnchor | None) -> pd.Series:
+    """Monotonic ns stamps as UTC timestamps (NaT without an anchor: runs older than ``clock``)."""
+    if clock is None:
+        return pd.Series(pd.NaT, index=ns.index, dtype="datetime64[ns, UTC]")
+    values = pd.to_numeric(ns, errors="coerce") + clock.wall_minus_monotonic_ns
+    return pd.to_datetime(values, unit="ns", utc=True)
+
+
+def derived_table(records: pd.DataFrame, clock: ClockAnchor | None) -> pd.DataFrame:
+    """The raw records with ``DERIVED_COLUMNS`` appended, in the same row order."""
+    from harness.metrics import per_request_frame
+
+    derived = per_request_frame(records)
+    out = records.reset_index(drop=True).copy()
+    for name in ("ok", "ttft_ms", "tpot_ms", "e2e_ms", "queue_ms"):
+        out[name] = derived[name].to_numpy()
+    out["output_tokens_resolved"] = derived["output_tokens"].to_numpy()
+    out["start_utc"] = _utc(out["scheduled_ns"], clock)
+    out["end_utc"] = _utc(out["end_ns"], clock)
+    return out
+
+
+def write_records_exports(run_dir: Path, records: pd.DataFrame, clock: ClockAnchor | None) -> list[Path]:
+    """Rewrite ``records.parquet`` as raw + derived columns and write ``records.csv``; their paths."""
+    table = derived_table(records, clock)
+    schema = RECORD_SCHEMA
+    for name in DERIVED_COLUMNS:
+        kind = {
+            "ok": pa.bool_(),
+            "start_utc": pa.timestamp("ns", "UTC"),
+            "end_utc": pa.timestamp("ns", "UTC"),
+        }
+        schema = schema.append(pa.field(name, kind.get(name, pa.float64())))
+    parquet, csv = run_dir / "records.parquet", run_dir / "records.csv"
+    with atomic_path(parquet) as tmp:
+        pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False), tmp)
+    flat = table[list(CSV_RECORD_COLUMNS)].copy()
+    for name in ("start_utc", "end_utc"):  # ISO 8601, the form Grafana and Prometheus tooling read
+        flat[name] = flat[name].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    with atomic_path(csv) as tmp:
+        flat.to_csv(tmp, index=False)
+    return [parquet, csv]
+
+
+def _step_fields(step: StepMetrics) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name in StepMetrics.model_fields:
+        value = getattr(step, name)
+        if isinstance(value, Dist) or (value is None and name.endswith("_ms")):
+            for stat in DIST_STATS:
+                row[f"{name}_{stat}"] = getattr(value, stat) if value is not None else None
+        elif isinstance(value, HarnessHealth):
+            for key in HarnessHealth.model_fields:
+                item = getattr(value, key)
+                row[f"harness_{key}"] = "; ".join(item) if isinstance(item, list) else item
+        elif isinstance(value, dict):
+            row[name] = json.dumps(value, sort_keys=True) if value else ""
+        else:
+            row[name] = value
+    return row
+
+
+def summary_frame(summary: RunSummary) -> pd.DataFrame:
+    """One row per cell × step (cells without a measured step get none), fixed column order."""
+    rows = []
+    for cell in summary.cells:
+        head = {name: getattr(cell, name) for name in CELL_COLUMNS}
+        head["settings"] = json.dumps(cell.settings, sort_keys=True)
+        for step in cell.steps:
+            rows.append({**head, **_step_fields(step)})
+    if rows:
+        return pd.DataFrame(rows)
+    probe = StepMetrics(
+        step_id="", kind="rate", target=0, duration_s=0, requests_total=0, requests_ok=0, requests_warmup=0
+    )
+    return pd.DataFrame(columns=[*CELL_COLUMNS, "settings", *_step_fields(probe)])
+
+
+def write_summary_csv(run_dir: Path, summary: RunSummary) -> Path:
+    path = run_dir / "summary.csv"
+    frame = summary_frame(summary).replace({np.nan: None})
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return path
