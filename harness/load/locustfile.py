@@ -143,25 +143,26 @@ class ProcessContext:
             if self.collector is None and self._reported:
                 return  # a worker whose share is over sent its final counts in ``ship``
             gevent.sleep(PUBLISH_S)
-            try:
-                self.publish()
-            except Exception:  # progress is a display aid: never let it end the step
-                log.exception("tokenbench: could not publish progress")
+            self.publish()
 
     def publish(self) -> None:
         """A worker sends its snapshot to the master; the master (or local process) writes the merge.
 
         The file is written from gevent's thread pool, off the event loop that stamps reads.
+        Progress is a display aid: a failure here is logged and never ends the step.
         """
-        if self.state is not None:
-            snapshot = self.state.live_snapshot()
-            if isinstance(self.runner, WorkerRunner):
-                self.runner.send_message(MSG_PROGRESS, snapshot)
-                return
-            self.live[snapshot["index"]] = snapshot
-        if self.collector is not None and not self.collector.written:
-            data = merge_snapshots(list(self.live.values()), self.plan)
-            gevent.get_hub().threadpool.spawn(write_json, progress_path(self.plan.records_path), data)
+        try:
+            if self.state is not None:
+                snapshot = self.state.live_snapshot()
+                if isinstance(self.runner, WorkerRunner):
+                    self.runner.send_message(MSG_PROGRESS, snapshot)
+                    return
+                self.live[snapshot["index"]] = snapshot
+            if self.collector is not None and not self.collector.written:
+                data = merge_snapshots(list(self.live.values()), self.plan)
+                gevent.get_hub().threadpool.spawn(write_json, progress_path(self.plan.records_path), data)
+        except Exception:
+            log.exception("tokenbench: could not publish progress")
 
     # --- collecting processes (local or master) ---------------------------------------------
 
