@@ -90,8 +90,20 @@ def run(
             show_default=False,
         ),
     ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="no live progress while a step runs (the run's lines stay)")
+    ] = False,
+    progress_every: Annotated[
+        float,
+        typer.Option(
+            "--progress-every",
+            min=0.5,
+            help="without a terminal: seconds between the plain progress lines printed while a step runs",
+        ),
+    ] = 10.0,
 ) -> None:
     """Run a scenario: start each cell's server, drive every load step, write the report."""
+    from harness.progress import LiveProgress
     from harness.report.data import load_run
     from harness.report.terminal import print_summary
     from harness.resume import load_resume_scenario
@@ -122,6 +134,7 @@ def run(
             progress=_progress(console),
             resume=RunDir(resume) if resume is not None else None,
             secrets=secrets,
+            live=LiveProgress.for_console(console, quiet=quiet, every_s=progress_every),
         )
     except ScenarioError as err:
         raise _fail(console, secrets.text(str(err))) from None

@@ -39,7 +39,8 @@ from harness.kvfit import kv_fit_warnings
 from harness.lengths import apply_length_flags
 from harness.matrix import Cell, Step, expand_cells, expand_steps, matrix_problems
 from harness.owner import owner_marker
-from harness.results import CellResult, Dist, RunSummary, StepMetrics
+from harness.progress import LiveProgress, step_line
+from harness.results import CellResult, RunSummary, StepMetrics
 from harness.resume import launch_groups, resumable_summary
 from harness.rundir import RunDir, collect_env
 from harness.runsecrets import Redactor
@@ -180,8 +181,10 @@ class Run:
         progress: Progress,
         resume: RunDir | None = None,
         secrets: Redactor | None = None,
+        live: LiveProgress | None = None,
     ) -> None:
         self.scenario = scenario
+        self.live = live or LiveProgress()  # the display while a step runs (default: none)
         self.home = home
         self.secrets = secrets or Redactor.for_scenario(scenario)
         self.progress: Progress = lambda message: progress(self.secrets.text(message))
@@ -416,7 +419,7 @@ class Run:
                 metrics.exceeds_concurrency_cap = exceeds_cap(metrics, result.concurrency_cap)
                 result.steps.append(metrics)
                 self.run_dir.write_summary(self.summary)
-                self.progress(self._step_line(cell, metrics))
+                self.progress(step_line(cell.cell_id, metrics))
                 check_step(frame, metrics, scenario.workload.abort_error_rate)
         finally:
             series = cell_dir / "timeseries.parquet"
@@ -492,19 +495,15 @@ class Run:
             tokenizer_path=str(tok) if tok else None,
         )
         self.progress(f"[{cell.cell_id}] step {step.step_id}: {step.kind} {step.target:g}")
-        watch = ServerWatch(pids=handle.trees())
-        outcome = run_step(
-            plan, step_dir, headers=handle.headers, registry=registry, watch=watch, secrets=self.secrets
-        )
+        watch, ids = ServerWatch(pids=handle.trees()), [c.cell_id for c in self.cells]
+        with self.live.step(plan, (ids.index(cell.cell_id), len(ids)), (index, len(self.steps))) as tick:
+            outcome = run_step(
+                plan,
+                step_dir,
+                headers=handle.headers,
+                registry=registry,
+                watch=watch,
+                secrets=self.secrets,
+                on_wait=tick,
+            )
         return Path(outcome.records_path), outcome.health, outcome.wall_s
-
-    @staticmethod
-    def _step_line(cell: Cell, m: StepMetrics) -> str:
-        def p(d: Dist | None, q: str) -> str:
-            return f"{getattr(d, q):.1f}" if d is not None else "-"
-
-        return (
-            f"[{cell.cell_id}] {m.step_id}: {m.requests_ok}/{m.requests_total} ok, "
-            f"TTFT p50 {p(m.ttft_ms, 'p50')} ms, TPOT p50 {p(m.tpot_ms, 'p50')} ms, "
-            f"{m.output_tok_s:.1f} out tok/s, errors {m.error_rate:.1%}"
-        )

@@ -32,6 +32,7 @@ import numpy as np
 
 from harness.atomic import write_json
 from harness.load.httpstream import ERROR_BODY_CHARS, Outcome
+from harness.load.live import HealthWindow, LiveStats
 from harness.load.plan import LoadPlan
 from harness.load.prompts import PromptSpec
 from harness.load.schedule import worker_share
@@ -90,6 +91,8 @@ class StepState:
     lag_ms: list[float] = field(default_factory=list)
     on_done: Callable[[], None] | None = None
     spool: RecordSpool | None = None  # where finished records go to disk during the step
+    live: LiveStats = field(default_factory=LiveStats)  # running counts for the progress display
+    window: HealthWindow = field(default_factory=lambda: HealthWindow(LAG_LIMIT_MS, CPU_LIMIT_PCT))
     _measured: int = 0
     _seq: int = 0
     _done_fired: bool = False
@@ -158,6 +161,7 @@ class StepState:
 
     def complete(self, record: RequestRecord, text: str = "") -> None:
         self.records.append(record)
+        self.live.add(record)
         if self.spool is not None:
             self.spool.add(record)
         self.texts.append(text)
@@ -188,6 +192,12 @@ class StepState:
             over_ms = (time.perf_counter_ns() - t) / 1e6 - LAG_INTERVAL_S * 1e3
             if self.t0_ns is not None and len(self.lag_ms) < MAX_LAG_SAMPLES:
                 self.lag_ms.append(max(0.0, over_ms))
+
+    def live_snapshot(self) -> dict[str, Any]:
+        """This process's running counts and its health since the last call (``harness.load.live``)."""
+        elapsed = None if self.t0_ns is None else (self.now_ns() - self.t0_ns) / 1e9
+        reasons = self.window.reasons(self.lag_ms, cpu_seconds(), time.monotonic())
+        return self.live.snapshot(self.worker_index, elapsed, reasons)
 
     def report(self) -> dict[str, Any]:
         """This process's diagnosis, as plain data for a worker message."""

@@ -29,8 +29,10 @@ from locust import events
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
+from harness.atomic import write_json
 from harness.load.collector import MSG_DONE, MasterCollector, StepState, finalize_records
 from harness.load.finisher import Finisher
+from harness.load.live import MSG_PROGRESS, PUBLISH_S, merge_snapshots, progress_path
 from harness.load.plan import LoadPlan, headers_from_env, plan_from_env
 from harness.load.prompts import PromptSpec, read_prompts
 from harness.load.schedule import ArrivalPool
@@ -69,11 +71,13 @@ class ProcessContext:
     collector: MasterCollector | None = None
     finisher: Finisher = field(default_factory=Finisher)
     bodies: dict[int, bytes] = field(default_factory=dict)  # serialised request per prompt index
+    live: dict[int, dict[str, Any]] = field(default_factory=dict)  # latest progress snapshot per process
     _pool: ArrivalPool | None = None
     _reported: bool = False
     _quitting: bool = False
     _quit_done: Event = field(default_factory=Event)
     _sampler: Any = None
+    _publisher: Any = None
 
     @property
     def runner(self) -> Any:
@@ -119,12 +123,46 @@ class ProcessContext:
         rows = finalize_records(self.state.records, self.state.texts, self.plan.tokenizer_path)
         spool = self.state.spool or RecordSpool(parts_dir(self.plan.records_path), self.state.worker_index)
         spool.final(rows)
+        self.publish()  # the final counts, before the master may quit
         report = self.state.report()
         if isinstance(self.runner, WorkerRunner):
             self.runner.send_message(MSG_DONE, report)
         else:
             assert self.collector is not None
             self.collector.add_report(report)
+
+    # --- live progress (every process) -------------------------------------------------------
+
+    def start_publisher(self) -> None:
+        if self._publisher is None:
+            self._publisher = gevent.spawn(self._publish_loop)
+
+    def _publish_loop(self) -> None:
+        """Greenlet: once a second, publish progress until this process has nothing more to say."""
+        while not self._quitting and not (self.collector is not None and self.collector.written):
+            if self.collector is None and self._reported:
+                return  # a worker whose share is over sent its final counts in ``ship``
+            gevent.sleep(PUBLISH_S)
+            self.publish()
+
+    def publish(self) -> None:
+        """A worker sends its snapshot to the master; the master (or local process) writes the merge.
+
+        The file is written from gevent's thread pool, off the event loop that stamps reads.
+        Progress is a display aid: a failure here is logged and never ends the step.
+        """
+        try:
+            if self.state is not None:
+                snapshot = self.state.live_snapshot()
+                if isinstance(self.runner, WorkerRunner):
+                    self.runner.send_message(MSG_PROGRESS, snapshot)
+                    return
+                self.live[snapshot["index"]] = snapshot
+            if self.collector is not None and not self.collector.written:
+                data = merge_snapshots(list(self.live.values()), self.plan)
+                gevent.get_hub().threadpool.spawn(write_json, progress_path(self.plan.records_path), data)
+        except Exception:
+            log.exception("tokenbench: could not publish progress")
 
     # --- collecting processes (local or master) ---------------------------------------------
 
@@ -193,6 +231,9 @@ def _on_init(environment: Environment, **_kw: Any) -> None:
         collector = ctx.collector
         assert collector is not None
         runner.register_message(MSG_DONE, lambda msg, **_: collector.add_report(msg.data))
+        runner.register_message(
+            MSG_PROGRESS, lambda msg, **_: ctx.live.__setitem__(msg.data["index"], msg.data)
+        )
     if isinstance(runner, WorkerRunner):
         runner.register_message(MSG_FLUSH, lambda msg, **_: ctx.ship())
     environment.tokenbench = ctx  # type: ignore[attr-defined]
@@ -208,6 +249,7 @@ def _on_test_start(environment: Environment, **_kw: Any) -> None:
         ctx.on_test_start()
     if ctx.collector is not None and ctx.plan.duration_s is not None:
         gevent.spawn(ctx.watchdog)
+    ctx.start_publisher()
 
 
 def _on_quitting(environment: Environment, **_kw: Any) -> None:

@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from harness.atomic import write_json
 from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, tail
 from harness.backends.watch import ServerDied, ServerWatch
 from harness.load.fdlimit import OpenFilesError, ensure_open_files
+from harness.load.live import progress_path
 from harness.load.plan import HEADERS_ENV, PLAN_ENV, LoadPlan
 from harness.load.spool import merge_parts, parts_dir
 from harness.runsecrets import SECRETS_ENV, Redactor
@@ -137,6 +139,7 @@ def run_step(
     max_wall_s: float | None = None,
     watch: ServerWatch | None = None,
     secrets: Redactor | None = None,
+    on_wait: Callable[[], None] | None = None,
 ) -> StepOutcome:
     """Drive one step with Locust and return where its records are.
 
@@ -148,6 +151,8 @@ def run_step(
     Locust runs: when the server dies, Locust is stopped (its records so far
     are written) and ``ServerDied`` is raised. ``secrets`` (the run's) are
     scrubbed from the plan file, the records and the failure message.
+    ``on_wait`` is called about ten times a second while Locust runs (the progress
+    display polls ``progress.json`` there); the file is removed when the step ends.
     """
     secrets = secrets or Redactor()
     step_dir = Path(step_dir)
@@ -155,7 +160,8 @@ def run_step(
     # Each Locust worker needs at least one user, or it would never report.
     plan = dataclasses.replace(plan, processes=max(1, min(plan.processes, plan.users)))
     records_path, health_path = Path(plan.records_path), Path(plan.health_path)
-    for stale in (records_path, health_path):
+    live_path = progress_path(records_path)
+    for stale in (records_path, health_path, live_path):
         stale.unlink(missing_ok=True)
     shutil.rmtree(parts_dir(records_path), ignore_errors=True)
     try:
@@ -187,12 +193,16 @@ def run_step(
             if watch is not None and (died := watch.check()) is not None:
                 returncode = proc.terminate(TERMINATE_GRACE_S)
                 break
+            if on_wait is not None:
+                on_wait()
             time.sleep(0.1)
     except BaseException:
         proc.terminate(TERMINATE_GRACE_S)
         raise
     finally:
         proc.terminate(TERMINATE_GRACE_S)
+        for left in (live_path, *live_path.parent.glob(f".{live_path.name}.*.tmp")):
+            left.unlink(missing_ok=True)  # a display aid, not a result
     wall_s = time.monotonic() - started
 
     recovered = None
