@@ -76,6 +76,23 @@ class StepMetrics(_Model):
     exceeds_concurrency_cap: bool = False
 
 
+class Capacity(_Model):
+    """A cell's SLO capacity search (``workload.steps.search``, harness/search.py).
+
+    ``req_s`` is the highest probed rate whose SLO attainment met ``target`` (None: none did);
+    ``upper_req_s`` the lowest that did not; ``tok_s`` the output tokens/s measured at ``req_s``.
+    """
+
+    req_s: float | None = None
+    tok_s: float | None = None
+    upper_req_s: float | None = None
+    slo: dict[str, float] = Field(default_factory=dict)
+    target: float
+    precision: float
+    probes: list[str] = Field(default_factory=list)
+    stop_reason: str
+
+
 class MemorySummary(_Model):
     peak_rss_mb: float | None = None
     steady_rss_mb: float | None = None
@@ -115,6 +132,7 @@ class CellResult(_Model):
     # The server's own concurrency limit and the setting behind it (e.g. 5, RUNTIME_GRPC_SERVER_THREAD_POOL_SIZE).
     concurrency_cap: int | None = None
     concurrency_cap_setting: str | None = None
+    capacity: Capacity | None = None  # the SLO capacity search's result, when the scenario asks one
 
 
 class RunSummary(_Model):
