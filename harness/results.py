@@ -90,6 +90,15 @@ class Capacity(_Model):
     target: float
     precision: float
     probes: list[str] = Field(default_factory=list)
+    stop: Literal[
+        "converged",
+        "max_steps",
+        "above_max_rate",
+        "below_min_rate",
+        "harness_limited",
+        "errors",
+        "not_finished",
+    ] = "not_finished"
     stop_reason: str
 
 

@@ -91,6 +91,7 @@ class CapacitySearch:
     passed: StepMetrics | None = None
     failed: float | None = None
     stop_reason: str | None = None
+    stop: str = "not_finished"  # Capacity.stop: the reason's kind, for the gate and the report
     _next: float | None = None
 
     def __post_init__(self) -> None:
@@ -110,12 +111,16 @@ class CapacitySearch:
         self.probes.append(m)
         if m.harness.limited:
             why = "; ".join(m.harness.reasons) or "harness-limited"
-            self._stop(f"probe {m.step_id} was harness-limited ({why}): its verdict is the client's")
+            self._stop(
+                "harness_limited",
+                f"probe {m.step_id} was harness-limited ({why}): its verdict is the client's",
+            )
             return
         if m.error_rate > s.max_error_rate:
             self._stop(
+                "errors",
                 f"probe {m.step_id} failed {m.error_rate:.1%} of requests "
-                f"(> search.max_error_rate {s.max_error_rate:.1%})"
+                f"(> search.max_error_rate {s.max_error_rate:.1%})",
             )
             return
         rate = m.target
@@ -126,27 +131,33 @@ class CapacitySearch:
             self.failed = rate
         if self.failed is None:  # still bracketing upwards
             if rate >= s.max_rate:
-                self._stop(f"bracket not found: capacity >= max_rate ({s.max_rate:g} req/s passed)")
+                self._stop(
+                    "above_max_rate", f"bracket not found: capacity >= max_rate ({s.max_rate:g} req/s passed)"
+                )
                 return
             self._next = _round(min(rate * 2, s.max_rate))
         elif self.passed is None:
-            self._stop(f"bracket not found: capacity < min_rate ({s.min_rate:g} req/s failed)")
+            self._stop(
+                "below_min_rate", f"bracket not found: capacity < min_rate ({s.min_rate:g} req/s failed)"
+            )
             return
         else:
             lo, hi = self.passed.target, self.failed
             if (hi - lo) / lo <= s.precision:
-                self._stop(f"converged: within precision {s.precision:g} ({lo:g}..{hi:g} req/s)")
+                self._stop("converged", f"converged: within precision {s.precision:g} ({lo:g}..{hi:g} req/s)")
                 return
             mid = _round((lo * hi) ** 0.5)
             if mid <= lo or mid >= hi:  # 4 significant digits cannot split it further
-                self._stop(f"converged: {lo:g}..{hi:g} req/s cannot be split further")
+                self._stop("converged", f"converged: {lo:g}..{hi:g} req/s cannot be split further")
                 return
             self._next = mid
         if len(self.probes) >= s.max_steps:
-            self._stop(f"max_steps reached ({s.max_steps} probes) before precision {s.precision:g}")
+            self._stop(
+                "max_steps", f"max_steps reached ({s.max_steps} probes) before precision {s.precision:g}"
+            )
 
-    def _stop(self, reason: str) -> None:
-        self.stop_reason = reason
+    def _stop(self, kind: str, reason: str) -> None:
+        self.stop, self.stop_reason = kind, reason
         self._next = None
 
     def capacity(self, slo: dict[str, float]) -> Capacity:
@@ -160,6 +171,7 @@ class CapacitySearch:
             target=self.spec.target,
             precision=self.spec.precision,
             probes=[m.step_id for m in self.probes],
+            stop=self.stop,
             stop_reason=self.stop_reason or "not finished",
         )
 
