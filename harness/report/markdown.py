@@ -7,6 +7,7 @@ bold), and loud notes when a run is incomplete, simulated or had failures.
 
 from __future__ import annotations
 
+from harness.report.capacity import capacity_lines
 from harness.report.columns import (
     LATENCY_COLUMNS,
     THROUGHPUT_COLUMNS,
@@ -59,6 +60,9 @@ def render_markdown(run: RunData) -> str:
     lines += [_row(r, best) for r in rows]
     if not rows:
         lines.append("| _no measured steps_ |" + " |" * (len(header) - 1))
+    capacities = capacity_lines(run)
+    if capacities:
+        lines += ["", "**SLO capacity**", ""] + [f"- {_cell(line)}" for line in capacities]
     failed = [c for c in s.cells if c.status == "failed"]
     if failed:
         lines += ["", "**Failed cells**", ""]
