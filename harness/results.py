@@ -39,6 +39,7 @@ class HarnessHealth(_Model):
     loop_lag_max_ms: float | None = None
     client_cpu_pct: float | None = None
     coalesced_chunk_fraction: float | None = None
+    unsent: int = 0  # scheduled arrivals never sent (every user busy until the step ended)
     limited: bool = False
     reasons: list[str] = Field(default_factory=list)
 

@@ -63,6 +63,15 @@ class SearchSpec(BaseModel):
         return self
 
 
+def offered_attainment(m: StepMetrics) -> float | None:
+    """SLO attainment over every arrival the probe offered: one never sent (the client's pool was
+    busy to the end of the step) was not served within any SLO, so it counts as a miss. Without
+    this, a probe past saturation would be judged only on the requests that got through."""
+    if m.slo_attainment is None or m.requests_total == 0:
+        return None
+    return m.slo_attainment * m.requests_total / (m.requests_total + m.harness.unsent)
+
+
 def probe_id(rate: float) -> str:
     """A probe's step id (and folder): ``search-r3.25``; stable, so resume finds it."""
     return f"{PROBE_PREFIX}r{rate:.4g}"
@@ -102,8 +111,9 @@ class CapacitySearch:
         return None if self.stop_reason else self._next
 
     def verdict(self, m: StepMetrics) -> bool:
-        """Did this probe meet the target? (Attainment from goodput; none measured: no.)"""
-        return m.slo_attainment is not None and m.requests_total > 0 and m.slo_attainment >= self.spec.target
+        """Did this probe meet the target? (Offered attainment, below; none measured: no.)"""
+        attained = offered_attainment(m)
+        return attained is not None and attained >= self.spec.target
 
     def observe(self, m: StepMetrics) -> None:
         """Take a finished probe's metrics and decide the next rate or the stop reason."""
@@ -239,8 +249,10 @@ def run_search(
         search.observe(metrics)
         result.capacity = search.capacity(limits)
         verdict = "pass" if search.verdict(metrics) else "fail"
-        attained = "-" if metrics.slo_attainment is None else f"{metrics.slo_attainment:.1%}"
-        progress(f"[{cell_id}] search: {step.step_id} attainment {attained} ({verdict})")
+        offered = offered_attainment(metrics)
+        attained = "-" if offered is None else f"{offered:.1%}"
+        unsent = f", {metrics.harness.unsent} never sent" if metrics.harness.unsent else ""
+        progress(f"[{cell_id}] search: {step.step_id} attainment {attained}{unsent} ({verdict})")
         check_step(frame, metrics, scenario.workload.abort_error_rate)
     result.capacity = search.capacity(limits)
     cap = result.capacity

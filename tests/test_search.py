@@ -17,7 +17,9 @@ from harness.search import CapacitySearch, SearchSpec, probe_id, resumed_search,
 from harness.slo import Slo
 
 
-def probe(rate: float, attainment: float | None, *, error_rate: float = 0.0, limited: bool = False) -> StepMetrics:
+def probe(
+    rate: float, attainment: float | None, *, error_rate: float = 0.0, limited: bool = False
+) -> StepMetrics:
     return StepMetrics(
         step_id=probe_id(rate),
         kind="rate",
@@ -168,3 +170,13 @@ def test_a_search_needs_an_slo_and_a_reachable_min_rate() -> None:
     assert any("search.min_rate" in p and "0.1" in p for p in problems)
     own = SearchSpec(min_rate=1, max_rate=8, slo=Slo(e2e_p99_ms=500))
     assert search_problems(own, Slo(), 2.0) == []
+
+
+def test_arrivals_never_sent_count_as_misses() -> None:
+    m = probe(40, 1.0)
+    m.harness.unsent = 100  # 100 measured requests all good, 100 more never left the client's pool
+    search = CapacitySearch(SearchSpec(min_rate=1, max_rate=100, target=0.9))
+    assert not search.verdict(m)
+    from harness.search import offered_attainment
+
+    assert offered_attainment(m) == 0.5

@@ -14,7 +14,7 @@ from harness.report.data import RunData
 from harness.report.figures import cell_label
 from harness.report.svg import Figure, new_figure, styled, to_svg
 from harness.results import Capacity, CellResult
-from harness.search import is_probe
+from harness.search import is_probe, offered_attainment
 
 FIG_ID = "capacity_vs_rate"
 
@@ -56,13 +56,13 @@ def capacity_figure(run: RunData, colors: dict[str, str]) -> Figure:
             cap = cell.capacity
             assert cap is not None
             probes = sorted(
-                (s for s in cell.steps if is_probe(s.step_id) and s.slo_attainment is not None),
+                (s for s in cell.steps if is_probe(s.step_id) and offered_attainment(s) is not None),
                 key=lambda s: s.target,
             )
             color = colors.get(cell.cell_id, "#1f77b4")
             label = cell_label(cell.cell_id, cell.cell_id in run.simulated_cells)
             xs = [s.target for s in probes]
-            ax.plot(xs, [s.slo_attainment for s in probes], "o-", color=color, label=label, lw=1.2, ms=4)
+            ax.plot(xs, [offered_attainment(s) for s in probes], "o-", color=color, label=label, lw=1.2, ms=4)
             if cap.req_s is not None:
                 ax.axvline(cap.req_s, color=color, ls=":", lw=1.2)
                 ax.annotate(
@@ -83,7 +83,7 @@ def capacity_figure(run: RunData, colors: dict[str, str]) -> Figure:
         svg = to_svg(fig, FIG_ID)
     caption = (
         "Each point is a capacity-search probe (an open-loop Poisson step): the fraction of its "
-        "requests that met every SLO limit. Dashed: the target attainment; dotted: the capacity found "
+        "arrivals that met every SLO limit (an arrival never sent counts as a miss). Dashed: the target attainment; dotted: the capacity found "
         "(the highest probed rate at or above the target)."
     )
     return Figure(FIG_ID, "SLO attainment against rate", caption, svg)
