@@ -1,8 +1,8 @@
 """The SLO capacity search end to end on the simulator, checked against a queueing model.
 
 The setup makes the capacity known from queueing theory rather than from the harness:
-the sim in exact mode serves every request in a fixed time (TTFT 40 ms + 9 gaps of
-40 ms = E ≈ 0.4 s), and the client's pool of ``max_concurrency`` C = 8 users is the
+the sim in exact mode serves every request in a fixed time (10 tokens in chunks of 3:
+TTFT 40 ms + 3 gaps of 120 ms = E ≈ 0.4 s; few chunks keep the client's CPU low), and the client's pool of ``max_concurrency`` C = 8 users is the
 only place requests wait. The pool is then an M/D/C queue: Poisson arrivals, C servers,
 a deterministic service time, FCFS, and arrivals still waiting when the step's issue
 window closes are never sent. Its throughput bound is C/E ≈ 20 req/s; below it,
@@ -41,7 +41,7 @@ from cli_runner import tokenbench
 from harness.report.data import load_run
 from harness.report.markdown import render_markdown
 
-C, TTFT_MS, ITL_MS, TOKENS = 8, 40, 40, 10
+C, TTFT_MS, ITL_MS, TOKENS, PER_CHUNK = 8, 40, 120, 10, 3
 SLO_TTFT_MS, TARGET, PRECISION = 1000.0, 0.9, 0.1
 WARMUP_S, DURATION_S = 1.0, 3.0
 
@@ -89,7 +89,7 @@ def test_capacity_search_on_the_sim_agrees_with_the_queue_model(tmp_path: Path) 
                 "backend": "sim",
                 "model": "sim-model",
                 "startup_timeout_s": 20,
-                "settings": {"ttft_ms": TTFT_MS, "itl_ms": ITL_MS},
+                "settings": {"ttft_ms": TTFT_MS, "itl_ms": ITL_MS, "tokens_per_chunk": PER_CHUNK},
             }
         ],
         "workload": {
