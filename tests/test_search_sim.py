@@ -160,3 +160,45 @@ def test_capacity_search_on_the_sim_agrees_with_the_queue_model(tmp_path: Path) 
     assert f"{lo:g} req/s" in html and cap["stop_reason"] in html
     md = render_markdown(load_run(run_dir))
     assert "**SLO capacity**" in md and f"- pool: {lo:g} req/s" in md
+
+
+def test_resume_replays_kept_probes_and_reruns_the_rest(tmp_path: Path) -> None:
+    """A search cut short (here: its last probes struck from the summary, as a kill would leave
+    them unrecorded) resumes with the same probe sequence: kept probes are not re-run."""
+    scenario = {
+        "name": "search-resume",
+        "servers": [{"name": "p", "backend": "sim", "model": "m", "settings": {"ttft_ms": 5, "itl_ms": 5}}],
+        "workload": {
+            "prompt_tokens": 4,
+            "output_tokens": 4,
+            "max_concurrency": 1,  # one user, E ≈ 20 ms: capacity well under 50 req/s
+            "duration_s": 1,
+            "steps": {"search": {"min_rate": 4, "max_rate": 64, "precision": 0.5, "max_steps": 5}},
+        },
+        "slo": {"ttft_p99_ms": 60},
+    }
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    first = tokenbench("run", path, "--out", tmp_path / "out", timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    run_dir = next((tmp_path / "out").iterdir())
+    summary_path = run_dir / "summary.json"
+    done = json.loads(summary_path.read_text())
+    cell = done["cells"][0]
+    probes = cell["capacity"]["probes"]
+    keep = len(probes) - 1  # strike the last probe (a busy machine may have stopped the search early)
+    assert keep >= 1, cell["capacity"]
+    cut = json.loads(summary_path.read_text())
+    c = cut["cells"][0]
+    c["steps"], c["capacity"], c["status"] = c["steps"][:keep], None, "interrupted"
+    cut["complete"], cut["interrupted"] = False, True
+    summary_path.write_text(json.dumps(cut))
+    again = tokenbench("run", "--resume", run_dir, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    resumed = json.loads(summary_path.read_text())["cells"][0]
+    assert resumed["status"] == "ok" and resumed["steps"][:keep] == cell["steps"][:keep]  # as measured
+    ran = [
+        line.split("step ")[1].split(":")[0] for line in again.stdout.splitlines() if "] step search-" in line
+    ]
+    assert ran and ran[0] == probes[keep]  # the kept probes were replayed, not re-run: the next is the same
+    assert resumed["capacity"]["probes"] == probes[:keep] + ran
