@@ -143,6 +143,13 @@ def validate(
         # markup=False: a hash like "[be12...]" would otherwise be read as a rich style tag and vanish.
         console.print(f"  cell {c.cell_id}  [{c.identity}]", highlight=False, markup=False)
     console.print("  steps: " + ", ".join(s.step_id for s in steps), highlight=False, markup=False)
+    if (search := sc.workload.steps.search) is not None:
+        console.print(
+            f"  then a capacity search: {search.min_rate:g}..{search.max_rate:g} req/s, attainment >= "
+            f"{search.target:g}, precision {search.precision:g}, at most {search.max_steps} probes",
+            highlight=False,
+            markup=False,
+        )
 
 
 @app.command()
