@@ -88,3 +88,14 @@ def test_runs_without_a_search_add_no_capacity_check(folders: tuple[Path, Path])
     b, r = load_run_folder(folders[0]), load_run_folder(folders[1])
     result = evaluate(match_runs(b, r), parse_policy(POLICY), b.label, r.label, r.scenario)
     assert not [c for c in result.checks if c.metric == "capacity_req_s"]
+
+
+def test_capacities_pair_by_cell_name_under_match_name(folders: tuple[Path, Path]) -> None:
+    from harness.gate.match import rekey
+
+    b = rekey(with_capacity(load_run_folder(folders[0]), 20.0, 20.8), "name")
+    r = rekey(with_capacity(load_run_folder(folders[1]), 14.0, 14.6), "name")
+    result = evaluate(match_runs(b, r), parse_policy(POLICY), b.label, r.label, r.scenario)
+    checks = [c for c in result.checks if c.metric == "capacity_req_s"]
+    assert [c.key[0] for c in checks] == [c.cell_id for c in r.summary.cells]
+    assert all(c.verdict == "regression" for c in checks)

@@ -94,12 +94,13 @@ def match_runs(base: GateRun, run: GateRun) -> Matching:
 
 
 def match_capacities(base: GateRun, run: GateRun) -> dict[str, tuple[list[CellResult], list[CellResult]]]:
-    """Cells of the same configuration identity that both sides ran a capacity search in."""
+    """Cells that both sides ran a capacity search in, paired as their steps are (identity or name)."""
     found: dict[str, tuple[list[CellResult], list[CellResult]]] = {}
     for side, gate_run in enumerate((base, run)):
+        keyed = {g.cell.cell_id: g.key[0] for g in gate_run.steps.values()}  # rekey()'s choice
         for cell in gate_run.summary.cells:
             if cell.capacity is not None:
-                found.setdefault(cell.identity, ([], []))[side].append(cell)
+                found.setdefault(keyed.get(cell.cell_id, cell.identity), ([], []))[side].append(cell)
     return {k: v for k, v in found.items() if v[0] and v[1]}
 
 
