@@ -99,3 +99,12 @@ def test_capacities_pair_by_cell_name_under_match_name(folders: tuple[Path, Path
     checks = [c for c in result.checks if c.metric == "capacity_req_s"]
     assert [c.key[0] for c in checks] == [c.cell_id for c in r.summary.cells]
     assert all(c.verdict == "regression" for c in checks)
+
+
+def test_a_probe_only_one_side_ran_is_not_a_coverage_gap(tmp_path: Path) -> None:
+    b = load_run_folder(write_run(tmp_path / "b", seed=1, step_id="search-r10"))
+    r = load_run_folder(write_run(tmp_path / "r", seed=2, step_id="search-r14.14"))
+    plain_b = load_run_folder(write_run(tmp_path / "pb", seed=1, step_id="r10"))
+    plain_r = load_run_folder(write_run(tmp_path / "pr", seed=2, step_id="r14.14"))
+    assert match_runs(b, r).mismatches == []
+    assert len(match_runs(plain_b, plain_r).mismatches) == 2  # fixed steps still must match
