@@ -140,7 +140,7 @@ class CapacitySearch:
         elif self.failed is None or rate < self.failed:
             self.failed = rate
         if self.failed is None:  # still bracketing upwards
-            if rate >= s.max_rate:
+            if rate >= _round(s.max_rate):
                 self._stop(
                     "above_max_rate", f"bracket not found: capacity >= max_rate ({s.max_rate:g} req/s passed)"
                 )

@@ -180,3 +180,9 @@ def test_arrivals_never_sent_count_as_misses() -> None:
     from harness.search import offered_attainment
 
     assert offered_attainment(m) == 0.5
+
+
+def test_a_max_rate_with_more_digits_than_probe_ids_ends_the_bracket() -> None:
+    search = drive(SearchSpec(min_rate=3000, max_rate=12345, max_steps=10), capacity=1e9)
+    assert [m.target for m in search.probes] == [3000, 6000, 12000, 12340]
+    assert search.capacity({}).stop == "above_max_rate"
