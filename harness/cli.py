@@ -182,6 +182,13 @@ def validate(
 
     for line in kv_fit_warnings(sc, cells):  # estimates: a warning, never a failure
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, markup=True, soft_wrap=True)
+    if (search := sc.workload.steps.search) is not None:
+        console.print(
+            f"  then a capacity search: {search.min_rate:g}..{search.max_rate:g} req/s, attainment >= "
+            f"{search.target:g}, precision {search.precision:g}, at most {search.max_steps} probes",
+            highlight=False,
+            markup=False,
+        )
 
 
 @app.command()

@@ -39,6 +39,7 @@ class HarnessHealth(_Model):
     loop_lag_max_ms: float | None = None
     client_cpu_pct: float | None = None
     coalesced_chunk_fraction: float | None = None
+    unsent: int = 0  # scheduled arrivals never sent (every user busy until the step ended)
     limited: bool = False
     reasons: list[str] = Field(default_factory=list)
 
@@ -103,6 +104,32 @@ class RemoteGpu(_Model):
     clock_uncertainty_ns: int | None = None
 
 
+class Capacity(_Model):
+    """A cell's SLO capacity search (``workload.steps.search``, harness/search.py).
+
+    ``req_s`` is the highest probed rate whose SLO attainment met ``target`` (None: none did);
+    ``upper_req_s`` the lowest that did not; ``tok_s`` the output tokens/s measured at ``req_s``.
+    """
+
+    req_s: float | None = None
+    tok_s: float | None = None
+    upper_req_s: float | None = None
+    slo: dict[str, float] = Field(default_factory=dict)
+    target: float
+    precision: float
+    probes: list[str] = Field(default_factory=list)
+    stop: Literal[
+        "converged",
+        "max_steps",
+        "above_max_rate",
+        "below_min_rate",
+        "harness_limited",
+        "errors",
+        "not_finished",
+    ] = "not_finished"
+    stop_reason: str
+
+
 class MemorySummary(_Model):
     peak_rss_mb: float | None = None
     steady_rss_mb: float | None = None
@@ -164,6 +191,7 @@ class ClockAnchor(_Model):
     monotonic_zero_utc: str = Field(description="UTC time (ISO 8601) at which the monotonic clock read 0")
     wall_minus_monotonic_ns: int = Field(description="time.time_ns() - time.monotonic_ns(), read together")
     uncertainty_ns: int = Field(ge=0, description="half the spread of the bracketing monotonic reads")
+    capacity: Capacity | None = None  # the SLO capacity search's result, when the scenario asks one
 
 
 class RunSummary(_Model):

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+import pandas as pd
 import pyarrow.parquet as pq
 
 from harness import __version__
@@ -45,6 +46,8 @@ from harness.resume import launch_groups, resumable_summary
 from harness.rundir import RunDir, collect_env
 from harness.runsecrets import Redactor
 from harness.scenario import Scenario, ScenarioError, Server
+from harness.search import search_problems
+from harness.slo import Slo
 from harness.wallclock import read_clock_anchor
 from harness.yamlfile import shown
 
@@ -83,6 +86,7 @@ def validate_cells(scenario: Scenario) -> list[Cell]:
         raise ScenarioError(where + "\n  ".join(too_big))
     cells = expand_cells(scenario)
     problems: list[str] = [p for server in scenario.servers for p in check_local_model(server)]
+    problems += search_problems(scenario.workload.steps.search, scenario.slo, scenario.workload.duration_s)
     for cell in cells:  # each message names server, cell, field and value; rules of a server, once
         problems += [p for p in validate_settings(cell) if p not in problems]
     ids = [c.cell_id for c in cells]
@@ -380,6 +384,7 @@ class Run:
         registry: ProcessRegistry,
     ) -> None:
         from harness.metrics import compute_step_metrics
+        from harness.search import run_search
         from harness.stepcheck import check_step
         from harness.telemetry.dcgm import RemoteGpuQuery
         from harness.telemetry.sampler import TelemetrySampler, read_timeseries, write_timeseries
@@ -401,32 +406,36 @@ class Run:
         sampler.start()
         rows: list[dict] = []
         done = {m.step_id for m in result.steps}
+
+        def measure(step: Step, index: int, slo: Slo) -> tuple[pd.DataFrame, StepMetrics]:
+            sampler.set_step(step.step_id)
+            try:
+                records_path, health, wall_s = self._load_step(
+                    cell, step, index, scenario, handle, registry, bool(result.stream_usage)
+                )
+            finally:
+                sampler.set_step(None)
+            frame = pq.read_table(records_path).to_pandas()
+            metrics = compute_step_metrics(frame, step=step, slo=slo, duration_s=None, health=health)
+            metrics.exceeds_concurrency_cap = exceeds_cap(metrics, result.concurrency_cap)
+            result.steps.append(metrics)
+            self.run_dir.write_summary(self.summary)
+            self.progress(step_line(cell.cell_id, metrics))
+            return frame, metrics
+
         try:
             for index, step in enumerate(self.steps):
                 if step.step_id in done:
                     continue  # finished in an earlier attempt (resume)
-                sampler.set_step(step.step_id)
-                try:
-                    records_path, health, wall_s = self._load_step(
-                        cell, step, index, scenario, handle, registry, bool(result.stream_usage)
-                    )
-                finally:
-                    sampler.set_step(None)
-                frame = pq.read_table(records_path).to_pandas()
-                metrics = compute_step_metrics(
-                    frame, step=step, slo=scenario.slo, duration_s=None, health=health
-                )
-                metrics.exceeds_concurrency_cap = exceeds_cap(metrics, result.concurrency_cap)
-                result.steps.append(metrics)
-                self.run_dir.write_summary(self.summary)
-                self.progress(step_line(cell.cell_id, metrics))
-                check_step(frame, metrics, scenario.workload.abort_error_rate)
+                check_step(*measure(step, index, scenario.slo), scenario.workload.abort_error_rate)
+            if scenario.workload.steps.search is not None:  # the loop's logic: harness/search.py
+                run_search(scenario, result, measure, len(self.steps), self.progress, cell.cell_id)
         finally:
             series = cell_dir / "timeseries.parquet"
             earlier = read_timeseries(series) if series.exists() else []  # a resumed cell's first attempt
             rows = earlier + self.secrets.data(sampler.stop())  # server-made metric names, labels
             write_timeseries(series, rows)
-            steps = [s.step_id for s in self.steps]
+            steps = [m.step_id for m in result.steps]  # fixed steps and search probes
             result.memory = memory_summary(rows, steps, measured_here=local, remote=sampler.remote_status)
             note = measurement_note(result.memory)
             if note:

@@ -38,6 +38,8 @@ from harness.bounds import (
 from harness.dataset import DatasetError, read_dataset
 from harness.load.bounds import MAX_RESPONSE_BYTES, MAX_RESPONSE_CHUNKS
 from harness.scenario_input import ScenarioError, apply_overrides, first_nul, format_error
+from harness.search import SearchSpec
+from harness.slo import Slo
 from harness.telemetry.config import TelemetryConfig
 from harness.yamlfile import brief, read_yaml, shown
 
@@ -104,15 +106,16 @@ LengthSpec = Annotated[LengthDist, Field()]
 
 
 class LoadSteps(_Strict):
-    """Closed-loop concurrencies and/or open-loop Poisson rates, run in that order."""
+    """Closed-loop concurrencies and/or open-loop Poisson rates, then an SLO capacity search."""
 
     concurrency: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
     rate: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list)
+    search: SearchSpec | None = None  # harness/search.py: bracket + bisect over Poisson rates
 
     @model_validator(mode="after")
     def _non_empty(self) -> LoadSteps:
-        if not self.concurrency and not self.rate:
-            raise FieldProblem("", [], "give at least one 'concurrency' or 'rate' step")
+        if not self.concurrency and not self.rate and self.search is None:
+            raise FieldProblem("", [], "give at least one 'concurrency' or 'rate' step, or a 'search'")
         seen: dict[str, int] = {}
         for key, values in (("concurrency", self.concurrency), ("rate", self.rate)):
             for i, value in enumerate(values):
@@ -213,24 +216,6 @@ class Workload(_Strict):
             if problem:
                 raise FieldProblem(f"steps.rate[{i}]", rate, problem)
         return self
-
-
-class Slo(_Strict):
-    ttft_p99_ms: float | None = Field(default=None, gt=0)
-    ttft_p95_ms: float | None = Field(default=None, gt=0)
-    tpot_p99_ms: float | None = Field(default=None, gt=0)
-    tpot_p95_ms: float | None = Field(default=None, gt=0)
-    itl_p99_ms: float | None = Field(default=None, gt=0)
-    e2e_p99_ms: float | None = Field(default=None, gt=0)
-
-    def per_request_limits(self) -> dict[str, float]:
-        """Per-request limits for goodput: a request is 'good' if its own TTFT/TPOT/E2E meet these."""
-        limits: dict[str, float] = {}
-        for name, value in self.model_dump().items():
-            if value is not None:
-                metric = name.split("_")[0]
-                limits[metric] = min(limits.get(metric, float("inf")), value)
-        return limits
 
 
 def _backend_spec(name: str) -> Any:

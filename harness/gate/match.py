@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from harness.gate.rundata import GateRun, Key, StepGroup
+from harness.results import CellResult
+from harness.search import is_probe
 
 MatchBy = Literal["identity", "name"]
 
@@ -60,21 +62,25 @@ class Matching:
     pairs: list[Pair] = field(default_factory=list)
     mismatches: list[Mismatch] = field(default_factory=list)
     failed_in_run: list[Key] = field(default_factory=list)  # baseline had data, run's cell failed
+    # identity → (baseline cells, run cells) with an SLO capacity search result (harness/gate/capacity.py)
+    capacities: dict[str, tuple[list[CellResult], list[CellResult]]] = field(default_factory=dict)
 
 
 def match_runs(base: GateRun, run: GateRun) -> Matching:
     """Pairs in the run's order; mismatches on either side listed with a reason."""
-    m = Matching()
+    m = Matching(capacities=match_capacities(base, run))
     for key, group in run.steps.items():
         other = base.steps.get(key)
         if other is not None:
             m.pairs.append(Pair(key, other, group))
+        elif is_probe(key[1]):
+            continue  # a search's probes differ between runs: capacity_req_s compares the searches
         else:
             known_cell = any(k[0] == key[0] for k in base.steps)
             reason = "step not in the baseline" if known_cell else "configuration not in the baseline"
             m.mismatches.append(Mismatch(key, group.cell.cell_id, "run", reason))
     for key, group in base.steps.items():
-        if key in run.steps:
+        if key in run.steps or (is_probe(key[1]) and key[0] not in run.failed_cells):
             continue
         if key[0] in run.failed_cells:
             err = run.failed_cells[key[0]].error or "cell failed"
@@ -85,6 +91,17 @@ def match_runs(base: GateRun, run: GateRun) -> Matching:
         else:
             m.mismatches.append(Mismatch(key, group.cell.cell_id, "baseline", "not measured in the run"))
     return m
+
+
+def match_capacities(base: GateRun, run: GateRun) -> dict[str, tuple[list[CellResult], list[CellResult]]]:
+    """Cells that both sides ran a capacity search in, paired as their steps are (identity or name)."""
+    found: dict[str, tuple[list[CellResult], list[CellResult]]] = {}
+    for side, gate_run in enumerate((base, run)):
+        keyed = {g.cell.cell_id: g.key[0] for g in gate_run.steps.values()}  # rekey()'s choice
+        for cell in gate_run.summary.cells:
+            if cell.capacity is not None:
+                found.setdefault(keyed.get(cell.cell_id, cell.identity), ([], []))[side].append(cell)
+    return {k: v for k, v in found.items() if v[0] and v[1]}
 
 
 def match_many(runs: list[GateRun]) -> tuple[list[Key], list[Mismatch]]:

@@ -11,6 +11,9 @@ Rule kinds, per metric:
 * ``max: 0.5%`` / ``min: 100`` – absolute limits on the run's own value
   (SLO checks; latencies in ms, rates per second, ``error_rate`` a fraction).
 
+``capacity_req_s`` (a cell's SLO capacity search, ``workload.steps.search``) takes
+``max_decrease`` and ``min``, judged on the search's bracket (harness/gate/capacity.py).
+
 ``single_repeat_tails`` says what a relative rule on a tail percentile (p90,
 p95, p99, max) does when either side has a single repeat, so its run-to-run
 variation is unknown: ``inconclusive`` (default; a rerun of the same
@@ -43,11 +46,11 @@ class PolicyError(ValueError):
 
 def metric_names() -> list[str]:
     lat = [f"{f}_{s}" for f in LATENCY_FAMILIES for s in STATS]
-    return lat + list(RATE_METRICS) + ["error_rate"]
+    return lat + list(RATE_METRICS) + ["error_rate", "capacity_req_s"]
 
 
 def higher_is_better(metric: str) -> bool:
-    return metric in RATE_METRICS
+    return metric in RATE_METRICS or metric == "capacity_req_s"
 
 
 def _fraction(value: Any) -> Any:
@@ -107,6 +110,9 @@ class Policy(BaseModel):
         bad = sorted(set(rules) - known)
         if bad:
             raise ValueError(f"unknown metric(s) {bad}; known: {', '.join(metric_names())}")
+        cap = rules.get("capacity_req_s")
+        if cap is not None and (cap.max_increase is not None or cap.max is not None):
+            raise ValueError("capacity_req_s takes max_decrease and/or min (a capacity is better higher)")
         return rules
 
     @model_validator(mode="after")

@@ -293,12 +293,16 @@ def evaluate(
     matching: Matching, policy: Policy, baseline_label: str, run_label: str, scenario: dict | None = None
 ) -> GateResult:
     """Apply every rule to every matched step. Unmatched baseline steps make the gate inconclusive."""
+    from harness.gate.capacity import CAPACITY_METRICS, capacity_checks
+
     result = GateResult(baseline_label, run_label, policy, mismatches=list(matching.mismatches))
     measurer = Measurer(policy.resamples, policy.seed, policy.confidence)
     slo = _slo_rules(scenario) if policy.slo_from_scenario else {}
     for pair in matching.pairs:
         start = len(result.checks)
         for metric, rule in policy.rules.items():
+            if metric in CAPACITY_METRICS:
+                continue  # one number per cell, judged below
             began, first = time.perf_counter(), len(result.checks)
             b, r = measurer.measure(pair.base, metric), measurer.measure(pair.run, metric)
             p_value = None
@@ -324,6 +328,9 @@ def evaluate(
         limited = _harness_limited(pair, result.checks[start:])
         if limited:
             result.harness_limited[pair.label] = limited
+    for metric, rule in policy.rules.items():
+        if metric in CAPACITY_METRICS:
+            result.checks += capacity_checks(matching, metric, rule)
     for key in matching.failed_in_run:
         mm = next(m for m in matching.mismatches if m.key == key)
         result.checks.append(

@@ -14,7 +14,7 @@ from pathlib import Path
 from string import Template
 
 from harness.atomic import write_text
-from harness.report import figures, memory, sections, timelines
+from harness.report import capacity, figures, memory, sections, timelines
 from harness.report.columns import Row, rows_of
 from harness.report.data import RunData, load_run, per_request
 from harness.report.svg import Figure, cell_colors
@@ -89,6 +89,7 @@ def render_html(run: RunData) -> str:
         f"{len(s.cells)} cell(s) · {len(rows)} measured step(s)</p></header>",
         sections.banners(run),
         sections.summary_table(rows, colors),
+        capacity.capacity_section(run, colors),  # empty unless a cell ran a capacity search
     ]
     for group_id, title, ids in GROUPS:
         grid = ' class="grid2"' if group_id in GRID_GROUPS else ""

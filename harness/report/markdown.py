@@ -7,6 +7,7 @@ bold), and loud notes when a run is incomplete, simulated or had failures.
 
 from __future__ import annotations
 
+from harness.report.capacity import capacity_lines
 from harness.report.columns import (
     CHECK_COLUMNS,
     LATENCY_COLUMNS,
@@ -77,6 +78,9 @@ def render_markdown(run: RunData, max_rows: int | None = None) -> str:
     if lengths:
         lines += ["", "**Output lengths differ** (more than 5 % from the median of all cells' means)", ""]
         lines += [f"- `{_cell(n.split(': ', 1)[0])}`: {_cell(n.split(': ', 1)[1])}" for n in lengths]
+    capacities = capacity_lines(run)
+    if capacities:
+        lines += ["", "**SLO capacity**", ""] + [f"- {_cell(line)}" for line in capacities]
     failed = [c for c in s.cells if c.status == "failed"]
     if failed:
         lines += ["", "**Failed cells**", ""]

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.report.capacity import capacity_lines
 from harness.report.columns import (
     RETRY_NOTE,
     SUMMARY_COLUMNS,
@@ -70,6 +71,8 @@ def print_summary(run: RunData, console: Console, report_path: Path | None = Non
         console.print(f"[cyan]memory:[/] {escape(line)}", highlight=False)
     for line in length_notes(run):
         console.print(f"[yellow]output length:[/] {escape(line)}", highlight=False)
+    for line in capacity_lines(run):
+        console.print(f"[bold]capacity:[/] {escape(line)}", highlight=False)
     for problem in run.problems:
         console.print(f"[yellow]incomplete:[/] {escape(problem)}", highlight=False)
     path = report_path if report_path is not None else run.run_dir / "report.html"
