@@ -183,6 +183,7 @@ class CellResult(_Model):
     # from the other cells' by more than 5 % (harness/lengths.py); set when the run finishes.
     output_tokens_mean: float | None = None
     output_length_flag: str | None = None
+    capacity: Capacity | None = None  # the SLO capacity search's result, when the scenario asks one
 
 
 class ClockAnchor(_Model):
@@ -191,7 +192,6 @@ class ClockAnchor(_Model):
     monotonic_zero_utc: str = Field(description="UTC time (ISO 8601) at which the monotonic clock read 0")
     wall_minus_monotonic_ns: int = Field(description="time.time_ns() - time.monotonic_ns(), read together")
     uncertainty_ns: int = Field(ge=0, description="half the spread of the bracketing monotonic reads")
-    capacity: Capacity | None = None  # the SLO capacity search's result, when the scenario asks one
 
 
 class RunSummary(_Model):
