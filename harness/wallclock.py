@@ -16,26 +16,18 @@ by that step, and a run resumed after a reboot has a new monotonic zero
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 from harness.results import ClockAnchor
+from harness.telemetry.clock import ClockMap
 
 
 def read_clock_anchor(tries: int = 5) -> ClockAnchor:
-    """Both clocks now: ``time.time_ns()`` bracketed by two monotonic reads, the tightest of ``tries``."""
-    best: tuple[int, int] | None = None
-    for _ in range(max(1, tries)):
-        m0 = time.monotonic_ns()
-        wall = time.time_ns()
-        m1 = time.monotonic_ns()
-        if best is None or m1 - m0 < best[0]:
-            best = (m1 - m0, wall - (m0 + m1) // 2)
-    assert best is not None
-    spread, offset = best
+    """Both clocks now (:meth:`ClockMap.read`, the tightest bracket of ``tries``), as the run's anchor."""
+    pair = ClockMap.read(tries)
     return ClockAnchor(
-        monotonic_zero_utc=utc_text(offset),
-        wall_minus_monotonic_ns=offset,
-        uncertainty_ns=(spread + 1) // 2,
+        monotonic_zero_utc=utc_text(pair.wall_minus_monotonic_ns),
+        wall_minus_monotonic_ns=pair.wall_minus_monotonic_ns,
+        uncertainty_ns=pair.uncertainty_ns,
     )
 
 
