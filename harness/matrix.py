@@ -81,6 +81,16 @@ def matrix_problems(scenario: Scenario) -> list[str]:
     return problems
 
 
+def _workload_identity(scenario: Scenario) -> dict[str, object]:
+    """The workload as the identity sees it: fields added later enter only when set, so the
+    identities of existing scenarios (and the baselines saved from them) stay stable."""
+    workload = scenario.workload.model_dump(mode="json", exclude=NOT_IDENTITY)
+    steps = workload.get("steps")
+    if isinstance(steps, dict) and steps.get("search") is None:
+        steps.pop("search", None)  # workload.steps.search (the capacity search), when not asked for
+    return workload
+
+
 def identity_of(
     server: Server, settings: dict[str, Scalar], scenario: Scenario, api: str | None = None
 ) -> str:
@@ -94,7 +104,7 @@ def identity_of(
         "model": server.model,
         "settings": {k: settings[k] for k in sorted(settings)},
         "args": server.args,
-        "workload": scenario.workload.model_dump(mode="json", exclude=NOT_IDENTITY),
+        "workload": _workload_identity(scenario),
     }
     if server.api is not None:  # only when set, so identities of existing scenarios stay stable
         payload["api"] = api if api is not None else server.api

@@ -112,3 +112,18 @@ def test_per_server_api_changes_identity() -> None:
     )
     a, b = expand_cells(parse_scenario(data))
     assert a.identity != b.identity
+
+
+def test_identities_of_the_committed_ci_baseline_stay_stable() -> None:
+    """A field added to the scenario model must not change existing identities: a baseline saved
+    before it would then match nothing (the gate's "configuration not in the baseline")."""
+    import json
+    from pathlib import Path
+
+    from harness.scenario import load_scenario
+
+    repo = Path(__file__).resolve().parents[1]
+    baseline = json.loads((repo / "reports" / "baselines" / "ci-sim.json").read_text())
+    saved = {c["identity"] for c in baseline["summary"]["cells"]}
+    now = {c.identity for c in expand_cells(load_scenario(repo / "scenarios" / "ci-sim.yaml"))}
+    assert now == saved

@@ -156,7 +156,7 @@ def test_every_local_model_names_a_known_architecture_and_resolves(tmp_path: Pat
     server = Server(name="g", backend="vllm", model="tokenbench:tiny-gpt2")
     assert check_local_model(server) == []
     resolved = resolve_server(server, tmp_path, lambda _msg: None)
-    folder = tmp_path / ".cache" / "models" / "tiny-gpt2"
+    folder = tmp_path / "models" / "tiny-gpt2"  # resolve_server takes TOKENBENCH_HOME: HOME/models/NAME
     assert resolved.model == str(folder) and resolved.served_model_name == "tiny-gpt2"
     assert json.loads((folder / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
     unknown = check_local_model(Server(name="x", backend="vllm", model="tokenbench:tiny-bert"))
