@@ -81,6 +81,7 @@ class SimSettings(BackendSettings):
     max_batch_prefill_tokens: Positive | None = None
     block_size: Positive | None = None
     step_overhead_ms: NonNegative | None = None
+    tensor_parallel_size: Positive | None = None
     time_scale: Annotated[float, Field(gt=0)] | None = None
     grpc_port: Count | None = None
     # Answer GET /v1/models with 404, as a TGIS or Caikit server does (readiness by protocol).
@@ -105,7 +106,7 @@ class SimSettings(BackendSettings):
 ENGINE_SETTINGS = (
     "gpu", "model_profile", "quantization", "kv_cache_dtype", "gpu_memory_utilization", "max_num_seqs",
     "max_num_batched_tokens", "max_batch_total_tokens", "max_batch_prefill_tokens", "block_size",
-    "step_overhead_ms", "time_scale",
+    "step_overhead_ms", "tensor_parallel_size", "time_scale",
 )  # fmt: skip
 
 
