@@ -156,7 +156,9 @@ def load_bands(path: Path = BANDS_FILE) -> dict[str, dict[str, dict[str, float]]
     return data.get("bands", {})
 
 
-def band_label(gpu_key: str, calibration_class: str, tensor_parallel_size: int = 1, path: Path = BANDS_FILE) -> str:
+def band_label(
+    gpu_key: str, calibration_class: str, tensor_parallel_size: int = 1, path: Path = BANDS_FILE
+) -> str:
     """The error band the validation table supports for a simulated cell, in words.
 
     Every regime without a published case is said to be uncalibrated, rather

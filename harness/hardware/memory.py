@@ -77,10 +77,14 @@ def kv_bytes_per_token(model: ModelSpec, kv_cache_dtype: str = "auto", tensor_pa
     if kv_cache_dtype not in KV_CACHE_DTYPES:
         raise SizingError(f"kv_cache_dtype {kv_cache_dtype!r}: expected one of {', '.join(KV_CACHE_DTYPES)}")
     dtype_bytes = 1 if kv_cache_dtype == "fp8" else 2
-    return int(2 * model.layers * kv_heads_per_gpu(model, tensor_parallel_size) * model.head_dim * dtype_bytes)
+    return int(
+        2 * model.layers * kv_heads_per_gpu(model, tensor_parallel_size) * model.head_dim * dtype_bytes
+    )
 
 
-def activation_bytes(model: ModelSpec, batched_tokens: int, max_seqs: int, tensor_parallel_size: int = 1) -> float:
+def activation_bytes(
+    model: ModelSpec, batched_tokens: int, max_seqs: int, tensor_parallel_size: int = 1
+) -> float:
     """Peak activations of the profiling forward pass an engine runs before sizing the KV cache.
 
     The MLP is the peak: gate/up output (2 × intermediate), the activated

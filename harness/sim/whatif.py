@@ -144,7 +144,10 @@ def bands(rows: list[Row]) -> dict[str, dict[str, dict[str, float]]]:
 def render(rows: list[Row]) -> str:
     lines = []
     for role, title in (("fit", "Cases used for fitting"), ("heldout", "Held-out cases (never fitted to)")):
-        lines += [f"{title}:", f"  {'case':42} {'gpu':11} {'metric':16} {'published':>10} {'simulated':>10} {'ratio':>6}"]
+        lines += [
+            f"{title}:",
+            f"  {'case':42} {'gpu':11} {'metric':16} {'published':>10} {'simulated':>10} {'ratio':>6}",
+        ]
         for r in (r for r in rows if r.case.role == role):
             mark = "" if r.within else f"  MISS (target x{TARGET})"
             lines.append(
@@ -153,7 +156,10 @@ def render(rows: list[Row]) -> str:
             )
         lines.append("")
     misses = [r.case.key for r in rows if not r.within]
-    lines.append(f"{len(rows) - len(misses)}/{len(rows)} within x{TARGET}" + (f"; missed: {', '.join(misses)}" if misses else ""))
+    lines.append(
+        f"{len(rows) - len(misses)}/{len(rows)} within x{TARGET}"
+        + (f"; missed: {', '.join(misses)}" if misses else "")
+    )
     return "\n".join(lines)
 
 
