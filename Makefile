@@ -11,7 +11,7 @@ TOKENBENCH_HOME ?= $(CURDIR)/.cache
 export TOKENBENCH_HOME
 
 .PHONY: install backend-env test-envs model browser bench bench-harness test test-fast lint clean bench-stack \
-        bench-gpu-mem gpucheck-wheels
+        bench-gpu-mem gpucheck-wheels bench-whatif
 
 # The harness's own environment (the backends get their own under $(TOKENBENCH_HOME)/venvs).
 $(VENV)/.installed: pyproject.toml
@@ -54,6 +54,12 @@ bench-stack:
 # The harness measured against the simulator's ground truth (issue 3).
 bench-harness: install
 	$(BIN)/python -m harness.fidelity
+
+# The GPU what-if's validation table (issue 12): every published case in
+# harness/hardware/data/calibration.yaml rerun in engine mode, fit and held-out apart, published /
+# simulated / ratio; rewrites bands.yaml, the error bands reports quote. Exit 1 if a case misses x1.25.
+bench-whatif: install
+	$(BIN)/python -m harness.sim.whatif --write-bands
 
 # The NVML path against a real GPU (harness/telemetry/gpucheck.py): known torch allocations, the harness's
 # sampler at 4 Hz, attribution to the process tree, the report's peak/steady figures. Run it on a machine

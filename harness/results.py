@@ -168,6 +168,8 @@ class CellResult(_Model):
     env: dict[str, str] = Field(default_factory=dict)
     version: str | None = None
     simulated: bool = False
+    # e.g. "SIMULATED, h100-80gb (hopper-sxm class): ±5 % for decode-bound steps (1 published cases); ..."
+    simulated_band: str | None = None
     protocol: str | None = None
     stream_usage: bool | None = None  # whether OpenAI stream_options were sent
     stream_usage_reason: str | None = None

@@ -352,6 +352,7 @@ class Run:
         result.server_info = dict(handle.server_info)
         result.launch_s = handle.launch_s
         result.simulated = handle.simulated
+        result.simulated_band = handle.simulated_band
         if launched_for is not cell:
             result.server_shared_with = launched_for.cell_id
             self.progress(f"[{cell.cell_id}] the server of {launched_for.cell_id}, now over {cell.protocol}")

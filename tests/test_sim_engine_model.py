@@ -65,7 +65,11 @@ def test_batch1_decode_step_is_weights_over_bandwidth() -> None:
     roof = Roofline.of(cfg())
     step = roof.step_s(step_cost([(1, 512)]))
     assert 14.496e9 / 600e9 == pytest.approx(0.02416, rel=1e-3)
-    assert step == pytest.approx(0.0242, abs=0.0015)  # ~24 ms on the A10G
+    # At the achieved bandwidth (the class's decode_bw_eff) plus the fixed and one sequence's overhead.
+    eff = roof.eff
+    kv = 513 * kv_bytes_per_token(MISTRAL)
+    expected = (14.496e9 + kv) / (600e9 * eff.decode_bw) + eff.step_fixed_s + eff.step_per_seq_s
+    assert step == pytest.approx(expected, rel=2e-3)
     assert roof.memory_s(step_cost([(1, 512)])) > roof.compute_s(step_cost([(1, 512)]))
 
 
@@ -105,7 +109,8 @@ def test_throughput_grows_with_batch_then_flattens_at_the_kv_limit() -> None:
 
 
 def test_throughput_flattens_at_the_compute_roof() -> None:
-    batches = [16, 64, 256, 512]
+    # AWQ's dequantization makes it compute-bound from small batches on (see the AWQ test below).
+    batches = [4, 16, 256, 512]
     res = _tput({"quantization": "awq", "max_num_batched_tokens": 8192}, 32, 128, batches)
     tput = [res[b].output_tok_s for b in batches]  # type: ignore[attr-defined]
     roof = 125e12 / (2 * MISTRAL.params)  # tokens/s if every FLOP went to output tokens

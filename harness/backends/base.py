@@ -59,6 +59,9 @@ class ServerHandle:
     metrics_url: str | None
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     simulated: bool = False
+    # What the simulated figures are worth: the error band the what-if validation table supports
+    # for this configuration's regimes, or "uncalibrated" (harness/hardware/calibration.py).
+    simulated_band: str | None = None
     # ``host:port`` of a gRPC endpoint next to the HTTP one, when the server has one.
     grpc_target: str | None = None
     processes: dict[str, int] = field(default_factory=dict)

@@ -81,6 +81,7 @@ class SimSettings(BackendSettings):
     max_batch_prefill_tokens: Positive | None = None
     block_size: Positive | None = None
     step_overhead_ms: NonNegative | None = None
+    tensor_parallel_size: Positive | None = None
     time_scale: Annotated[float, Field(gt=0)] | None = None
     grpc_port: Count | None = None
     # Answer GET /v1/models with 404, as a TGIS or Caikit server does (readiness by protocol).
@@ -105,7 +106,7 @@ class SimSettings(BackendSettings):
 ENGINE_SETTINGS = (
     "gpu", "model_profile", "quantization", "kv_cache_dtype", "gpu_memory_utilization", "max_num_seqs",
     "max_num_batched_tokens", "max_batch_total_tokens", "max_batch_prefill_tokens", "block_size",
-    "step_overhead_ms", "time_scale",
+    "step_overhead_ms", "tensor_parallel_size", "time_scale",
 )  # fmt: skip
 
 
@@ -190,6 +191,16 @@ def check_engine(settings: dict[str, Scalar], served_model: str) -> str | None:
     return None
 
 
+def engine_band(settings: dict[str, Scalar]) -> str:
+    """The validation table's error band for an engine-mode cell's GPU class and regimes."""
+    from harness.hardware.calibration import band_label
+    from harness.hardware.profiles import get_gpu, resolve_gpu
+
+    key = resolve_gpu(str(settings["gpu"]))
+    tp = int(settings.get("tensor_parallel_size") or 1)  # type: ignore[arg-type]
+    return band_label(key, get_gpu(key).calibration_class, tp)
+
+
 class SimBackend:
     """Starts ``python -m harness.sim`` for one cell and stops it (process group)."""
 
@@ -216,6 +227,9 @@ class SimBackend:
             problem = check_engine(settings, served)
             if problem:
                 raise BackendStartError(f"cell '{cell.cell_id}': sim engine settings: {problem}")
+            band = engine_band(settings)
+        else:
+            band = "SIMULATED, exact mode: scripted timings, not a hardware model (uncalibrated)"
         port = free_port()
         # gRPC (TGIS and Caikit) is always served (it costs the sim well under 0.1 s to start), so
         # any cell can be driven with ``api: tgis``/``caikit-grpc``; a ``grpc_port`` (not 0) pins the port.
@@ -268,6 +282,7 @@ class SimBackend:
             metrics_url=f"{base_url}/metrics",
             headers={},
             simulated=True,
+            simulated_band=band,
             grpc_target=f"127.0.0.1:{grpc_port}",
         )
 

@@ -37,13 +37,32 @@ class SizingError(HardwareError):
     """A configuration that cannot be sized (it does not fit, or a bad value); names the setting."""
 
 
-def weight_bytes(model: ModelSpec, quantization: str = "none") -> float:
-    """Bytes of the weights in VRAM.
+def weight_bytes(model: ModelSpec, quantization: str = "none", tensor_parallel_size: int = 1) -> float:
+    """Bytes of the weights in VRAM, on each GPU of a ``tensor_parallel_size`` group.
 
     ``fp8`` stores linear layers in 1 byte per parameter; ``awq``/``gptq`` in
     4 bits plus group scales. All of them keep the embedding and LM head in
     bf16, as vLLM's kernels do, which is why 4-bit is a little over a quarter.
+    Tensor parallelism shards every linear layer and the vocabulary (vLLM's
+    ``VocabParallelEmbedding``) across the group, so each GPU holds ``1/tp``;
+    norms are replicated but are under 0.01 % of the bytes.
     """
+    return _weight_bytes(model, quantization) / _tp(tensor_parallel_size)
+
+
+def _tp(tensor_parallel_size: int) -> int:
+    if tensor_parallel_size < 1:
+        raise SizingError(f"tensor_parallel_size {tensor_parallel_size}: must be >= 1")
+    return tensor_parallel_size
+
+
+def kv_heads_per_gpu(model: ModelSpec, tensor_parallel_size: int = 1) -> float:
+    """KV heads each GPU holds: split across the group, replicated once ``tp > kv_heads`` (as vLLM does)."""
+    tp = _tp(tensor_parallel_size)
+    return model.kv_heads / tp if tp <= model.kv_heads else 1.0
+
+
+def _weight_bytes(model: ModelSpec, quantization: str) -> float:
     if quantization not in QUANTIZATIONS:
         raise SizingError(f"quantization {quantization!r}: expected one of {', '.join(QUANTIZATIONS)}")
     if quantization == "none":
@@ -53,22 +72,29 @@ def weight_bytes(model: ModelSpec, quantization: str = "none") -> float:
     return (model.params - embed) * per_param + embed * BF16_BYTES
 
 
-def kv_bytes_per_token(model: ModelSpec, kv_cache_dtype: str = "auto") -> int:
-    """K and V for one token across all layers: ``2 × layers × kv_heads × head_dim × dtype bytes``."""
+def kv_bytes_per_token(model: ModelSpec, kv_cache_dtype: str = "auto", tensor_parallel_size: int = 1) -> int:
+    """K and V for one token across all layers, on one GPU: ``2 × layers × kv_heads/tp × head_dim × bytes``."""
     if kv_cache_dtype not in KV_CACHE_DTYPES:
         raise SizingError(f"kv_cache_dtype {kv_cache_dtype!r}: expected one of {', '.join(KV_CACHE_DTYPES)}")
     dtype_bytes = 1 if kv_cache_dtype == "fp8" else 2
-    return 2 * model.layers * model.kv_heads * model.head_dim * dtype_bytes
+    return int(
+        2 * model.layers * kv_heads_per_gpu(model, tensor_parallel_size) * model.head_dim * dtype_bytes
+    )
 
 
-def activation_bytes(model: ModelSpec, batched_tokens: int, max_seqs: int) -> float:
+def activation_bytes(
+    model: ModelSpec, batched_tokens: int, max_seqs: int, tensor_parallel_size: int = 1
+) -> float:
     """Peak activations of the profiling forward pass an engine runs before sizing the KV cache.
 
     The MLP is the peak: gate/up output (2 × intermediate), the activated
     product (intermediate) and a few hidden-size buffers, in bf16, for every
-    batched token; plus the sampler's fp32 logits for every sequence.
+    batched token; plus the sampler's fp32 logits for every sequence. Under
+    tensor parallelism the MLP's intermediate is sharded; the hidden-size
+    buffers (after each all-reduce) and the gathered logits are not.
     """
-    per_token = (3 * model.intermediate_size + 4 * model.hidden_size) * BF16_BYTES
+    tp = _tp(tensor_parallel_size)
+    per_token = (3 * model.intermediate_size / tp + 4 * model.hidden_size) * BF16_BYTES
     return batched_tokens * per_token + max_seqs * model.vocab_size * LOGITS_BYTES
 
 
@@ -100,14 +126,18 @@ def kv_budget(
     memory_fraction: float = 0.9,
     batched_tokens: int = 2048,
     max_seqs: int = 256,
+    tensor_parallel_size: int = 1,
 ) -> KvBudget:
-    """What ``memory_fraction`` of ``gpu`` leaves for KV cache after weights, runtime and activations."""
+    """What ``memory_fraction`` of one ``gpu`` leaves for KV cache after its share of weights,
+    runtime and activations; with ``tensor_parallel_size`` > 1 every GPU of the group holds
+    the same share, so one GPU's KV tokens are the group's."""
     if not 0.0 < memory_fraction <= 1.0:
         raise SizingError(f"memory fraction {memory_fraction}: must be in (0, 1]")
-    overhead = RUNTIME_OVERHEAD_BYTES + activation_bytes(model, batched_tokens, max_seqs)
+    tp = tensor_parallel_size
+    overhead = RUNTIME_OVERHEAD_BYTES + activation_bytes(model, batched_tokens, max_seqs, tp)
     return KvBudget(
         budget=gpu.memory_bytes * memory_fraction,
-        weights=weight_bytes(model, quantization),
+        weights=weight_bytes(model, quantization, tp),
         overhead=overhead,
-        kv_bytes_per_token=kv_bytes_per_token(model, kv_cache_dtype),
+        kv_bytes_per_token=kv_bytes_per_token(model, kv_cache_dtype, tp),
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -42,6 +42,13 @@ class GpuSpec:
     bandwidth_bps: float
     bf16_flops: float
     fp8_flops: float | None
+    # GPU-to-GPU link for tensor parallelism: "nvlink" or "pcie", per-direction bandwidth per GPU
+    # and the fixed latency of one small all-reduce (harness/hardware/data/gpus.yaml says where from).
+    interconnect: str = "pcie"
+    interconnect_bps: float = 25e9
+    allreduce_latency_s: float = 30e-6
+    # Which calibration class (harness/hardware/data/calibration.yaml) holds its efficiencies.
+    calibration_class: str = "uncalibrated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,10 @@ class GpuEntry(_Strict):
     bandwidth_gbps: float = Field(gt=0)
     bf16_tflops: float = Field(gt=0)
     fp8_tflops: float | None = Field(default=None, gt=0)
+    interconnect: Literal["nvlink", "pcie"] = "pcie"
+    interconnect_gbps: float = Field(default=25, gt=0)
+    allreduce_latency_us: float = Field(default=30, ge=0)
+    calibration_class: str = "uncalibrated"
 
 
 class ModelEntry(_Strict):
@@ -147,6 +158,10 @@ def load_gpus(path: Path = GPUS_FILE) -> dict[str, GpuSpec]:
             bandwidth_bps=e.bandwidth_gbps * 1e9,
             bf16_flops=e.bf16_tflops * 1e12,
             fp8_flops=e.fp8_tflops * 1e12 if e.fp8_tflops is not None else None,
+            interconnect=e.interconnect,
+            interconnect_bps=e.interconnect_gbps * 1e9,
+            allreduce_latency_s=e.allreduce_latency_us * 1e-6,
+            calibration_class=e.calibration_class,
         )
     return out
 

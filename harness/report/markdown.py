@@ -62,6 +62,8 @@ def render_markdown(run: RunData, max_rows: int | None = None) -> str:
     lines = [f"### tokenbench: {s.scenario} (`{s.run_id}`)", ""]
     if run.simulated_cells:
         lines += [f"> **SIMULATED**: {', '.join(sorted(run.simulated_cells))} ran against a simulator.", ""]
+        bands = sorted({f"{c.cell_id}: {c.simulated_band}" for c in s.cells if c.simulated_band})
+        lines += [*(f"> {b}" for b in bands), ""] if bands else []
     if run.incomplete:
         lines += ["> **INCOMPLETE RUN**: " + "; ".join(run.problems), ""]
     header = ["cell", "load", "ok/total", *(c.label for c in MD_COLUMNS), "error classes", "harness"]

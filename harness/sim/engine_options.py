@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 
 from harness.sim.roofline import (
-    DEFAULT_STEP_OVERHEAD_S,
     KV_CACHE_DTYPES,
     QUANTIZATIONS,
     EngineConfig,
@@ -86,8 +85,15 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--step-overhead-ms",
         type=float,
-        default=DEFAULT_STEP_OVERHEAD_S * 1000,
-        help="fixed scheduling and launch cost of each engine step, ms",
+        default=None,
+        help="fixed part of each engine step's overhead, ms (default: the GPU class's calibrated "
+        "value, harness/hardware/data/calibration.yaml; the per-sequence part always applies)",
+    )
+    g.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=None,
+        help="GPUs the model is sharded across (weights and KV split, all-reduce per layer); default 1",
     )
     g.add_argument(
         "--time-scale",
@@ -104,6 +110,7 @@ ENGINE_ONLY = (
     "max_num_batched_tokens",
     "max_batch_total_tokens",
     "max_batch_prefill_tokens",
+    "tensor_parallel_size",
 )
 
 
@@ -160,7 +167,8 @@ def engine_config(a: argparse.Namespace) -> EngineConfig | None:
             max_num_batched_tokens=budget,
             max_model_len=a.max_model_len,
             block_size=a.block_size,
-            step_overhead_s=a.step_overhead_ms / 1000,
+            step_overhead_s=a.step_overhead_ms / 1000 if a.step_overhead_ms is not None else None,
+            tensor_parallel_size=a.tensor_parallel_size or 1,
             reserve_full=tgi,
             kv_token_limit=a.max_batch_total_tokens if tgi else None,
         )

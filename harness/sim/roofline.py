@@ -5,10 +5,18 @@ for GPUs nobody here owns, so every figure follows from public numbers (spec
 sheet bandwidth and FLOPs, the model's config) and can be checked by hand:
 
 * decode is memory-bound: one step streams every weight once plus the KV cache
-  of every running sequence, so ``t ≈ (weights + KV read) / bandwidth``;
-* prefill is compute-bound: ``t ≈ 2 × params × tokens / FLOPs`` (plus attention);
-* a mixed step (chunked prefill) takes ``max(compute, memory)`` plus a fixed
-  per-step overhead (scheduler, kernel launches).
+  of every running sequence, so ``t ≈ (weights + KV read) / achieved bandwidth``;
+* prefill is compute-bound: ``t ≈ 2 × non-embedding params × tokens / achieved
+  FLOPs`` plus attention, plus the LM head for the one sampled position per sequence;
+* a mixed step (chunked prefill) takes ``max(compute, memory)``, plus a per-step
+  overhead with a fixed part and a per-sequence part (scheduling, sampling), plus
+  under tensor parallelism two all-reduces per layer over the GPU link.
+
+"Achieved" is the GPU class's fitted fraction of the spec-sheet peak
+(``harness/hardware/data/calibration.yaml``, every constant with its source);
+weight-only 4-bit kernels (AWQ/GPTQ, and FP8 where the GPU has no FP8 tensor
+cores) add a dequantization cost proportional to the tokens in the step, so
+they win at batch 1 and lose at large batches, as they do in vLLM.
 
 The VRAM plan follows vLLM's: ``memory × gpu_memory_utilization`` is the
 instance's budget; weights, a runtime overhead and the activation peak of a
@@ -38,9 +46,12 @@ from harness.hardware.memory import (
 )
 
 if TYPE_CHECKING:  # the profiles' loader (pydantic, yaml) stays out of exact mode's start-up
+    from harness.hardware.calibration import Efficiency
     from harness.hardware.profiles import GpuSpec, ModelSpec
 
+# The old fixed overhead, kept for callers that name it; the calibrated one comes from the GPU class.
 DEFAULT_STEP_OVERHEAD_S = 0.0005
+ALLREDUCES_PER_LAYER = 2  # after attention's output projection and after the MLP's down projection
 # An engine configuration that cannot run (it does not fit, or a bad value); names the setting.
 EngineConfigError = SizingError
 
@@ -78,7 +89,11 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None
     block_size: int = 16
-    step_overhead_s: float = DEFAULT_STEP_OVERHEAD_S
+    # None: the GPU class's calibrated fixed part; a number overrides it (the per-sequence part stays).
+    step_overhead_s: float | None = None
+    tensor_parallel_size: int = 1
+    # None: loaded for ``gpu.calibration_class``; tests and the fitter pass their own.
+    efficiency: Efficiency | None = None
     # TGI's scheduler: reserve prompt + max_new_tokens at admission (never preempts);
     # ``kv_token_limit`` is its --max-batch-total-tokens cap on the KV cache.
     reserve_full: bool = False
@@ -94,10 +109,23 @@ class EngineConfig:
                 raise EngineConfigError(f"{name} {getattr(self, name)}: must be >= 1")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise EngineConfigError(f"max_model_len {self.max_model_len}: must be >= 1")
-        if self.step_overhead_s < 0:
+        if self.step_overhead_s is not None and self.step_overhead_s < 0:
             raise EngineConfigError(f"step_overhead {self.step_overhead_s}: must be >= 0")
-        weight_bytes(self.model, self.quantization)
+        weight_bytes(self.model, self.quantization, self.tensor_parallel_size)
         kv_bytes_per_token(self.model, self.kv_cache_dtype)
+        if self.efficiency is None:
+            from harness.hardware.calibration import CalibrationError, efficiency_for
+
+            try:
+                eff = efficiency_for(self.gpu.calibration_class)
+            except CalibrationError as err:
+                raise EngineConfigError(str(err)) from None
+            object.__setattr__(self, "efficiency", eff)
+
+    @property
+    def eff(self) -> Efficiency:
+        assert self.efficiency is not None  # set in __post_init__
+        return self.efficiency
 
     @property
     def context_len(self) -> int:
@@ -105,10 +133,20 @@ class EngineConfig:
 
     @property
     def peak_flops(self) -> float:
-        """FP8 tensor cores for fp8 weights where the GPU has them; BF16 otherwise (AWQ dequantizes)."""
+        """Peak of the linear layers' GEMMs: FP8 tensor cores for fp8 weights where the GPU has them
+        (vLLM's W8A8 kernels); BF16 otherwise (AWQ/GPTQ and Ampere's FP8 dequantize to BF16)."""
         if self.quantization == "fp8" and self.gpu.fp8_flops is not None:
             return self.gpu.fp8_flops
         return self.gpu.bf16_flops
+
+    @property
+    def dequant_factor(self) -> float:
+        """Extra GEMM time of weight-only kernels, as a fraction of bf16 (0 for bf16 and W8A8 fp8)."""
+        if self.quantization in ("awq", "gptq"):
+            return self.eff.dequant.get(self.quantization, 0.0)
+        if self.quantization == "fp8" and self.gpu.fp8_flops is None:
+            return self.eff.dequant.get("fp8_weight_only", 0.0)
+        return 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +180,7 @@ def plan_memory(cfg: EngineConfig) -> MemoryPlan:
         memory_fraction=cfg.gpu_memory_utilization,
         batched_tokens=cfg.max_num_batched_tokens,
         max_seqs=cfg.max_num_seqs,
+        tensor_parallel_size=cfg.tensor_parallel_size,
     )
     budget, weights, overhead, kvb = sized.budget, sized.weights, sized.overhead, sized.kv_bytes_per_token
     left = sized.kv_bytes
@@ -179,60 +218,113 @@ class StepCost:
     """Work of one engine iteration, summed over its sequences.
 
     ``tokens``: new tokens computed (prefill chunks plus one per decoding
-    sequence); ``attn_pairs``: query-key pairs attended (``Σ n·ctx + n(n+1)/2``);
+    sequence), of which ``prefill_tokens`` in chunks of more than one token;
+    ``seqs``: sequences in the step (each gets its LM head and sampler);
+    ``attn_pairs``: query-key pairs attended (``Σ n·ctx + n(n+1)/2``);
     ``kv_tokens``: tokens of KV cache read or written.
     """
 
     tokens: int
     attn_pairs: int
     kv_tokens: int
+    seqs: int = 0
+    prefill_tokens: int = 0
 
 
 def step_cost(items: list[tuple[int, int]]) -> StepCost:
     """Cost of a step from ``(new_tokens, context_before)`` per scheduled sequence."""
-    tokens = pairs = kv = 0
+    tokens = pairs = kv = prefill = 0
     for n, ctx in items:
         tokens += n
         pairs += n * ctx + n * (n + 1) // 2
         kv += ctx + n
-    return StepCost(tokens, pairs, kv)
+        if n > 1:
+            prefill += n
+    return StepCost(tokens, pairs, kv, len(items), prefill)
 
 
 @dataclass(frozen=True, slots=True)
 class Roofline:
-    """Step time for one configuration; built once, called every iteration."""
+    """Step time for one configuration, on each GPU of its tensor-parallel group; built once."""
 
     weight_bytes: float
     kv_bytes_per_token: int
-    params: int
+    linear_params: int
+    lm_head_params: int
     attn_flops_per_pair: float
     peak_flops: float
+    attn_peak_flops: float
     bandwidth: float
     overhead_s: float
+    per_seq_s: float
+    eff: Efficiency
+    dequant: float = 0.0
+    tp: int = 1
+    hidden_size: int = 0
+    layers: int = 0
+    link_bps: float = 1.0
+    allreduce_latency_s: float = 0.0
 
     @classmethod
     def of(cls, cfg: EngineConfig) -> Roofline:
-        m = cfg.model
+        m, tp, eff = cfg.model, cfg.tensor_parallel_size, cfg.eff
+        lm_head = m.vocab_size * m.hidden_size
         return cls(
-            weight_bytes=weight_bytes(m, cfg.quantization),
-            kv_bytes_per_token=kv_bytes_per_token(m, cfg.kv_cache_dtype),
-            params=m.params,
+            weight_bytes=weight_bytes(m, cfg.quantization, tp),
+            kv_bytes_per_token=kv_bytes_per_token(m, cfg.kv_cache_dtype, tp),
+            # The embedding lookup is a gather, not a GEMM: only the transformer's linear layers
+            # run for every token; the LM head runs once per sequence (the sampled position).
+            linear_params=m.params - m.embedding_params - m.hidden_size,
+            lm_head_params=lm_head,
             attn_flops_per_pair=4.0 * m.layers * m.heads * m.head_dim,  # QK^T and AV, 2 FLOPs per MAC
             peak_flops=cfg.peak_flops,
+            attn_peak_flops=cfg.gpu.bf16_flops,
             bandwidth=cfg.gpu.bandwidth_bps,
-            overhead_s=cfg.step_overhead_s,
+            overhead_s=eff.step_fixed_s if cfg.step_overhead_s is None else cfg.step_overhead_s,
+            per_seq_s=eff.step_per_seq_s,
+            eff=eff,
+            dequant=cfg.dequant_factor,
+            tp=tp,
+            hidden_size=m.hidden_size,
+            layers=m.layers,
+            link_bps=cfg.gpu.interconnect_bps,
+            allreduce_latency_s=cfg.gpu.allreduce_latency_s,
         )
 
     def compute_s(self, cost: StepCost) -> float:
-        return (
-            2.0 * self.params * cost.tokens + self.attn_flops_per_pair * cost.attn_pairs
-        ) / self.peak_flops
+        """GEMMs and attention on one GPU (each holds ``1/tp`` of every layer)."""
+        e = self.eff
+        decode_tokens = cost.tokens - cost.prefill_tokens
+        lin = 2.0 * self.linear_params
+        linear = lin * cost.prefill_tokens / (self.peak_flops * e.prefill_flops)
+        linear += lin * decode_tokens / (self.peak_flops * e.decode_flops)
+        flops_eff = e.prefill_flops if cost.prefill_tokens else e.decode_flops
+        # Weight-only kernels dequantize on the fly: extra work per token, so it grows with the batch.
+        dequant = self.dequant * lin * cost.tokens / (self.attn_peak_flops * flops_eff)
+        other = (self.attn_flops_per_pair * cost.attn_pairs + 2.0 * self.lm_head_params * cost.seqs) / (
+            self.attn_peak_flops * flops_eff
+        )
+        return (linear + dequant + other) / self.tp
 
     def memory_s(self, cost: StepCost) -> float:
-        return (self.weight_bytes + self.kv_bytes_per_token * cost.kv_tokens) / self.bandwidth
+        bw_eff = self.eff.decode_bw if cost.tokens > cost.prefill_tokens else self.eff.prefill_bw
+        return (self.weight_bytes + self.kv_bytes_per_token * cost.kv_tokens) / (self.bandwidth * bw_eff)
+
+    def allreduce_s(self, cost: StepCost) -> float:
+        """Two ring all-reduces of the step's activations per layer; zero without tensor parallelism."""
+        if self.tp == 1:
+            return 0.0
+        nbytes = cost.tokens * self.hidden_size * BF16_BYTES
+        one = self.allreduce_latency_s + 2.0 * (self.tp - 1) / self.tp * nbytes / self.link_bps
+        return ALLREDUCES_PER_LAYER * self.layers * one
 
     def step_s(self, cost: StepCost) -> float:
-        """``max(compute, memory) + overhead``; a step with no tokens costs nothing."""
+        """``max(compute, memory) + all-reduce + fixed + per-sequence overhead``; an empty step costs nothing."""
         if cost.tokens == 0:
             return 0.0
-        return max(self.compute_s(cost), self.memory_s(cost)) + self.overhead_s
+        return (
+            max(self.compute_s(cost), self.memory_s(cost))
+            + self.allreduce_s(cost)
+            + self.overhead_s
+            + self.per_seq_s * cost.seqs
+        )

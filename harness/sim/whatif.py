@@ -1,0 +1,181 @@
+"""The GPU what-if's validation table: rerun every published case, print published, simulated, ratio.
+
+Why a table and not a unit test per figure: users size hardware on engine
+mode, so its error must be known per regime, and the honest way to know it is
+to rerun results someone else measured, with the constants fitted on one set
+of cases (``fit``) and judged on another (``heldout``). ``--write-bands``
+turns the table into the band each (GPU class, regime) earned, in
+``harness/hardware/data/bands.yaml``, which reports quote next to every
+simulated figure. Run it as ``make bench-whatif`` or ``python -m harness.sim.whatif``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from harness.hardware.calibration import BANDS_FILE, CALIBRATION_FILE, Case, load_cases
+from harness.hardware.profiles import get_gpu, get_model
+from harness.sim.roofline import EngineConfig, Roofline, plan_memory, step_cost
+from harness.sim.scheduler import Scheduler, Seq
+
+TARGET = 1.25  # every case within x1.25 of its published figure
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """A closed-loop run on the model's clock."""
+
+    elapsed_s: float
+    output_tokens: int
+    mean_e2e_s: float
+    mean_ttft_s: float
+    mean_tpot_s: float
+
+    @property
+    def output_tok_s(self) -> float:
+        return self.output_tokens / self.elapsed_s if self.elapsed_s else 0.0
+
+
+def closed_loop(cfg: EngineConfig, requests: list[tuple[int, int]], concurrency: int) -> LoadResult:
+    """Keep ``concurrency`` requests in flight (a new one arrives when one finishes), like
+    ``vllm bench serve --max-concurrency``; ``concurrency >= len(requests)`` is a drain."""
+    plan = plan_memory(cfg)
+    roof = Roofline.of(cfg)
+    sched = Scheduler(plan.num_blocks, cfg.block_size, cfg.max_num_seqs, cfg.max_num_batched_tokens)
+    pending = list(reversed(requests))
+    start: dict[Seq, float] = {}  # keyed by the object (eq=False): ids are reused
+    first: dict[Seq, float] = {}
+    e2e, ttft, tpot = [], [], []
+    clock, tokens, inflight = 0.0, 0, 0
+    while pending or not sched.idle:
+        while pending and inflight < concurrency:
+            p, o = pending.pop()
+            seq = Seq(prompt_tokens=p, target_tokens=o)
+            start[seq] = clock
+            sched.add(seq)
+            inflight += 1
+        step = sched.schedule()
+        clock += roof.step_s(step_cost(step.shape()))
+        for e in sched.complete(step):
+            tokens += 1
+            k = e.seq
+            first.setdefault(k, clock)
+            if e.finished:
+                inflight -= 1
+                e2e.append(clock - start[k])
+                ttft.append(first[k] - start[k])
+                if e.seq.target_tokens > 1:
+                    tpot.append((clock - first[k]) / (e.seq.target_tokens - 1))
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs) if xs else 0.0
+
+    return LoadResult(clock, tokens, mean(e2e), mean(ttft), mean(tpot))
+
+
+def case_config(case: Case) -> EngineConfig:
+    s = case.setup
+    gpu = get_gpu(case.gpu)
+    large = gpu.memory_bytes >= 70e9
+    return EngineConfig(
+        gpu=gpu,
+        model=get_model(case.model),
+        quantization=s.get("quantization", "none"),
+        gpu_memory_utilization=s.get("gpu_memory_utilization", 0.9),
+        max_num_seqs=s.get("max_num_seqs", 1024 if large else 256),
+        max_num_batched_tokens=s.get("max_num_batched_tokens", 8192 if large else 2048),
+        max_model_len=s.get("max_model_len"),
+        tensor_parallel_size=s.get("tensor_parallel_size", 1),
+    )
+
+
+def simulate_case(case: Case, cfg: EngineConfig | None = None) -> float:
+    """The case's metric as engine mode computes it."""
+    cfg = cfg or case_config(case)
+    s = case.setup
+    reqs = [(int(s["input"]), int(s["output"]))] * int(s["requests"])
+    res = closed_loop(cfg, reqs, int(s["concurrency"]))
+    if case.metric == "e2e_ms":
+        return res.mean_e2e_s * 1000
+    if case.metric == "tpot_ms":
+        return res.mean_tpot_s * 1000
+    if case.metric == "output_tok_s":
+        return res.output_tok_s
+    base = closed_loop(cfg, reqs[: int(s["baseline_requests"])], 1)
+    return res.output_tok_s / base.output_tok_s
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    case: Case
+    simulated: float
+
+    @property
+    def ratio(self) -> float:
+        return self.simulated / self.case.published
+
+    @property
+    def within(self) -> bool:
+        return 1 / TARGET <= self.ratio <= TARGET
+
+
+def table(path: Path = CALIBRATION_FILE) -> list[Row]:
+    return [Row(c, simulate_case(c)) for c in load_cases(path)]
+
+
+def bands(rows: list[Row]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per GPU class and regime: the largest relative error any case showed, rounded up to 5 %."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for r in rows:
+        klass = get_gpu(r.case.gpu).calibration_class
+        err = max(r.ratio, 1 / r.ratio) - 1
+        cell = out.setdefault(klass, {}).setdefault(r.case.regime, {"band": 0.0, "cases": 0})
+        cell["band"] = max(cell["band"], math.ceil(err * 20 - 1e-9) / 20)
+        cell["cases"] += 1
+    return out
+
+
+def render(rows: list[Row]) -> str:
+    lines = []
+    for role, title in (("fit", "Cases used for fitting"), ("heldout", "Held-out cases (never fitted to)")):
+        lines += [
+            f"{title}:",
+            f"  {'case':42} {'gpu':11} {'metric':16} {'published':>10} {'simulated':>10} {'ratio':>6}",
+        ]
+        for r in (r for r in rows if r.case.role == role):
+            mark = "" if r.within else f"  MISS (target x{TARGET})"
+            lines.append(
+                f"  {r.case.key:42} {r.case.gpu:11} {r.case.metric:16} {r.case.published:10.2f} "
+                f"{r.simulated:10.2f} {r.ratio:6.3f}{mark}"
+            )
+        lines.append("")
+    misses = [r.case.key for r in rows if not r.within]
+    lines.append(
+        f"{len(rows) - len(misses)}/{len(rows)} within x{TARGET}"
+        + (f"; missed: {', '.join(misses)}" if misses else "")
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.sim.whatif", description=__doc__.splitlines()[0])
+    p.add_argument("--write-bands", action="store_true", help=f"rewrite {BANDS_FILE.name} from this table")
+    a = p.parse_args(argv)
+    rows = table()
+    print(render(rows))
+    if a.write_bands:
+        body = {"bands": bands(rows)}
+        header = "# Written by `python -m harness.sim.whatif --write-bands` from calibration.yaml's cases; do not edit.\n"
+        BANDS_FILE.write_text(header + yaml.safe_dump(body, sort_keys=True), encoding="utf-8")
+        print(f"wrote {BANDS_FILE}")
+    return 0 if all(r.within for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
