@@ -12,7 +12,7 @@ import pytest
 
 from harness.report import FIGURE_IDS, ReportError, load_run, render_html, write_report
 from harness.report.columns import SUMMARY_COLUMNS, rows_of
-from harness.report.figures import pareto_front
+from harness.report.frontier import pareto_front
 from synthetic_run import SyntheticOptions, make_run
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from string import Template
 
 from harness.atomic import write_text
-from harness.report import figures, memory, sections, timelines
+from harness.report import figures, frontier, memory, sections, timelines
 from harness.report.columns import Row, rows_of
 from harness.report.data import RunData, load_run, per_request
 from harness.report.headline import build_headline
@@ -49,7 +49,7 @@ def build_figures(run: RunData, rows: list[Row], colors: dict[str, str]) -> list
         figures.latency_vs_load(rows, "tpot", "TPOT", colors, sims),
         figures.latency_vs_load(rows, "e2e", "E2E latency", colors, sims),
         figures.throughput_vs_load(rows, colors, sims),
-        figures.frontier(rows, colors, sims),
+        frontier.frontier(rows, colors, sims),
         figures.latency_cdf(rows, per_request(run.records), colors, sims),
         memory.memory_timeline(run, colors),
         memory.memory_bars(run, colors),
