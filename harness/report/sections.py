@@ -170,7 +170,7 @@ def harness_section(rows: list[Row]) -> str:
             f'<td class="l">{escape(row.load_label)}</td><td>{fmt_ms(h.loop_lag_p99_ms)}</td>'
             f"<td>{fmt_ms(h.loop_lag_max_ms)}</td><td>{_num(h.client_cpu_pct, '%')}</td>"
             f"<td>{fmt_pct(h.coalesced_chunk_fraction)}</td><td>{_num(row.step.achieved_rate)}</td>"
-            f'<td class="flag">{verdict}</td><td class="l">{escape("; ".join(h.reasons))}</td></tr>'
+            f'<td class="flag">{verdict}</td><td class="l reasons">{escape("; ".join(h.reasons))}</td></tr>'
         )
     if not body:
         body.append('<tr><td class="l" colspan="9">No measured steps.</td></tr>')
