@@ -85,10 +85,13 @@ class Verdict:
         """``÷2.2`` for a latency (runner-up / best), ``+40 %`` for throughput (best / runner-up − 1)."""
         if self.metric.better == "min":
             ratio = self.runner_value / self.best_value if self.best_value > 0 else math.inf
-            return f"÷{ratio:.1f}" if math.isfinite(ratio) else "÷∞"
+            if not math.isfinite(ratio):
+                return "÷∞"
+            return f"÷{ratio:.2f}" if ratio < 1.1 else f"÷{ratio:.1f}"  # "÷1.0" would read as "equal"
         if self.runner_value <= 0:
             return "+∞ %"
-        return f"+{100.0 * (self.best_value / self.runner_value - 1.0):.0f} %"
+        gain = 100.0 * (self.best_value / self.runner_value - 1.0)
+        return f"+{gain:.1f} %" if gain < 10 else f"+{gain:.0f} %"
 
     @property
     def phrase(self) -> str:
