@@ -387,6 +387,7 @@ class Run:
         from harness.metrics import compute_step_metrics
         from harness.search import run_search
         from harness.stepcheck import check_step
+        from harness.telemetry.config import DEFAULT_SAMPLES_PER_STEP, scrape_interval
         from harness.telemetry.dcgm import RemoteGpuQuery
         from harness.telemetry.sampler import TelemetrySampler, read_timeseries, write_timeseries
         from harness.telemetry.summary import measurement_note, memory_summary
@@ -403,6 +404,10 @@ class Run:
             headers=handle.headers,
             local=local,
             remote=remote,
+            scrape_interval_s=scrape_interval(
+                [scenario.workload.duration_s],
+                telemetry.prometheus_samples_per_step if telemetry else DEFAULT_SAMPLES_PER_STEP,
+            ),
         )
         sampler.start()
         rows: list[dict] = []

@@ -12,7 +12,7 @@ import pytest
 
 from harness.report import FIGURE_IDS, ReportError, load_run, render_html, write_report
 from harness.report.columns import SUMMARY_COLUMNS, rows_of
-from harness.report.figures import pareto_front
+from harness.report.frontier import pareto_front
 from synthetic_run import SyntheticOptions, make_run
 
 
@@ -84,28 +84,39 @@ def test_ids_are_unique_across_inline_svgs(full: tuple[Path, str]) -> None:
     assert dupes == []
 
 
-def test_best_value_per_column_is_highlighted(full: tuple[Path, str]) -> None:
+def test_best_value_per_column_is_highlighted_within_each_load_level(full: tuple[Path, str]) -> None:
     run_dir, html = full
     run = load_run(run_dir)
     rows = rows_of(run.summary.cells, run.simulated_cells)
     parser = _Cells()
     parser.feed(html)
     assert len({(c, s) for c, s, *_ in parser.rows}) == len(rows) == 6
+    levels = {(r.cell.cell_id, r.step.step_id): (r.step.kind, r.step.target) for r in rows}
     for col in SUMMARY_COLUMNS:
         if col.better is None:
             assert not [r for r in parser.rows if r[2] == col.key and "best" in r[3]]
             continue
-        values = {(r.cell.cell_id, r.step.step_id): col.value(r) for r in rows}
-        finite = [v for v in values.values() if v is not None and math.isfinite(v)]
-        target = min(finite) if col.better == "min" else max(finite)
+        expected: set[tuple[str, str]] = set()
+        for level in set(levels.values()):
+            values = {
+                k: col.value(r)
+                for r in rows
+                if (k := (r.cell.cell_id, r.step.step_id)) and levels[k] == level
+            }
+            finite = [v for v in values.values() if v is not None and math.isfinite(v)]
+            if len(finite) < 2 or min(finite) == max(finite):
+                continue
+            target = min(finite) if col.better == "min" else max(finite)
+            expected |= {k for k, v in values.items() if v is not None and math.isclose(v, target)}
         marked = {(c, s) for c, s, key, cls, _ in parser.rows if key == col.key and "best" in cls}
-        expected = {k for k, v in values.items() if v is not None and math.isclose(v, target)}
-        if min(finite) == max(finite):
-            expected = set()
         assert marked == expected, col.key
-        for _c, _s, key, cls, text in parser.rows:
+        for c, s, key, cls, text in parser.rows:
             if key == col.key and "best" in cls:
-                assert text == col.fmt(target)
+                row = next(r for r in rows if (r.cell.cell_id, r.step.step_id) == (c, s))
+                assert text == col.fmt(col.value(row))
+    # the synthetic run has two cells at three load levels: each level has its own winner
+    ttft = {s for c, s, key, cls, _ in parser.rows if key == "ttft_p50" and "best" in cls}
+    assert ttft == {"c1", "c4", "c16"}
 
 
 def test_failed_cell_shows_error_and_log_tail(full: tuple[Path, str]) -> None:

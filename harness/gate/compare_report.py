@@ -104,7 +104,9 @@ def _forest_figure(comp: Comparison, kc: KeyComparison, colors: dict[str, str], 
                 )
         ax.axhline(0, color="#6b7280", linewidth=0.8)
         ax.set_xticks(range(len(metrics)), metrics, rotation=30, ha="right")
-        ax.set_ylabel(f"change vs {comp.runs[0].label} (%)")
+        # The reference's label can be a long run id: as a y label it outgrew the axes and was clipped.
+        ax.set_ylabel("change (%)")
+        ax.set_title(f"change vs {comp.runs[0].label} (reference)", loc="left", fontsize=9, wrap=True)
         if kc.deltas:
             ax.legend(loc="best")
         return to_svg(fig, fig_id)

@@ -171,22 +171,36 @@ def rows_of(cells: list[CellResult], simulated_cells: set[str]) -> list[Row]:
     ]
 
 
-def best_values(rows: list[Row], columns: list[Column]) -> dict[str, float]:
-    """The best value per column (min or max), only where at least two rows can be compared.
+Level = tuple[str, float]  # (step kind, target): "best" is only ever judged within one
 
+
+def level_key(row: Row) -> Level:
+    return (row.step.kind, row.step.target)
+
+
+def best_values(rows: list[Row], columns: list[Column]) -> dict[tuple[Level, str], float]:
+    """The best value per (load level, column), only where at least two rows of that level differ.
+
+    Within one level: a closed-loop step at 16 users and an open-loop step at
+    4 req/s answer different questions, and the lowest latency of the whole
+    table is always the lightest load, which says nothing about the cells.
     Harness-limited steps still compete: they are flagged separately, and
     hiding them would make a suspicious number look like the clear winner.
     """
-    best: dict[str, float] = {}
-    for col in columns:
-        if col.better is None:
-            continue
-        values = [v for r in rows if (v := col.value(r)) is not None and math.isfinite(v)]
-        if len(values) >= 2 and min(values) != max(values):
-            best[col.key] = min(values) if col.better == "min" else max(values)
+    best: dict[tuple[Level, str], float] = {}
+    levels = dict.fromkeys(level_key(r) for r in rows)
+    for level in levels:
+        mine = [r for r in rows if level_key(r) == level]
+        for col in columns:
+            if col.better is None:
+                continue
+            values = [v for r in mine if (v := col.value(r)) is not None and math.isfinite(v)]
+            if len(values) >= 2 and min(values) != max(values):
+                best[(level, col.key)] = min(values) if col.better == "min" else max(values)
     return best
 
 
-def is_best(col: Column, row: Row, best: dict[str, float]) -> bool:
+def is_best(col: Column, row: Row, best: dict[tuple[Level, str], float]) -> bool:
     value = col.value(row)
-    return col.key in best and value is not None and math.isclose(value, best[col.key], rel_tol=1e-12)
+    target = best.get((level_key(row), col.key))
+    return target is not None and value is not None and math.isclose(value, target, rel_tol=1e-12)

@@ -10,7 +10,7 @@ mistaken for a server one.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -54,7 +54,64 @@ def _load_axis(ax: Axes, kind: str, targets: Sequence[float]) -> None:
     ax.minorticks_off()
 
 
-def _dist_value(row: Row, metric: str, pct: str) -> float:
+def single_level(rows: list[Row], kind: str) -> bool:
+    """One load level of this kind: a line chart would be one lonely dot per cell."""
+    return len({r.step.target for r in rows if r.step.kind == kind}) == 1
+
+
+def level_bars(
+    ax: Axes,
+    kind: str,
+    per_cell: dict[str, list[Row]],
+    colors: dict[str, str],
+    values: dict[str, Callable[[Row], float]],
+) -> bool:
+    """Grouped bars, one group per cell, for a figure whose load axis has a single level.
+
+    Why: with one step per cell the latency-against-load lines collapse to
+    dots at one x, overprinting each other; bars with their values written
+    on them can be read. Returns whether a harness-limited step is among them.
+    """
+    cells = ordered(list(per_cell), colors)
+    width = 0.8 / max(1, len(values))
+    limited = False
+    for j, (pct, get) in enumerate(values.items()):
+        for i, cid in enumerate(cells):
+            row = per_cell[cid][0]
+            v = get(row)
+            if not math.isfinite(v):
+                continue
+            x = i + (j - (len(values) - 1) / 2) * width
+            hatch = "//" if j else None
+            ax.bar(
+                x,
+                v,
+                width * 0.92,
+                color=colors[cid],
+                alpha=0.55 if j else 1.0,
+                hatch=hatch,
+                edgecolor="white",
+            )
+            label = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}"
+            ax.annotate(
+                f"{pct} {label}".strip(),
+                (x, v),
+                textcoords="offset points",
+                xytext=(0, 2),
+                ha="center",
+                fontsize=7,
+            )
+            if row.step.harness.limited:
+                ax.bar(x, v, width * 0.92, fill=False, edgecolor="#dc2626", linewidth=1.4)
+                limited = True
+    load = format_load(kind, per_cell[cells[0]][0].step.target) if cells else ""
+    ax.set_xticks(range(len(cells)), [c.replace("__", "\n") for c in cells], fontsize=7)
+    ax.set_xlabel(f"cell (one load level: {load})")
+    ax.grid(axis="x", visible=False)
+    return limited
+
+
+def dist_value(row: Row, metric: str, pct: str) -> float:
     dist = getattr(row.step, f"{metric}_ms")
     return math.nan if dist is None or dist.count == 0 else float(getattr(dist, pct))
 
@@ -70,7 +127,13 @@ def _mark_limited(ax: Axes, xs: list[float], ys: list[float], rows: list[Row]) -
     return bool(hit)
 
 
-def _legend(
+def ordered(cells: Sequence[str], colors: dict[str, str]) -> list[str]:
+    """``cells`` in the run's order (the order of ``colors``), unknown ones last."""
+    rank = {c: i for i, c in enumerate(colors)}
+    return sorted(dict.fromkeys(cells), key=lambda c: rank.get(c, len(rank)))
+
+
+def cell_legend(
     ax: Axes,
     colors: dict[str, str],
     sims: set[str],
@@ -78,7 +141,12 @@ def _legend(
     extra: list[Line2D],
     inside: bool = False,
 ) -> None:
-    """Cell colours plus line-style keys; outside the axes unless the figure is narrow."""
+    """Cell colours plus line-style keys; outside the axes unless the figure is narrow.
+
+    Cells are listed in the run's order (the colour map's), in every figure, whatever order the
+    figure happened to draw them in.
+    """
+    cells = ordered(cells, colors)
     handles = [Line2D([], [], color=colors[c], marker="o", label=cell_label(c, c in sims)) for c in cells]
     if inside:
         ax.legend(handles=handles + extra, loc="upper left", fontsize=7.5)
@@ -99,16 +167,30 @@ def latency_vs_load(
     kinds = _kinds(rows)
     if not kinds:
         return placeholder(fig_id, title, caption, NO_STEPS)
+    if any(single_level(rows, k) for k in kinds):
+        caption += " With a single load level the values are bars per cell: p50 solid, p99 hatched, red edge = harness-limited."
     with styled():
         fig = new_figure(6.4, 3.9 + 2.9 * (len(kinds) - 1))
         axes = fig.subplots(len(kinds), 1, squeeze=False)[:, 0]
         limited = False
         for ax, kind in zip(axes, kinds, strict=True):
             per_cell = _by_cell(rows, kind)
+            if single_level(rows, kind):
+                limited |= level_bars(
+                    ax,
+                    kind,
+                    per_cell,
+                    colors,
+                    {p: lambda r, p=p: dist_value(r, metric, p) for p in ("p50", "p99")},
+                )
+                ax.set_ylabel(f"{name} (ms)")
+                top = ax.get_ylim()[1]
+                ax.set_ylim(0, top * 1.45 if math.isfinite(top) else None)
+                continue
             for cid, rs in per_cell.items():
                 xs = [r.step.target for r in rs]
                 for pct, style in (("p50", "-"), ("p99", "--")):
-                    ys = [_dist_value(r, metric, pct) for r in rs]
+                    ys = [dist_value(r, metric, pct) for r in rs]
                     ax.plot(xs, ys, style, marker="o", ms=4, color=colors[cid])
                     limited |= _mark_limited(ax, xs, ys, rs)
             _load_axis(ax, kind, [r.step.target for r in rows if r.step.kind == kind])
@@ -124,7 +206,7 @@ def latency_vs_load(
                 Line2D([], [], ls="", marker="o", mfc="none", mec="#dc2626", ms=9, label="harness-limited")
             )
         cells = list(dict.fromkeys(r.cell.cell_id for r in rows))
-        _legend(axes[0], colors, sims, cells, extra, inside=True)
+        cell_legend(axes[0], colors, sims, cells, extra, inside=True)
         return Figure(fig_id, title, caption, to_svg(fig, fig_id))
 
 
@@ -139,110 +221,42 @@ def throughput_vs_load(rows: list[Row], colors: dict[str, str], sims: set[str]) 
         fig = new_figure(9.5, 3.0 * len(kinds))
         grid = fig.subplots(len(kinds), 2, squeeze=False)
         for axes, kind in zip(grid, kinds, strict=True):
-            for cid, rs in _by_cell(rows, kind).items():
-                xs = [r.step.target for r in rs]
-                axes[0].plot(xs, [r.step.output_tok_s for r in rs], marker="o", ms=4, color=colors[cid])
-                axes[1].plot(xs, [r.step.request_throughput for r in rs], marker="o", ms=4, color=colors[cid])
+            per_cell = _by_cell(rows, kind)
+            if single_level(rows, kind):
+                level_bars(axes[0], kind, per_cell, colors, {"": lambda r: r.step.output_tok_s})
+                level_bars(axes[1], kind, per_cell, colors, {"": lambda r: r.step.request_throughput})
+            else:
+                for cid, rs in per_cell.items():
+                    xs = [r.step.target for r in rs]
+                    axes[0].plot(xs, [r.step.output_tok_s for r in rs], marker="o", ms=4, color=colors[cid])
+                    axes[1].plot(
+                        xs, [r.step.request_throughput for r in rs], marker="o", ms=4, color=colors[cid]
+                    )
             for ax, ylabel in zip(axes, ("output tokens/s", "requests/s"), strict=True):
-                _load_axis(ax, kind, [r.step.target for r in rows if r.step.kind == kind])
+                if not single_level(rows, kind):
+                    _load_axis(ax, kind, [r.step.target for r in rows if r.step.kind == kind])
                 ax.set_ylabel(ylabel)
-                ax.set_ylim(bottom=0)
+                ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
         cells = list(dict.fromkeys(r.cell.cell_id for r in rows))
-        _legend(grid[0][-1], colors, sims, cells, [])
-        return Figure(fig_id, title, caption, to_svg(fig, fig_id))
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of points not dominated when lower x (latency) and higher y (throughput) are better.
-
-    Sorted by latency, so the frontier can be drawn as a line.
-    """
-    finite = [i for i, (x, y) in enumerate(points) if math.isfinite(x) and math.isfinite(y)]
-    order = sorted(finite, key=lambda i: (points[i][0], -points[i][1]))
-    front: list[int] = []
-    best_y = -math.inf
-    for i in order:
-        if points[i][1] > best_y:
-            front.append(i)
-            best_y = points[i][1]
-    return front
-
-
-def frontier(rows: list[Row], colors: dict[str, str], sims: set[str]) -> Figure:
-    """Throughput vs latency for every step of every cell, with the Pareto frontier across cells."""
-    fig_id = "throughput_latency_frontier"
-    title = "Throughput–latency frontier"
-    caption = (
-        "Each point is one load step (labelled), one series per cell. The dashed black line joins the "
-        "Pareto-optimal steps across all cells: no other step has both lower latency and higher output tokens/s."
-    )
-    if not rows:
-        return placeholder(fig_id, title, caption, NO_STEPS)
-    with styled():
-        fig = new_figure(9.5, 3.6)
-        axes = fig.subplots(1, 2)
-        for ax, metric, pct, xlabel in (
-            (axes[0], "ttft", "p99", "TTFT p99 (ms)"),
-            (axes[1], "tpot", "p50", "TPOT p50 (ms)"),
-        ):
-            points = [(_dist_value(r, metric, pct), r.step.output_tok_s) for r in rows]
-            for cid in dict.fromkeys(r.cell.cell_id for r in rows):
-                idx = [i for i, r in enumerate(rows) if r.cell.cell_id == cid]
-                idx.sort(key=lambda i: (rows[i].step.kind, rows[i].step.target))
-                ax.plot(
-                    [points[i][0] for i in idx],
-                    [points[i][1] for i in idx],
-                    "-o",
-                    ms=4,
-                    lw=0.9,
-                    alpha=0.85,
-                    color=colors[cid],
-                )
-                for i in idx:
-                    if math.isfinite(points[i][0]):
-                        ax.annotate(
-                            rows[i].step.step_id,
-                            points[i],
-                            textcoords="offset points",
-                            xytext=(4, 3),
-                            fontsize=7,
-                            color="#4b5563",
-                        )
-            front = pareto_front(points)
-            if front:
-                ax.plot(
-                    [points[i][0] for i in front],
-                    [points[i][1] for i in front],
-                    "--",
-                    color="#111827",
-                    lw=1.1,
-                    zorder=4,
-                )
-                ax.scatter(
-                    [points[i][0] for i in front],
-                    [points[i][1] for i in front],
-                    s=70,
-                    facecolors="none",
-                    edgecolors="#111827",
-                    linewidths=1.1,
-                    zorder=5,
-                )
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("output tokens/s")
-            ax.set_xlim(left=0)
-            ax.set_ylim(bottom=0)
-        cells = list(dict.fromkeys(r.cell.cell_id for r in rows))
-        extra = [Line2D([], [], color="#111827", ls="--", marker="o", mfc="none", label="Pareto frontier")]
-        _legend(axes[-1], colors, sims, cells, extra)
+        cell_legend(grid[0][-1], colors, sims, cells, [])
         return Figure(fig_id, title, caption, to_svg(fig, fig_id))
 
 
 def top_steps(rows: list[Row]) -> dict[str, Row]:
-    """Each cell's highest-load step (within the kind of its last step)."""
+    """Each cell's highest-load step, of one kind for all cells: closed-loop if any, else open-loop.
+
+    Concurrency and rate are not one scale: 4 req/s is not "more load" than 8 users, so the
+    highest step is the highest concurrency (closed-loop steps ordered by users), and only a cell
+    with no closed-loop step shows its highest rate (open-loop steps ordered by req/s).
+    """
     out: dict[str, Row] = {}
     for cid in dict.fromkeys(r.cell.cell_id for r in rows):
         mine = [r for r in rows if r.cell.cell_id == cid]
-        kind = mine[-1].step.kind
+        kind = next(
+            k
+            for k in ("concurrency", "rate", *(r.step.kind for r in mine))
+            if any(r.step.kind == k for r in mine)
+        )
         out[cid] = max((r for r in mine if r.step.kind == kind), key=lambda r: r.step.target)
     return out
 
@@ -282,5 +296,5 @@ def latency_cdf(rows: list[Row], per_req: pd.DataFrame, colors: dict[str, str], 
             ax.set_ylim(0, 1.02)
             for q in (0.5, 0.99):
                 ax.axhline(q, color="#9ca3af", lw=0.6, ls=":")
-        _legend(axes[-1], colors, sims, [cid for cid, _ in series], [])
+        cell_legend(axes[-1], colors, sims, [cid for cid, _ in series], [])
         return Figure(fig_id, title, caption, to_svg(fig, fig_id))

@@ -14,9 +14,11 @@ from pathlib import Path
 from string import Template
 
 from harness.atomic import write_text
-from harness.report import capacity, figures, memory, sections, timelines
+from harness.report import capacity, figures, frontier, memory, sections, timelines
 from harness.report.columns import Row, rows_of
 from harness.report.data import RunData, load_run, per_request
+from harness.report.headline import build_headline
+from harness.report.summary_tables import headline_box, summary_section
 from harness.report.svg import Figure, cell_colors
 
 FIGURE_IDS: tuple[str, ...] = (
@@ -47,7 +49,7 @@ def build_figures(run: RunData, rows: list[Row], colors: dict[str, str]) -> list
         figures.latency_vs_load(rows, "tpot", "TPOT", colors, sims),
         figures.latency_vs_load(rows, "e2e", "E2E latency", colors, sims),
         figures.throughput_vs_load(rows, colors, sims),
-        figures.frontier(rows, colors, sims),
+        frontier.frontier(rows, colors, sims),
         figures.latency_cdf(rows, per_request(run.records), colors, sims),
         memory.memory_timeline(run, colors),
         memory.memory_bars(run, colors),
@@ -81,6 +83,7 @@ def render_html(run: RunData) -> str:
     colors = cell_colors(run.cell_ids)
     rows = rows_of(run.summary.cells, run.simulated_cells)
     by_id = {f.fig_id: f for f in build_figures(run, rows, colors)}
+    headline = build_headline(rows, run.records)
     s = run.summary
     sim = " (SIMULATED)" if run.simulated_cells else ""
     parts = [
@@ -88,7 +91,8 @@ def render_html(run: RunData) -> str:
         f'<p class="sub">run {escape(s.run_id)} · started {escape(s.started_at)} · '
         f"{len(s.cells)} cell(s) · {len(rows)} measured step(s)</p></header>",
         sections.banners(run),
-        sections.summary_table(rows, colors),
+        headline_box(headline),
+        summary_section(rows, colors, headline),
         capacity.capacity_section(run, colors),  # empty unless a cell ran a capacity search
     ]
     for group_id, title, ids in GROUPS:

@@ -13,6 +13,7 @@ from harness.report.columns import (
     LATENCY_COLUMNS,
     THROUGHPUT_COLUMNS,
     Column,
+    Level,
     Row,
     best_values,
     error_classes,
@@ -21,6 +22,7 @@ from harness.report.columns import (
     thin_note,
 )
 from harness.report.data import RunData, length_notes
+from harness.report.headline import build_headline
 
 MD_COLUMNS: list[Column] = (
     [c for c in LATENCY_COLUMNS if c.key.startswith(("ttft", "tpot", "e2e"))]
@@ -34,7 +36,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _row(row: Row, best: dict[str, float]) -> str:
+def _row(row: Row, best: dict[tuple[Level, str], float]) -> str:
     values = []
     for col in MD_COLUMNS:
         text = col.fmt(col.value(row))
@@ -66,6 +68,11 @@ def render_markdown(run: RunData, max_rows: int | None = None) -> str:
         lines += [*(f"> {b}" for b in bands), ""] if bands else []
     if run.incomplete:
         lines += ["> **INCOMPLETE RUN**: " + "; ".join(run.problems), ""]
+    headline = build_headline(rows, run.records)
+    if headline.capacity or any(lv.verdicts for lv in headline.levels):
+        lines += ["**Headline**", ""]
+        lines += [f"- {_cell(line)}" for line in headline.capacity + headline.lines]
+        lines.append("")
     header = ["cell", "load", "ok/total", *(c.label for c in MD_COLUMNS), "error classes", "harness"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join([":--", ":--", "--:"] + ["--:"] * len(MD_COLUMNS) + [":--", ":--"]) + "|")
@@ -87,7 +94,10 @@ def render_markdown(run: RunData, max_rows: int | None = None) -> str:
     if failed:
         lines += ["", "**Failed cells**", ""]
         lines += [f"- `{c.cell_id}`: {_cell(c.error or 'failed')}" for c in failed]
-    lines += ["", "_Latencies in ms from the scheduled send time; **bold** = best in column._"]
+    lines += [
+        "",
+        "_Latencies in ms from the scheduled send time; **bold** = best in column at that load level._",
+    ]
     if any(thin_note(c, r) for r in shown_rows for c in MD_COLUMNS):
         lines += [
             "",

@@ -231,17 +231,33 @@ def _bars(
     cols = [colors.get(c, "#374151") for c in cells]
     ax.bar(x - 0.2, peak, 0.38, color=cols, label="peak")
     ax.bar(x + 0.2, steady, 0.38, color=cols, alpha=0.45, hatch="//", edgecolor="white", label="steady")
+    finite = [p for p in peak + steady if math.isfinite(p)]
+    top = max(finite, default=1.0) or 1.0
+    crowded = len(cells) > 3  # side-by-side labels of several cells overlap: turn them upright
     for xi, p in zip(x, peak, strict=True):
         if math.isfinite(p):
             ax.annotate(
-                f"{p:.2f}", (xi - 0.2, p), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7
+                f"{p:.2f}",
+                (xi - 0.2, p),
+                textcoords="offset points",
+                xytext=(0, 2),
+                ha="center",
+                va="bottom",
+                rotation=90 if crowded else 0,
+                fontsize=7,
             )
-    ax.set_xticks(x, [c.replace("__", "\n") for c in cells], fontsize=7.5)
+    ax.set_ylim(0, top * (1.45 if crowded else 1.3))  # headroom for the labels and the legend
+    names = [c.replace("__", "\n") for c in cells]
+    if crowded:
+        ax.set_xticks(x, names, fontsize=7, rotation=30, ha="right")
+    else:
+        ax.set_xticks(x, names, fontsize=7.5)
     ax.set_ylabel("GiB")
     ax.grid(axis="x", visible=False)
     ax.legend(
         handles=[Patch(color="#6b7280", label="peak"), Patch(color="#6b7280", alpha=0.45, label="steady")],
-        loc="lower right",
+        loc="upper right",
+        ncols=2,
         fontsize=7,
     )
 

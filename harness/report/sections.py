@@ -18,15 +18,9 @@ from typing import Any
 from harness.lengths import cell_output_mean, cell_requested_mean
 from harness.redact import REDACTED, is_secret_name, redact_command, redact_mapping
 from harness.report.columns import (
-    RETRY_NOTE,
-    SUMMARY_COLUMNS,
     Row,
-    best_values,
-    error_classes,
     fmt_ms,
     fmt_pct,
-    is_best,
-    thin_note,
 )
 from harness.report.data import RunData, cap_notes, length_notes
 from harness.results import CellResult
@@ -103,7 +97,7 @@ def run_metadata(run: RunData) -> str:
     return f'<section id="run_metadata"><h2>Run</h2>{_dl(pairs)}<h3>Environment</h3>{_dl(env)}</section>'
 
 
-def _swatch(color: str) -> str:
+def swatch(color: str) -> str:
     return f'<span class="swatch" style="background:{escape(color)}"></span>'
 
 
@@ -138,7 +132,7 @@ def _cell_row(cell: CellResult, color: str, simulated: bool) -> str:
             f"<pre>{escape(tail)}</pre></details></div>"
         )
     return (
-        f'<tr id="cell-{escape(cell.cell_id)}"><td>{_swatch(color)}<strong>{escape(cell.cell_id)}</strong><br>{badge}</td>'
+        f'<tr id="cell-{escape(cell.cell_id)}"><td>{swatch(color)}<strong>{escape(cell.cell_id)}</strong><br>{badge}</td>'
         f"<td>{escape(cell.backend)}<br>{escape(cell.version or 'version unknown')}</td>"
         f'<td>{escape(cell.model)}<br><span class="legend-note">{escape(settings)}</span></td>'
         f'<td class="num">{_launch(cell)}</td><td>{detail}</td></tr>'
@@ -160,57 +154,6 @@ def cells_section(run: RunData, colors: dict[str, str]) -> str:
     )
 
 
-def summary_table(rows: list[Row], colors: dict[str, str]) -> str:
-    best = best_values(rows, SUMMARY_COLUMNS)
-    head = "".join(f"<th>{escape(c.label)}</th>" for c in SUMMARY_COLUMNS)
-    body: list[str] = []
-    thin_seen = False
-    for row in rows:
-        cells = []
-        for col in SUMMARY_COLUMNS:
-            classes, titles = [], []
-            if is_best(col, row, best):
-                classes, titles = ["best"], ["best in column"]
-            thin = thin_note(col, row)
-            if thin:  # marked by CSS (td.thin::after), so the cell's text stays the number
-                classes.append("thin")
-                titles.append(thin)
-                thin_seen = True
-            cls = f' class="{" ".join(classes)}" title="{escape("; ".join(titles))}"' if classes else ""
-            cells.append(f'<td data-col="{col.key}"{cls}>{escape(col.fmt(col.value(row)))}</td>')
-        limited = row.step.harness.limited
-        flag = '<span class="badge limited">harness-limited</span>' if limited else "no"
-        sim = ' <span class="badge sim">SIMULATED</span>' if row.simulated else ""
-        body.append(
-            f'<tr class="{"limited" if limited else ""}" data-cell="{escape(row.cell.cell_id)}" '
-            f'data-step="{escape(row.step.step_id)}"><td class="l">{_swatch(colors.get(row.cell.cell_id, "#374151"))}'
-            f'{escape(row.cell.cell_id)}{sim}</td><td class="l">{escape(row.load_label)}</td>'
-            f"<td>{row.step.requests_ok}/{row.step.requests_total}</td>{''.join(cells)}"
-            f'<td class="flag">{flag}</td>'
-            f'<td class="l" data-col="error_classes">{escape(error_classes(row.step) or "–")}</td></tr>'
-        )
-    retried = sum(row.step.retry_after_responses for row in rows)
-    if not body:
-        body.append(f'<tr><td class="l" colspan="{len(SUMMARY_COLUMNS) + 5}">No measured steps.</td></tr>')
-    return (
-        '<section id="summary"><h2>Summary</h2><p class="legend-note">One row per cell × load step. '
-        "Latencies are measured from the scheduled send time. Highlighted: best value in the column "
-        "(lowest latency and error rate, highest throughput)."
-        + (
-            " † too few requests for this percentile: a bounded 95 % order-statistic interval needs more "
-            "(p99: 368, p95: 72), so the value is no better than the maximum (hover for the count)."
-            if thin_seen
-            else ""
-        )
-        + (f' <span class="retry-note">{retried} {escape(RETRY_NOTE)}.</span>' if retried else "")
-        + "</p>"
-        '<div class="table-wrap"><table id="summary_table"><thead><tr><th class="l">cell</th><th class="l">load</th>'
-        f"<th>ok/total</th>{head}<th>harness-limited</th>"
-        '<th class="l">error classes</th></tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table></div></section>"
-    )
-
-
 def _num(value: float | None, suffix: str = "") -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.1f}{suffix}"
 
@@ -227,7 +170,7 @@ def harness_section(rows: list[Row]) -> str:
             f'<td class="l">{escape(row.load_label)}</td><td>{fmt_ms(h.loop_lag_p99_ms)}</td>'
             f"<td>{fmt_ms(h.loop_lag_max_ms)}</td><td>{_num(h.client_cpu_pct, '%')}</td>"
             f"<td>{fmt_pct(h.coalesced_chunk_fraction)}</td><td>{_num(row.step.achieved_rate)}</td>"
-            f'<td class="flag">{verdict}</td><td class="l">{escape("; ".join(h.reasons))}</td></tr>'
+            f'<td class="flag">{verdict}</td><td class="l reasons">{escape("; ".join(h.reasons))}</td></tr>'
         )
     if not body:
         body.append('<tr><td class="l" colspan="9">No measured steps.</td></tr>')

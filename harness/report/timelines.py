@@ -11,12 +11,13 @@ Prometheus timestamps) are put on this axis when they are fetched
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
 from harness.report.data import RunData, run_origin_ns, step_windows
-from harness.report.figures import cell_label
+from harness.report.figures import cell_label, ordered
 from harness.report.svg import Figure, new_figure, placeholder, styled, to_svg
 
 GIB = float(2**30)
@@ -67,18 +68,51 @@ def shade_steps(ax: Axes, run: RunData) -> None:
         )
 
 
+def with_gaps(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Insert a NaN after every gap longer than 3× the median interval, so no line bridges it.
+
+    Why: between two load steps (or while a server restarts) there are no
+    samples; a line drawn across that gap would invent a ramp nobody measured.
+    """
+    if t.size < 3:
+        return t, v
+    dt = np.diff(t)
+    limit = 3.0 * float(np.median(dt))
+    cut = np.nonzero(dt > limit)[0] if limit > 0 else np.empty(0, dtype=np.int64)
+    if cut.size == 0:
+        return t, v
+    return np.insert(t, cut + 1, t[cut] + dt[cut] / 2), np.insert(v.astype("float64"), cut + 1, np.nan)
+
+
 def lines(
     ax: Axes, data: pd.DataFrame, colors: dict[str, str], scale: float = 1.0, ls: str = "-"
 ) -> list[str]:
+    """One series per cell, drawn as held values between samples (steps), with a dot at each sample.
+
+    A gauge sampled every few seconds says nothing about the time between
+    samples; a straight line between two of them would draw a ramp the
+    server never reported. Each value is held until the next sample, and
+    gaps with no samples stay empty.
+    """
     drawn: list[str] = []
     for cid, part in data.groupby("cell_id", sort=False):
-        ax.plot(part["t_s"], part["value"] * scale, ls, lw=1.2, color=colors.get(str(cid), "#374151"))
+        part = part.sort_values("t_s")
+        t, v = with_gaps(
+            part["t_s"].to_numpy(dtype="float64"), part["value"].to_numpy(dtype="float64") * scale
+        )
+        color = colors.get(str(cid), "#374151")
+        ax.plot(t, v, ls, lw=1.2, color=color, drawstyle="steps-post")
+        if len(part) <= 200:  # sparse samples: show where they are (dense ones would be a smear)
+            ax.plot(t, v, "o", ms=2.2, color=color)
         drawn.append(str(cid))
     return drawn
 
 
 def legend(ax: Axes, cells: list[str], colors: dict[str, str], sims: set[str], extra: list[Line2D]) -> None:
-    handles = [Line2D([], [], color=colors.get(c, "#374151"), label=cell_label(c, c in sims)) for c in cells]
+    handles = [
+        Line2D([], [], color=colors.get(c, "#374151"), label=cell_label(c, c in sims))
+        for c in ordered(cells, colors)
+    ]
     ax.legend(handles=handles + extra, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 

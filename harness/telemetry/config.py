@@ -18,6 +18,7 @@ scenario, and is only ever sent as an ``Authorization: Bearer`` header.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -33,6 +34,9 @@ LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # A Kubernetes namespace is a DNS-1123 label.
 NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 MAX_POD_REGEX = 1000
+DEFAULT_SAMPLES_PER_STEP = 4
+DEFAULT_SCRAPE_S = 1.0
+MIN_SCRAPE_S = 0.1
 
 
 class TelemetryConfig(BaseModel):
@@ -57,6 +61,13 @@ class TelemetryConfig(BaseModel):
     step_s: float = Field(default=1.0, gt=0, le=60, description="query_range resolution")
     margin_s: float = Field(default=30.0, ge=0, le=3600, description="queried before and after each step")
     timeout_s: float = Field(default=10.0, gt=0, le=300, description="per Prometheus request")
+    prometheus_samples_per_step: int = Field(
+        default=DEFAULT_SAMPLES_PER_STEP,
+        ge=1,
+        le=100,
+        description="scrapes of the server's own /metrics at least this many times per timed step "
+        "(the scrape interval shrinks from 1 s for short steps, down to 0.1 s)",
+    )
 
     @field_validator("prometheus_url")
     @classmethod
@@ -110,6 +121,23 @@ class TelemetryConfig(BaseModel):
                 if value is not None:
                     raise FieldProblem(key, value, f"'{key}' needs 'prometheus_url' (the Prometheus to ask)")
         return self
+
+
+def scrape_interval(step_seconds: Iterable[float | None], samples_per_step: int) -> float:
+    """Seconds between ``/metrics`` scrapes so the shortest timed step gets ``samples_per_step`` of them.
+
+    Why: a gauge scraped once a second says nothing about a 2 s step beyond
+    one or two points, and the report would have to invent the rest. The
+    interval is the shortest step over ``samples_per_step + 1`` (the first
+    scrape can fall anywhere in the first interval), never longer than 1 s
+    and never shorter than 0.1 s (a scrape costs the server a render of all
+    its metrics). Steps bounded by a request count, not a duration, have no
+    known length and leave the 1 s default.
+    """
+    known = [s for s in step_seconds if s is not None and s > 0]
+    if not known:
+        return DEFAULT_SCRAPE_S
+    return max(MIN_SCRAPE_S, min(DEFAULT_SCRAPE_S, min(known) / (samples_per_step + 1)))
 
 
 def telemetry_problems(scenario: Scenario) -> list[str]:

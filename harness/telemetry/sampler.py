@@ -160,7 +160,11 @@ class TelemetrySampler:
             self._spawn("telemetry-local", self.interval_s, lambda: self._sample_local(probes, gpu))
         if self.metrics_url:
             scraper = PrometheusScraper(
-                self.metrics_url, headers=self._headers, timeout_s=min(0.8, self.scrape_interval_s)
+                self.metrics_url,
+                headers=self._headers,
+                timeout_s=min(
+                    0.8, max(0.5, self.scrape_interval_s)
+                ),  # a fast grid must not fail slow renders
             )
             self._scraper = scraper
             self._spawn(
