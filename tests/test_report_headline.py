@@ -22,7 +22,7 @@ from harness.report import load_run, render_html, render_markdown
 from harness.report.columns import Row, rows_of
 from harness.report.headline import CONFIDENCE, METRICS, build_headline, capacity_lines, load_levels
 from harness.report.summary_tables import headline_box
-from harness.results import CellResult
+from harness.results import Capacity, CellResult
 from synthetic_run import SyntheticOptions, make_run
 
 A, B = "vllm-a__max_num_seqs-8", "vllm-b__max_num_seqs-32"
@@ -129,20 +129,23 @@ def test_best_is_never_judged_across_closed_and_open_loop(many: Path) -> None:
     assert all(not lv.verdicts for lv in headline.levels) and headline.lines == []
 
 
-class _CapacityCell(CellResult):
-    """The capacity search's field, as its branch adds it to the summary (not merged yet)."""
-
-    capacity: float | None = None
-
-
 def test_capacity_leads_when_the_summary_has_it(many: Path) -> None:
     run = load_run(many)
     cells = [
-        _CapacityCell(**c.model_dump(), capacity=cap)
+        c.model_copy(
+            update={
+                "capacity": Capacity(
+                    req_s=cap, tok_s=cap * 10, target=0.99, precision=0.05, stop_reason="converged"
+                )
+            }
+        )
         for c, cap in zip(run.summary.cells, (12.5, 9.0), strict=True)
     ]
     rows = rows_of(cells, set())
-    assert capacity_lines(rows) == [f"{A}: capacity 12.5", f"{B}: capacity 9"]
+    assert capacity_lines(rows) == [
+        f"{A}: capacity 12.5 req/s, 125 out tok/s",
+        f"{B}: capacity 9 req/s, 90 out tok/s",
+    ]
     assert capacity_lines(rows_of(run.summary.cells, set())) == []
     box = headline_box(build_headline(rows, run.records))
     assert box.index('id="headline_capacity"') < box.index('id="headline_lines"')

@@ -24,9 +24,7 @@ Rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
 
@@ -183,22 +181,15 @@ def _verdict(metric: HeadlineMetric, rows: list[Row], noise: _Noise) -> Verdict 
     return Verdict(metric, best.cell.cell_id, best_v, runner.cell.cell_id, run_v, change, thin)
 
 
-def _capacity_text(value: Any) -> str:
-    if isinstance(value, int | float):
-        return f"{value:g}"
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
-    dump = getattr(value, "model_dump", None)
-    return _capacity_text(dump()) if callable(dump) else str(value)
-
-
 def capacity_lines(rows: list[Row]) -> list[str]:
-    """``cell: capacity`` for every cell that carries one (the capacity search's result), else nothing."""
+    """``cell: capacity 12.5 req/s, 1,234 out tok/s`` for every cell whose capacity search ran."""
+    from harness.report.capacity import capacity_text
+
     seen: dict[str, str] = {}
     for row in rows:
-        cap = getattr(row.cell, "capacity", None)
+        cap = row.cell.capacity
         if cap is not None and row.cell.cell_id not in seen:
-            seen[row.cell.cell_id] = _capacity_text(cap)
+            seen[row.cell.cell_id] = capacity_text(cap)
     return [f"{cid}: capacity {text}" for cid, text in seen.items()]
 
 
