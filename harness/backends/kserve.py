@@ -79,12 +79,6 @@ def isvc_name(server: Server) -> str:
     return f"tb-{slug[:30].rstrip('-')}-{secrets.token_hex(3)}"
 
 
-def resolve(path: str | None, base: Path) -> Path:
-    """A relative path: the working directory's if it exists there, else the repository's."""
-    given = Path(path or ".").expanduser()
-    return given if given.is_absolute() or given.exists() else base / given
-
-
 def grpc_target_of(url: str) -> str:
     """``host:port`` of a URL (443 for https, 80 for http): a Knative URL serves its runtime's one port."""
     parts = urlsplit(url)
@@ -115,7 +109,8 @@ class KserveBackend:
         where = f"cell '{cell.cell_id}'"
         self.delete_timeout_s = deploy.delete_timeout_s
         token = self._token(deploy, server)
-        kubeconfig = str(resolve(deploy.kubeconfig, Path.cwd())) if deploy.kubeconfig else None
+        # a relative kubeconfig is the working directory's, as kubectl reads it
+        kubeconfig = str(Path(deploy.kubeconfig).expanduser().absolute()) if deploy.kubeconfig else None
         self.cluster = cluster = Cluster.connect(
             kubeconfig=kubeconfig, context=deploy.context, namespace=deploy.namespace, where=where
         )

@@ -32,6 +32,7 @@ from harness.gate.interval import Change, change_interval
 from harness.gate.measure import Measure, Measurer
 from harness.gate.rundata import StepGroup
 from harness.gate.samples import extract_samples
+from harness.report.capacity import capacity_text
 from harness.report.columns import Row, format_load
 
 CONFIDENCE = 0.95
@@ -183,8 +184,6 @@ def _verdict(metric: HeadlineMetric, rows: list[Row], noise: _Noise) -> Verdict 
 
 def capacity_lines(rows: list[Row]) -> list[str]:
     """``cell: capacity 12.5 req/s, 1,234 out tok/s`` for every cell whose capacity search ran."""
-    from harness.report.capacity import capacity_text
-
     seen: dict[str, str] = {}
     for row in rows:
         cap = row.cell.capacity
