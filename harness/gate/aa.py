@@ -14,6 +14,11 @@ between-run noise; K = 1 is the plain "rerun vs last run" case.
     python -m harness.gate.aa scenarios/ci-sim.yaml --reruns 10 --out /tmp/aa
     python -m harness.gate.aa --runs /tmp/aa/runs/* --pool 3 --policy my.yaml
 
+It also prints the run-to-run spread it saw: per metric, the standard deviation
+of ln(value) across the runs of each step (median and largest over steps). That
+is the figure a policy's ``run_to_run_noise`` stands in for when a gate has a
+single repeat per side.
+
 Exit code: 0 no regression in any pairing, 1 at least one, 2 bad input.
 """
 
@@ -26,11 +31,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from harness.gate.baseline import load_baseline, save_baseline
 from harness.gate.match import match_runs
+from harness.gate.measure import Measurer
 from harness.gate.policy import PolicyError, load_policy
 from harness.gate.rundata import GateInputError, load_run_folder, merge_repeats
 from harness.gate.verdict import evaluate
+
+
+SPREAD_METRICS: list[str] = ["ttft_p50", "tpot_p50", "itl_p50", "e2e_p50", "output_tok_s", "request_throughput"]
 
 
 @dataclass
@@ -94,6 +105,27 @@ def pairings(
     return out
 
 
+def spread(folders: list[Path], metrics: list[str]) -> dict[str, dict[str, float]]:
+    """Observed run-to-run spread per metric: sd of ln(value) across runs, per step; median and max over steps.
+
+    Steps are matched by key (cell identity, step); a step needs a positive value in at least two runs.
+    """
+    loaded = [load_run_folder(p) for p in folders]
+    measurer = Measurer(resamples=200, seed=0, confidence=0.95)
+    out: dict[str, dict[str, float]] = {}
+    keys = set.intersection(*(set(run.steps) for run in loaded)) if loaded else set()
+    for metric in metrics:
+        sds: list[float] = []
+        for key in sorted(keys):
+            values = np.array([measurer.measure(run.steps[key], metric).point for run in loaded])
+            values = values[np.isfinite(values) & (values > 0)]
+            if values.size >= 2:
+                sds.append(float(np.std(np.log(values), ddof=1)))
+        if sds:
+            out[metric] = {"median": float(np.median(sds)), "max": float(max(sds)), "steps": len(sds)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.gate.aa", description=__doc__.split("\n\n")[0])
     ap.add_argument("scenario", nargs="?", type=Path, help="scenario to rerun")
@@ -120,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         for pool in args.pool or [1, 3]:
             if len(folders) > pool:
                 result += pairings(folders, policies, pool, work)
+        observed = spread(folders, SPREAD_METRICS) if len(folders) >= 2 else {}
     except (GateInputError, PolicyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -135,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         summary.setdefault(key, {}).setdefault(p.verdict, 0)
         summary[key][p.verdict] += 1
     print(json.dumps(summary, indent=1))
+    if observed:
+        print("run-to-run spread (sd of ln value across runs; compare with the policy's run_to_run_noise):")
+        for metric, s in observed.items():
+            print(f"  {metric:<20} median {s['median']:.1%}  max {s['max']:.1%}  ({s['steps']} steps)")
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "spread.json").write_text(json.dumps(observed, indent=1) + "\n")
     (args.out / "aa.json").write_text(json.dumps([p.__dict__ for p in result], indent=1) + "\n")
     return 1 if any(p.regressions for p in result) else 0
 

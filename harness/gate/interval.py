@@ -19,12 +19,23 @@ can measure that, so:
 
 The reported interval is the wider of the two on each side, so a lucky small
 spread between a few repeats never claims more precision than one run has.
+
+* **Assumed run-to-run noise** (``run_to_run_noise`` in the policy) when too
+  few repeats exist to measure it: an A/A rerun of real vLLM on a busy 2-core
+  machine moved single-run values by more than their within-run intervals, and
+  the gate called it a regression. Without repeats that spread is unknowable,
+  so the policy states it (``python -m harness.gate.aa`` prints the spread it
+  observes). It widens only the end of the interval a *regression* or an
+  *improvement* is read from (``Change.alarm_lo`` / ``alarm_hi``), never the end
+  a *pass* is read from: an assumption may stop the gate from crying wolf, but
+  it must not make every single-run throughput rule unpassable.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -43,6 +54,16 @@ class Change:
     method: str  # "within-run" | "between-run"
     df: int = 0  # degrees of freedom of the between-run spread (0: none)
     notes: list[str] = field(default_factory=list)
+    assumed_noise: float = 0.0  # the policy's run_to_run_noise, applied (0: not applied)
+    alarm_lo: float = math.nan  # lo/hi widened by the assumed noise: what regression/improvement read
+    alarm_hi: float = math.nan
+
+    def __post_init__(self) -> None:
+        # Frozen: without an assumption the alarm interval is the measured one.
+        if math.isnan(self.alarm_lo):
+            object.__setattr__(self, "alarm_lo", self.lo)
+        if math.isnan(self.alarm_hi):
+            object.__setattr__(self, "alarm_hi", self.hi)
 
     @property
     def between_runs(self) -> bool:
@@ -51,6 +72,11 @@ class Change:
     def describe(self) -> str:
         if self.between_runs:
             return f"between-run interval (repeats pooled, df={self.df})"
+        if self.assumed_noise > 0:
+            return (
+                "within-run interval; a regression must also clear the policy's assumed run-to-run "
+                f"noise ({self.assumed_noise:.1%})"
+            )
         return "within-run interval only (one repeat per side)"
 
 
@@ -85,8 +111,18 @@ def _between(b: Measure, r: Measure, confidence: float) -> tuple[float, int] | N
     return t_quantile(confidence, df) * se, df
 
 
-def change_interval(b: Measure, r: Measure, confidence: float) -> Change:
-    """The change of ``r`` relative to ``b`` with the honest interval (see the module docstring)."""
+def _assumed_half(b: Measure, r: Measure, confidence: float, noise: float) -> float:
+    """Half-width on the log scale that a relative run-to-run spread ``noise`` gives the difference."""
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    return z * noise * math.sqrt(1.0 / max(1, b.repeats) + 1.0 / max(1, r.repeats))
+
+
+def change_interval(b: Measure, r: Measure, confidence: float, assumed_noise: float = 0.0) -> Change:
+    """The change of ``r`` relative to ``b`` with the honest interval (see the module docstring).
+
+    ``assumed_noise`` (the policy's ``run_to_run_noise``) applies only when the
+    between-run spread cannot be measured, and only to ``alarm_lo``/``alarm_hi``.
+    """
     notes = [m.thin_note(side) for side, m in (("baseline", b), ("run", r)) if m.thin]
     if not (b.point > 0) or math.isnan(r.point):
         return Change(math.nan, math.nan, math.nan, "within-run", notes=notes)
@@ -99,6 +135,16 @@ def change_interval(b: Measure, r: Measure, confidence: float) -> Change:
     if between is not None:
         half, df = between
         down, up, method = max(down, half), max(up, half), "between-run"
+    lo, hi = _bounds(d, down, up)
+    if between is not None or assumed_noise <= 0:
+        return Change(math.expm1(d), lo, hi, method, df, notes)
+    half = _assumed_half(b, r, confidence, assumed_noise)
+    alarm_lo, alarm_hi = _bounds(d, math.hypot(down, half), math.hypot(up, half))
+    return Change(math.expm1(d), lo, hi, method, df, notes, assumed_noise, alarm_lo, alarm_hi)
+
+
+def _bounds(d: float, down: float, up: float) -> tuple[float, float]:
+    """Relative bounds of a log-scale difference ``d`` with deviations down/up (inf: unbounded)."""
     lo = math.expm1(d - down) if math.isfinite(down) else -1.0
     hi = math.expm1(min(d + up, 700.0)) if math.isfinite(up) else math.inf
-    return Change(math.expm1(d), lo, hi, method, df, notes)
+    return lo, hi

@@ -21,6 +21,13 @@ configuration moved a p95 by 20 %) or ``within_run`` (judge on the noise
 that can be measured; for tolerances wide enough to absorb run-to-run
 variation).
 
+``run_to_run_noise`` (default 3 %) is the relative run-to-run spread assumed
+for a single-run value when too few repeats exist to measure it (fewer than
+three between the two sides): a regression or improvement must clear it as
+well as the within-run interval; a pass is still read from the measured
+interval. ``python -m harness.gate.aa`` prints the spread a machine really
+shows; set the policy from that. ``0`` turns the assumption off.
+
 Percentages may be written ``10%`` or as fractions (``0.1``).
 """
 
@@ -101,7 +108,21 @@ class Policy(BaseModel):
         default="inconclusive",
         description="tail rules when a side has one repeat: inconclusive, or judged on measurable noise",
     )
+    run_to_run_noise: float = Field(
+        default=0.03,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "assumed relative run-to-run spread of a single-run value, used when the sides hold too few "
+            "repeats to measure it: a regression must clear it too (0 disables)"
+        ),
+    )
     rules: dict[str, Rule] = Field(default_factory=dict)
+
+    @field_validator("run_to_run_noise", mode="before")
+    @classmethod
+    def _noise_pct(cls, v: Any) -> Any:
+        return _fraction(v)
 
     @field_validator("rules")
     @classmethod

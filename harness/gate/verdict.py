@@ -123,11 +123,22 @@ def _more_data(m: Measure, half: float, distance: float) -> str:
     return f"about {extra} more requests per step (≈{factor:.1f}× the data, or {reps} more repeats) would settle it"
 
 
-def decide(w: float, w_lo: float, w_hi: float, tol: float) -> Verdict:
-    """The relative-rule decision on the change ``w`` in the bad direction with interval [w_lo, w_hi]."""
-    if w_lo > 0 and w > tol:
+def decide(
+    w: float,
+    w_lo: float,
+    w_hi: float,
+    tol: float,
+    alarm: tuple[float, float] | None = None,
+) -> Verdict:
+    """The relative-rule decision on the change ``w`` in the bad direction with interval [w_lo, w_hi].
+
+    ``alarm`` is the interval widened by the policy's assumed run-to-run noise (single repeats):
+    a regression or an improvement must clear it; a pass is read from the measured interval.
+    """
+    a_lo, a_hi = alarm if alarm is not None else (w_lo, w_hi)
+    if a_lo > 0 and w > tol:
         return "regression"
-    if w_hi < 0 and w < -tol:
+    if a_hi < 0 and w < -tol:
         return "improvement"
     if w_hi <= tol:
         return "pass"
@@ -136,7 +147,7 @@ def decide(w: float, w_lo: float, w_hi: float, tol: float) -> Verdict:
 
 def _relative(pair: Pair, metric: str, rule: Rule, b: Measure, r: Measure, policy: Policy) -> list[Check]:
     checks: list[Check] = []
-    ch = change_interval(b, r, policy.confidence)
+    ch = change_interval(b, r, policy.confidence, policy.run_to_run_noise)
     # A tail needs repeats on *both* sides: pooling assumes both sides vary alike from run to run, and a
     # single run taken while the machine was busier is exactly what a calm baseline's spread cannot show.
     single = min(b.repeats, r.repeats) < 2
@@ -174,7 +185,8 @@ def _relative(pair: Pair, metric: str, rule: Rule, b: Measure, r: Measure, polic
             continue
         w = bad * ch.rel
         w_lo, w_hi = sorted((bad * ch.lo, bad * ch.hi))
-        verdict = decide(w, w_lo, w_hi, tol)
+        a_lo, a_hi = sorted((bad * ch.alarm_lo, bad * ch.alarm_hi))
+        verdict = decide(w, w_lo, w_hi, tol, (a_lo, a_hi))
         if single_tail:
             side = "the run" if r.repeats < 2 else "the baseline"
             c.message = (
