@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gate_synth import write_run
 from harness.gate.aa import spread
 from harness.gate.interval import change_interval
 from harness.gate.measure import Measure
 from harness.gate.policy import PolicyError, parse_policy
 from harness.gate.verdict import decide
-from gate_synth import write_run
 
 
 def _p50(point: float, rel_halfwidth: float, repeats: int = 1, per_repeat: tuple[float, ...] = ()) -> Measure:

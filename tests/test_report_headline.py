@@ -85,7 +85,8 @@ def test_a_clear_winner_is_said_in_words(many: Path) -> None:
     headline = build_headline(rows_of(run.summary.cells, set()), run.records)
     # cell b is 1.35× slower at every load by construction, with 400 requests per step
     assert all(v.best_cell == A and v.beyond_noise for lv in headline.levels for v in lv.verdicts)
-    assert len(headline.lines) == 1 and headline.lines[0].startswith(f"{A}: TTFT p99 ÷")
+    # named by what differs between the two cells (server and max_num_seqs), not by cell id
+    assert len(headline.lines) == 1 and headline.lines[0].startswith("vllm-a, max_num_seqs=8: TTFT p99 ÷")
     assert all(f"at {label}" in headline.lines[0] for label in ("1 user", "4 users", "16 users"))
     html = render_html(run)
     box = re.search(r'<section id="headline".*?</section>', html, re.S)
@@ -149,3 +150,19 @@ def test_capacity_leads_when_the_summary_has_it(many: Path) -> None:
     assert capacity_lines(rows_of(run.summary.cells, set())) == []
     box = headline_box(build_headline(rows, run.records))
     assert box.index('id="headline_capacity"') < box.index('id="headline_lines"')
+
+
+def _cell(cid: str, server: str = "vllm", backend: str = "vllm", **settings: object) -> Row:
+    cell = CellResult(cell_id=cid, server=server, backend=backend, model="m", settings=settings, identity=cid)
+    return Row(cell=cell, step=None, simulated=False)  # type: ignore[arg-type]
+
+
+def test_cells_are_named_by_what_differs_between_them() -> None:
+    from harness.report.headline import cell_names
+
+    same_server = [_cell("a", max_num_seqs=16, dtype="bf16"), _cell("b", max_num_seqs=48, dtype="bf16")]
+    assert cell_names(same_server) == {"a": "max_num_seqs=16", "b": "max_num_seqs=48"}
+    servers = [_cell("v", max_num_seqs=16), _cell("t", server="tgi", backend="tgi", max_batch_size=16)]
+    assert cell_names(servers) == {"v": "vllm, max_num_seqs=16", "t": "tgi, max_batch_size=16"}
+    # nothing differs, or two cells would read alike: the cell id
+    assert cell_names([_cell("a", x=1), _cell("b", x=1)]) == {"a": "a", "b": "b"}

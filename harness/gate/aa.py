@@ -40,8 +40,14 @@ from harness.gate.policy import PolicyError, load_policy
 from harness.gate.rundata import GateInputError, load_run_folder, merge_repeats
 from harness.gate.verdict import evaluate
 
-
-SPREAD_METRICS: list[str] = ["ttft_p50", "tpot_p50", "itl_p50", "e2e_p50", "output_tok_s", "request_throughput"]
+SPREAD_METRICS: list[str] = [
+    "ttft_p50",
+    "tpot_p50",
+    "itl_p50",
+    "e2e_p50",
+    "output_tok_s",
+    "request_throughput",
+]
 
 
 @dataclass

@@ -19,6 +19,10 @@ Rules:
   resting on too few requests has an unbounded interval, so it is never
   called a difference, and the headline says why.
 * A capacity search (when the summary carries ``capacity`` per cell) leads.
+* Cells are named in the sentences by what differs between them
+  (``max_num_seqs=32``, or ``tgi`` when the servers differ), not by cell id:
+  the reader is choosing a setting, and the id repeats what all cells share.
+  The id stays in the box's tooltip and ``data-best``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from harness.gate.rundata import StepGroup
 from harness.gate.samples import extract_samples
 from harness.report.capacity import capacity_text
 from harness.report.columns import Row, format_load
+from harness.results import CellResult
 
 CONFIDENCE = 0.95
 RESAMPLES = 1000
@@ -137,6 +142,7 @@ class Headline:
     capacity: list[str] = field(default_factory=list)
     # (cell, step, metric) → the gate's within-run interval of that percentile, for the table's tooltips
     intervals: dict[tuple[str, str, str], tuple[float, float]] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # cell id → what differs (cell_names)
 
 
 def load_levels(rows: list[Row]) -> list[tuple[str, float]]:
@@ -182,17 +188,48 @@ def _verdict(metric: HeadlineMetric, rows: list[Row], noise: _Noise) -> Verdict 
     return Verdict(metric, best.cell.cell_id, best_v, runner.cell.cell_id, run_v, change, thin)
 
 
-def capacity_lines(rows: list[Row]) -> list[str]:
+def capacity_lines(rows: list[Row], names: dict[str, str] | None = None) -> list[str]:
     """``cell: capacity 12.5 req/s, 1,234 out tok/s`` for every cell whose capacity search ran."""
+    names = names or {}
     seen: dict[str, str] = {}
     for row in rows:
         cap = row.cell.capacity
         if cap is not None and row.cell.cell_id not in seen:
             seen[row.cell.cell_id] = capacity_text(cap)
-    return [f"{cid}: capacity {text}" for cid, text in seen.items()]
+    return [f"{names.get(cid, cid)}: capacity {text}" for cid, text in seen.items()]
 
 
-def _sentences(levels: list[LoadLevel]) -> list[str]:
+def cell_names(rows: list[Row]) -> dict[str, str]:
+    """Each cell's name by what differs between the cells: server, backend, model, then settings.
+
+    A field the cells all share says nothing about the choice, so it is left out, and so is a
+    setting a cell's backend does not have; when nothing differs (or two cells would read the
+    same), the cell id is the name.
+    """
+    cells = {r.cell.cell_id: r.cell for r in rows}
+
+    def fields(cell: CellResult) -> dict[str, str]:
+        out = {"server": cell.server, "backend": cell.backend, "model": cell.model}
+        out.update({k: "" if v is None else str(v) for k, v in cell.settings.items()})
+        return out
+
+    table = {cid: fields(c) for cid, c in cells.items()}
+    keys = list(dict.fromkeys(k for f in table.values() for k in f))
+    differing = [k for k in keys if len({f.get(k) for f in table.values()}) > 1]
+    if "server" in differing:  # the server's name implies its backend and usually its model
+        differing = [k for k in differing if k not in ("backend", "model")]
+    names = {
+        cid: ", ".join(
+            f[k] if k in ("server", "backend", "model") else f"{k}={f[k]}" for k in differing if k in f
+        )
+        for cid, f in table.items()
+    }
+    if not differing or len(set(names.values())) < len(names):
+        return {cid: cid for cid in cells}
+    return names
+
+
+def _sentences(levels: list[LoadLevel], names: dict[str, str]) -> list[str]:
     """Per winning cell, its wins beyond the noise by level; then the levels with no such difference."""
     wins: dict[str, list[str]] = {}
     quiet: list[str] = []
@@ -208,7 +245,7 @@ def _sentences(levels: list[LoadLevel]) -> list[str]:
                 " and ".join(phrases) if len(phrases) < 3 else f"{', '.join(phrases[:-1])} and {phrases[-1]}"
             )
             wins.setdefault(cid, []).append(f"{joined} at {level.label}")
-    lines = [f"{cid}: {'; '.join(parts)}" for cid, parts in wins.items()]
+    lines = [f"{names.get(cid, cid)}: {'; '.join(parts)}" for cid, parts in wins.items()]
     if quiet:
         lines.append(f"no difference beyond the noise at {', '.join(quiet)}")
     return lines
@@ -231,4 +268,5 @@ def build_headline(rows: list[Row], records: pd.DataFrame) -> Headline:
             m = noise.measure(row, metric)
             if m is not None and not math.isnan(m.lo):
                 intervals[(row.cell.cell_id, row.step.step_id, metric)] = (m.lo, m.hi)
-    return Headline(levels, _sentences(levels), capacity_lines(rows), intervals)
+    names = cell_names(rows)
+    return Headline(levels, _sentences(levels, names), capacity_lines(rows, names), intervals, names)

@@ -204,8 +204,8 @@ def headline_box(headline: Headline) -> str:
             cls = "beyond" if v.beyond_noise else "within"
             cells.append(
                 f'<td class="{cls}" data-metric="{v.metric.key}" data-best="{escape(v.best_cell)}" '
-                f'title="{escape(v.interval)}"><strong>{escape(v.best_cell)}</strong> '
-                f"{escape(v.margin)} vs {escape(v.runner_cell)}<br>"
+                f'title="{escape(v.interval)}"><strong>{escape(headline.names.get(v.best_cell, v.best_cell))}'
+                f"</strong> {escape(v.margin)} vs {escape(headline.names.get(v.runner_cell, v.runner_cell))}<br>"
                 f'<span class="legend-note">{escape(v.noise_note)}</span></td>'
             )
         body.append(
