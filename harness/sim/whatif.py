@@ -19,8 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from harness.hardware.calibration import BANDS_FILE, CALIBRATION_FILE, Case, load_cases
-from harness.hardware.profiles import get_gpu, get_model
+from harness.dataset import DatasetError, length_pairs, read_dataset
+from harness.hardware.calibration import BANDS_FILE, CALIBRATION_FILE, CalibrationError, Case, load_cases
+from harness.hardware.profiles import PROFILE_DIR, get_gpu, get_model
 from harness.sim.roofline import EngineConfig, Roofline, plan_memory, step_cost
 from harness.sim.scheduler import Scheduler, Seq
 
@@ -95,11 +96,29 @@ def case_config(case: Case) -> EngineConfig:
     )
 
 
-def simulate_case(case: Case, cfg: EngineConfig | None = None) -> float:
-    """The case's metric as engine mode computes it."""
+def case_requests(case: Case) -> list[tuple[int, int]]:
+    """The case's ``(input, output)`` lengths: fixed ones, or a JSONL length dataset replayed in
+    order and cycled to ``requests`` (``setup.dataset``, relative to the profile data folder)."""
+    s = case.setup
+    n = int(s["requests"])
+    if "dataset" not in s:
+        return [(int(s["input"]), int(s["output"]))] * n
+    path = Path(s["dataset"])
+    path = path if path.is_absolute() else PROFILE_DIR / path
+    try:
+        pairs = length_pairs(path, read_dataset(path))
+    except DatasetError as err:
+        raise CalibrationError(f"cases.{case.key}.setup.dataset: {err}") from None
+    return [pairs[i % len(pairs)] for i in range(n)]
+
+
+def simulate_case(
+    case: Case, cfg: EngineConfig | None = None, requests: list[tuple[int, int]] | None = None
+) -> float:
+    """The case's metric as engine mode computes it (``requests`` overrides the case's lengths)."""
     cfg = cfg or case_config(case)
     s = case.setup
-    reqs = [(int(s["input"]), int(s["output"]))] * int(s["requests"])
+    reqs = requests if requests is not None else case_requests(case)
     res = closed_loop(cfg, reqs, int(s["concurrency"]))
     if case.metric == "e2e_ms":
         return res.mean_e2e_s * 1000
@@ -163,9 +182,32 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def length_sensitivity() -> str:
+    """The dataset cases rerun with the ShareGPT sample's assumed output sigma at 0.8, 1.0 and 1.2:
+    how much of their ratio is the sample's assumption rather than the model."""
+    from harness.hardware.sharegpt_lengths import sample
+
+    lines = []
+    cases = [c for c in load_cases() if "dataset" in c.setup]
+    for sigma in (0.8, 1.0, 1.2):
+        pairs = sample(sigma=sigma)
+        for c in cases:
+            reqs = [pairs[i % len(pairs)] for i in range(int(c.setup["requests"]))]
+            sim = simulate_case(c, requests=reqs)
+            lines.append(f"  sigma {sigma}: {c.key:42} simulated {sim:10.2f} ratio {sim / c.published:6.3f}")
+    return "Output-length sigma sensitivity (ShareGPT sample; committed sample uses 1.0):\n" + "\n".join(
+        lines
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.sim.whatif", description=__doc__.splitlines()[0])
     p.add_argument("--write-bands", action="store_true", help=f"rewrite {BANDS_FILE.name} from this table")
+    p.add_argument(
+        "--length-sensitivity",
+        action="store_true",
+        help="also rerun the length-dataset cases with the ShareGPT sample's assumed output sigma varied",
+    )
     a = p.parse_args(argv)
     rows = table()
     print(render(rows))
@@ -174,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         header = "# Written by `python -m harness.sim.whatif --write-bands` from calibration.yaml's cases; do not edit.\n"
         BANDS_FILE.write_text(header + yaml.safe_dump(body, sort_keys=True), encoding="utf-8")
         print(f"wrote {BANDS_FILE}")
+    if a.length_sensitivity:
+        print(length_sensitivity())
     return 0 if all(r.within for r in rows) else 1
 
 
