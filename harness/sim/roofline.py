@@ -98,6 +98,8 @@ class EngineConfig:
     # ``kv_token_limit`` is its --max-batch-total-tokens cap on the KV cache.
     reserve_full: bool = False
     kv_token_limit: int | None = None
+    # False: vLLM V0 without --enable-chunked-prefill (prefill-only steps; see scheduler.py).
+    chunked_prefill: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -109,6 +111,11 @@ class EngineConfig:
                 raise EngineConfigError(f"{name} {getattr(self, name)}: must be >= 1")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise EngineConfigError(f"max_model_len {self.max_model_len}: must be >= 1")
+        if not self.chunked_prefill and self.max_num_batched_tokens < self.context_len:
+            raise EngineConfigError(  # vLLM refuses the same: a longest prompt could never be scheduled
+                f"max_num_batched_tokens {self.max_num_batched_tokens} is smaller than max_model_len "
+                f"{self.context_len}; without chunked prefill a whole prompt must fit one step"
+            )
         if self.step_overhead_s is not None and self.step_overhead_s < 0:
             raise EngineConfigError(f"step_overhead {self.step_overhead_s}: must be >= 0")
         weight_bytes(self.model, self.quantization, self.tensor_parallel_size)

@@ -22,8 +22,9 @@ import yaml
 from harness.dataset import DatasetError, length_pairs, read_dataset
 from harness.hardware.calibration import BANDS_FILE, CALIBRATION_FILE, CalibrationError, Case, load_cases
 from harness.hardware.profiles import PROFILE_DIR, get_gpu, get_model
+from harness.sim.engine import make_scheduler
 from harness.sim.roofline import EngineConfig, Roofline, plan_memory, step_cost
-from harness.sim.scheduler import Scheduler, Seq
+from harness.sim.scheduler import Seq
 
 TARGET = 1.25  # every case within x1.25 of its published figure
 
@@ -48,7 +49,7 @@ def closed_loop(cfg: EngineConfig, requests: list[tuple[int, int]], concurrency:
     ``vllm bench serve --max-concurrency``; ``concurrency >= len(requests)`` is a drain."""
     plan = plan_memory(cfg)
     roof = Roofline.of(cfg)
-    sched = Scheduler(plan.num_blocks, cfg.block_size, cfg.max_num_seqs, cfg.max_num_batched_tokens)
+    sched = make_scheduler(cfg, plan)
     pending = list(reversed(requests))
     start: dict[Seq, float] = {}  # keyed by the object (eq=False): ids are reused
     first: dict[Seq, float] = {}
@@ -93,6 +94,7 @@ def case_config(case: Case) -> EngineConfig:
         max_num_batched_tokens=s.get("max_num_batched_tokens", 8192 if large else 2048),
         max_model_len=s.get("max_model_len"),
         tensor_parallel_size=s.get("tensor_parallel_size", 1),
+        chunked_prefill=s.get("chunked_prefill", True),
     )
 
 
