@@ -167,12 +167,12 @@ def render(rows: list[Row]) -> str:
     for role, title in (("fit", "Cases used for fitting"), ("heldout", "Held-out cases (never fitted to)")):
         lines += [
             f"{title}:",
-            f"  {'case':42} {'gpu':11} {'metric':16} {'published':>10} {'simulated':>10} {'ratio':>6}",
+            f"  {'case':46} {'gpu':11} {'metric':16} {'published':>10} {'simulated':>10} {'ratio':>6}",
         ]
         for r in (r for r in rows if r.case.role == role):
             mark = "" if r.within else f"  MISS (target x{TARGET})"
             lines.append(
-                f"  {r.case.key:42} {r.case.gpu:11} {r.case.metric:16} {r.case.published:10.2f} "
+                f"  {r.case.key:46} {r.case.gpu:11} {r.case.metric:16} {r.case.published:10.2f} "
                 f"{r.simulated:10.2f} {r.ratio:6.3f}{mark}"
             )
         lines.append("")
@@ -196,7 +196,7 @@ def length_sensitivity() -> str:
         for c in cases:
             reqs = [pairs[i % len(pairs)] for i in range(int(c.setup["requests"]))]
             sim = simulate_case(c, requests=reqs)
-            lines.append(f"  sigma {sigma}: {c.key:42} simulated {sim:10.2f} ratio {sim / c.published:6.3f}")
+            lines.append(f"  sigma {sigma}: {c.key:46} simulated {sim:10.2f} ratio {sim / c.published:6.3f}")
     return "Output-length sigma sensitivity (ShareGPT sample; committed sample uses 1.0):\n" + "\n".join(
         lines
     )
