@@ -94,6 +94,7 @@ def case_config(case: Case) -> EngineConfig:
         max_num_batched_tokens=s.get("max_num_batched_tokens", 8192 if large else 2048),
         max_model_len=s.get("max_model_len"),
         tensor_parallel_size=s.get("tensor_parallel_size", 1),
+        pipeline_parallel_size=s.get("pipeline_parallel_size", 1),
         chunked_prefill=s.get("chunked_prefill", True),
     )
 
