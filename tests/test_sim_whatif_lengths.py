@@ -19,7 +19,7 @@ import pytest
 from harness.dataset import DatasetError, length_pairs, read_dataset
 from harness.hardware import sharegpt_lengths as sg
 from harness.hardware.calibration import CalibrationError, load_cases
-from harness.sim.whatif import case_config, case_requests, closed_loop
+from harness.sim.whatif import Row, bands, case_config, case_requests, closed_loop, render
 
 
 def _case(key: str):  # type: ignore[no-untyped-def]
@@ -90,3 +90,14 @@ def test_a_case_with_a_bad_dataset_names_the_case_and_line(tmp_path: Path) -> No
         match=r"cases\.lambda-v060-llama8b-h100-sharegpt\.setup\.dataset: .*bad\.jsonl:1: output_tokens",
     ):
         case_requests(case)
+
+
+def test_band_counts_the_worst_assumed_length_shape() -> None:
+    case = _case("lambda-v060-llama8b-h100-sharegpt")
+    exact = Row(case, case.published * 1.01)
+    shaky = Row(case, case.published * 1.01, alternatives=(case.published * 1.18, case.published / 1.07))
+    assert bands([exact])["hopper-sxm"]["throughput"]["band"] == 0.05
+    assert bands([shaky])["hopper-sxm"]["throughput"]["band"] == 0.2
+    assert shaky.within  # the target is judged on the committed sample; the band carries the doubt
+    text = render([shaky])
+    assert "(sigma 0.8/1.2: 0.935-1.180)" in text

@@ -27,9 +27,10 @@ What it matches:
 What it assumes: the output length's *shape*. No stored source gives a
 percentile of ShareGPT output lengths under this filter, so outputs are
 lognormal with ``OUTPUT_SIGMA`` = 1.0, chosen as a middle value before the
-held-out cases were rerun with it; ``python -m harness.sim.whatif
---length-sensitivity`` shows what 0.8 and 1.2 would give (the held-out figures
-move by several per cent, which is this sample's own error).
+held-out cases were rerun with it; the validation table (``make bench-whatif``)
+also reruns those cases with 0.8 and 1.2, prints the ratio range, and counts the
+worst in the band (the held-out figures move by several per cent: this sample's
+own error).
 
 Run ``python -m harness.hardware.sharegpt_lengths --write`` to regenerate
 ``data/sharegpt_llama3_lengths.jsonl`` (seeded: the same file every time).
