@@ -118,3 +118,14 @@ def test_step_overhead_grows_with_the_batch() -> None:
     assert roof.step_s(big) - max(roof.compute_s(big), roof.memory_s(big)) > roof.step_s(small) - max(
         roof.compute_s(small), roof.memory_s(small)
     )
+
+
+def test_constants_are_printed_per_class_with_their_sources() -> None:
+    from harness.hardware.calibration import load_sources
+    from harness.sim.whatif import constants_text
+
+    text = constants_text()
+    for key, e in load_efficiencies().items():
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(key))
+        assert f"bw decode/prefill {e.decode_bw:.2f}/{e.prefill_bw:.2f}" in line
+        assert all(f"source: {url}" in text for url in load_sources()[key])

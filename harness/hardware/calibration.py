@@ -134,6 +134,11 @@ def load_efficiencies(path: Path = CALIBRATION_FILE) -> dict[str, Efficiency]:
     return out
 
 
+def load_sources(path: Path = CALIBRATION_FILE) -> dict[str, list[str]]:
+    """Per class, the URLs its constants were fitted to or checked against (notes stay in the file)."""
+    return {key: [src.url for src in c.sources] for key, c in _load(path).classes.items()}
+
+
 def efficiency_for(calibration_class: str, path: Path = CALIBRATION_FILE) -> Efficiency:
     effs = load_efficiencies(path)
     if calibration_class not in effs:

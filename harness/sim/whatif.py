@@ -20,7 +20,15 @@ from pathlib import Path
 import yaml
 
 from harness.dataset import DatasetError, length_pairs, read_dataset
-from harness.hardware.calibration import BANDS_FILE, CALIBRATION_FILE, CalibrationError, Case, load_cases
+from harness.hardware.calibration import (
+    BANDS_FILE,
+    CALIBRATION_FILE,
+    CalibrationError,
+    Case,
+    load_cases,
+    load_efficiencies,
+    load_sources,
+)
 from harness.hardware.profiles import PROFILE_DIR, get_gpu, get_model
 from harness.sim.engine import make_scheduler
 from harness.sim.roofline import EngineConfig, Roofline, plan_memory, step_cost
@@ -222,12 +230,28 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def constants_text(path: Path = CALIBRATION_FILE) -> str:
+    """The constants per GPU class and the sources they came from (the notes say which case fixed which)."""
+    sources = load_sources(path)
+    lines = [f"Constants per GPU class ({path.name}: fit and check sources; the note on each says which)"]
+    for key, e in load_efficiencies(path).items():
+        lines.append(
+            f"  {key:13} bw decode/prefill {e.decode_bw:.2f}/{e.prefill_bw:.2f}  flops decode/prefill "
+            f"{e.decode_flops:.2f}/{e.prefill_flops:.2f}  step {e.step_fixed_s * 1000:.2f} ms + "
+            f"{e.step_per_seq_s * 1000:.3f} ms/seq  dequant {e.dequant}"
+        )
+        lines += [f"  {'':13} source: {url}" for url in sources.get(key, [])]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.sim.whatif", description=__doc__.splitlines()[0])
     p.add_argument("--write-bands", action="store_true", help=f"rewrite {BANDS_FILE.name} from this table")
     a = p.parse_args(argv)
     rows = table()
     print(render(rows))
+    print()
+    print(constants_text())
     if a.write_bands:
         body = {"bands": bands(rows)}
         header = "# Written by `python -m harness.sim.whatif --write-bands` from calibration.yaml's cases; do not edit.\n"
