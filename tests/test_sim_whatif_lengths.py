@@ -100,4 +100,4 @@ def test_band_counts_the_worst_assumed_length_shape() -> None:
     assert bands([shaky])["hopper-sxm"]["throughput"]["band"] == 0.2
     assert shaky.within  # the target is judged on the committed sample; the band carries the doubt
     text = render([shaky])
-    assert "(sigma 0.8/1.2: 0.935-1.180)" in text
+    assert "(range 0.935-1.180)" in text
