@@ -85,3 +85,20 @@ def test_band_label_calls_pipeline_parallel_uncalibrated() -> None:
     label = band_label("h100-80gb", "hopper-sxm", pipeline_parallel_size=2)
     assert "pipeline parallel uncalibrated" in label
     assert "pipeline" not in band_label("h100-80gb", "hopper-sxm")
+
+
+def test_no_chunked_prefill_flag_reaches_the_config_and_checks_the_budget() -> None:
+    p = build_parser()
+    base = ["--port", "0", "--mode", "engine", "--gpu", "h100-80gb", "--model-profile", "llama-3.1-8b"]
+    cfg = engine_config(p.parse_args([*base, "--max-model-len", "2048", "--max-num-batched-tokens", "2048"]))
+    assert cfg is not None and cfg.chunked_prefill
+    cfg = engine_config(p.parse_args([*base, "--max-model-len", "2048", "--no-chunked-prefill"]))
+    assert cfg is not None and not cfg.chunked_prefill
+    with pytest.raises(ValueError, match="max_num_batched_tokens 2048 is smaller than max_model_len 4096"):
+        engine_config(
+            p.parse_args(
+                [*base, "--max-model-len", "4096", "--max-num-batched-tokens", "2048", "--no-chunked-prefill"]
+            )
+        )
+    with pytest.raises(ValueError, match="--no-chunked-prefill: only used with --mode engine"):
+        engine_config(p.parse_args(["--port", "0", "--no-chunked-prefill"]))
