@@ -8,6 +8,12 @@ the value (``prompts.jsonl:3: output_tokens: must be a positive integer
 (got -1)``). Lines carry ``prompt`` (a string) or ``messages`` (a list of
 ``{"role", "content"}`` strings), and optionally ``output_tokens``; other
 keys (ids, sources) are kept out of the way, not refused.
+
+A line may instead carry only lengths, ``{"prompt_tokens": 215, "output_tokens":
+179}``: a recorded length distribution (a published dataset's, whose texts are
+not ours to ship). Real runs build a synthetic prompt of that many tokens; the
+sim's engine-mode what-if replays the pairs directly (``length_pairs``), so one
+file drives both and a drain-style case sees the length tail, not its mean.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class DatasetRow:
     prompt: str | None
     messages: list[dict[str, str]] | None
     output_tokens: int | None
+    # A length-only line: the prompt is synthetic, of this many tokens.
+    prompt_tokens: int | None = None
 
 
 def read_dataset(path: Path) -> list[DatasetRow]:
@@ -73,7 +81,20 @@ def check_row(path: Path, lineno: int, line: str) -> DatasetRow:
     if not isinstance(row, dict):
         raise DatasetError(f"{where}: each line must be a JSON object (got {shown(row)})")
     prompt, messages = row.get("prompt"), row.get("messages")
-    if "messages" in row:
+    prompt_tokens = None
+    if "prompt_tokens" in row:
+        prompt_tokens = _positive(where, "prompt_tokens", row["prompt_tokens"])
+        if "prompt" in row or "messages" in row:
+            raise DatasetError(
+                f"{where}: prompt_tokens: give either a text ('prompt'/'messages') or its length "
+                f"'prompt_tokens', not both (got prompt_tokens {shown(prompt_tokens)})"
+            )
+        if "output_tokens" not in row:
+            raise DatasetError(
+                f"{where}: output_tokens: a length-only line (prompt_tokens {prompt_tokens}) needs its "
+                f"output length too (got no output_tokens; keys {shown(sorted(row))})"
+            )
+    elif "messages" in row:
         messages = _messages(where, messages)
         prompt = None
     elif not isinstance(prompt, str) or not prompt.strip():
@@ -81,14 +102,34 @@ def check_row(path: Path, lineno: int, line: str) -> DatasetRow:
         raise DatasetError(
             f"{where}: prompt: needs a non-empty string 'prompt' or a 'messages' list (got {got})"
         )
-    out = row.get("output_tokens")
-    if "output_tokens" in row and (
-        not isinstance(out, int) or isinstance(out, bool) or not 1 <= out <= MAX_TOKENS
-    ):
+    out = _positive(where, "output_tokens", row["output_tokens"]) if "output_tokens" in row else None
+    return DatasetRow(lineno, prompt, messages, out, prompt_tokens)
+
+
+def _positive(where: str, key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_TOKENS:
         raise DatasetError(
-            f"{where}: output_tokens: must be a positive integer up to {MAX_TOKENS} (got {shown(out)})"
+            f"{where}: {key}: must be a positive integer up to {MAX_TOKENS} (got {shown(value)})"
         )
-    return DatasetRow(lineno, prompt, messages, out)
+    return value
+
+
+def length_pairs(path: Path, rows: list[DatasetRow]) -> list[tuple[int, int]]:
+    """``(prompt_tokens, output_tokens)`` per row, for the engine-mode what-if.
+
+    Every row must be length-only: a text's token count depends on a tokenizer
+    the what-if does not load, and guessing it would hide the error the
+    replayed distribution exists to remove.
+    """
+    pairs = []
+    for r in rows:
+        if r.prompt_tokens is None or r.output_tokens is None:
+            raise DatasetError(
+                f"{path}:{r.lineno}: prompt_tokens: the what-if replays lengths and needs "
+                "'prompt_tokens' and 'output_tokens' on every line (this line has a text prompt)"
+            )
+        pairs.append((r.prompt_tokens, r.output_tokens))
+    return pairs
 
 
 def _messages(where: str, messages: Any) -> list[dict[str, str]]:

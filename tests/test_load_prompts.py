@@ -155,6 +155,20 @@ def test_dataset_file_is_cycled_and_counted(tmp_path: Path, byte_level: Path) ->
     assert not chat[0].exact
 
 
+def test_length_only_dataset_lines_become_exact_synthetic_prompts(tmp_path: Path, byte_level: Path) -> None:
+    """A recorded length distribution (no texts) replays in real runs as prompts of those lengths."""
+    path = tmp_path / "lengths.jsonl"
+    path.write_text('{"prompt_tokens": 12, "output_tokens": 7}\n{"prompt_tokens": 30, "output_tokens": 2}\n')
+    specs = load_dataset(path, LengthDist(value=99), 3, 0, "text", tokenizer_path=byte_level)
+    assert [(s.prompt_tokens, s.output_tokens) for s in specs] == [(12, 7), (30, 2), (12, 7)]
+    tok = Tokenizer.from_file(str(byte_level))
+    assert [len(tok.encode(s.prompt or "").ids) for s in specs] == [12, 30, 12]
+    assert all(s.exact for s in specs)
+    chat = load_dataset(path, LengthDist(value=99), 1, 0, "chat")  # no tokenizer: one word per token
+    assert chat[0].messages is not None and len(chat[0].messages[0]["content"].split()) == 12
+    assert not chat[0].exact
+
+
 def test_missing_prompts_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PromptError, match="no such prompts file"):
         read_prompts(tmp_path / "absent.jsonl")

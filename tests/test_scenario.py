@@ -167,3 +167,31 @@ def test_prompt_source_required_and_exclusive() -> None:
     data["workload"]["dataset"] = "x.jsonl"
     with pytest.raises(ScenarioError, match="not both"):
         parse_scenario(data)
+
+
+def test_engine_mode_scenario_takes_a_length_dataset(tmp_path: Path) -> None:
+    """Issue 12: a what-if scenario replays a recorded length distribution, checked at validate."""
+    from harness.hardware.sharegpt_lengths import SAMPLE_FILE
+
+    data = base()
+    data["servers"] = [
+        {
+            "name": "h100",
+            "backend": "sim",
+            "model": "meta-llama/Llama-3.1-8B-Instruct",
+            "settings": {
+                "mode": "engine",
+                "gpu": "h100-80gb",
+                "max_model_len": 2048,
+                "pipeline_parallel_size": 2,
+            },
+        }
+    ]
+    del data["workload"]["prompt_tokens"]
+    data["workload"]["dataset"] = str(SAMPLE_FILE)
+    assert load_scenario(write(tmp_path, data)).workload.dataset == SAMPLE_FILE
+    bad = tmp_path / "lengths.jsonl"
+    bad.write_text('{"prompt_tokens": 12, "output_tokens": 3}\n{"prompt_tokens": 12}\n')
+    data["workload"]["dataset"] = "lengths.jsonl"
+    with pytest.raises(ScenarioError, match=r"workload.dataset: .*lengths.jsonl:2: output_tokens"):
+        load_scenario(write(tmp_path, data))

@@ -343,6 +343,31 @@ CASES: list[Case] = [
     _dataset(b'{"prompt": "x", "output_tokens": 2.5}\n', "dataset-output-float", "output_tokens", "2.5"),
     _dataset(b'{"prompt": "x", "output_tokens": true}\n', "dataset-output-bool", "output_tokens", "True"),
     _dataset(GOOD_LINE + b"\x00\x01\x02binary", "dataset-binary", "data.jsonl:2", "offset 26"),
+    # -- length-only lines ({"prompt_tokens", "output_tokens"}: a recorded length distribution)
+    _dataset(
+        b'{"prompt_tokens": 10, "output_tokens": 5}\n{"prompt_tokens": 0, "output_tokens": 5}\n',
+        "dataset-lengths-prompt-zero",
+        "data.jsonl:2: prompt_tokens",
+        "got 0",
+    ),
+    _dataset(
+        b'{"prompt_tokens": "12", "output_tokens": 5}\n',
+        "dataset-lengths-prompt-string",
+        "prompt_tokens",
+        "'12'",
+    ),
+    _dataset(
+        b'{"prompt_tokens": 12}\n',
+        "dataset-lengths-no-output",
+        "data.jsonl:1: output_tokens",
+        "prompt_tokens 12",
+    ),
+    _dataset(
+        b'{"prompt": "hi", "prompt_tokens": 12, "output_tokens": 5}\n',
+        "dataset-lengths-and-text",
+        "data.jsonl:1: prompt_tokens",
+        "not both",
+    ),
     _dataset(b'{"prompt": "caf\xe9"}\n', "dataset-latin1", "data.jsonl:1", "0xe9"),
     Case(
         "dataset-missing",

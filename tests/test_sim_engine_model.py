@@ -159,6 +159,42 @@ def test_chunked_prefill_splits_a_long_prompt_over_the_token_budget() -> None:
     assert q.generated == 3 and s.free_blocks == 100
 
 
+def test_without_chunked_prefill_prefills_run_alone_and_whole() -> None:
+    """vLLM V0 without chunking: a step is all whole prompts or all decodes, never both."""
+    s = Scheduler(num_blocks=100, block_size=4, max_num_seqs=4, token_budget=10, chunked_prefill=False)
+    a, b, c = (
+        Seq(prompt_tokens=6, target_tokens=3),
+        Seq(prompt_tokens=3, target_tokens=2),
+        Seq(prompt_tokens=8, target_tokens=1),
+    )
+    for q in (a, b):
+        s.add(q)
+    shapes = []
+    plan = s.schedule()
+    shapes.append(plan.shape())
+    s.complete(plan)
+    s.add(c)  # arrives while a and b decode: its prefill pauses them
+    while not s.idle:
+        plan = s.schedule()
+        shapes.append(plan.shape())
+        s.complete(plan)
+    assert shapes == [[(6, 0), (3, 0)], [(8, 0)], [(1, 6), (1, 3)], [(1, 7)]]
+    assert (a.generated, b.generated, c.generated) == (3, 2, 1) and s.free_blocks == 100
+
+
+def test_without_chunked_prefill_the_budget_must_hold_a_whole_prompt() -> None:
+    gpu, model = get_gpu("h100-80gb"), get_model("llama-3.1-8b")
+    with pytest.raises(
+        EngineConfigError, match="max_num_batched_tokens 2048 is smaller than max_model_len 4096"
+    ):
+        EngineConfig(
+            gpu=gpu, model=model, max_model_len=4096, max_num_batched_tokens=2048, chunked_prefill=False
+        )
+    assert (
+        EngineConfig(gpu=gpu, model=model, max_model_len=2048, chunked_prefill=False).chunked_prefill is False
+    )
+
+
 def test_max_num_seqs_queues_the_rest() -> None:
     s = Scheduler(num_blocks=100, block_size=16, max_num_seqs=2, token_budget=100)
     seqs = [Seq(prompt_tokens=4, target_tokens=3) for _ in range(3)]

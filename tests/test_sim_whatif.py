@@ -8,23 +8,30 @@ that the published figures are right; calibration.yaml says which were read from
 
 from __future__ import annotations
 
+import pytest
+
 from harness.hardware.calibration import band_label, load_bands, load_cases, load_efficiencies
 from harness.hardware.memory import kv_bytes_per_token, weight_bytes
 from harness.sim.hardware import get_gpu, get_model
 from harness.sim.roofline import EngineConfig, Roofline, plan_memory, step_cost
-from harness.sim.whatif import TARGET, bands, render, table
+from harness.sim.whatif import TARGET, Row, bands, render, table
 
 H100 = get_gpu("h100-80gb")
 L70 = get_model("llama-3.1-70b")
 MISTRAL = get_model("mistral-7b")
 
 
-def test_table_reruns_every_case_split_fit_and_heldout() -> None:
+@pytest.fixture(scope="module")
+def rows() -> list[Row]:
+    """The table once per module: it reruns every case (tens of seconds on a loaded machine)."""
+    return table()
+
+
+def test_table_reruns_every_case_split_fit_and_heldout(rows: list[Row]) -> None:
     cases = load_cases()
     roles = {c.role for c in cases}
     assert roles == {"fit", "heldout"}
     assert any(c.regime == "tp" and c.role == "heldout" for c in cases)  # the 70B TP check is held out
-    rows = table()
     assert [r.case.key for r in rows] == [c.key for c in cases]
     text = render(rows)
     assert "Cases used for fitting:" in text and "Held-out cases" in text
@@ -37,8 +44,8 @@ def test_table_reruns_every_case_split_fit_and_heldout() -> None:
     assert 1 / TARGET <= min(r.ratio for r in rows if r.case.role == "fit")
 
 
-def test_committed_bands_are_what_the_table_gives() -> None:
-    assert load_bands() == bands(table()), "run `make bench-whatif` to rewrite bands.yaml"
+def test_committed_bands_are_what_the_table_gives(rows: list[Row]) -> None:
+    assert load_bands() == bands(rows), "run `make bench-whatif` to rewrite bands.yaml"
 
 
 def test_every_gpu_class_has_efficiencies_and_sources() -> None:
@@ -118,3 +125,14 @@ def test_step_overhead_grows_with_the_batch() -> None:
     assert roof.step_s(big) - max(roof.compute_s(big), roof.memory_s(big)) > roof.step_s(small) - max(
         roof.compute_s(small), roof.memory_s(small)
     )
+
+
+def test_constants_are_printed_per_class_with_their_sources() -> None:
+    from harness.hardware.calibration import load_sources
+    from harness.sim.whatif import constants_text
+
+    text = constants_text()
+    for key, e in load_efficiencies().items():
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(key))
+        assert f"bw decode/prefill {e.decode_bw:.2f}/{e.prefill_bw:.2f}" in line
+        assert all(f"source: {url}" in text for url in load_sources()[key])

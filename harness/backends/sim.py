@@ -82,6 +82,8 @@ class SimSettings(BackendSettings):
     block_size: Positive | None = None
     step_overhead_ms: NonNegative | None = None
     tensor_parallel_size: Positive | None = None
+    pipeline_parallel_size: Positive | None = None
+    no_chunked_prefill: bool | None = None
     time_scale: Annotated[float, Field(gt=0)] | None = None
     grpc_port: Count | None = None
     # Answer GET /v1/models with 404, as a TGIS or Caikit server does (readiness by protocol).
@@ -106,7 +108,8 @@ class SimSettings(BackendSettings):
 ENGINE_SETTINGS = (
     "gpu", "model_profile", "quantization", "kv_cache_dtype", "gpu_memory_utilization", "max_num_seqs",
     "max_num_batched_tokens", "max_batch_total_tokens", "max_batch_prefill_tokens", "block_size",
-    "step_overhead_ms", "tensor_parallel_size", "time_scale",
+    "step_overhead_ms", "tensor_parallel_size", "pipeline_parallel_size", "no_chunked_prefill",
+    "time_scale",
 )  # fmt: skip
 
 
@@ -198,7 +201,8 @@ def engine_band(settings: dict[str, Scalar]) -> str:
 
     key = resolve_gpu(str(settings["gpu"]))
     tp = int(settings.get("tensor_parallel_size") or 1)  # type: ignore[arg-type]
-    return band_label(key, get_gpu(key).calibration_class, tp)
+    pp = int(settings.get("pipeline_parallel_size") or 1)  # type: ignore[arg-type]
+    return band_label(key, get_gpu(key).calibration_class, tp, pipeline_parallel_size=pp)
 
 
 class SimBackend:

@@ -134,6 +134,11 @@ def load_efficiencies(path: Path = CALIBRATION_FILE) -> dict[str, Efficiency]:
     return out
 
 
+def load_sources(path: Path = CALIBRATION_FILE) -> dict[str, list[str]]:
+    """Per class, the URLs its constants were fitted to or checked against (notes stay in the file)."""
+    return {key: [src.url for src in c.sources] for key, c in _load(path).classes.items()}
+
+
 def efficiency_for(calibration_class: str, path: Path = CALIBRATION_FILE) -> Efficiency:
     effs = load_efficiencies(path)
     if calibration_class not in effs:
@@ -157,7 +162,11 @@ def load_bands(path: Path = BANDS_FILE) -> dict[str, dict[str, dict[str, float]]
 
 
 def band_label(
-    gpu_key: str, calibration_class: str, tensor_parallel_size: int = 1, path: Path = BANDS_FILE
+    gpu_key: str,
+    calibration_class: str,
+    tensor_parallel_size: int = 1,
+    path: Path = BANDS_FILE,
+    pipeline_parallel_size: int = 1,
 ) -> str:
     """The error band the validation table supports for a simulated cell, in words.
 
@@ -166,7 +175,13 @@ def band_label(
     """
     regimes = load_bands(path).get(calibration_class, {})
     wanted = ("decode", "throughput") + (("tp",) if tensor_parallel_size > 1 else ())
-    words = {"decode": "decode-bound steps", "throughput": "batched throughput", "tp": "tensor parallel"}
+    wanted += ("pp",) if pipeline_parallel_size > 1 else ()  # no published case yet: always uncalibrated
+    words = {
+        "decode": "decode-bound steps",
+        "throughput": "batched throughput",
+        "tp": "tensor parallel",
+        "pp": "pipeline parallel",
+    }
     parts = []
     for r in wanted:
         b = regimes.get(r)

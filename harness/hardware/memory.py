@@ -37,7 +37,22 @@ class SizingError(HardwareError):
     """A configuration that cannot be sized (it does not fit, or a bad value); names the setting."""
 
 
-def weight_bytes(model: ModelSpec, quantization: str = "none", tensor_parallel_size: int = 1) -> float:
+def stage_layers(model: ModelSpec, pipeline_parallel_size: int = 1) -> int:
+    """Layers on the largest pipeline stage (vLLM splits them as evenly as it can)."""
+    if not 1 <= pipeline_parallel_size <= model.layers:
+        raise SizingError(
+            f"pipeline_parallel_size {pipeline_parallel_size}: must be between 1 and the model's "
+            f"{model.layers} layers"
+        )
+    return -(-model.layers // pipeline_parallel_size)
+
+
+def weight_bytes(
+    model: ModelSpec,
+    quantization: str = "none",
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
+) -> float:
     """Bytes of the weights in VRAM, on each GPU of a ``tensor_parallel_size`` group.
 
     ``fp8`` stores linear layers in 1 byte per parameter; ``awq``/``gptq`` in
@@ -47,7 +62,8 @@ def weight_bytes(model: ModelSpec, quantization: str = "none", tensor_parallel_s
     ``VocabParallelEmbedding``) across the group, so each GPU holds ``1/tp``;
     norms are replicated but are under 0.01 % of the bytes.
     """
-    return _weight_bytes(model, quantization) / _tp(tensor_parallel_size)
+    stage = stage_layers(model, pipeline_parallel_size) / model.layers
+    return _weight_bytes(model, quantization) / _tp(tensor_parallel_size) * stage
 
 
 def _tp(tensor_parallel_size: int) -> int:
@@ -72,13 +88,23 @@ def _weight_bytes(model: ModelSpec, quantization: str) -> float:
     return (model.params - embed) * per_param + embed * BF16_BYTES
 
 
-def kv_bytes_per_token(model: ModelSpec, kv_cache_dtype: str = "auto", tensor_parallel_size: int = 1) -> int:
-    """K and V for one token across all layers, on one GPU: ``2 × layers × kv_heads/tp × head_dim × bytes``."""
+def kv_bytes_per_token(
+    model: ModelSpec,
+    kv_cache_dtype: str = "auto",
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
+) -> int:
+    """K and V for one token on one GPU: ``2 × layers × kv_heads/tp × head_dim × bytes``, over the
+    layers of the largest pipeline stage when the model is split in stages."""
     if kv_cache_dtype not in KV_CACHE_DTYPES:
         raise SizingError(f"kv_cache_dtype {kv_cache_dtype!r}: expected one of {', '.join(KV_CACHE_DTYPES)}")
     dtype_bytes = 1 if kv_cache_dtype == "fp8" else 2
     return int(
-        2 * model.layers * kv_heads_per_gpu(model, tensor_parallel_size) * model.head_dim * dtype_bytes
+        2
+        * stage_layers(model, pipeline_parallel_size)
+        * kv_heads_per_gpu(model, tensor_parallel_size)
+        * model.head_dim
+        * dtype_bytes
     )
 
 
@@ -127,17 +153,19 @@ def kv_budget(
     batched_tokens: int = 2048,
     max_seqs: int = 256,
     tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
 ) -> KvBudget:
     """What ``memory_fraction`` of one ``gpu`` leaves for KV cache after its share of weights,
     runtime and activations; with ``tensor_parallel_size`` > 1 every GPU of the group holds
-    the same share, so one GPU's KV tokens are the group's."""
+    the same share, so one GPU's KV tokens are the group's; with ``pipeline_parallel_size`` > 1
+    each GPU holds one stage's layers (weights and KV), the largest stage bounding the cache."""
     if not 0.0 < memory_fraction <= 1.0:
         raise SizingError(f"memory fraction {memory_fraction}: must be in (0, 1]")
     tp = tensor_parallel_size
     overhead = RUNTIME_OVERHEAD_BYTES + activation_bytes(model, batched_tokens, max_seqs, tp)
     return KvBudget(
         budget=gpu.memory_bytes * memory_fraction,
-        weights=weight_bytes(model, quantization, tp),
+        weights=weight_bytes(model, quantization, tp, pipeline_parallel_size),
         overhead=overhead,
-        kv_bytes_per_token=kv_bytes_per_token(model, kv_cache_dtype, tp),
+        kv_bytes_per_token=kv_bytes_per_token(model, kv_cache_dtype, tp, pipeline_parallel_size),
     )

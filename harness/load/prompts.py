@@ -171,23 +171,24 @@ def build_prompts(
     o_lens = draw_lengths(output_lengths, count, rng)
     chat = _is_chat(style)
     builder = _ExactText(tokenizer_path, add_special_tokens=not chat) if tokenizer_path else None
-    specs: list[PromptSpec] = []
-    for p, o in zip(p_lens, o_lens, strict=True):
-        if builder is not None:
-            text = builder.build(p, rng)
-        else:
-            text = " ".join(rng.choice(_FALLBACK_WORDS, size=p))
-        messages = [{"role": "user", "content": text}] if chat else None
-        specs.append(
-            PromptSpec(
-                prompt_tokens=p,
-                output_tokens=o,
-                prompt=None if chat else text,
-                messages=messages,
-                exact=builder is not None,
-            )
-        )
-    return specs
+    return [_synthetic(p, o, builder, chat, rng) for p, o in zip(p_lens, o_lens, strict=True)]
+
+
+def _synthetic(
+    p: int, o: int, builder: _ExactText | None, chat: bool, rng: np.random.Generator
+) -> PromptSpec:
+    """One synthetic prompt of ``p`` tokens (exact with a tokenizer, else one word per token)."""
+    if builder is not None:
+        text = builder.build(p, rng)
+    else:
+        text = " ".join(rng.choice(_FALLBACK_WORDS, size=p))
+    return PromptSpec(
+        prompt_tokens=p,
+        output_tokens=o,
+        prompt=None if chat else text,
+        messages=[{"role": "user", "content": text}] if chat else None,
+        exact=builder is not None,
+    )
 
 
 def load_dataset(
@@ -199,6 +200,9 @@ def load_dataset(
     tokenizer_path: Path | None = None,
 ) -> list[PromptSpec]:
     """Prompts from a user JSONL (``prompt`` or ``messages`` per line), cycled to ``count``.
+
+    A length-only line (``prompt_tokens`` + ``output_tokens``) becomes a synthetic
+    prompt of that length, built like ``build_prompts``'.
 
     Output lengths come from ``output_lengths`` (a line's own ``output_tokens``
     wins). Prompt lengths are counted with the tokenizer when given, else
@@ -217,8 +221,15 @@ def load_dataset(
     o_lens = draw_lengths(output_lengths, count, rng)
     chat = _is_chat(style)
     specs: list[PromptSpec] = []
+    builder: _ExactText | None = None
     for i in range(count):
         row = rows[i % len(rows)]
+        out = row.output_tokens if row.output_tokens is not None else o_lens[i]
+        if row.prompt_tokens is not None:  # a length-only line: a synthetic prompt of that length
+            if builder is None and tokenizer_path is not None:
+                builder = _ExactText(tokenizer_path, add_special_tokens=not chat)
+            specs.append(_synthetic(row.prompt_tokens, out, builder, chat, rng))
+            continue
         messages = row.messages
         if chat and messages is None:
             messages = [{"role": "user", "content": row.prompt or ""}]
@@ -227,7 +238,6 @@ def load_dataset(
             prompt = "\n".join(m["content"] for m in messages or [])
         text = prompt if prompt is not None else "\n".join(m["content"] for m in messages or [])
         n = len(tok.encode(text, add_special_tokens=not chat).ids) if tok else len(text.split())
-        out = row.output_tokens if row.output_tokens is not None else o_lens[i]
         specs.append(
             PromptSpec(
                 prompt_tokens=n,

@@ -59,6 +59,7 @@ def make_scheduler(cfg: EngineConfig, plan: MemoryPlan) -> Scheduler:
         max_num_seqs=cfg.max_num_seqs,
         token_budget=cfg.max_num_batched_tokens,
         reserve_full=cfg.reserve_full,
+        chunked_prefill=cfg.chunked_prefill,
     )
 
 

@@ -96,6 +96,19 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         help="GPUs the model is sharded across (weights and KV split, all-reduce per layer); default 1",
     )
     g.add_argument(
+        "--pipeline-parallel-size",
+        type=int,
+        default=None,
+        help="pipeline stages the layers are split across (micro-batched; a bubble at low batch); default 1",
+    )
+    g.add_argument(
+        "--no-chunked-prefill",
+        action="store_true",
+        default=None,
+        help="vLLM V0 without --enable-chunked-prefill: prefill-only steps that pause decoding "
+        "(the step budget must then hold a whole max_model_len prompt)",
+    )
+    g.add_argument(
         "--time-scale",
         type=float,
         default=1.0,
@@ -111,6 +124,8 @@ ENGINE_ONLY = (
     "max_batch_total_tokens",
     "max_batch_prefill_tokens",
     "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "no_chunked_prefill",
 )
 
 
@@ -169,6 +184,8 @@ def engine_config(a: argparse.Namespace) -> EngineConfig | None:
             block_size=a.block_size,
             step_overhead_s=a.step_overhead_ms / 1000 if a.step_overhead_ms is not None else None,
             tensor_parallel_size=a.tensor_parallel_size or 1,
+            pipeline_parallel_size=a.pipeline_parallel_size or 1,
+            chunked_prefill=not a.no_chunked_prefill,
             reserve_full=tgi,
             kv_token_limit=a.max_batch_total_tokens if tgi else None,
         )

@@ -10,7 +10,15 @@ sheet bandwidth and FLOPs, the model's config) and can be checked by hand:
   FLOPs`` plus attention, plus the LM head for the one sampled position per sequence;
 * a mixed step (chunked prefill) takes ``max(compute, memory)``, plus a per-step
   overhead with a fixed part and a per-sequence part (scheduling, sampling), plus
-  under tensor parallelism two all-reduces per layer over the GPU link.
+  under tensor parallelism two all-reduces per layer over the GPU link;
+* under pipeline parallelism each GPU holds one stage (``1/pp`` of the layers,
+  weights and KV); the batch is cut into ``m = min(pp, sequences)`` micro-batches
+  (vLLM's virtual engines), and a step is one round trip through the stages:
+  ``pp × stage time of one micro-batch + (pp − 1) activation sends``. At batch
+  1 only one micro-batch exists and ``pp − 1`` stages idle at any moment (the
+  bubble); at large batches every stage is busy, but each stage streams its
+  weights once per micro-batch, so decode is no faster than one GPU holding
+  the whole model: pipeline parallelism buys KV memory, not latency.
 
 "Achieved" is the GPU class's fitted fraction of the spec-sheet peak
 (``harness/hardware/data/calibration.yaml``, every constant with its source);
@@ -42,6 +50,7 @@ from harness.hardware.memory import (
     activation_bytes,
     kv_budget,
     kv_bytes_per_token,
+    stage_layers,
     weight_bytes,
 )
 
@@ -92,12 +101,15 @@ class EngineConfig:
     # None: the GPU class's calibrated fixed part; a number overrides it (the per-sequence part stays).
     step_overhead_s: float | None = None
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
     # None: loaded for ``gpu.calibration_class``; tests and the fitter pass their own.
     efficiency: Efficiency | None = None
     # TGI's scheduler: reserve prompt + max_new_tokens at admission (never preempts);
     # ``kv_token_limit`` is its --max-batch-total-tokens cap on the KV cache.
     reserve_full: bool = False
     kv_token_limit: int | None = None
+    # False: vLLM V0 without --enable-chunked-prefill (prefill-only steps; see scheduler.py).
+    chunked_prefill: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -109,9 +121,14 @@ class EngineConfig:
                 raise EngineConfigError(f"{name} {getattr(self, name)}: must be >= 1")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise EngineConfigError(f"max_model_len {self.max_model_len}: must be >= 1")
+        if not self.chunked_prefill and self.max_num_batched_tokens < self.context_len:
+            raise EngineConfigError(  # vLLM refuses the same: a longest prompt could never be scheduled
+                f"max_num_batched_tokens {self.max_num_batched_tokens} is smaller than max_model_len "
+                f"{self.context_len}; without chunked prefill a whole prompt must fit one step"
+            )
         if self.step_overhead_s is not None and self.step_overhead_s < 0:
             raise EngineConfigError(f"step_overhead {self.step_overhead_s}: must be >= 0")
-        weight_bytes(self.model, self.quantization, self.tensor_parallel_size)
+        weight_bytes(self.model, self.quantization, self.tensor_parallel_size, self.pipeline_parallel_size)
         kv_bytes_per_token(self.model, self.kv_cache_dtype)
         if self.efficiency is None:
             from harness.hardware.calibration import CalibrationError, efficiency_for
@@ -181,6 +198,7 @@ def plan_memory(cfg: EngineConfig) -> MemoryPlan:
         batched_tokens=cfg.max_num_batched_tokens,
         max_seqs=cfg.max_num_seqs,
         tensor_parallel_size=cfg.tensor_parallel_size,
+        pipeline_parallel_size=cfg.pipeline_parallel_size,
     )
     budget, weights, overhead, kvb = sized.budget, sized.weights, sized.overhead, sized.kv_bytes_per_token
     left = sized.kv_bytes
@@ -264,19 +282,23 @@ class Roofline:
     layers: int = 0
     link_bps: float = 1.0
     allreduce_latency_s: float = 0.0
+    pp: int = 1
 
     @classmethod
     def of(cls, cfg: EngineConfig) -> Roofline:
-        m, tp, eff = cfg.model, cfg.tensor_parallel_size, cfg.eff
+        m, tp, pp, eff = cfg.model, cfg.tensor_parallel_size, cfg.pipeline_parallel_size, cfg.eff
         lm_head = m.vocab_size * m.hidden_size
+        layers = stage_layers(m, pp)  # per GPU: the largest stage's (all of them without pp)
+        share = layers / m.layers
         return cls(
-            weight_bytes=weight_bytes(m, cfg.quantization, tp),
-            kv_bytes_per_token=kv_bytes_per_token(m, cfg.kv_cache_dtype, tp),
+            weight_bytes=weight_bytes(m, cfg.quantization, tp, pp),
+            kv_bytes_per_token=kv_bytes_per_token(m, cfg.kv_cache_dtype, tp, pp),
             # The embedding lookup is a gather, not a GEMM: only the transformer's linear layers
-            # run for every token; the LM head runs once per sequence (the sampled position).
-            linear_params=m.params - m.embedding_params - m.hidden_size,
+            # run for every token; the LM head runs once per sequence (the sampled position), on
+            # the last stage, which is counted whole: the slowest stage sets the pipeline's pace.
+            linear_params=int((m.params - m.embedding_params - m.hidden_size) * share),
             lm_head_params=lm_head,
-            attn_flops_per_pair=4.0 * m.layers * m.heads * m.head_dim,  # QK^T and AV, 2 FLOPs per MAC
+            attn_flops_per_pair=4.0 * layers * m.heads * m.head_dim,  # QK^T and AV, 2 FLOPs per MAC
             peak_flops=cfg.peak_flops,
             attn_peak_flops=cfg.gpu.bf16_flops,
             bandwidth=cfg.gpu.bandwidth_bps,
@@ -286,9 +308,10 @@ class Roofline:
             dequant=cfg.dequant_factor,
             tp=tp,
             hidden_size=m.hidden_size,
-            layers=m.layers,
+            layers=layers,
             link_bps=cfg.gpu.interconnect_bps,
             allreduce_latency_s=cfg.gpu.allreduce_latency_s,
+            pp=pp,
         )
 
     def compute_s(self, cost: StepCost) -> float:
@@ -318,13 +341,34 @@ class Roofline:
         one = self.allreduce_latency_s + 2.0 * (self.tp - 1) / self.tp * nbytes / self.link_bps
         return ALLREDUCES_PER_LAYER * self.layers * one
 
+    def stage_s(self, cost: StepCost) -> float:
+        """One GPU's work on ``cost``: ``max(compute, memory) + all-reduce``."""
+        return max(self.compute_s(cost), self.memory_s(cost)) + self.allreduce_s(cost)
+
+    def send_s(self, tokens: float) -> float:
+        """One stage-to-stage send of ``tokens`` hidden states (the link's latency as its fixed part)."""
+        return self.allreduce_latency_s + tokens * self.hidden_size * BF16_BYTES / self.link_bps
+
+    def pipeline_s(self, cost: StepCost) -> float:
+        """A round trip of the batch's micro-batches through the ``pp`` stages (see the module docstring)."""
+        m = max(1, min(self.pp, cost.seqs))
+
+        def part(x: int) -> int:
+            return -(-x // m)
+
+        micro = StepCost(
+            part(cost.tokens),
+            part(cost.attn_pairs),
+            part(cost.kv_tokens),
+            part(cost.seqs),
+            part(cost.prefill_tokens),
+        )
+        return self.pp * self.stage_s(micro) + (self.pp - 1) * self.send_s(micro.tokens)
+
     def step_s(self, cost: StepCost) -> float:
-        """``max(compute, memory) + all-reduce + fixed + per-sequence overhead``; an empty step costs nothing."""
+        """``max(compute, memory) + all-reduce + fixed + per-sequence overhead`` (a pipeline round trip
+        in place of the first two under pipeline parallelism); an empty step costs nothing."""
         if cost.tokens == 0:
             return 0.0
-        return (
-            max(self.compute_s(cost), self.memory_s(cost))
-            + self.allreduce_s(cost)
-            + self.overhead_s
-            + self.per_seq_s * cost.seqs
-        )
+        work = self.stage_s(cost) if self.pp == 1 else self.pipeline_s(cost)
+        return work + self.overhead_s + self.per_seq_s * cost.seqs

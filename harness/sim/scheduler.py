@@ -20,6 +20,13 @@ The policy follows vLLM's v1 scheduler:
 
 With ``reserve_full`` (TGI's router) a sequence reserves blocks for its whole
 prompt + output at admission, so it queues longer but is never preempted.
+
+With ``chunked_prefill=False`` (vLLM's V0 scheduler without
+``--enable-chunked-prefill``, as in the v0.6 results the what-if is checked
+against) prefills are never mixed into decode steps: while waiting sequences fit,
+a step runs only whole prompts (the running ones pause), else a step decodes
+every running sequence. Prefill and decode then cannot overlap compute with the
+weight stream, which is why it is slower at high load.
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ class Scheduler:
         max_num_seqs: int,
         token_budget: int,
         reserve_full: bool = False,
+        chunked_prefill: bool = True,
     ) -> None:
         if num_blocks < 1 or block_size < 1 or max_num_seqs < 1 or token_budget < 1:
             raise ValueError("num_blocks, block_size, max_num_seqs and token_budget must be >= 1")
@@ -89,6 +97,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.token_budget = token_budget
         self.reserve_full = reserve_full
+        self.chunked_prefill = chunked_prefill
         self.free_blocks = num_blocks
         self.waiting: deque[Seq] = deque()
         self.running: list[Seq] = []
@@ -147,6 +156,10 @@ class Scheduler:
         """Pick this iteration's work; allocates the KV blocks it needs."""
         plan = StepPlan()
         budget = self.token_budget
+        if not self.chunked_prefill:
+            self._admit(plan, budget, whole=True)
+            if plan.items:
+                return plan  # a prefill-only step: the running sequences wait for the next one
         # Preemption only ever removes the tail, so index i keeps pointing at the same sequence.
         i = 0
         while i < len(self.running) and budget > 0:
@@ -162,11 +175,19 @@ class Scheduler:
             plan.items.append(Scheduled(seq, n, seq.computed))
             budget -= n
             i += 1
-        if plan.preempted:
+        if plan.preempted or not self.chunked_prefill:
             return plan
+        self._admit(plan, budget, whole=False)
+        return plan
+
+    def _admit(self, plan: StepPlan, budget: int, whole: bool) -> None:
+        """Admit waiting sequences in order; ``whole``: only if the entire prompt fits the budget."""
         while self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
             seq = self.waiting[0]
-            n = min(seq.total - seq.computed, budget)
+            left = seq.total - seq.computed
+            if whole and left > budget:
+                break
+            n = min(left, budget)
             reserve = seq.prompt_tokens + seq.target_tokens if self.reserve_full else seq.computed + n
             need = self.blocks_for(reserve) - seq.blocks
             if need > self.free_blocks:
@@ -177,7 +198,6 @@ class Scheduler:
             self.running.append(seq)
             plan.items.append(Scheduled(seq, n, seq.computed))
             budget -= n
-        return plan
 
     def complete(self, plan: StepPlan) -> list[Emitted]:
         """Apply a finished step: advance computed tokens, sample, retire finished sequences."""
