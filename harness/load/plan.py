@@ -16,12 +16,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.atomic import write_json
 from harness.load.bounds import MAX_RESPONSE_BYTES, MAX_RESPONSE_CHUNKS, Bounds
 from harness.protocols.base import ProtocolError, TlsOptions
 from harness.protocols.registry import get_protocol
+
+if TYPE_CHECKING:
+    from harness.scenario import Distributed
 
 PLAN_ENV = "TOKENBENCH_LOAD_PLAN"
 HEADERS_ENV = "TOKENBENCH_LOAD_HEADERS"
@@ -194,6 +197,13 @@ class LoadPlan:
         except json.JSONDecodeError as err:
             raise PlanError(f"{path}: not valid JSON: {err}") from None
         return cls.from_dict(data, str(path))
+
+
+def distributed_fields(spec: Distributed | None) -> dict[str, Any]:
+    """The plan fields of ``workload.distributed`` (none when unset: a single-host step)."""
+    if spec is None:
+        return {}
+    return {"expect_workers": spec.expect_workers, "master_bind": spec.bind, "worker_wait_s": spec.wait_s}
 
 
 def _is_host_port(target: str) -> bool:

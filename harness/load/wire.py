@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness.runsecrets import WORKER_TOKEN_ENV
+
 MSG_HELLO = "tokenbench_hello"
 MSG_REFUSED = "tokenbench_refused"
 MSG_PING = "tokenbench_ping"
@@ -35,7 +37,7 @@ MSG_PLAN = "tokenbench_plan"
 MSG_READY = "tokenbench_ready"
 MSG_PART = "tokenbench_part"
 
-TOKEN_ENV = "TOKENBENCH_WORKER_TOKEN"
+TOKEN_ENV = WORKER_TOKEN_ENV
 REFUSED_EXIT = 77  # a refused worker's Locust exit code: ``tokenbench worker`` stops instead of retrying
 STAMP_COLUMNS = ("scheduled_ns", "sent_ns", "end_ns", "first_token_ns")
 STAMP_LISTS = ("chunk_times_ns",)
