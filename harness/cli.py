@@ -269,7 +269,8 @@ def worker(
         str, typer.Option("--master", help="the run's master, HOST:PORT (its workload.distributed.bind)")
     ],
     steps: Annotated[
-        int | None, typer.Option("--steps", min=1, help="serve this many steps, then exit (default: until stopped)")
+        int | None,
+        typer.Option("--steps", min=1, help="serve this many steps, then exit (default: until stopped)"),
     ] = None,
 ) -> None:
     """Lend this host's cores to a distributed run: a Locust worker per step, plan and token over the wire.

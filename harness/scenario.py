@@ -163,7 +163,9 @@ class Distributed(_Strict):
     """
 
     expect_workers: int = Field(ge=1, le=MAX_PROCESSES, description="external workers the run waits for")
-    bind: str = Field(default="127.0.0.1:5557", description="the master's HOST:PORT (beyond loopback: explicit)")
+    bind: str = Field(
+        default="127.0.0.1:5557", description="the master's HOST:PORT (beyond loopback: explicit)"
+    )
     wait_s: Seconds = Field(default=120.0, description="how long a step waits for its workers")
 
     @model_validator(mode="after")

@@ -67,6 +67,8 @@ log = logging.getLogger("tokenbench.distributed")
 PING_GAP_S = 0.01
 PONG_WAIT_S = 2.0
 LOST_POLL_S = 0.5
+# What a worker may send before it is admitted: Locust's greeting and heartbeats, and the admission talk.
+UNADMITTED_MESSAGES = frozenset({"client_ready", "heartbeat", MSG_HELLO, MSG_PONG, MSG_READY})
 
 
 class AdmittedNodes(WorkerNodes):
@@ -126,9 +128,18 @@ class DistributedMaster:
         original = runner.handle_message
 
         def handle(client_id: str, msg: Message) -> None:
-            if msg.type == "client_ready" and self.started and client_id not in self.admitted:
-                self._refuse(client_id, "the step already started: a worker must connect before it starts")
-                return
+            if client_id not in self.admitted:
+                if msg.type == "client_ready" and self.started:
+                    self._refuse(
+                        client_id, "the step already started: a worker must connect before it starts"
+                    )
+                    return
+                if msg.type not in UNADMITTED_MESSAGES:
+                    # Not Locust's business yet: a refused worker's "quit" must not count as a
+                    # worker leaving (Locust would stop the step when "the last worker quit").
+                    if msg.type == "quit":
+                        runner.clients._worker_nodes.pop(client_id, None)
+                    return
             original(client_id, msg)
 
         runner.handle_message = handle  # type: ignore[method-assign]
