@@ -152,10 +152,11 @@ class DistributedMaster:
     def _send(self, client_id: str, kind: str, data: Any) -> None:
         self.runner.server.send_to_client(Message(kind, data, client_id))
 
-    def _refuse(self, client_id: str, reason: str) -> None:
+    def _refuse(self, client_id: str, reason: str, *, final: bool = False) -> None:
+        """Turn a worker away; ``final`` (a wrong token) tells its ``tokenbench worker`` not to retry."""
         self.refused.append(reason)
         log.warning("tokenbench: refused worker %s: %s", client_id, reason)
-        self._send(client_id, MSG_REFUSED, {"reason": reason})
+        self._send(client_id, MSG_REFUSED, {"reason": reason, "final": final})
         self._send(client_id, "quit", None)
 
     # --- admission ----------------------------------------------------------------------------
@@ -164,13 +165,13 @@ class DistributedMaster:
         try:
             hello = Hello.model_validate(data)
         except ValidationError:
-            self._refuse(client_id, "malformed hello")
+            self._refuse(client_id, "malformed hello", final=True)
             return
         if self.started:
             self._refuse(client_id, "the step already started")
             return
         if not hmac.compare_digest(hello.token.encode(), self.token.encode()):
-            self._refuse(client_id, "wrong worker token")  # never the token itself
+            self._refuse(client_id, "wrong worker token", final=True)  # never the token itself
             return
         if client_id in self.workers:
             return

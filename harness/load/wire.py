@@ -54,6 +54,7 @@ class Hello(_Message):
 
 class Refused(_Message):
     reason: str
+    final: bool = True  # False: not this step (it started already, or is full), maybe the next one
 
 
 class Ping(_Message):

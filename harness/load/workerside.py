@@ -98,11 +98,12 @@ def install(environment: Environment, on_plan: Callable[[Shipment], None]) -> No
 
     def refused(msg: Any, **_: Any) -> None:
         try:
-            reason = Refused.model_validate(msg.data).reason
+            refusal = Refused.model_validate(msg.data)
         except ValidationError:
-            reason = "no reason given"
-        log.error("tokenbench: the master refused this worker: %s", reason)
-        environment.process_exit_code = REFUSED_EXIT
+            refusal = Refused(reason="no reason given")
+        log.error("tokenbench: the master refused this worker: %s", refusal.reason)
+        if refusal.final:
+            environment.process_exit_code = REFUSED_EXIT
 
     def plan(msg: Any, **_: Any) -> None:
         try:
