@@ -254,3 +254,19 @@ def test_distributed_is_not_in_the_cell_identity(monkeypatch: pytest.MonkeyPatch
     one, many = (expand_cells(Scenario.model_validate(d)) for d in (base, spread))
     assert [c.identity for c in one] == [c.identity for c in many]
     assert Scenario.model_validate(spread).workload.distributed.wait_s == 120.0  # type: ignore[union-attr]
+
+
+def test_the_worker_manifest_runs_tokenbench_worker_with_the_token_from_a_secret() -> None:
+    import yaml
+
+    docs = list(yaml.safe_load_all((Path(__file__).parents[1] / "servers/k8s/load-workers.yaml").read_text()))
+    job = next(d for d in docs if d["kind"] == "Job")
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert job["spec"]["parallelism"] == job["spec"]["completions"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert "harness.cli worker --master" in container["args"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert "secretKeyRef" in env[TOKEN_ENV]["valueFrom"]
+    host, port = env["TOKENBENCH_MASTER"]["value"].split(":")
+    assert (host, int(port)) == (service["metadata"]["name"], service["spec"]["ports"][0]["port"])
+    assert container["securityContext"]["runAsNonRoot"] is True
