@@ -19,7 +19,6 @@ import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from conftest import start_sim  # noqa: E402
 from distributed_workers import start_worker  # noqa: E402
-from load_plans import sim_plan  # noqa: E402
 
 from harness.backends.process import free_port  # noqa: E402
 from harness.load.runner import run_step  # noqa: E402
@@ -27,6 +26,7 @@ from harness.load.wire import TOKEN_ENV  # noqa: E402
 from harness.matrix import Step  # noqa: E402
 from harness.metrics import compute_step_metrics  # noqa: E402
 from harness.slo import Slo  # noqa: E402
+from load_plans import sim_plan  # noqa: E402
 
 OFFSET_NS = 30_000_000_000
 TOKEN = "figures-token-0123456789"
