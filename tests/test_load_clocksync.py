@@ -1,4 +1,5 @@
-"""Clock offset estimation (pure): the bound holds the true offset, fast exchanges win, bad input fails."""
+"""Clock offset estimation (pure): the bound holds the true offset, fast exchanges win, bad input fails;
+stamps mapped to the master's clock; what health.json says about workers."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import pytest
 
 from harness.load.clocksync import (
     TEST_OFFSET_ENV,
+    ClockEstimate,
     ClockSyncError,
     Exchange,
     apply_test_offset,
     estimate,
 )
 from harness.load.wire import shift_stamps, table_from_bytes, table_to_bytes
+from harness.load.workerhealth import WorkerFacts, amend_health
 from harness.records import RequestRecord, records_to_table
 
 
@@ -118,3 +121,38 @@ def test_shift_stamps_moves_every_stamp_and_nothing_else() -> None:
         assert {k: v for k, v in new.items() if not k.endswith("_ns")} == untouched
     assert shift_stamps(table, 0) is table
     assert isinstance(shift_stamps(table, 7).column("chunk_times_ns").type, pa.ListType)
+
+
+def _clock(uncertainty_ns: int, offset_ns: int = 0) -> ClockEstimate:
+    return ClockEstimate(offset_ns, uncertainty_ns, 2 * uncertainty_ns, exchanges=24, kept=4)
+
+
+def test_health_gets_each_workers_host_and_clock_and_a_fine_step_stays_unflagged() -> None:
+    health = {"workers": [{"index": 0}, {"index": 1}], "limited": False, "reasons": []}
+    facts = [
+        WorkerFacts(1, "b", _clock(300_000, 5_000_000_000), False),
+        WorkerFacts(0, "a", _clock(200_000), False),
+    ]
+    amend_health(health, facts)
+    assert health["limited"] is False and health["reasons"] == []
+    assert [c["index"] for c in health["clock_sync"]] == [0, 1]
+    assert health["workers"][1]["host"] == "b"
+    assert health["workers"][1]["clock_offset_ms"] == 5000.0
+    assert health["workers"][1]["clock_uncertainty_ms"] == 0.3
+    assert "refused_workers" not in health
+
+
+def test_an_uncertain_clock_or_a_lost_worker_flags_the_step() -> None:
+    health: dict = {"workers": [{"index": 0}], "limited": False, "reasons": []}
+    amend_health(health, [WorkerFacts(0, "a", _clock(1_000_001), False)], refused=2)
+    assert health["limited"] is True
+    assert health["reasons"] == [
+        "load worker 0 on a: clock offset uncertain by 1.00 ms (> 1 ms): cross-worker timing is in doubt"
+    ]
+    assert health["refused_workers"] == 2
+    health = {"workers": [], "limited": False, "reasons": []}
+    amend_health(health, [WorkerFacts(3, "c", _clock(1_000_000), True)])  # exactly 1 ms is not doubtful
+    assert (
+        health["limited"] is True and len(health["reasons"]) == 1 and "lost mid-step" in health["reasons"][0]
+    )
+    assert health["clock_sync"][0]["lost"] is True

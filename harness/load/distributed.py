@@ -57,6 +57,7 @@ from harness.load.wire import (
     shift_stamps,
     table_from_bytes,
 )
+from harness.load.workerhealth import WorkerFacts, amend_health
 
 if TYPE_CHECKING:
     from harness.load.collector import MasterCollector
@@ -297,30 +298,9 @@ class DistributedMaster:
 
     def amend_health(self, health: dict[str, Any]) -> None:
         """Per-worker host and clock into ``health.json``; lost workers and doubtful clocks flag the step."""
-        by_index = {a.index: a for a in self.workers.values() if a.index is not None and a.ready}
-        for entry in health.get("workers", []):
-            adm = by_index.get(entry.get("index"))
-            if adm is not None:
-                entry["host"] = adm.host
-                if adm.clock is not None:
-                    entry.update(adm.clock.to_dict())
-        health["clock_sync"] = [
-            {"index": a.index, "host": a.host, "lost": a.lost, **(a.clock.to_dict() if a.clock else {})}
-            for a in sorted(by_index.values(), key=lambda a: a.index or 0)
+        facts = [
+            WorkerFacts(a.index, a.host, a.clock, a.lost)
+            for a in self.workers.values()
+            if a.index is not None and a.ready
         ]
-        reasons: list[str] = health.setdefault("reasons", [])
-        for a in sorted(by_index.values(), key=lambda a: a.index or 0):
-            if a.lost:
-                reasons.append(
-                    f"load worker {a.index} on {a.host} was lost mid-step: its records received so far are kept, "
-                    "the load was lower than planned from then on"
-                )
-                health["limited"] = True
-            if a.clock is not None and a.clock.doubtful:
-                reasons.append(
-                    f"load worker {a.index} on {a.host}: clock offset uncertain by "
-                    f"{a.clock.uncertainty_ns / 1e6:.2f} ms (> 1 ms): cross-worker timing is in doubt"
-                )
-                health["limited"] = True
-        if self.refused:
-            health["refused_workers"] = len(self.refused)
+        amend_health(health, facts, len(self.refused))
