@@ -116,7 +116,8 @@ def apply_test_offset(environ: dict[str, str] | None = None) -> int:
     Why a patch of the ``time`` module: a worker on another host has a different
     clock for *everything* it stamps (records, schedules, pongs); shifting the one
     function they all call is what that looks like on loopback. Must run before
-    the harness modules that keep a reference to the function are imported.
+    the harness modules that keep a reference to the function are imported: the
+    worker's Locust command runs it first (``worker.BOOTSTRAP``).
     Returns the offset applied (0: none).
     """
     raw = (os.environ if environ is None else environ).get(TEST_OFFSET_ENV, "")

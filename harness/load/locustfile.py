@@ -23,40 +23,34 @@ back as messages.
 
 from __future__ import annotations
 
-# First, before any harness module keeps a reference to ``time.monotonic_ns``:
-# the test-only clock shift of a simulated remote worker (no-op unless its variable is set).
-from harness.load.clocksync import apply_test_offset
+import gc
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-apply_test_offset()
+import gevent
+from gevent.event import Event
+from locust import events
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
 
-import gc  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import gevent  # noqa: E402
-from gevent.event import Event  # noqa: E402
-from locust import events  # noqa: E402
-from locust.env import Environment  # noqa: E402
-from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
-
-from harness.atomic import write_json  # noqa: E402
-from harness.load.collector import MSG_DONE, MasterCollector, StepState, finalize_records  # noqa: E402
-from harness.load.finisher import Finisher  # noqa: E402
-from harness.load.live import MSG_PROGRESS, PUBLISH_S, merge_snapshots, progress_path  # noqa: E402
-from harness.load.plan import PLAN_ENV, LoadPlan, headers_from_env, plan_from_env  # noqa: E402
-from harness.load.prompts import PromptSpec, read_prompts  # noqa: E402
-from harness.load.schedule import ArrivalPool  # noqa: E402
-from harness.load.spool import RecordSpool, parts_dir  # noqa: E402
-from harness.load.users import StreamingUser, make_pool  # noqa: E402
-from harness.protocols.base import ProtocolSpec  # noqa: E402
-from harness.protocols.registry import get_protocol  # noqa: E402
-from harness.records import records_to_table  # noqa: E402
-from harness.runsecrets import Redactor  # noqa: E402
+from harness.atomic import write_json
+from harness.load.collector import MSG_DONE, MasterCollector, StepState, finalize_records
+from harness.load.finisher import Finisher
+from harness.load.live import MSG_PROGRESS, PUBLISH_S, merge_snapshots, progress_path
+from harness.load.plan import PLAN_ENV, LoadPlan, headers_from_env, plan_from_env
+from harness.load.prompts import PromptSpec, read_prompts
+from harness.load.schedule import ArrivalPool
+from harness.load.spool import RecordSpool, parts_dir
+from harness.load.users import StreamingUser, make_pool
+from harness.protocols.base import ProtocolSpec
+from harness.protocols.registry import get_protocol
+from harness.records import records_to_table
+from harness.runsecrets import Redactor
 
 log = logging.getLogger("tokenbench.load")
 

@@ -47,10 +47,18 @@ class MasterAddress:
         return cls(host.strip("[]"), int(port))
 
 
+# ``python -m locust``, after the test-only clock shift (a no-op unless TOKENBENCH_TEST_CLOCK_OFFSET_NS
+# is set): it must come before Locust or any harness module keeps a reference to time.monotonic_ns.
+BOOTSTRAP = (
+    "from harness.load.clocksync import apply_test_offset; apply_test_offset(); "
+    "from locust.main import main; main()"
+)
+
+
 def worker_command(master: MasterAddress) -> list[str]:
     """The Locust worker command line: no plan, no secrets (the token is in the environment)."""
     return [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker",
+        sys.executable, "-c", BOOTSTRAP, "-f", str(LOCUSTFILE), "--worker",
         "--master-host", master.host, "--master-port", str(master.port), "--loglevel", "INFO",
     ]  # fmt: skip
 
