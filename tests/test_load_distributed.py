@@ -270,3 +270,12 @@ def test_the_worker_manifest_runs_tokenbench_worker_with_the_token_from_a_secret
     host, port = env["TOKENBENCH_MASTER"]["value"].split(":")
     assert (host, int(port)) == (service["metadata"]["name"], service["spec"]["ports"][0]["port"])
     assert container["securityContext"]["runAsNonRoot"] is True
+
+
+@pytest.mark.parametrize("master", ["nope", "host:0", "host:70000", ":5557"])
+def test_tokenbench_worker_rejects_a_bad_master_address(master: str) -> None:
+    from cli_runner import tokenbench
+
+    proc = tokenbench("worker", "--master", master, timeout=60)
+    assert proc.returncode == 2
+    assert f"--master: expected HOST:PORT with a port in 1..65535, got '{master}'" in proc.stdout + proc.stderr
