@@ -278,4 +278,6 @@ def test_tokenbench_worker_rejects_a_bad_master_address(master: str) -> None:
 
     proc = tokenbench("worker", "--master", master, timeout=60)
     assert proc.returncode == 2
-    assert f"--master: expected HOST:PORT with a port in 1..65535, got '{master}'" in proc.stdout + proc.stderr
+    assert (
+        f"--master: expected HOST:PORT with a port in 1..65535, got '{master}'" in proc.stdout + proc.stderr
+    )
