@@ -263,6 +263,30 @@ def setup(
         console.print(f"environment {name}: {path}", highlight=False, markup=False)
 
 
+@app.command()
+def worker(
+    master: Annotated[
+        str, typer.Option("--master", help="the run's master, HOST:PORT (its workload.distributed.bind)")
+    ],
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", min=1, help="serve this many steps, then exit (default: until stopped)"),
+    ] = None,
+) -> None:
+    """Lend this host's cores to a distributed run: a Locust worker per step, plan and token over the wire.
+
+    The shared token comes from TOKENBENCH_WORKER_TOKEN; this host needs no checkout and no scenario.
+    """
+    from harness.load.worker import MasterAddress, WorkerError, serve
+
+    console = _console()
+    try:
+        code = serve(MasterAddress.parse(master), steps=steps, log=_progress(console))
+    except WorkerError as err:
+        raise _fail(console, str(err)) from None
+    raise typer.Exit(code)
+
+
 def _register_plugins() -> None:
     """Sub-commands owned by other modules (simulator, gate) add themselves here."""
     import importlib

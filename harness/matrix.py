@@ -20,8 +20,9 @@ from harness.scenario import Scalar, Scenario, Server, step_id_of
 from harness.yamlfile import shown
 
 # Workload fields that say how to judge a run or guard the harness, not what is measured: changing
-# them keeps a configuration comparable with its baseline.
-NOT_IDENTITY = {"abort_error_rate", "max_response_bytes", "max_response_chunks"}
+# them keeps a configuration comparable with its baseline. ``distributed`` says which machines make
+# the load, not what load: the same results, measured from more hosts.
+NOT_IDENTITY = {"abort_error_rate", "max_response_bytes", "max_response_chunks", "distributed"}
 
 
 @dataclass(frozen=True)

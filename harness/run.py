@@ -458,7 +458,7 @@ class Run:
         stream_usage: bool,
     ) -> tuple[Path, dict, float]:
         from harness.backends.watch import ServerWatch
-        from harness.load.plan import LoadPlan
+        from harness.load.plan import LoadPlan, distributed_fields
         from harness.load.prompts import build_prompts, load_dataset, write_prompts
         from harness.load.runner import run_step
         from harness.protocols.registry import get_protocol
@@ -508,6 +508,7 @@ class Run:
             health_path=str(step_dir / "health.json"),
             simulated=get_spec(cell.server.backend).simulated,
             tokenizer_path=str(tok) if tok else None,
+            **distributed_fields(w.distributed),
         )
         self.progress(f"[{cell.cell_id}] step {step.step_id}: {step.kind} {step.target:g}")
         watch, ids = ServerWatch(pids=handle.trees()), [c.cell_id for c in self.cells]

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from harness.scenario import Scenario
 
 SECRETS_ENV = "TOKENBENCH_LOAD_SECRETS"
+# The shared token distributed load workers present to the master (docs/distributed.md).
+WORKER_TOKEN_ENV = "TOKENBENCH_WORKER_TOKEN"
 # A secret-named variable of the harness's own environment counts from this length on: shorter
 # values ("1", "false") are switches, and scrubbing them would deface ordinary log lines.
 MIN_ENVIRON_SECRET_CHARS = 8

@@ -8,6 +8,7 @@ and errors are re-worded to name the file, the field path and the bad value.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -37,6 +38,7 @@ from harness.bounds import (
 )
 from harness.dataset import DatasetError, read_dataset
 from harness.load.bounds import MAX_RESPONSE_BYTES, MAX_RESPONSE_CHUNKS
+from harness.runsecrets import WORKER_TOKEN_ENV
 from harness.scenario_input import ScenarioError, apply_overrides, first_nul, format_error
 from harness.search import SearchSpec
 from harness.slo import Slo
@@ -149,6 +151,38 @@ Api = Annotated[str, AfterValidator(_known_protocol)]
 StreamUsage = Literal["auto", "on", "off"]
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class Distributed(_Strict):
+    """Load from several hosts: ``tokenbench worker --master HOST:PORT`` on each (docs/distributed.md).
+
+    Why these checks here: a bad address or a missing token would otherwise
+    surface minutes later, after the server started. Binding beyond loopback
+    exposes Locust's unauthenticated channel, so it needs the shared token.
+    """
+
+    expect_workers: int = Field(ge=1, le=MAX_PROCESSES, description="external workers the run waits for")
+    bind: str = Field(
+        default="127.0.0.1:5557", description="the master's HOST:PORT (beyond loopback: explicit)"
+    )
+    wait_s: Seconds = Field(default=120.0, description="how long a step waits for its workers")
+
+    @model_validator(mode="after")
+    def _address(self) -> Distributed:
+        host, sep, port = self.bind.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise FieldProblem("bind", self.bind, "must be HOST:PORT with a port in 1..65535")
+        if host not in LOOPBACK_HOSTS and not os.environ.get(WORKER_TOKEN_ENV):
+            raise FieldProblem(
+                "bind",
+                self.bind,
+                f"binding beyond loopback needs the workers' shared token in ${WORKER_TOKEN_ENV} "
+                "(Locust's channel is not authenticated otherwise)",
+            )
+        return self
+
+
 class Workload(_Strict):
     api: Api = "completions"
     prompt_tokens: LengthSpec | None = None
@@ -164,6 +198,7 @@ class Workload(_Strict):
     )
     timeout_s: Seconds = 120.0
     processes: int = Field(default=1, ge=1, le=MAX_PROCESSES, description="Locust --processes")
+    distributed: Distributed | None = None  # load from other hosts too; not in the cell identity
     temperature: float = Field(default=0.0, ge=0)
     abort_error_rate: float = Field(
         default=0.5,

@@ -156,6 +156,31 @@ CASES: list[Case] = [
         sets=["servers.0.settings.ttft_ms=[1, .nan]"],
     ),
     Case("processes-huge", "workload.processes", "100000", sets=["workload.processes=100000"]),
+    # -- workload.distributed (load from other hosts)
+    Case(
+        "distributed-bind-no-port",
+        "workload.distributed.bind",
+        "localhost",
+        edit={"workload.distributed": {"expect_workers": 2, "bind": "localhost"}},
+    ),
+    Case(
+        "distributed-port-out-of-range",
+        "workload.distributed.bind",
+        "127.0.0.1:70000",
+        sets=["workload.distributed={expect_workers: 1, bind: '127.0.0.1:70000'}"],
+    ),
+    Case(
+        "distributed-no-workers",
+        "workload.distributed.expect_workers",
+        "0",
+        edit={"workload.distributed": {"expect_workers": 0}},
+    ),
+    Case(
+        "distributed-open-bind-without-token",
+        "workload.distributed.bind",
+        "0.0.0.0:5557",
+        edit={"workload.distributed": {"expect_workers": 1, "bind": "0.0.0.0:5557"}},
+    ),
     # -- seed
     Case("seed-negative", "seed", "-1", sets=["seed=-1"]),
     Case("seed-huge", "seed", "99999999999999999999", sets=["seed=99999999999999999999"]),
@@ -509,6 +534,7 @@ def driven(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     folder = tmp_path_factory.mktemp("invalid")
     name, marker = new_marker()
     env = {**os.environ, name: marker, "PYTHONPATH": str(REPO), "COLUMNS": "160"}
+    env.pop("TOKENBENCH_WORKER_TOKEN", None)  # "distributed-open-bind-without-token" needs it unset
     proc = subprocess.run(
         [sys.executable, __file__, str(folder)],
         cwd=REPO,

@@ -320,15 +320,26 @@ class MasterCollector:
     on_all_done: Callable[[], None] | None = None
     written: bool = False
     count: int = 0
+    lost: set[int] = field(default_factory=set)  # workers that died before reporting (distributed)
+    # Adds to the health before it is written (distributed: worker hosts, clocks, lost workers).
+    amend: Callable[[dict[str, Any]], None] | None = None
 
     def add_report(self, report: dict[str, Any]) -> None:
         self.reports[int(report.get("index", 0))] = report
+        self._maybe_done()
+
+    def mark_lost(self, index: int) -> None:
+        """Stop waiting for a worker that will never report; its parts so far are merged."""
+        self.lost.add(index)
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
         if self.all_reported and self.on_all_done is not None:
             self.on_all_done()
 
     @property
     def all_reported(self) -> bool:
-        return len(self.reports) >= self.expected
+        return len(self.reports.keys() | self.lost) >= self.expected
 
     def write(self) -> None:
         """Merge the processes' part files into the records (Parquet), write health (JSON); atomic."""
@@ -339,6 +350,8 @@ class MasterCollector:
             write_records(path, [])
         rows = table.select(["chunk_times_ns", "coalesced_chunks"]).to_pylist()
         health = summarize_health(list(self.reports.values()), rows, self.expected, plan_notes(self.plan))
+        if self.amend is not None:
+            self.amend(health)
         write_json(Path(self.plan.health_path), health)
         self.written = True
         self.count = table.num_rows

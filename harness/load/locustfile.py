@@ -13,14 +13,23 @@ Process roles (Locust decides them; ``--processes N`` forks N workers):
 * master: runs no users; gathers the reports, quits once every worker has
   reported, and merges the parts and writes the files in the ``quitting``
   hook, which also runs on SIGTERM so a cut-short step keeps partial results.
+
+Across hosts (``workload.distributed``): the master is started with the plan
+as above and ``harness.load.distributed`` admits workers; every worker is a
+``tokenbench worker`` (``harness.load.worker``) started *without* a plan, which
+arrives over Locust's channel (``harness.load.workerside``), and its records go
+back as messages.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -33,13 +42,14 @@ from harness.atomic import write_json
 from harness.load.collector import MSG_DONE, MasterCollector, StepState, finalize_records
 from harness.load.finisher import Finisher
 from harness.load.live import MSG_PROGRESS, PUBLISH_S, merge_snapshots, progress_path
-from harness.load.plan import LoadPlan, headers_from_env, plan_from_env
+from harness.load.plan import PLAN_ENV, LoadPlan, headers_from_env, plan_from_env
 from harness.load.prompts import PromptSpec, read_prompts
 from harness.load.schedule import ArrivalPool
 from harness.load.spool import RecordSpool, parts_dir
 from harness.load.users import StreamingUser, make_pool
 from harness.protocols.base import ProtocolSpec
 from harness.protocols.registry import get_protocol
+from harness.records import records_to_table
 from harness.runsecrets import Redactor
 
 log = logging.getLogger("tokenbench.load")
@@ -48,7 +58,8 @@ MSG_FLUSH = "tokenbench_flush"
 REPORT_GRACE_S = 3.0
 WATCHDOG_SLACK_S = 60.0
 
-PLAN = plan_from_env()
+# None in a distributed worker: its plan arrives from the master (``workerside``).
+PLAN = plan_from_env() if os.environ.get(PLAN_ENV) else None
 
 
 class TokenbenchUser(StreamingUser):
@@ -72,6 +83,9 @@ class ProcessContext:
     finisher: Finisher = field(default_factory=Finisher)
     bodies: dict[int, bytes] = field(default_factory=dict)  # serialised request per prompt index
     live: dict[int, dict[str, Any]] = field(default_factory=dict)  # latest progress snapshot per process
+    index: int | None = None  # distributed: this worker's index, assigned by the master
+    spool_factory: Callable[[int], RecordSpool] | None = None  # distributed: records go as messages
+    started: bool = False
     _pool: ArrivalPool | None = None
     _reported: bool = False
     _quitting: bool = False
@@ -94,14 +108,17 @@ class ProcessContext:
     def on_test_start(self) -> None:
         assert self.state is not None
         if isinstance(self.runner, WorkerRunner):
-            self.state.worker_index = max(0, int(self.runner.worker_index))
+            index = self.index if self.index is not None else int(self.runner.worker_index)
+            self.state.worker_index = max(0, index)
             self.state.workers = self.plan.processes
         if self.state.spool is None:
-            directory = parts_dir(self.plan.records_path)
-            pool = gevent.get_hub().threadpool
-            self.state.spool = RecordSpool(directory, worker=self.state.worker_index, submit=pool.spawn)
+            self.state.spool = self.make_spool()
         if self._sampler is None:
             self._sampler = gevent.spawn(self.state.run_lag_sampler)
+        # The first Arrow table built from Python lists imports pandas (pyarrow's lazy shim): 0.8-1.3 s
+        # measured here. Done now, before any request, not in the first spool flush 2 s into the step
+        # (where it stalled every stream in flight: the TTFT p99 of a 200-request step went 22 -> 1300 ms).
+        records_to_table([])
         # Everything alive now (Locust, gevent, pyarrow, numpy: ~10^5 objects) lives
         # for the whole step. A full collection walking it all stopped the event
         # loop for 55-85 ms at 256 streams, which every stream's read stamps then
@@ -109,6 +126,15 @@ class ProcessContext:
         # step are still collected.
         gc.collect()
         gc.freeze()
+
+    def make_spool(self) -> RecordSpool:
+        assert self.state is not None
+        if self.spool_factory is not None:
+            return self.spool_factory(self.state.worker_index)
+        pool = gevent.get_hub().threadpool
+        return RecordSpool(
+            parts_dir(self.plan.records_path), worker=self.state.worker_index, submit=pool.spawn
+        )
 
     def ship(self) -> None:
         """Write this process's final part file and hand its report to the collector (or the master)."""
@@ -121,7 +147,7 @@ class ProcessContext:
         if self._pool is not None:
             self._pool.stop()
         rows = finalize_records(self.state.records, self.state.texts, self.plan.tokenizer_path)
-        spool = self.state.spool or RecordSpool(parts_dir(self.plan.records_path), self.state.worker_index)
+        spool = self.state.spool or self.make_spool()
         spool.final(rows)
         self.publish()  # the final counts, before the master may quit
         report = self.state.report()
@@ -194,6 +220,9 @@ class ProcessContext:
             self.ship()
         if self.collector is None or self.collector.written:
             return
+        if self.plan.expect_workers and not self.started:
+            log.error("tokenbench: the step never started (workers did not come): no records written")
+            return
         if isinstance(self.runner, MasterRunner) and not self.collector.all_reported:
             try:
                 self.runner.send_message(MSG_FLUSH)
@@ -211,6 +240,9 @@ class ProcessContext:
 
 
 def _on_init(environment: Environment, **_kw: Any) -> None:
+    if PLAN is None:
+        _init_remote_worker(environment)
+        return
     plan = PLAN
     ctx = ProcessContext(
         plan=plan,
@@ -226,8 +258,12 @@ def _on_init(environment: Environment, **_kw: Any) -> None:
         ctx.state = StepState(plan=plan, on_done=ctx.ship)
     if not isinstance(runner, WorkerRunner):
         expected = plan.processes if isinstance(runner, MasterRunner) else 1
+        if plan.expect_workers:
+            expected = plan.workers_expected
         ctx.collector = MasterCollector(plan=plan, expected=expected, on_all_done=ctx.quit_soon)
-    if isinstance(runner, MasterRunner):
+    if isinstance(runner, MasterRunner) and plan.expect_workers:
+        _init_distributed_master(ctx)
+    elif isinstance(runner, MasterRunner):
         collector = ctx.collector
         assert collector is not None
         runner.register_message(MSG_DONE, lambda msg, **_: collector.add_report(msg.data))
@@ -237,14 +273,74 @@ def _on_init(environment: Environment, **_kw: Any) -> None:
     if isinstance(runner, WorkerRunner):
         runner.register_message(MSG_FLUSH, lambda msg, **_: ctx.ship())
     environment.tokenbench = ctx  # type: ignore[attr-defined]
+    _listen_quitting(environment)
+
+
+def _listen_quitting(environment: Environment) -> None:
     # Registered here, after Locust's runner added its own: ``quitting`` fires in
     # reverse order, so ours runs first and a worker ships its records before
     # it tells the master it quit (after which the master stops listening).
     environment.events.quitting.add_listener(_on_quitting)
 
 
+def _init_distributed_master(ctx: ProcessContext) -> None:
+    """The master of a step spread over hosts: it admits workers and takes their records as messages."""
+    from harness.load.distributed import DistributedMaster
+    from harness.load.wire import TOKEN_ENV
+
+    collector, plan = ctx.collector, ctx.plan
+    assert collector is not None
+    master = DistributedMaster(
+        plan=plan,
+        runner=ctx.runner,
+        collector=collector,
+        token=os.environ.get(TOKEN_ENV, ""),
+        headers=ctx.headers,
+        secrets=sorted(ctx.secrets.known),
+        expected=collector.expected,
+    )
+    collector.amend = master.amend_health
+    master.install()
+    ctx.runner.register_message(MSG_DONE, lambda msg, **_: master.add_report(msg.data, msg.node_id))
+    ctx.runner.register_message(
+        MSG_PROGRESS, lambda msg, **_: ctx.live.__setitem__(msg.data["index"], msg.data)
+    )
+    ctx.environment.events.test_start.add_listener(lambda **_: setattr(master, "started", True))
+
+
+def _init_remote_worker(environment: Environment) -> None:
+    """A ``tokenbench worker``: no plan yet; the context is built when the master's plan arrives."""
+    from harness.load.workerside import MessageSpool, Shipment, install
+
+    runner = environment.runner
+
+    def on_plan(ship: Shipment) -> None:
+        secrets = Redactor(ship.secrets)
+        secrets.add_headers(ship.headers)
+        ctx = ProcessContext(
+            plan=ship.plan,
+            environment=environment,
+            protocol=get_protocol(ship.plan.api),
+            headers=ship.headers,
+            secrets=secrets,
+            prompts=ship.prompts,
+            index=ship.index,
+            spool_factory=lambda index: MessageSpool(Path("."), worker=index, send=runner.send_message),
+        )
+        ctx.state = StepState(plan=ship.plan, on_done=ctx.ship)
+        runner.register_message(MSG_FLUSH, lambda msg, **_: ctx.ship())
+        environment.tokenbench = ctx  # type: ignore[attr-defined]
+
+    install(environment, on_plan)
+    _listen_quitting(environment)
+
+
 def _on_test_start(environment: Environment, **_kw: Any) -> None:
-    ctx: ProcessContext = environment.tokenbench  # type: ignore[attr-defined]
+    ctx: ProcessContext | None = getattr(environment, "tokenbench", None)
+    if ctx is None:
+        log.error("tokenbench: told to start before the master sent a plan; this worker runs nothing")
+        return
+    ctx.started = True
     if ctx.state is not None:
         ctx.on_test_start()
     if ctx.collector is not None and ctx.plan.duration_s is not None:

@@ -16,12 +16,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.atomic import write_json
 from harness.load.bounds import MAX_RESPONSE_BYTES, MAX_RESPONSE_CHUNKS, Bounds
 from harness.protocols.base import ProtocolError, TlsOptions
 from harness.protocols.registry import get_protocol
+
+if TYPE_CHECKING:
+    from harness.scenario import Distributed
 
 PLAN_ENV = "TOKENBENCH_LOAD_PLAN"
 HEADERS_ENV = "TOKENBENCH_LOAD_HEADERS"
@@ -76,6 +79,11 @@ class LoadPlan:
     # What one response may hold before it is cut as ``stream_too_large`` (``workload.max_response_*``).
     max_response_bytes: int = MAX_RESPONSE_BYTES
     max_response_chunks: int = MAX_RESPONSE_CHUNKS
+    # Across hosts (``workload.distributed``): external ``tokenbench worker``s the master waits for
+    # (0: a single-host step), the master's ``host:port``, and how long it waits for them.
+    expect_workers: int = 0
+    master_bind: str | None = None
+    worker_wait_s: float = 120.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -106,6 +114,12 @@ class LoadPlan:
             raise bad("max_response_bytes", "must be >= 1")
         if self.max_response_chunks < 1:
             raise bad("max_response_chunks", "must be >= 1")
+        if self.expect_workers < 0:
+            raise bad("expect_workers", "must be >= 0")
+        if self.expect_workers and (self.master_bind is None or not _is_host_port(self.master_bind)):
+            raise bad("master_bind", "a distributed step needs the master's host:port")
+        if not self.worker_wait_s > 0:
+            raise bad("worker_wait_s", "must be > 0")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise bad("max_concurrency", "must be >= 1")
         if not self.base_url.startswith(("http://", "https://")):
@@ -141,6 +155,16 @@ class LoadPlan:
             return self.max_concurrency
         return max(1, min(DEFAULT_POOL_CAP, math.ceil(self.target * self.timeout_s)))
 
+    @property
+    def local_workers(self) -> int:
+        """Distributed: the workers the master's host adds to the external ones (``processes`` when above 1)."""
+        return self.processes if self.expect_workers and self.processes > 1 else 0
+
+    @property
+    def workers_expected(self) -> int:
+        """Distributed: every worker the master waits for before the step starts."""
+        return self.expect_workers + self.local_workers
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -173,6 +197,13 @@ class LoadPlan:
         except json.JSONDecodeError as err:
             raise PlanError(f"{path}: not valid JSON: {err}") from None
         return cls.from_dict(data, str(path))
+
+
+def distributed_fields(spec: Distributed | None) -> dict[str, Any]:
+    """The plan fields of ``workload.distributed`` (none when unset: a single-host step)."""
+    if spec is None:
+        return {}
+    return {"expect_workers": spec.expect_workers, "master_bind": spec.bind, "worker_wait_s": spec.wait_s}
 
 
 def _is_host_port(target: str) -> bool:

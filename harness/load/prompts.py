@@ -257,9 +257,14 @@ def write_prompts(path: Path, specs: list[PromptSpec]) -> None:
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PromptError(f"{path}: no such prompts file") from None
+    return _parse_jsonl(text, path)
+
+
+def _parse_jsonl(text: str, path: Path | str) -> list[tuple[int, dict[str, Any]]]:
+    lines = text.splitlines()
     rows: list[tuple[int, dict[str, Any]]] = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -276,8 +281,17 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 def read_prompts(path: Path) -> list[PromptSpec]:
     """Read a prompts JSONL written by ``write_prompts`` (or by hand), validating every line."""
+    return _specs(_read_jsonl(path), path)
+
+
+def prompts_from_text(text: str, source: str) -> list[PromptSpec]:
+    """Prompts from JSONL text (a distributed worker gets the file's text in a message, not the file)."""
+    return _specs(_parse_jsonl(text, source), source)
+
+
+def _specs(rows: list[tuple[int, dict[str, Any]]], path: Path | str) -> list[PromptSpec]:
     specs: list[PromptSpec] = []
-    for lineno, row in _read_jsonl(path):
+    for lineno, row in rows:
         has_prompt = isinstance(row.get("prompt"), str)
         messages = row.get("messages")
         if not has_prompt and not isinstance(messages, list):

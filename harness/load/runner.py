@@ -34,6 +34,7 @@ from harness.load.fdlimit import OpenFilesError, ensure_open_files
 from harness.load.live import progress_path
 from harness.load.plan import HEADERS_ENV, PLAN_ENV, LoadPlan
 from harness.load.spool import merge_parts, parts_dir
+from harness.load.wire import TOKEN_ENV
 from harness.runsecrets import SECRETS_ENV, Redactor
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -81,7 +82,22 @@ def locust_command(plan: LoadPlan, master_port: int | None = None) -> list[str]:
         "--loglevel",
         "INFO",
     ]
-    if plan.processes > 1:
+    if plan.expect_workers:
+        assert plan.master_bind is not None  # LoadPlan.validate checks it
+        host, _, port_text = plan.master_bind.rpartition(":")
+        # Binding beyond loopback is the scenario's explicit choice (``workload.distributed.bind``).
+        cmd += [
+            "--master",
+            "--master-bind-host",
+            host.strip("[]"),
+            "--master-bind-port",
+            port_text,
+            "--expect-workers",
+            str(plan.workers_expected),
+            "--expect-workers-max-wait",
+            str(math.ceil(plan.worker_wait_s)),
+        ]
+    elif plan.processes > 1:
         port = master_port if master_port is not None else free_port()
         # Locust's master channel has no authentication: it listens on loopback only
         # (by default it binds every interface).
@@ -98,6 +114,29 @@ def locust_command(plan: LoadPlan, master_port: int | None = None) -> list[str]:
             str(port),
         ]
     return cmd
+
+
+def start_local_workers(
+    plan: LoadPlan, step_dir: Path, registry: ProcessRegistry | None, secrets: Redactor
+) -> list[ManagedProcess]:
+    """Distributed: this host's own workers, connecting to the master like any other host's."""
+    from harness.load.worker import MasterAddress, worker_command, worker_env
+
+    assert plan.master_bind is not None
+    address = MasterAddress.parse(plan.master_bind)
+    if address.host in ("0.0.0.0", "::", "*"):
+        address = MasterAddress("127.0.0.1", address.port)
+    return [
+        ManagedProcess(
+            worker_command(address),
+            log_path=step_dir / f"worker-{i}.log",
+            env=worker_env(),
+            cwd=PROJECT_ROOT,
+            registry=registry,
+            scrub=secrets.text,
+        )
+        for i in range(plan.local_workers)
+    ]
 
 
 def locust_env(
@@ -175,6 +214,8 @@ def run_step(
         max_wall_s = 120.0 + plan.warmup_s + plan.duration_s + 2 * plan.timeout_s
 
     started = time.monotonic()
+    if plan.expect_workers:
+        secrets.add(os.environ.get(TOKEN_ENV, ""))
     proc = ManagedProcess(
         locust_command(plan),
         log_path=log_path,
@@ -185,6 +226,7 @@ def run_step(
     )
     returncode: int | None = None
     died: str | None = None
+    workers = start_local_workers(plan, step_dir, registry, secrets) if plan.expect_workers else []
     try:
         while (returncode := proc.poll()) is None:
             if max_wall_s is not None and time.monotonic() - started > max_wall_s:
@@ -201,6 +243,8 @@ def run_step(
         raise
     finally:
         proc.terminate(TERMINATE_GRACE_S)
+        for worker in workers:
+            worker.terminate(TERMINATE_GRACE_S)
         for left in (live_path, *live_path.parent.glob(f".{live_path.name}.*.tmp")):
             left.unlink(missing_ok=True)  # a display aid, not a result
     wall_s = time.monotonic() - started
