@@ -397,6 +397,7 @@ class Run:
         from harness.telemetry.config import DEFAULT_SAMPLES_PER_STEP, scrape_interval
         from harness.telemetry.dcgm import RemoteGpuQuery
         from harness.telemetry.sampler import TelemetrySampler, read_timeseries, write_timeseries
+        from harness.telemetry.server_clock import DEFAULT_NETWORK_MS, step_clock
         from harness.telemetry.summary import measurement_note, memory_summary
 
         # This host's GPUs and processes describe only a server launched here; others' GPUs are the cluster's.
@@ -420,16 +421,25 @@ class Run:
         rows: list[dict] = []
         done = {m.step_id for m in result.steps}
 
+        histograms = get_spec(cell.server.backend).server_histograms  # the server's own clock
+        network_ms = telemetry.server_clock_network_ms if telemetry else DEFAULT_NETWORK_MS
+
         def measure(step: Step, index: int, slo: Slo) -> tuple[pd.DataFrame, StepMetrics]:
             sampler.set_step(step.step_id)
+            clock = step_clock(handle.metrics_url, histograms, handle.headers)
             try:
+                if clock is not None:
+                    clock.begin()  # the step's edges: no request in flight (server_clock.py)
                 records_path, health, wall_s = self._load_step(
                     cell, step, index, scenario, handle, registry, bool(result.stream_usage)
                 )
+                if clock is not None:
+                    clock.end()
             finally:
                 sampler.set_step(None)
             frame = pq.read_table(records_path).to_pandas()
             metrics = compute_step_metrics(frame, step=step, slo=slo, duration_s=None, health=health)
+            metrics.server_clock = clock.result(frame, network_ms) if clock is not None else None
             metrics.exceeds_concurrency_cap = exceeds_cap(metrics, result.concurrency_cap)
             result.steps.append(metrics)
             self.run_dir.write_summary(self.summary)
