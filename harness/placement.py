@@ -232,7 +232,9 @@ def resolve_placement(setting: str | CpuSets, available: frozenset[int] | None =
         split = auto_split(have)
         if split is None:
             return Placement(
-                text, have, note=f"only CPU {format_cpu_list(have)} available: nothing to split, nothing pinned"
+                text,
+                have,
+                note=f"only CPU {format_cpu_list(have)} available: nothing to split, nothing pinned",
             )
         return Placement(text, have, {SERVER: split[0], LOAD: split[1]})
     assert isinstance(setting, CpuSets)

@@ -37,8 +37,8 @@ from harness.bounds import (
 )
 from harness.dataset import DatasetError, read_dataset
 from harness.load.bounds import MAX_RESPONSE_BYTES, MAX_RESPONSE_CHUNKS
-from harness.scenario_input import ScenarioError, apply_overrides, first_nul, format_error
 from harness.placement import PlacementSetting
+from harness.scenario_input import ScenarioError, apply_overrides, first_nul, format_error
 from harness.search import SearchSpec
 from harness.slo import Slo
 from harness.telemetry.config import TelemetryConfig

@@ -61,7 +61,9 @@ def test_overlapping_sets_are_refused() -> None:
 def test_a_started_group_runs_on_its_kinds_cpus_and_is_recorded(tmp_path: Path) -> None:
     """The command and a child it forks both report the pinned set; env.json's record says so too."""
     have = sorted(os.sched_getaffinity(0))
-    placement = Placement("test", frozenset(have), {SERVER: frozenset({have[0]}), LOAD: frozenset({have[-1]})})
+    placement = Placement(
+        "test", frozenset(have), {SERVER: frozenset({have[0]}), LOAD: frozenset({have[-1]})}
+    )
     script = (
         "import os, subprocess, sys;"
         "print('self', sorted(os.sched_getaffinity(0)));"

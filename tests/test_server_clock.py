@@ -125,3 +125,25 @@ def test_the_vllm_spec_names_histograms_a_real_vllm_cpu_exports() -> None:
     assert set(found) == set(spec.server_histograms.values())
     assert found[TTFT].count == 8 and quantile_bucket(found[TTFT], 0.5) == (0.08, 0.1)
     assert get_spec("sim").server_histograms == {}
+
+
+def test_the_report_shows_the_servers_buckets_beside_the_clients_values() -> None:
+    from harness.report.columns import Row
+    from harness.report.server_clock import server_clock_markdown, server_clock_section
+    from harness.results import CellResult, StepMetrics
+
+    start, end = ttft_pair()
+    slow = compare(start, end, {"ttft": TTFT}, records([46.0] * 100))
+    step = StepMetrics(
+        step_id="c1", kind="concurrency", target=1, duration_s=1, requests_total=100, requests_ok=100,
+        requests_warmup=0, server_clock=slow,
+    )  # fmt: skip
+    cell = CellResult(cell_id="a", server="a", backend="vllm", model="m", settings={}, identity="x")
+    rows = [Row(cell, step, False)]
+    html = server_clock_section(rows)
+    assert 'id="server_clock_table"' in html and "20–40" in html and "46.0" in html
+    assert "CLIENT SLOWER" in html and "6.0 ms" in html
+    md = "\n".join(server_clock_markdown(rows))
+    assert "| a | 1 user | TTFT p50 | 20–40 | 46.0 | CLIENT SLOWER (n 100/100) |" in md
+    step.server_clock = None
+    assert server_clock_section(rows) == "" and server_clock_markdown(rows) == []
