@@ -37,7 +37,7 @@ def clock_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
                 "backend": "vllm",
                 "model": "tokenbench:tiny-llama",
                 "startup_timeout_s": 300,
-                "settings": {"max_num_seqs": 4, "max_model_len": 512, "dtype": "bfloat16"},
+                "settings": {"max_num_seqs": 4, "max_model_len": 512, "dtype": "float32"},
             }
         ],
         "workload": {
@@ -89,7 +89,9 @@ def test_placement_is_applied_and_recorded(clock_run) -> None:
     if split is None:
         assert env["server_cpus"] is None and "nothing pinned" in env["note"]
     else:
-        assert env["server_cpus"] == format_cpu_list(split[0]) and env["load_cpus"] == format_cpu_list(split[1])
+        assert env["server_cpus"] == format_cpu_list(split[0]) and env["load_cpus"] == format_cpu_list(
+            split[1]
+        )
         assert [r["cpus"] for r in env["applied"]["server"]] == [env["server_cpus"]]
         assert [r["cpus"] for r in env["applied"]["load"]] == [env["load_cpus"]]
     assert processes_with_marker(marker) == []
