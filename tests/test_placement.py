@@ -91,3 +91,40 @@ def test_without_placement_nothing_is_pinned(tmp_path: Path) -> None:
     assert proc.wait(timeout=30) == 0
     proc.terminate()
     assert str(sorted(os.sched_getaffinity(0))) in log.read_text()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to split")
+def test_a_run_pins_the_sim_server_and_locust_and_writes_env_json(tmp_path: Path) -> None:
+    """The real CLI on the simulator with ``placement: auto``: env.json says which CPUs each got."""
+    import json
+    import subprocess
+
+    import yaml
+
+    from leftovers import new_marker, processes_with_marker
+
+    data = {
+        "name": "placed",
+        "seed": 1,
+        "placement": "auto",
+        "servers": [{"name": "s", "backend": "sim", "model": "m", "settings": {"ttft_ms": 5, "itl_ms": 1}}],
+        "workload": {"prompt_tokens": 8, "output_tokens": 4, "steps": {"concurrency": [1]}, "requests": 4},
+    }
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(data))
+    key, marker = new_marker()
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(tmp_path / "out"), "-q"],
+        cwd=Path(__file__).resolve().parents[1], env={**os.environ, key: marker},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run,) = (tmp_path / "out").glob("*-placed")
+    env = json.loads((run / "env.json").read_text())["placement"]
+    server, load = auto_split(frozenset(os.sched_getaffinity(0)))  # type: ignore[misc]
+    assert env["server_cpus"] == format_cpu_list(server) and env["load_cpus"] == format_cpu_list(load)
+    assert [r["cpus"] for r in env["applied"]["server"]] == [format_cpu_list(server)]
+    assert [r["cpus"] for r in env["applied"]["load"]] == [format_cpu_list(load)]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["cells"][0]["steps"][0]["server_clock"] is None  # the sim names no histograms
+    assert processes_with_marker(marker) == []
