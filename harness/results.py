@@ -44,6 +44,43 @@ class HarnessHealth(_Model):
     reasons: list[str] = Field(default_factory=list)
 
 
+class ServerBucket(_Model):
+    """A percentile known to its histogram bucket: ``lower_ms < value <= upper_ms`` (None: +Inf)."""
+
+    lower_ms: float
+    upper_ms: float | None = None
+
+
+class ServerClockRole(_Model):
+    """One server histogram over a step (end - start scrape) beside the client's same quantity."""
+
+    metric: str
+    count: int
+    p50: ServerBucket | None = None
+    p90: ServerBucket | None = None
+    p99: ServerBucket | None = None
+    client_count: int | None = None
+    client_p50_ms: float | None = None
+    client_p90_ms: float | None = None
+    client_p99_ms: float | None = None
+
+
+class ServerClock(_Model):
+    """The server's own clock against the client's (harness/telemetry/server_clock.py).
+
+    ``flagged``: the client's p50 of ``checked`` (ttft, else e2e) is above the server's p50 bucket
+    by more than ``network_ms``; ``excess_ms`` is client p50 minus that bucket's upper bound.
+    """
+
+    roles: dict[str, ServerClockRole] = Field(default_factory=dict)
+    network_ms: float
+    checked: str | None = None
+    excess_ms: float | None = None
+    flagged: bool = False
+    reason: str | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
 class StepMetrics(_Model):
     step_id: str
     kind: Literal["concurrency", "rate"]
@@ -79,6 +116,8 @@ class StepMetrics(_Model):
     # asked for (servers without ignore_eos, such as TGI, may stop earlier; harness/lengths.py).
     output_tokens_mean: float | None = None
     requested_output_tokens_mean: float | None = None
+    # The server's histograms over the step beside the client's values; None: no histograms to read.
+    server_clock: ServerClock | None = None
 
 
 RemoteGpuStatus = Literal["ok", "auth_failed", "no_series", "unreachable", "error", "no_token", "no_selector"]

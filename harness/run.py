@@ -40,6 +40,7 @@ from harness.kvfit import kv_fit_warnings
 from harness.lengths import apply_length_flags
 from harness.matrix import Cell, Step, expand_cells, expand_steps, matrix_problems
 from harness.owner import owner_marker
+from harness.placement import resolve_placement
 from harness.progress import LiveProgress, step_line
 from harness.results import CellResult, RunSummary, StepMetrics
 from harness.resume import launch_groups, resumable_summary
@@ -78,6 +79,7 @@ class RunOutcome:
 def validate_cells(scenario: Scenario) -> list[Cell]:
     """Expand and check every cell against its backend before anything starts."""
     from harness.backends.registry import validate_settings
+    from harness.placement import placement_problems
     from harness.telemetry.config import telemetry_problems
 
     where = f"{scenario.source}: invalid scenario\n  "
@@ -97,6 +99,7 @@ def validate_cells(scenario: Scenario) -> list[Cell]:
         if len(i) > MAX_CELL_ID
     ]
     problems += telemetry_problems(scenario)
+    problems += placement_problems(scenario.placement)
     if problems:
         raise ScenarioError(where + "\n  ".join(problems))
     return cells
@@ -194,6 +197,7 @@ class Run:
         self.progress: Progress = lambda message: progress(self.secrets.text(message))
         self.cells = validate_cells(scenario)
         self.steps = expand_steps(scenario)
+        self.placement = resolve_placement(scenario.placement)
         if resume is not None:
             self.run_dir = dataclasses.replace(resume, secrets=self.secrets)
             self.summary = resumable_summary(self.run_dir, self.cells)
@@ -228,10 +232,12 @@ class Run:
         self.summary.owner = owner_marker()
         rd.write_summary(self.summary)
         outcome = RunOutcome(rd, self.summary)
-        registry = ProcessRegistry(scrub=self.secrets.text)
+        registry = ProcessRegistry(scrub=self.secrets.text, placement=self.placement)
         try:
             with _signals_raise_interrupt(), registry:
                 self.progress(f"run folder: {rd.path}")
+                if self.placement.note:
+                    self.progress(f"warning: placement {self.placement.requested}: {self.placement.note}")
                 for line in kv_fit_warnings(self.scenario, self.cells):
                     self.progress(f"warning: {line}")
                 for line in stop_leftovers():
@@ -267,7 +273,8 @@ class Run:
         self.summary.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         apply_length_flags(self.summary)
         versions = {c.cell_id: c.version for c in self.summary.cells if c.version}
-        write_json(rd.path / "env.json", self.secrets.data(collect_env(versions)))
+        env = {**collect_env(versions), "placement": self.placement.to_env()}
+        write_json(rd.path / "env.json", self.secrets.data(env))
         rd.write_summary(self.summary)
         rd.merge()
         from harness.report.outputs import write_outputs
@@ -390,6 +397,7 @@ class Run:
         from harness.telemetry.config import DEFAULT_SAMPLES_PER_STEP, scrape_interval
         from harness.telemetry.dcgm import RemoteGpuQuery
         from harness.telemetry.sampler import TelemetrySampler, read_timeseries, write_timeseries
+        from harness.telemetry.server_clock import DEFAULT_NETWORK_MS, step_clock
         from harness.telemetry.summary import measurement_note, memory_summary
 
         # This host's GPUs and processes describe only a server launched here; others' GPUs are the cluster's.
@@ -413,16 +421,25 @@ class Run:
         rows: list[dict] = []
         done = {m.step_id for m in result.steps}
 
+        histograms = get_spec(cell.server.backend).server_histograms  # the server's own clock
+        network_ms = telemetry.server_clock_network_ms if telemetry else DEFAULT_NETWORK_MS
+
         def measure(step: Step, index: int, slo: Slo) -> tuple[pd.DataFrame, StepMetrics]:
             sampler.set_step(step.step_id)
+            clock = step_clock(handle.metrics_url, histograms, handle.headers)
             try:
+                if clock is not None:
+                    clock.begin()  # the step's edges: no request in flight (server_clock.py)
                 records_path, health, wall_s = self._load_step(
                     cell, step, index, scenario, handle, registry, bool(result.stream_usage)
                 )
+                if clock is not None:
+                    clock.end()
             finally:
                 sampler.set_step(None)
             frame = pq.read_table(records_path).to_pandas()
             metrics = compute_step_metrics(frame, step=step, slo=slo, duration_s=None, health=health)
+            metrics.server_clock = clock.result(frame, network_ms) if clock is not None else None
             metrics.exceeds_concurrency_cap = exceeds_cap(metrics, result.concurrency_cap)
             result.steps.append(metrics)
             self.run_dir.write_summary(self.summary)

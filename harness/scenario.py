@@ -38,6 +38,7 @@ from harness.bounds import (
 )
 from harness.dataset import DatasetError, read_dataset
 from harness.load.bounds import MAX_RESPONSE_BYTES, MAX_RESPONSE_CHUNKS
+from harness.placement import PlacementSetting
 from harness.runsecrets import WORKER_TOKEN_ENV
 from harness.scenario_input import ScenarioError, apply_overrides, first_nul, format_error
 from harness.search import SearchSpec
@@ -407,6 +408,8 @@ class Scenario(_Strict):
     workload: Workload
     slo: Slo = Field(default_factory=Slo)
     telemetry: TelemetryConfig | None = None  # the cluster's Prometheus, for servers not on this host
+    # CPU sets of the launched server and of the load generator (harness/placement.py); not in identities
+    placement: PlacementSetting = "none"
     _source: str = PrivateAttr(default="<scenario>")
 
     @property

@@ -272,6 +272,26 @@ CASES: list[Case] = [
         "'nohost'",
         edit={**EXTERNAL, "servers.0.base_url": "http://h:1", "servers.0.grpc_target": "nohost"},
     ),
+    # -- placement: CPU sets of the server and the load generator
+    Case("placement-word", "placement", "'half'", sets=["placement=half"]),
+    Case(
+        "placement-bad-list",
+        "placement.server_cpus",
+        "'0-x'",
+        edit={"placement": {"server_cpus": "0-x", "load_cpus": "1"}},
+    ),
+    Case(
+        "placement-overlap",
+        "placement.load_cpus",
+        "'1-2'",
+        edit={"placement": {"server_cpus": "0-1", "load_cpus": "1-2"}},
+    ),
+    Case(
+        "placement-not-here",
+        "placement.load_cpus",
+        "'4000'",
+        edit={"placement": {"server_cpus": "0", "load_cpus": "4000"}},
+    ),
     # -- telemetry: the cluster's Prometheus for servers not on this host
     Case(
         "prometheus-url-ftp",

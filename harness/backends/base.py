@@ -191,6 +191,9 @@ class BackendSpec:
     * ``launches_locally``: True when the server runs on this host as processes the harness
       started, so this host's NVML and process trees describe it. False for ``external`` and
       cluster backends: this host's GPUs are not the server's.
+    * ``server_histograms``: role (``ttft``, ``itl``, ``e2e``, ``queue``) -> the name of the
+      Prometheus histogram (in seconds) the server exports for it, for the server-clock
+      self-check (``harness/telemetry/server_clock.py``); empty: the server has none.
     * ``Deploy``: the pydantic model of ``servers[].deploy`` (where and how a backend deploys
       its server: a cluster's namespace, a runtime manifest), or None when the backend takes
       no such block.
@@ -210,6 +213,7 @@ class BackendSpec:
     endpoint: ClassVar[bool] = False
     launches_locally: ClassVar[bool] = True
     Deploy: ClassVar[type[BaseModel] | None] = None
+    server_histograms: ClassVar[dict[str, str]] = {}
 
     # -- what it serves and needs ---------------------------------------------------------------
     def serves(self, api: str) -> bool:

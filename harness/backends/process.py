@@ -13,7 +13,10 @@ every ``ManagedProcess`` registers its group in it, and ``kill_all`` (run from
 It is an object, not a module global, so tests and nested runs stay isolated.
 It also carries the run's ``scrub`` (``Redactor.text``): every process started
 under it writes its output through a :class:`~harness.backends.logpump.LogPump`
-that scrubs each line, so a server's log never keeps a secret the run knows.
+that scrubs each line, so a server's log never keeps a secret the run knows,
+and the run's CPU ``placement`` (``harness/placement.py``): every process
+started under it is pinned to its kind's CPU set (``server`` unless it says
+``load``) and what it got is recorded.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import psutil
 from harness.backends.base import BackendStartError
 from harness.backends.logpump import LogPump, Scrub
 from harness.owner import OWNER_ENV, owner_marker
+from harness.placement import SERVER, Placement, format_cpu_list
 from harness.redact import redact_command
 
 SUPERVISOR = Path(__file__).with_name("supervise.py")
@@ -110,8 +114,9 @@ class ProcessRegistry:
     atexit/signal hooks on entry and kill leftovers on exit.
     """
 
-    def __init__(self, scrub: Scrub | None = None) -> None:
+    def __init__(self, scrub: Scrub | None = None, placement: Placement | None = None) -> None:
         self.scrub = scrub
+        self.placement = placement
         self._groups: set[int] = set()
         self._lock = threading.Lock()
         self._installed = False
@@ -189,6 +194,10 @@ class ManagedProcess:
     the command's own pid, the root of the tree telemetry measures; ``pgid`` is
     the group. ``terminate`` SIGTERMs the group, waits ``grace_s``, then SIGKILLs
     it; it is idempotent and tolerates a process that already died.
+
+    ``cpus`` (default: the registry's placement for ``kind``) pins the whole
+    group: the supervisor sets its own affinity before it starts the command,
+    which inherits it, threads and children included.
     """
 
     def __init__(
@@ -200,8 +209,14 @@ class ManagedProcess:
         cwd: Path | None = None,
         registry: ProcessRegistry | None = None,
         scrub: Scrub | None = None,
+        cpus: frozenset[int] | None = None,
+        kind: str = SERVER,
     ) -> None:
         self.command = list(command)
+        placement = registry.placement if registry is not None else None
+        if cpus is None and placement is not None:
+            cpus = placement.for_kind(kind)
+        pin = ["--cpus", format_cpu_list(cpus)] if cpus else []
         self.log_path = log_path
         self._registry = registry
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +227,7 @@ class ManagedProcess:
         out_read, out_write = os.pipe()
         try:
             self._popen = subprocess.Popen(
-                [sys.executable, str(SUPERVISOR), str(write_fd), str(os.getpid()), "--", *self.command],
+                [sys.executable, str(SUPERVISOR), str(write_fd), str(os.getpid()), *pin, "--", *self.command],
                 stdout=out_write,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -236,6 +251,8 @@ class ManagedProcess:
         if registry is not None:
             registry.add(self.pgid)
         self.pid: int = _read_child_pid(read_fd) or self._popen.pid
+        if placement is not None:
+            placement.record(kind, self.pid, Path(self.command[0]).name if self.command else "?")
 
     def poll(self) -> int | None:
         return self._popen.poll()

@@ -19,6 +19,9 @@ the real command in the same group:
   SIGKILLs the group, itself included;
 * it hands the command's pid back over a pipe, so the harness measures and
   reports the real server, not this wrapper;
+* with ``--cpus 0-3,6`` it pins itself to those CPUs before it starts the
+  command, so the command, its threads and children inherit the set
+  (``harness/placement.py``);
 * it exits with the command's status (re-raising the command's fatal signal),
   so callers see what they would have seen without it.
 
@@ -38,7 +41,7 @@ from types import FrameType
 
 PR_SET_PDEATHSIG = 1
 ORPHAN_GRACE_S = 2.0
-USAGE = "usage: supervise.py PID_FD PARENT_PID -- COMMAND..."
+USAGE = "usage: supervise.py PID_FD PARENT_PID [--cpus LIST] -- COMMAND..."
 
 
 def _set_parent_death_signal(sig: int) -> None:
@@ -77,12 +80,29 @@ def _stop_group(pgid: int) -> None:
     os.killpg(pgid, signal.SIGKILL)
 
 
+def _cpu_list(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
 def main(argv: list[str]) -> int:
+    cpus: set[int] | None = None
+    if len(argv) >= 4 and argv[2] == "--cpus":
+        cpus = _cpu_list(argv[3])
+        argv = argv[:2] + argv[4:]
     if len(argv) < 4 or argv[2] != "--":
         print(USAGE, file=sys.stderr)
         return 2
     pid_fd, parent = int(argv[0]), int(argv[1])
     command = argv[3:]
+    if cpus is not None:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError as err:  # the command runs unpinned; the harness reads back what it got
+            print(f"supervise: sched_setaffinity({sorted(cpus)}) failed: {err}", file=sys.stderr)
     pgid = os.getpgrp()
     _set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != parent:  # the harness died before the death signal was armed

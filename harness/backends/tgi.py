@@ -261,6 +261,9 @@ class TgiSpec(BackendSpec):
     label = "TGI"
     Settings = TgiSettings
     protocols = ("tgi", "chat")
+    # TGI 3.x router histograms (seconds; names from TGI's metrics docs, not checked on a live TGI
+    # here). TGI exports no TTFT histogram, so the self-check compares end-to-end latency.
+    server_histograms = {"e2e": "tgi_request_duration", "queue": "tgi_request_queue_duration"}
 
     def concurrency_cap(self, settings: dict[str, Scalar]) -> ConcurrencyCap:
         """The router's ``max_concurrent_requests`` (default 128): above it TGI answers 429."""

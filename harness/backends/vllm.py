@@ -297,6 +297,13 @@ class VllmSpec(BackendSpec):
     label = "vLLM"
     Settings = VllmSettings
     protocols = ("completions", "chat")
+    # vLLM 0.32 (v1 engine), checked against tests/data/vllm_cpu_0.32_metrics.txt
+    server_histograms = {
+        "ttft": "vllm:time_to_first_token_seconds",
+        "itl": "vllm:inter_token_latency_seconds",
+        "e2e": "vllm:e2e_request_latency_seconds",
+        "queue": "vllm:request_queue_time_seconds",
+    }
 
     def environments(self, server: Server, home: Path) -> list[str]:
         """The tokenbench environment the server's interpreter lives in; [] for a foreign ``python``."""

@@ -35,6 +35,7 @@ from harness.load.live import progress_path
 from harness.load.plan import HEADERS_ENV, PLAN_ENV, LoadPlan
 from harness.load.spool import merge_parts, parts_dir
 from harness.load.wire import TOKEN_ENV
+from harness.placement import LOAD
 from harness.runsecrets import SECRETS_ENV, Redactor
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -223,6 +224,7 @@ def run_step(
         cwd=PROJECT_ROOT,
         registry=registry,
         scrub=secrets.text,
+        kind=LOAD,  # the registry's placement puts the load generator on its own CPUs
     )
     returncode: int | None = None
     died: str | None = None

@@ -18,6 +18,7 @@ from harness.report import capacity, figures, frontier, memory, sections, timeli
 from harness.report.columns import Row, rows_of
 from harness.report.data import RunData, load_run, per_request
 from harness.report.headline import build_headline
+from harness.report.server_clock import server_clock_section
 from harness.report.summary_tables import headline_box, summary_section
 from harness.report.svg import Figure, cell_colors
 
@@ -100,7 +101,8 @@ def render_html(run: RunData) -> str:
         parts.append(f'<section id="{group_id}"><h2>{escape(title)}</h2><div{grid}>')
         parts.extend(_figure_html(by_id[i]) for i in ids)
         parts.append("</div></section>")
-    parts += [sections.harness_section(rows), sections.cells_section(run, colors), sections.run_metadata(run)]
+    parts += [sections.harness_section(rows), server_clock_section(rows)]
+    parts += [sections.cells_section(run, colors), sections.run_metadata(run)]
     if run.scenario_text:
         parts.append(
             '<section id="scenario"><h2>Scenario</h2><details><summary>scenario.yaml as run</summary>'

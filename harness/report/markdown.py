@@ -23,6 +23,7 @@ from harness.report.columns import (
 )
 from harness.report.data import RunData, length_notes
 from harness.report.headline import build_headline
+from harness.report.server_clock import server_clock_markdown
 
 MD_COLUMNS: list[Column] = (
     [c for c in LATENCY_COLUMNS if c.key.startswith(("ttft", "tpot", "e2e"))]
@@ -43,7 +44,15 @@ def _row(row: Row, best: dict[tuple[Level, str], float]) -> str:
         text = f"**{text}**" if is_best(col, row, best) else text
         values.append(text + ("†" if thin_note(col, row) else ""))
     name = row.cell.cell_id + (" (SIMULATED)" if row.simulated else "")
-    flag = "⚠ limited" if row.step.harness.limited else ""
+    clock = row.step.server_clock
+    flag = " ".join(
+        f
+        for f, on in (
+            ("⚠ limited", row.step.harness.limited),
+            ("⚠ client slower than server clock", clock and clock.flagged),
+        )
+        if on
+    )
     ok = f"{row.step.requests_ok}/{row.step.requests_total}"
     errors = error_classes(row.step)
     return "| " + " | ".join(_cell(v) for v in [name, row.load_label, ok, *values, errors, flag]) + " |"
@@ -83,6 +92,7 @@ def render_markdown(run: RunData, max_rows: int | None = None) -> str:
         )
     if not rows:
         lines.append("| _no measured steps_ |" + " |" * (len(header) - 1))
+    lines += server_clock_markdown(shown_rows)
     lengths = length_notes(run)
     if lengths:
         lines += ["", "**Output lengths differ** (more than 5 % from the median of all cells' means)", ""]

@@ -69,6 +69,14 @@ class TelemetryConfig(BaseModel):
         "(the scrape interval shrinks from 1 s for short steps, down to 0.1 s)",
     )
 
+    server_clock_network_ms: float = Field(
+        default=1.0,
+        ge=0,
+        le=10_000,
+        description="network time expected between the server's clock and the client's (ms), allowed "
+        "before the server-clock self-check flags a step (1 ms: loopback or one LAN hop)",
+    )
+
     @field_validator("prometheus_url")
     @classmethod
     def _url(cls, url: str | None) -> str | None:
