@@ -135,6 +135,7 @@ def start_local_workers(
             cwd=PROJECT_ROOT,
             registry=registry,
             scrub=secrets.text,
+            kind=LOAD,  # local workers are load generators too: the placement's load CPUs
         )
         for i in range(plan.local_workers)
     ]
