@@ -68,6 +68,7 @@ class Outcome:
     error_message: str | None = None
     body_bytes: int = 0
     retry_after: str | None = None  # a 429/503's Retry-After header, as sent
+    connect_ns: int | None = None  # time spent opening the connection; None: the kept one was reused
 
 
 class _Deadline(Exception):
@@ -135,6 +136,7 @@ class StreamClient:
         self._server_name = options.server_name or self.host
         self.bounds = bounds or Bounds()
         self._sock: Any = None
+        self.connect_ns: int | None = None  # the last request's connect time (None: reused)
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -145,6 +147,13 @@ class StreamClient:
                 pass
 
     def _connect(self) -> Any:
+        start = time.monotonic_ns()
+        try:
+            return self._open()
+        finally:
+            self.connect_ns = time.monotonic_ns() - start  # failed connects are timed too
+
+    def _open(self) -> Any:
         sock = gevent.socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -176,6 +185,13 @@ class StreamClient:
         return None
 
     def post(self, head: bytes, body: bytes, timeout_s: float) -> Outcome:
+        """``exchange``, with the time this request spent connecting (``Outcome.connect_ns``)."""
+        self.connect_ns = None
+        outcome = self.exchange(head, body, timeout_s)
+        outcome.connect_ns = self.connect_ns
+        return outcome
+
+    def exchange(self, head: bytes, body: bytes, timeout_s: float) -> Outcome:
         """Send one request and read the response, stamping every read; never raises for network errors.
 
         Error classes: no connection within the connect or request deadline is
@@ -240,6 +256,49 @@ class StreamClient:
         finally:
             if not keep:
                 self.close()
+
+
+    def probe(self, head: bytes | None, timeout_s: float) -> str | None:
+        """Open the connection and prove it usable with one bodiless request (``head``); why not, or None.
+
+        Used by the prewarm (``harness.load.prewarm``) before the step's clock
+        starts: the answer's status does not matter (a 404 still proves the
+        server accepted and served this connection), only that a complete
+        response came back and the server keeps the connection open. Without
+        a ``head`` (a protocol with no HTTP readiness path) the check is the
+        connect and the non-blocking peek of ``_reusable``. ``connect_ns``
+        holds the connect time afterwards.
+        """
+        self.connect_ns = None
+        parser = HTTPResponse("GET")
+        try:
+            with gevent.Timeout(timeout_s, _Deadline):
+                sock = self._reusable() or self._connect()
+                if head is None:
+                    return None if self._reusable() is not None else "the server closed the connection"
+                sock.sendall(head)
+                while not (parser.message_complete and _final(parser)):
+                    data = sock.recv(READ_SIZE)
+                    if not data:
+                        raise _ClosedEarly("connection closed before the probe's response was complete")
+                    parser.feed(data)
+                    parser._body_buffer.clear()
+        except _Deadline:
+            self.close()
+            return f"no probe response within {timeout_s:g} s"
+        except (_ClosedEarly, HTTPParseError, OSError) as err:
+            self.close()
+            return _msg(err)
+        if parser.should_close():
+            self.close()
+            return f"the server closes the connection after a request (HTTP {parser.get_code()})"
+        return None
+
+
+def probe_head(base_url: str, path: str, headers: Mapping[str, str]) -> bytes:
+    """A ``GET`` of ``path`` with the user's headers (auth), for ``StreamClient.probe``."""
+    prefix = request_prefix(base_url, path, headers).replace(b"POST ", b"GET ", 1)
+    return prefix + b"X-Request-Id: tokenbench-prewarm\r\n\r\n"
 
 
 RETRY_STATUSES = (429, 503)

@@ -27,6 +27,7 @@ PLAN_ENV = "TOKENBENCH_LOAD_PLAN"
 HEADERS_ENV = "TOKENBENCH_LOAD_HEADERS"
 
 KINDS = ("concurrency", "rate")
+CONNECTIONS = ("prewarm", "cold")
 DEFAULT_POOL_CAP = 1024
 
 
@@ -76,6 +77,9 @@ class LoadPlan:
     # What one response may hold before it is cut as ``stream_too_large`` (``workload.max_response_*``).
     max_response_bytes: int = MAX_RESPONSE_BYTES
     max_response_chunks: int = MAX_RESPONSE_CHUNKS
+    # ``prewarm``: every user opens and verifies its connection before the step's clock starts;
+    # ``cold``: the first request of every user connects inside the step (harness/load/prewarm.py).
+    connections: str = "prewarm"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,6 +92,8 @@ class LoadPlan:
             raise bad("kind", f"must be one of {KINDS}")
         if not self.target > 0:
             raise bad("target", "must be > 0")
+        if self.connections not in CONNECTIONS:
+            raise bad("connections", f"must be one of {CONNECTIONS}")
         if self.kind == "concurrency" and self.target != int(self.target):
             raise bad("target", "closed-loop concurrency must be a whole number")
         if (self.duration_s is None) == (self.requests is None):
