@@ -26,7 +26,9 @@ from load_plans import sim_plan
 USERS = 32
 
 
-def _run(tmp_path: Path, sim: Any, connections: str, **kw: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _run(
+    tmp_path: Path, sim: Any, connections: str, **kw: Any
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     kw.setdefault("warmup_s", 0.0)
     plan = sim_plan(
         tmp_path, base_url=sim.base_url, target=USERS, duration_s=2.0, connections=connections, **kw

@@ -257,7 +257,6 @@ class StreamClient:
             if not keep:
                 self.close()
 
-
     def probe(self, head: bytes | None, timeout_s: float) -> str | None:
         """Open the connection and prove it usable with one bodiless request (``head``); why not, or None.
 
