@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from leftovers import new_marker
 from test_run_sim import run_cli, scenario, wait_gone
+
+from leftovers import new_marker
 
 USERS = 32
 
@@ -40,7 +41,13 @@ def _harness(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _reports_carry_health(run_dir: Path, out: str, connects: int) -> None:
     html = (run_dir / "report.html").read_text()
     section = html[html.index('id="harness_health"') :]
-    for label in ("loop lag p99 (ms)", "client CPU", "coalesced chunks", "connects in window", "connect p99 (ms)"):
+    for label in (
+        "loop lag p99 (ms)",
+        "client CPU",
+        "coalesced chunks",
+        "connects in window",
+        "connect p99 (ms)",
+    ):
         assert label in section, label
     md = (run_dir / "summary.md").read_text()
     assert "**Harness health**" in md and f"connects in window {connects}," in md
