@@ -172,6 +172,9 @@ def test_tgis_run_records_match_the_server(tmp_path: Path, sim_server: Any, proc
         assert sum(r["chunk_tokens"]) == r["output_tokens"] == r["requested_output_tokens"] == 10
         assert r["token_source"] == "usage" and r["client_output_tokens"] == 10
         assert r["prompt_tokens"] == 16
+        # Prewarmed (the default): the channel was READY before the clock, every call reused it.
+        assert r["reused_connection"] is True and r["connect_ns"] is None
+    assert out.health["prewarm_failures"] == 0 and out.health["prewarm_users"] == plan.target
     sim.stop()
     truth = sim.truth()
     assert set(truth) == {f"s-{r['request_id']}" for r in rows}  # x-request-id reached the server
