@@ -68,7 +68,6 @@ class Outcome:
     error_message: str | None = None
     body_bytes: int = 0
     retry_after: str | None = None  # a 429/503's Retry-After header, as sent
-    connect_ns: int | None = None  # time spent opening the connection; None: the kept one was reused
 
 
 class _Deadline(Exception):
@@ -185,20 +184,15 @@ class StreamClient:
         return None
 
     def post(self, head: bytes, body: bytes, timeout_s: float) -> Outcome:
-        """``exchange``, with the time this request spent connecting (``Outcome.connect_ns``)."""
-        self.connect_ns = None
-        outcome = self.exchange(head, body, timeout_s)
-        outcome.connect_ns = self.connect_ns
-        return outcome
-
-    def exchange(self, head: bytes, body: bytes, timeout_s: float) -> Outcome:
         """Send one request and read the response, stamping every read; never raises for network errors.
 
         Error classes: no connection within the connect or request deadline is
         ``connect_timeout`` (the server never took the request); a deadline
         after that is ``timeout``; a response past ``bounds`` is
         ``stream_too_large`` (its body is dropped and the connection closed).
+        Afterwards ``connect_ns`` is the time it spent connecting (None: it reused the kept connection).
         """
+        self.connect_ns = None
         splitter = SseSplitter()
         clock = time.monotonic_ns
         sent_ns = clock()
