@@ -50,16 +50,23 @@ def _count(value: int | None) -> str:
     return "–" if value is None else str(value)
 
 
+def _lag(h: HarnessHealth) -> str:
+    return f"{fmt_ms(h.loop_lag_p99_ms)} / {fmt_ms(h.loop_lag_max_ms)}"
+
+
+def _connect_times(h: HarnessHealth) -> str:
+    if h.connect_p50_ms is None:
+        return "–"
+    return " / ".join(_fine_ms(v) for v in (h.connect_p50_ms, h.connect_p99_ms, h.connect_max_ms))
+
+
 HEALTH_FIGURES: list[HealthFigure] = [
-    HealthFigure("loop_lag_p99", "loop lag p99 (ms)", lambda h: fmt_ms(h.loop_lag_p99_ms)),
-    HealthFigure("loop_lag_max", "loop lag max (ms)", lambda h: fmt_ms(h.loop_lag_max_ms)),
+    HealthFigure("loop_lag", "loop lag p99 / max (ms)", _lag),
     HealthFigure("client_cpu", "client CPU", _cpu),
     HealthFigure("coalesced", "coalesced chunks", lambda h: fmt_pct(h.coalesced_chunk_fraction)),
     HealthFigure("connections", "connections", _connections),
     HealthFigure("connects", "connects in window", lambda h: _count(h.connects)),
-    HealthFigure("connect_p50", "connect p50 (ms)", lambda h: _fine_ms(h.connect_p50_ms)),
-    HealthFigure("connect_p99", "connect p99 (ms)", lambda h: _fine_ms(h.connect_p99_ms)),
-    HealthFigure("connect_max", "connect max (ms)", lambda h: _fine_ms(h.connect_max_ms)),
+    HealthFigure("connect_ms", "connect p50 / p99 / max (ms)", _connect_times),
 ]
 
 

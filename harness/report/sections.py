@@ -167,7 +167,7 @@ def harness_section(rows: list[Row]) -> str:
             for f, t in zip(HEALTH_FIGURES, health_cells(row), strict=True)
         )
         body.append(
-            f'<tr class="{"limited" if h.limited else ""}"><td class="l">{escape(row.cell.cell_id)}</td>'
+            f'<tr class="{"limited" if h.limited else ""}"><td class="l cell">{escape(row.cell.cell_id)}</td>'
             f'<td class="l">{escape(row.load_label)}</td>{figures}<td>{_num(row.step.achieved_rate)}</td>'
             f'<td class="flag">{verdict}</td><td class="l reasons">{escape("; ".join(h.reasons))}</td></tr>'
         )
