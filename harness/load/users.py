@@ -14,6 +14,12 @@ Requests are serialised by the protocol once per prompt and process
 (``ProcessContext.bodies``); per request only the id (and, over HTTP, the
 length) is added, before the wait for the scheduled time.
 
+With ``connections: prewarm`` (the default) each user opens and verifies its
+connection in ``on_start`` and waits at the process's barrier, so the first
+admitted request, which starts the step's clock, finds every connection warm
+(``prewarm``). Every record says whether its request reused the kept
+connection and, if not, how long connecting took.
+
 Pacing lives in ``wait_time``, not in the task: Locust kills a user that is
 *waiting* at once on shutdown but lets a user that is *running a task* finish
 (up to ``--stop-timeout``). So blocking for the next arrival happens while
