@@ -89,6 +89,8 @@ def _workload_identity(scenario: Scenario) -> dict[str, object]:
     steps = workload.get("steps")
     if isinstance(steps, dict) and steps.get("search") is None:
         steps.pop("search", None)  # workload.steps.search (the capacity search), when not asked for
+    if workload.get("connections") == "prewarm":
+        workload.pop("connections")  # the default; ``cold`` measures something else, so it enters
     return workload
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.connects import with_connects
 from harness.matrix import Step
 from harness.records import ERROR_CLASSES, RequestRecord, records_to_table
 from harness.results import Dist, HarnessHealth, StepMetrics
@@ -318,7 +319,7 @@ def compute_step_metrics(
         "kind": step.kind,
         "target": step.target,
         "requests_warmup": int(warm.sum()),
-        "harness": _health(health),
+        "harness": _health(with_connects(health, measured)),
     }
     if measured.empty:
         return StepMetrics(**base, duration_s=duration_s or 0.0, requests_total=0, requests_ok=0)

@@ -84,6 +84,11 @@ class RequestRecord:
     coalesced_chunks: int = 0
     simulated: bool = False
     retry_after: str | None = None  # a 429/503's Retry-After header, as sent (recorded, never honoured)
+    # Time this request spent opening its connection (TCP, TLS); None when it reused the kept one.
+    # gRPC: None (the channel connects inside the call; its prewarm time is in health.json).
+    connect_ns: int | None = None
+    # Whether the request went out on an already-open connection (None in records written before it).
+    reused_connection: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -117,6 +122,8 @@ RECORD_SCHEMA = pa.schema(
         ("coalesced_chunks", pa.int32()),
         ("simulated", pa.bool_()),
         ("retry_after", pa.string()),
+        ("connect_ns", pa.int64()),
+        ("reused_connection", pa.bool_()),
     ]
 )
 

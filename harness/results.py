@@ -40,6 +40,14 @@ class HarnessHealth(_Model):
     client_cpu_pct: float | None = None
     coalesced_chunk_fraction: float | None = None
     unsent: int = 0  # scheduled arrivals never sent (every user busy until the step ended)
+    # Connections (harness/load/prewarm.py, harness/connects.py); None in runs from before they were recorded.
+    connections: Literal["prewarm", "cold"] | None = None  # the step's workload.connections
+    prewarm_s: float | None = None  # first user's prewarm start to the barrier opening (slowest process)
+    prewarm_failures: int = 0  # users whose connection could not be opened and verified before the clock
+    connects: int | None = None  # measured requests that opened a connection (not a kept one)
+    connect_p50_ms: float | None = None  # connect time of those requests (HTTP; gRPC connects in-call)
+    connect_p99_ms: float | None = None
+    connect_max_ms: float | None = None
     limited: bool = False
     reasons: list[str] = Field(default_factory=list)
 

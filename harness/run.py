@@ -516,6 +516,7 @@ class Run:
             timeout_s=w.timeout_s,
             max_response_bytes=w.max_response_bytes,
             max_response_chunks=w.max_response_chunks,
+            connections=w.connections,
             processes=w.processes,
             seed=seed,
             ignore_eos=w.ignore_eos,

@@ -150,6 +150,7 @@ def _known_protocol(name: str) -> str:
 
 Api = Annotated[str, AfterValidator(_known_protocol)]
 StreamUsage = Literal["auto", "on", "off"]
+Connections = Literal["prewarm", "cold"]
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -216,6 +217,11 @@ class Workload(_Strict):
         default=MAX_RESPONSE_CHUNKS,
         gt=0,
         description="a response needing more socket reads (gRPC: messages) is cut as stream_too_large",
+    )
+    connections: Connections = Field(
+        default="prewarm",
+        description="prewarm: open and verify every user's connection before the step's clock starts "
+        "(closed and open loop); cold: each user's first request connects inside the step (the burst)",
     )
 
     @model_validator(mode="before")

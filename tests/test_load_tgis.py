@@ -172,6 +172,9 @@ def test_tgis_run_records_match_the_server(tmp_path: Path, sim_server: Any, proc
         assert sum(r["chunk_tokens"]) == r["output_tokens"] == r["requested_output_tokens"] == 10
         assert r["token_source"] == "usage" and r["client_output_tokens"] == 10
         assert r["prompt_tokens"] == 16
+        # Prewarmed (the default): the channel was READY before the clock, every call reused it.
+        assert r["reused_connection"] is True and r["connect_ns"] is None
+    assert out.health["prewarm_failures"] == 0 and out.health["prewarm_users"] == plan.target
     sim.stop()
     truth = sim.truth()
     assert set(truth) == {f"s-{r['request_id']}" for r in rows}  # x-request-id reached the server
@@ -199,3 +202,16 @@ def test_tgis_faults_are_classified_and_the_run_goes_on(tmp_path: Path, sim_serv
     assert rows[0]["error_message"].startswith("gRPC INTERNAL")
     assert rows[2]["chunk_times_ns"] and rows[2]["first_token_ns"] is not None  # kept what it received
     assert rows[5]["output_tokens"] == 10
+
+
+def test_tgis_cold_channels_connect_on_each_users_first_call(tmp_path: Path, sim_server: Any) -> None:
+    port = free_port()
+    sim_server(ttft_ms=10, itl_ms=2, grpc_port=port)
+    plan = _plan(tmp_path, f"127.0.0.1:{port}", connections="cold")
+    out = run_step(plan, tmp_path / "step")
+    rows = sorted(read_records(out.records_path).to_pylist(), key=lambda r: r["sent_ns"])
+    assert len(rows) == 9 and all(r["error_class"] is None for r in rows)
+    assert [r["reused_connection"] for r in rows[:3]] == [False] * 3  # one cold channel per user
+    assert all(r["reused_connection"] for r in rows[3:])
+    assert all(r["connect_ns"] is None for r in rows)  # the channel connects inside the call: not separable
+    assert out.health["connections"] == "cold" and out.health["prewarm_users"] == 0

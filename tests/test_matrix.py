@@ -127,3 +127,16 @@ def test_identities_of_the_committed_ci_baseline_stay_stable() -> None:
     saved = {c["identity"] for c in baseline["summary"]["cells"]}
     now = {c.identity for c in expand_cells(load_scenario(repo / "scenarios" / "ci-sim.yaml"))}
     assert now == saved
+
+
+def test_connections_prewarm_is_identity_neutral_and_cold_is_not() -> None:
+    """The default (prewarm) leaves identities as they were; cold measures the connect burst, another thing."""
+    server = [{"name": "a", "backend": "sim", "model": "m"}]
+    plain = parse_scenario(scenario(server))
+    identities = {}
+    for mode in ("prewarm", "cold"):
+        data = scenario(server)
+        data["workload"]["connections"] = mode
+        identities[mode] = expand_cells(parse_scenario(data))[0].identity
+    assert identities["prewarm"] == expand_cells(plain)[0].identity
+    assert identities["cold"] != identities["prewarm"]

@@ -61,7 +61,11 @@ def test_terminal_summary_lists_cells_failures_and_path(run_dir: Path) -> None:
     console = Console(file=buf, width=220, color_system=None)
     print_summary(load_run(run_dir), console)
     out = buf.getvalue()
-    assert out.count("vllm-a__max_num_seqs-8") == 3 and "vllm-b__max_num_seqs-32" in out
+    summary, health = out.split("harness health", 1)  # the summary table, then every step's self-diagnosis
+    assert summary.count("vllm-a__max_num_seqs-8") == 3 and "vllm-b__max_num_seqs-32" in summary
+    assert health.count("vllm-a__max_num_seqs-8") == 3 and "vllm-b__max_num_seqs-32" in health
+    for label in ("loop lag p99", "client CPU", "coalesced", "connections", "connects in window"):
+        assert label in health
     for label in ("TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "output tok/s", "req/s", "errors"):
         assert label in out
     assert "failed: vllm-c__max_num_seqs-64" in out

@@ -135,6 +135,8 @@ CASES: list[Case] = [
     Case("slo-nan", "slo.tpot_p95_ms", "nan", sets=["slo.tpot_p95_ms=.nan"]),
     Case("temperature-inf", "workload.temperature", "inf", sets=["workload.temperature=.inf"]),
     Case("temperature-negative", "workload.temperature", "-0.5", sets=["workload.temperature=-0.5"]),
+    Case("connections-unknown", "workload.connections", "warm", sets=["workload.connections=warm"]),
+    Case("connections-not-text", "workload.connections", "1", edit={"workload.connections": 1}),
     Case("abort-rate-nan", "workload.abort_error_rate", "nan", sets=["workload.abort_error_rate=.nan"]),
     Case(
         "length-mean-inf",

@@ -34,6 +34,7 @@ from harness.atomic import write_json
 from harness.load.httpstream import ERROR_BODY_CHARS, Outcome
 from harness.load.live import HealthWindow, LiveStats
 from harness.load.plan import LoadPlan
+from harness.load.prewarm import prewarm_reasons, summarize_prewarm
 from harness.load.prompts import PromptSpec
 from harness.load.schedule import worker_share
 from harness.load.spool import RecordSpool, merge_parts
@@ -349,7 +350,10 @@ class MasterCollector:
             table = RECORD_SCHEMA.empty_table()
             write_records(path, [])
         rows = table.select(["chunk_times_ns", "coalesced_chunks"]).to_pylist()
-        health = summarize_health(list(self.reports.values()), rows, self.expected, plan_notes(self.plan))
+        reports = list(self.reports.values())
+        health = summarize_health(reports, rows, self.expected, plan_notes(self.plan))
+        health.update(summarize_prewarm([r.get("prewarm") or {} for r in reports], self.plan.connections))
+        health["reasons"].extend(prewarm_reasons(health))
         if self.amend is not None:
             self.amend(health)
         write_json(Path(self.plan.health_path), health)

@@ -135,6 +135,7 @@ class StreamClient:
         self._server_name = options.server_name or self.host
         self.bounds = bounds or Bounds()
         self._sock: Any = None
+        self.connect_ns: int | None = None  # the last request's connect time (None: reused)
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -145,6 +146,13 @@ class StreamClient:
                 pass
 
     def _connect(self) -> Any:
+        start = time.monotonic_ns()
+        try:
+            return self._open()
+        finally:
+            self.connect_ns = time.monotonic_ns() - start  # failed connects are timed too
+
+    def _open(self) -> Any:
         sock = gevent.socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -182,7 +190,9 @@ class StreamClient:
         ``connect_timeout`` (the server never took the request); a deadline
         after that is ``timeout``; a response past ``bounds`` is
         ``stream_too_large`` (its body is dropped and the connection closed).
+        Afterwards ``connect_ns`` is the time it spent connecting (None: it reused the kept connection).
         """
+        self.connect_ns = None
         splitter = SseSplitter()
         clock = time.monotonic_ns
         sent_ns = clock()
@@ -240,6 +250,48 @@ class StreamClient:
         finally:
             if not keep:
                 self.close()
+
+    def probe(self, head: bytes | None, timeout_s: float) -> str | None:
+        """Open the connection and prove it usable with one bodiless request (``head``); why not, or None.
+
+        Used by the prewarm (``harness.load.prewarm``) before the step's clock
+        starts: the answer's status does not matter (a 404 still proves the
+        server accepted and served this connection), only that a complete
+        response came back and the server keeps the connection open. Without
+        a ``head`` (a protocol with no HTTP readiness path) the check is the
+        connect and the non-blocking peek of ``_reusable``. ``connect_ns``
+        holds the connect time afterwards.
+        """
+        self.connect_ns = None
+        parser = HTTPResponse("GET")
+        try:
+            with gevent.Timeout(timeout_s, _Deadline):
+                sock = self._reusable() or self._connect()
+                if head is None:
+                    return None if self._reusable() is not None else "the server closed the connection"
+                sock.sendall(head)
+                while not (parser.message_complete and _final(parser)):
+                    data = sock.recv(READ_SIZE)
+                    if not data:
+                        raise _ClosedEarly("connection closed before the probe's response was complete")
+                    parser.feed(data)
+                    parser._body_buffer.clear()
+        except _Deadline:
+            self.close()
+            return f"no probe response within {timeout_s:g} s"
+        except (_ClosedEarly, HTTPParseError, OSError) as err:
+            self.close()
+            return _msg(err)
+        if parser.should_close():
+            self.close()
+            return f"the server closes the connection after a request (HTTP {parser.get_code()})"
+        return None
+
+
+def probe_head(base_url: str, path: str, headers: Mapping[str, str]) -> bytes:
+    """A ``GET`` of ``path`` with the user's headers (auth), for ``StreamClient.probe``."""
+    prefix = request_prefix(base_url, path, headers).replace(b"POST ", b"GET ", 1)
+    return prefix + b"X-Request-Id: tokenbench-prewarm\r\n\r\n"
 
 
 RETRY_STATUSES = (429, 503)

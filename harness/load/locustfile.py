@@ -43,6 +43,7 @@ from harness.load.collector import MSG_DONE, MasterCollector, StepState, finaliz
 from harness.load.finisher import Finisher
 from harness.load.live import MSG_PROGRESS, PUBLISH_S, merge_snapshots, progress_path
 from harness.load.plan import PLAN_ENV, LoadPlan, headers_from_env, plan_from_env
+from harness.load.prewarm import BARRIER_SLACK_S, PrewarmBarrier
 from harness.load.prompts import PromptSpec, read_prompts
 from harness.load.schedule import ArrivalPool
 from harness.load.spool import RecordSpool, parts_dir
@@ -82,6 +83,7 @@ class ProcessContext:
     collector: MasterCollector | None = None
     finisher: Finisher = field(default_factory=Finisher)
     bodies: dict[int, bytes] = field(default_factory=dict)  # serialised request per prompt index
+    barrier: PrewarmBarrier | None = None  # ``connections: prewarm``: users meet here before the clock
     live: dict[int, dict[str, Any]] = field(default_factory=dict)  # latest progress snapshot per process
     index: int | None = None  # distributed: this worker's index, assigned by the master
     spool_factory: Callable[[int], RecordSpool] | None = None  # distributed: records go as messages
@@ -151,6 +153,8 @@ class ProcessContext:
         spool.final(rows)
         self.publish()  # the final counts, before the master may quit
         report = self.state.report()
+        if self.barrier is not None:
+            report["prewarm"] = self.barrier.report()
         if isinstance(self.runner, WorkerRunner):
             self.runner.send_message(MSG_DONE, report)
         else:
@@ -256,6 +260,12 @@ def _on_init(environment: Environment, **_kw: Any) -> None:
     if not isinstance(runner, MasterRunner):
         ctx.prompts = read_prompts(plan.prompts_path)
         ctx.state = StepState(plan=plan, on_done=ctx.ship)
+        if plan.connections == "prewarm":
+            ctx.barrier = PrewarmBarrier(
+                # This process's users: Locust sets the target before it spawns any (local and worker).
+                expected=lambda: int(runner.target_user_count or plan.users),
+                deadline_s=min(plan.timeout_s, 30.0) + BARRIER_SLACK_S,
+            )
     if not isinstance(runner, WorkerRunner):
         expected = plan.processes if isinstance(runner, MasterRunner) else 1
         if plan.expect_workers:

@@ -30,6 +30,7 @@ PLAN_ENV = "TOKENBENCH_LOAD_PLAN"
 HEADERS_ENV = "TOKENBENCH_LOAD_HEADERS"
 
 KINDS = ("concurrency", "rate")
+CONNECTIONS = ("prewarm", "cold")
 DEFAULT_POOL_CAP = 1024
 
 
@@ -84,6 +85,9 @@ class LoadPlan:
     expect_workers: int = 0
     master_bind: str | None = None
     worker_wait_s: float = 120.0
+    # ``prewarm``: every user opens and verifies its connection before the step's clock starts;
+    # ``cold``: the first request of every user connects inside the step (harness/load/prewarm.py).
+    connections: str = "prewarm"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -96,6 +100,8 @@ class LoadPlan:
             raise bad("kind", f"must be one of {KINDS}")
         if not self.target > 0:
             raise bad("target", "must be > 0")
+        if self.connections not in CONNECTIONS:
+            raise bad("connections", f"must be one of {CONNECTIONS}")
         if self.kind == "concurrency" and self.target != int(self.target):
             raise bad("target", "closed-loop concurrency must be a whole number")
         if (self.duration_s is None) == (self.requests is None):

@@ -14,6 +14,12 @@ Requests are serialised by the protocol once per prompt and process
 (``ProcessContext.bodies``); per request only the id (and, over HTTP, the
 length) is added, before the wait for the scheduled time.
 
+With ``connections: prewarm`` (the default) each user opens and verifies its
+connection in ``on_start`` and waits at the process's barrier, so the first
+admitted request, which starts the step's clock, finds every connection warm
+(``prewarm``). Every record says whether its request reused the kept
+connection and, if not, how long connecting took.
+
 Pacing lives in ``wait_time``, not in the task: Locust kills a user that is
 *waiting* at once on shutdown but lets a user that is *running a task* finish
 (up to ``--stop-timeout``). So blocking for the next arrival happens while
@@ -29,17 +35,19 @@ import time
 from typing import Any
 
 import gevent
+import grpc
 from gevent.event import Event
 from locust import User, task
 
 from harness.load.collector import StepState, build_record, request_key
 from harness.load.grpcstream import GrpcStream, auth_metadata, ensure_gevent, stream_call
-from harness.load.httpstream import Outcome, StreamClient, finish_head, request_prefix
+from harness.load.httpstream import Outcome, StreamClient, finish_head, probe_head, request_prefix
 from harness.load.plan import LoadPlan
+from harness.load.prewarm import prewarm_user
 from harness.load.prompts import PromptSpec
 from harness.load.schedule import ArrivalPool, derive_seed, poisson_arrivals
 from harness.protocols.base import Event as StreamEvent
-from harness.protocols.base import ProtocolSpec, StreamResult
+from harness.protocols.base import HttpProbe, ProtocolSpec, StreamResult
 from harness.protocols.tls import grpc_channel
 from harness.records import scrub_record
 
@@ -54,6 +62,22 @@ class HttpWire:
             plan.base_url, connect_timeout_s=min(plan.timeout_s, 30.0), tls=plan.tls, bounds=plan.bounds
         )
         self.prefix = request_prefix(plan.base_url, spec.path, {**spec.http_headers(), **headers})
+        # The prewarm's check: the protocol's first HTTP readiness request, with the auth headers.
+        probe = next((p for p in spec.readiness if isinstance(p, HttpProbe)), None)
+        self.probe = probe_head(plan.base_url, probe.path, headers) if probe is not None else None
+        self.warm_timeout_s = min(plan.timeout_s, 30.0)
+
+    def warm(self) -> tuple[str | None, int | None]:
+        """Open and verify the kept connection (``StreamClient.probe``); why not, and the connect time."""
+        error = self.client.probe(self.probe, self.warm_timeout_s)
+        if error is not None:
+            error = f"{self.client.host}:{self.client.port}: {error}"
+        return error, self.client.connect_ns
+
+    def connection(self) -> tuple[int | None, bool]:
+        """The last request's connect time (None: it reused the kept connection) and whether it reused it."""
+        connect_ns = self.client.connect_ns
+        return connect_ns, connect_ns is None
 
     def prepare(self, key: str, body: bytes) -> bytes:
         return finish_head(self.prefix, key, len(body))
@@ -82,6 +106,24 @@ class GrpcWire:
         self.call = self.channel.unary_stream(spec.path)  # bytes in, bytes out: no decoding on the read path
         self.metadata = [*auth_metadata(headers), *spec.grpc_metadata(plan)]
         self.bounds = plan.bounds
+        self.target = plan.grpc_target
+        self.warm_timeout_s = min(plan.timeout_s, 30.0)
+        self.ready = False  # the channel has connected (prewarm) or carried a call already
+
+    def warm(self) -> tuple[str | None, int | None]:
+        """The channel reaches READY (it connects lazily otherwise); why not, and how long it took."""
+        start = time.monotonic_ns()
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=self.warm_timeout_s)
+        except grpc.FutureTimeoutError:
+            return f"gRPC channel to {self.target} not ready within {self.warm_timeout_s:g} s", None
+        self.ready = True
+        return None, time.monotonic_ns() - start
+
+    def connection(self) -> tuple[int | None, bool]:
+        """gRPC connects inside the call, so no per-request connect time; reused once the channel was up."""
+        reused, self.ready = self.ready, True
+        return None, reused
 
     def prepare(self, key: str, body: bytes) -> list[tuple[str, str]]:
         # x-request-id joins the record to the server's log, as the HTTP X-Request-Id does.
@@ -154,13 +196,16 @@ class StreamingUser(User):
         raw = self.wire.send(prepared, body, ctx.plan.timeout_s)
         if ctx.plan.kind == "concurrency":
             scheduled = raw.sent_ns  # closed loop: the request is due when it is sent
-        ctx.finisher.submit(lambda: self.finish(request_id, ctx.prompts[index], scheduled, raw))
+        conn = self.wire.connection()
+        ctx.finisher.submit(lambda: self.finish(request_id, ctx.prompts[index], scheduled, raw, conn))
 
-    def finish(self, request_id: int, prompt: PromptSpec, scheduled: int, raw: Any) -> None:
+    def finish(
+        self, request_id: int, prompt: PromptSpec, scheduled: int, raw: Any, conn: tuple[int | None, bool]
+    ) -> None:
         """Interpret a finished stream into a record (run by the process's ``Finisher``)."""
         outcome, events = self.wire.unpack(raw)
         result = self.spec.read_stream(events) if outcome.error_class is None or events else None
-        self.record(request_id, prompt, scheduled, outcome, result)
+        self.record(request_id, prompt, scheduled, outcome, result, conn)
 
     def record(
         self,
@@ -169,6 +214,7 @@ class StreamingUser(User):
         scheduled: int,
         outcome: Outcome,
         result: StreamResult | None,
+        conn: tuple[int | None, bool],
     ) -> None:
         """Keep the request's record, and fire Locust's request event (its stats are for display only)."""
         ctx = self.ctx
@@ -183,6 +229,7 @@ class StreamingUser(User):
             outcome=outcome,
             result=result,
         )
+        rec.connect_ns, rec.reused_connection = conn
         scrub_record(rec, ctx.secrets.message)  # before the record is kept, spooled or shown by Locust
         state.complete(rec, result.text if result is not None else "")
         self.environment.events.request.fire(
@@ -193,6 +240,16 @@ class StreamingUser(User):
             exception=None if rec.ok else RuntimeError(f"{rec.error_class}: {rec.error_message}"),
             context={},
         )
+
+    def on_start(self) -> None:
+        """``connections: prewarm``: open and verify the connection, then wait for every user of the process.
+
+        Nothing is admitted before the barrier opens, so the step's clock
+        (``StepState.start``) starts on warm connections (``harness.load.prewarm``).
+        """
+        barrier = self.ctx.barrier
+        if barrier is not None:
+            prewarm_user(barrier, self.wire.warm)
 
     def on_stop(self) -> None:
         self.wire.close()

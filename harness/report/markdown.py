@@ -23,6 +23,7 @@ from harness.report.columns import (
 )
 from harness.report.data import RunData, length_notes
 from harness.report.headline import build_headline
+from harness.report.health import HEALTH_FIGURES, health_cells, verdict
 from harness.report.server_clock import server_clock_markdown
 
 MD_COLUMNS: list[Column] = (
@@ -56,6 +57,17 @@ def _row(row: Row, best: dict[tuple[Level, str], float]) -> str:
     ok = f"{row.step.requests_ok}/{row.step.requests_total}"
     errors = error_classes(row.step)
     return "| " + " | ".join(_cell(v) for v in [name, row.load_label, ok, *values, errors, flag]) + " |"
+
+
+def _health_lines(rows: list[Row]) -> list[str]:
+    """Every step's harness self-diagnosis, one bullet each (the table above stays one row per step)."""
+    lines = ["**Harness health** (was the client in the way; where did connects happen)", ""]
+    for row in rows:
+        figures = ", ".join(f"{f.label} {t}" for f, t in zip(HEALTH_FIGURES, health_cells(row), strict=True))
+        reasons = "; ".join(row.step.harness.reasons)
+        tail = f" — {verdict(row)}" + (f": {reasons}" if reasons else "")
+        lines.append(f"- `{_cell(row.cell.cell_id)}` {_cell(row.load_label)}: {_cell(figures)}{_cell(tail)}")
+    return lines
 
 
 def render_markdown(run: RunData, max_rows: int | None = None) -> str:
@@ -93,6 +105,8 @@ def render_markdown(run: RunData, max_rows: int | None = None) -> str:
     if not rows:
         lines.append("| _no measured steps_ |" + " |" * (len(header) - 1))
     lines += server_clock_markdown(shown_rows)
+    if shown_rows:
+        lines += ["", *_health_lines(shown_rows)]
     lengths = length_notes(run)
     if lengths:
         lines += ["", "**Output lengths differ** (more than 5 % from the median of all cells' means)", ""]

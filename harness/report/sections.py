@@ -17,12 +17,9 @@ from typing import Any
 
 from harness.lengths import cell_output_mean, cell_requested_mean
 from harness.redact import REDACTED, is_secret_name, redact_command, redact_mapping
-from harness.report.columns import (
-    Row,
-    fmt_ms,
-    fmt_pct,
-)
+from harness.report.columns import Row
 from harness.report.data import RunData, cap_notes, length_notes
+from harness.report.health import HEALTH_FIGURES, health_cells
 from harness.results import CellResult
 
 
@@ -165,21 +162,27 @@ def harness_section(rows: list[Row]) -> str:
         verdict = (
             '<span class="badge limited">LIMITED</span>' if h.limited else '<span class="badge ok">ok</span>'
         )
+        figures = "".join(
+            f'<td data-col="{f.key}">{escape(t)}</td>'
+            for f, t in zip(HEALTH_FIGURES, health_cells(row), strict=True)
+        )
         body.append(
-            f'<tr class="{"limited" if h.limited else ""}"><td class="l">{escape(row.cell.cell_id)}</td>'
-            f'<td class="l">{escape(row.load_label)}</td><td>{fmt_ms(h.loop_lag_p99_ms)}</td>'
-            f"<td>{fmt_ms(h.loop_lag_max_ms)}</td><td>{_num(h.client_cpu_pct, '%')}</td>"
-            f"<td>{fmt_pct(h.coalesced_chunk_fraction)}</td><td>{_num(row.step.achieved_rate)}</td>"
+            f'<tr class="{"limited" if h.limited else ""}"><td class="l cell">{escape(row.cell.cell_id)}</td>'
+            f'<td class="l">{escape(row.load_label)}</td>{figures}<td>{_num(row.step.achieved_rate)}</td>'
             f'<td class="flag">{verdict}</td><td class="l reasons">{escape("; ".join(h.reasons))}</td></tr>'
         )
+    columns = 5 + len(HEALTH_FIGURES)
     if not body:
-        body.append('<tr><td class="l" colspan="9">No measured steps.</td></tr>')
+        body.append(f'<tr><td class="l" colspan="{columns}">No measured steps.</td></tr>')
+    heads = "".join(f"<th>{escape(f.label)}</th>" for f in HEALTH_FIGURES)
     return (
         '<section id="harness_health"><h2>Harness self-diagnosis</h2><p class="legend-note">Was the load generator '
         "the bottleneck? High event-loop lag, a saturated client CPU or many coalesced chunks mean the client, "
-        "not the server, set these numbers; such steps are flagged LIMITED and ringed in red in the figures.</p>"
+        "not the server, set these numbers; such steps are flagged LIMITED and ringed in red in the figures. "
+        "Connections: with prewarm every user's connection was opened and verified before the step's clock "
+        "started, so connects in the window should be 0; with cold each user's first request connected inside "
+        "the step (connect times are those requests'; gRPC channels connect inside the call, so theirs are –).</p>"
         '<div class="table-wrap"><table id="harness_table"><thead><tr><th class="l">cell</th><th class="l">load</th>'
-        "<th>loop lag p99 (ms)</th><th>loop lag max (ms)</th><th>client CPU</th><th>coalesced chunks</th>"
-        '<th>achieved rate (req/s)</th><th>verdict</th><th class="l">reasons</th></tr></thead>'
+        f'{heads}<th>achieved rate (req/s)</th><th>verdict</th><th class="l">reasons</th></tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div></section>"
     )

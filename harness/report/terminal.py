@@ -23,6 +23,7 @@ from harness.report.columns import (
     rows_of,
 )
 from harness.report.data import RunData, cap_notes, length_notes, memory_notes
+from harness.report.health import HEALTH_FIGURES, health_cells, verdict
 
 TERMINAL_COLUMNS = [c for key in TERMINAL_KEYS for c in SUMMARY_COLUMNS if c.key == key]
 
@@ -55,9 +56,25 @@ def summary_table(run: RunData) -> Table:
     return table
 
 
+def health_table(run: RunData) -> Table:
+    """Every step's harness self-diagnosis (``harness.report.health``): loop lag, CPU, chunks, connects."""
+    table = Table(title="harness health", title_justify="left")
+    table.add_column("cell", style="bold")
+    table.add_column("load")
+    for figure in HEALTH_FIGURES:
+        table.add_column(figure.label, justify="right")
+    table.add_column("verdict")
+    for row in rows_of(run.summary.cells, run.simulated_cells):
+        mark = "[red]LIMITED[/]" if row.step.harness.limited else verdict(row)
+        table.add_row(escape(row.cell.cell_id), row.load_label, *health_cells(row), mark)
+    return table
+
+
 def print_summary(run: RunData, console: Console, report_path: Path | None = None) -> None:
-    """Print the table, any incomplete-run warnings, and where the full report is."""
+    """Print the tables, any incomplete-run warnings, and where the full report is."""
     console.print(summary_table(run))
+    if rows_of(run.summary.cells, run.simulated_cells):
+        console.print(health_table(run))
     for cell in run.summary.cells:
         if cell.status != "ok":  # the error is text: a cell id in it reads like a markup tag
             text = f"{cell.cell_id}: {cell.error or 'no measurement'}"
