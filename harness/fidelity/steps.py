@@ -33,12 +33,12 @@ from typing import Any
 import psutil
 
 from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, wait_ready
+from harness.fidelity.truthlog import read_truth_log
 from harness.load.plan import LoadPlan
 from harness.load.prompts import build_prompts, write_prompts
 from harness.load.runner import PROJECT_ROOT, run_step
 from harness.records import read_records
 from harness.scenario import LengthDist
-from harness.fidelity.truthlog import read_truth_log
 from harness.sim.writelog import RequestTruth, read_write_log
 
 SIM_READY_S = 20.0
@@ -254,7 +254,10 @@ class StepRun:
     usage: ClientUsage
     wall_s: float
     truth_kind: str = "sim"
-    lateness_ns: Any = None  # numpy array of write − due per chunk (lean truth server only)
+    lateness_ns: Any = None  # numpy array of attempt − due per chunk (lean truth server only)
+    backpressure_ns: Any = None  # numpy array of write − attempt per chunk (lean only)
+    truth_cpu_s: float | None = None  # the truth server's own CPU-seconds (lean only)
+    truth_nice: int | None = None  # its scheduling niceness (lean only)
 
 
 def run_fidelity_step(
@@ -286,11 +289,24 @@ def run_fidelity_step(
     finally:
         sim.terminate(10.0)  # SIGTERM: the sim flushes its write log on the way out
     rows = read_records(Path(outcome.records_path)).to_pylist()
-    lateness = None
+    lateness = truth_cpu = truth_nice = backpressure = None
     if truth_kind == "lean":
         log = read_truth_log(write_log)
-        truth, lateness = log.requests, log.lateness_ns
+        truth, lateness, truth_cpu, truth_nice = log.requests, log.lateness_ns, log.cpu_s, log.nice
+        backpressure = log.backpressure_ns
     else:
         truth = read_write_log(write_log)
     usage = ClientUsage(peak_rss_bytes=watcher.peak, total_cpu_s=total_cpu, samples=watcher.samples)
-    return StepRun(spec, rows, truth, outcome.health, usage, wall, truth_kind, lateness)
+    return StepRun(
+        spec,
+        rows,
+        truth,
+        outcome.health,
+        usage,
+        wall,
+        truth_kind,
+        lateness,
+        backpressure,
+        truth_cpu,
+        truth_nice,
+    )

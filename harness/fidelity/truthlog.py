@@ -1,21 +1,25 @@
 """The truth server's write log: binary, so that logging 100k chunks/s costs almost nothing.
 
 Why not the sim's CSV: a formatted line per chunk is a measurable share of
-the truth server's per-write cost at 1,024 streams. Here a chunk is four
+the truth server's per-write cost at 1,024 streams. Here a chunk is five
 int64 appended to one ``array`` (request number, chunk number, write time,
-due time), and requests are four int64 plus their id string, all dumped once
+due time, attempt time), and requests are four int64 plus their id string, all dumped once
 at shutdown.
 
 File layout: the line ``TBTRUTH1``, one JSON line
-``{"requests": N, "chunks": M, "ids": [...]}`` (ids in arrival order, once per
+``{"requests": N, "chunks": M, "cpu_s": ..., "nice": ..., "ids": [...]}`` (ids in arrival order, once per
 request, never per token), then little-endian int64 arrays: arrival ns (N),
 prompt tokens (N), end ns (N, -1 if open), gone flag (N), and the chunk
-table (M × 4). A chunk whose write time is 0 was never written (its
-connection failed) and is dropped on reading.
+table (M × 5). A chunk whose write time is 0 was never written (its
+connection failed) and is dropped on reading. *Attempt* is when the server
+first tried to send the chunk; *write* is when its last byte was handed to the
+kernel. They differ only when the client's socket was full (the client was
+not reading: backpressure, the client's delay, not the server's).
 
-Reading gives the same ``RequestTruth`` the sim's log gives, so
-``harness.fidelity.compare`` joins either; plus every chunk's lateness
-(write − due), which says how far the truth side fell behind.
+Reading gives the same ``RequestTruth`` the sim's log gives (chunk times are
+the write times), so ``harness.fidelity.compare`` joins either; plus every
+chunk's own lateness (attempt − due: how far the truth server fell behind its
+schedule) and backpressure (write − attempt).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import orjson
 from harness.sim.writelog import RequestTruth
 
 MAGIC = b"TBTRUTH1\n"
+ROW = 5  # request, chunk, write ns, due ns, attempt ns
 
 
 class TruthLogError(ValueError):
@@ -40,7 +45,7 @@ class TruthLogError(ValueError):
 class TruthLogWriter:
     """In-memory log the truth server appends to; ``dump`` writes it."""
 
-    __slots__ = ("ids", "arrival", "prompt", "end", "gone", "chunks")
+    __slots__ = ("ids", "arrival", "prompt", "end", "gone", "chunks", "nice")
 
     def __init__(self) -> None:
         self.ids: list[str] = []
@@ -49,6 +54,7 @@ class TruthLogWriter:
         self.end = array("q")
         self.gone = array("q")
         self.chunks = array("q")
+        self.nice: int | None = None  # the server's scheduling niceness, for the report
 
     def arrival_of(self, request_id: str, t_ns: int, prompt_tokens: int) -> int:
         """Register a request; returns its number."""
@@ -59,22 +65,31 @@ class TruthLogWriter:
         self.gone.append(0)
         return len(self.ids) - 1
 
-    def chunk(self, rid: int, index: int, due_ns: int) -> int:
-        """Reserve a chunk row (write time 0 until ``set_time``); returns its slot."""
-        self.chunks.extend((rid, index, 0, due_ns))
-        return len(self.chunks) // 4 - 1
+    def chunk(self, rid: int, index: int, due_ns: int, attempt_ns: int) -> int:
+        """Reserve a chunk row whose bytes are queued (write time 0 until ``set_time``); returns its slot.
+
+        (The hot path appends fully-sent rows itself: ``chunks.extend((rid, index, t, due, t))``.)
+        """
+        self.chunks.extend((rid, index, 0, due_ns, attempt_ns))
+        return len(self.chunks) // ROW - 1
 
     def set_time(self, slot: int, t_ns: int) -> None:
-        self.chunks[slot * 4 + 2] = t_ns
+        self.chunks[slot * ROW + 2] = t_ns
 
     def end_of(self, rid: int, t_ns: int, gone: bool = False) -> None:
         self.end[rid] = t_ns
         self.gone[rid] = 1 if gone else 0
 
-    def dump(self, path: Path) -> None:
+    def dump(self, path: Path, cpu_s: float | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        header = {"requests": len(self.ids), "chunks": len(self.chunks) // 4, "ids": self.ids}
+        header = {
+            "requests": len(self.ids),
+            "chunks": len(self.chunks) // ROW,
+            "cpu_s": cpu_s,
+            "nice": self.nice,
+            "ids": self.ids,
+        }
         with tmp.open("wb") as fh:
             fh.write(MAGIC)
             fh.write(orjson.dumps(header) + b"\n")
@@ -91,7 +106,10 @@ class TruthLog:
     """A read truth log: per-request truth (sim-compatible) and per-chunk lateness."""
 
     requests: dict[str, RequestTruth]
-    lateness_ns: np.ndarray  # write − due of every written chunk
+    lateness_ns: np.ndarray  # attempt − due of every written chunk (the server's own lag)
+    backpressure_ns: np.ndarray  # write − attempt (0 unless the client's socket was full)
+    cpu_s: float | None = None  # the truth server's own CPU-seconds over its life
+    nice: int | None = None  # its scheduling niceness
 
 
 def read_truth_log(path: Path) -> TruthLog:
@@ -106,10 +124,10 @@ def read_truth_log(path: Path) -> TruthLog:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise TruthLogError(f"{path}: bad header: {err}") from None
     body = np.frombuffer(data, dtype="<i8", offset=nl + 1)
-    if body.size != 4 * n + 4 * m or len(ids) != n:
+    if body.size != 4 * n + ROW * m or len(ids) != n:
         raise TruthLogError(f"{path}: truncated ({body.size} int64 for {n} requests, {m} chunks)")
     arrival, prompt, end, gone = (body[k * n : (k + 1) * n] for k in range(4))
-    chunks = body[4 * n :].reshape(m, 4)
+    chunks = body[4 * n :].reshape(m, ROW)
     chunks = chunks[chunks[:, 2] != 0]
     out: dict[str, RequestTruth] = {}
     by_rid: list[RequestTruth] = []
@@ -125,8 +143,14 @@ def read_truth_log(path: Path) -> TruthLog:
         by_rid.append(t)
         out[ids[k]] = t
     order = np.lexsort((chunks[:, 1], chunks[:, 0]))
-    for rid, _idx, t_ns, _due in chunks[order].tolist():
+    for rid, _idx, t_ns, _due, _try in chunks[order].tolist():
         tr = by_rid[rid]
         tr.chunk_times_ns.append(t_ns)
         tr.chunk_tokens.append(1)
-    return TruthLog(out, (chunks[:, 2] - chunks[:, 3]).astype(np.int64))
+    cpu = header.get("cpu_s")
+    nice = header.get("nice")
+    lateness = (chunks[:, 4] - chunks[:, 3]).astype(np.int64)
+    backpressure = (chunks[:, 2] - chunks[:, 4]).astype(np.int64)
+    return TruthLog(
+        out, lateness, backpressure, None if cpu is None else float(cpu), None if nice is None else int(nice)
+    )
