@@ -40,6 +40,7 @@ from harness.load.spool import RecordSpool, parts_dir
 from harness.load.users import StreamingUser, make_pool
 from harness.protocols.base import ProtocolSpec
 from harness.protocols.registry import get_protocol
+from harness.records import records_to_table
 from harness.runsecrets import Redactor
 
 log = logging.getLogger("tokenbench.load")
@@ -102,6 +103,11 @@ class ProcessContext:
             self.state.spool = RecordSpool(directory, worker=self.state.worker_index, submit=pool.spawn)
         if self._sampler is None:
             self._sampler = gevent.spawn(self.state.run_lag_sampler)
+        # pyarrow imports pandas the first time it builds a table (0.3-0.45 s here). Left to the
+        # first spool flush, that import ran mid-step on the event loop: loop lag max 360 ms and a
+        # 350 ms stamp lag on every stream then open (issue 11 §2, found with gevent's monitor
+        # thread). Paid now, before the first request, and frozen below with the rest.
+        records_to_table([])
         # Everything alive now (Locust, gevent, pyarrow, numpy: ~10^5 objects) lives
         # for the whole step. A full collection walking it all stopped the event
         # loop for 55-85 ms at 256 streams, which every stream's read stamps then
