@@ -22,7 +22,8 @@ import pytest
 from harness.backends.process import free_port
 from harness.fidelity.compare import compare_step, server_token_rate, stamp_lag
 from harness.fidelity.truthlog import TruthLogError, TruthLogWriter, read_truth_log
-from harness.fidelity.truthserver import WHEEL_NS, Shape
+from harness.fidelity.truthserver import WHEEL_NS
+from harness.fidelity.truthsse import Shape
 from harness.load.collector import request_key
 from harness.sim.generation import GenSpec, Plan
 from harness.sim.openai_api import OpenAIFormat

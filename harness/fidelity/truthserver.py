@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import os
 import select
 import signal
 import socket
@@ -40,72 +39,18 @@ from pathlib import Path
 
 import orjson
 
+from harness.fidelity.cpushare import raise_priority
 from harness.fidelity.timerfd import MonotonicTimer, tighten_timer_slack
 from harness.fidelity.truthlog import TruthLogWriter
+from harness.fidelity.truthsse import SSE_TYPE, Shape
 
 WHEEL_NS = 100_000
 READ_SIZE = 65536
 MAX_HEAD = 64 * 1024
-TOKEN_TEXT = b" tok"
-SSE_TYPE = b"text/event-stream; charset=utf-8"
 
 
 class TruthServerError(RuntimeError):
     """The truth server could not start (bad flags, port in use)."""
-
-
-def _usage(prompt: int, completion: int) -> bytes:
-    return b'{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}' % (
-        prompt,
-        prompt + completion,
-        completion,
-    )
-
-
-class Shape:
-    """Pre-rendered chunks of one request shape, as pieces to be joined by the response id.
-
-    ``parts[i]`` is the list of byte pieces of chunk ``i``'s full bytes (HTTP
-    chunk framing included) with the id left out, so a write is one
-    ``oid.join(parts[i])``. The last chunk carries the final usage event,
-    ``[DONE]`` and the chunked terminator in the same frame and write, as the
-    sim's ``end_stream(data + tail)`` does.
-    """
-
-    __slots__ = ("parts",)
-
-    def __init__(
-        self, model: bytes, created: int, prompt: int, n: int, usage: bool, continuous: bool
-    ) -> None:
-        id_len = len("cmpl-") + 32
-        head_a = b'data: {"id":"'
-        head_b = b'","object":"text_completion","created":%d,"model":%s,"choices":[' % (created, model)
-        parts: list[list[bytes]] = []
-        for i in range(n):
-            last = i == n - 1
-            fin = b'"length"' if last else b"null"
-            cont = b',"usage":' + _usage(prompt, i + 1) if usage and continuous else b""
-            pieces = [
-                head_a,
-                head_b
-                + b'{"index":0,"text":"'
-                + TOKEN_TEXT
-                + b'","logprobs":null,"finish_reason":'
-                + fin
-                + b',"stop_reason":null}]'
-                + cont
-                + b"}\n\n",
-            ]
-            if last:
-                if usage:
-                    pieces[-1] += head_a
-                    pieces.append(head_b + b'],"usage":' + _usage(prompt, n) + b"}\n\n")
-                pieces[-1] += b"data: [DONE]\n\n"
-            size = sum(map(len, pieces)) + id_len * (len(pieces) - 1)
-            pieces[0] = b"%x\r\n" % size + pieces[0]
-            pieces[-1] += b"\r\n0\r\n\r\n" if last else b"\r\n"
-            parts.append(pieces)
-        self.parts = parts
 
 
 class Stream:
@@ -420,36 +365,6 @@ class TruthServer:
         self.ep.close()
         self.timer.close()
         self.lsock.close()
-
-
-def raise_priority(nice: int) -> int:
-    """Ask for a better CPU share; returns the niceness in effect (the autogroup's, where there is one).
-
-    Why: on a shared machine the truth server competes with the client under
-    test and with everything else; a truth side that loses the CPU writes
-    late, shrinks the load and the benchmark no longer measures the load asked
-    for (issue 11 §2). A larger share for the ~0.6 core it needs at 100k
-    chunks/s keeps the load real; the client is measured as it is, at its own
-    priority. With Linux's autogroup scheduling (``sched_autogroup_enabled``)
-    a process's nice only ranks it inside its session's group, so the group's
-    nice is set too, and only when the session is this process's own: it leads
-    it, or its parent does (``ManagedProcess`` starts a supervisor with
-    ``start_new_session`` and the server as its only child), so the client's
-    session is never boosted. Without the privilege (not root, no CAP_SYS_NICE) nothing
-    changes and the report's ``nice`` says so.
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
-    except OSError:
-        pass
-    auto = Path("/proc/self/autogroup")
-    if os.getsid(0) in (os.getpid(), os.getppid()) and auto.exists():
-        try:
-            auto.write_text(f"{nice}\n")
-            return int(auto.read_text().split("nice")[-1])
-        except (OSError, ValueError):
-            return 0  # the group's share is unchanged, whatever the process's own nice
-    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def main(argv: list[str] | None = None) -> int:
