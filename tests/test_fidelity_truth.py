@@ -22,7 +22,7 @@ import pytest
 from harness.backends.process import free_port
 from harness.fidelity.compare import compare_step, server_token_rate, stamp_lag
 from harness.fidelity.truthlog import TruthLogError, TruthLogWriter, read_truth_log
-from harness.fidelity.truthserver import WHEEL_NS
+from harness.fidelity.truthserver import FIRE_OFFSET_NS
 from harness.fidelity.truthsse import Shape
 from harness.load.collector import request_key
 from harness.sim.generation import GenSpec, Plan
@@ -247,10 +247,10 @@ def test_truth_server_serves_n_streams_on_schedule_and_its_log_reads_back(tmp_pa
         times = np.asarray(truth.chunk_times_ns)
         assert (np.diff(times) > 0).all(), rid
         due = truth.arrival_ns + ttft_ms * MS + np.arange(n_tokens) * itl_ms * MS
-        assert (times >= due - WHEEL_NS).all(), rid  # never earlier than one wheel bucket
+        assert (times >= due - FIRE_OFFSET_NS).all(), rid  # never earlier than half a wheel bucket
         assert truth.end_ns >= times[-1]
     assert log.lateness_ns.size == 2 * n_streams * n_tokens
-    assert (log.lateness_ns >= -WHEEL_NS).all() and (log.backpressure_ns >= 0).all()
+    assert (log.lateness_ns >= -FIRE_OFFSET_NS).all() and (log.backpressure_ns >= 0).all()
     assert log.cpu_s is not None and log.cpu_s > 0 and log.nice is not None
 
 
