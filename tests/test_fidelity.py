@@ -253,6 +253,8 @@ def test_quick_benchmark_writes_joined_exact_results(tmp_path: Path) -> None:
         assert step["health"]["present"] is True
         assert step["health"]["loop_lag_p99_ms"] is not None
         assert step["client"]["cpu_s"] > 0 and step["client"]["peak_rss_mb"] > 0
+        # the whole tree includes the workers the load layer measured (reaped or not)
+        assert step["client"]["harness_tree_cpu_s"] >= step["client"]["cpu_s"]
         assert isinstance(step["targets"], list) and step["targets"]
         assert step["step"]["name"] in proc.stdout  # one printed row per step
     rate = next(s for s in report["steps"] if s["step"]["kind"] == "rate")
