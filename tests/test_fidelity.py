@@ -243,9 +243,18 @@ def test_quick_benchmark_writes_joined_exact_results(tmp_path: Path) -> None:
             for side in ("harness", "truth", "diff"):
                 assert set(step[block][side]) == {"p50", "p99"}
                 assert step[block][side]["p50"] is not None
+        lag = step["stamp_lag"]
+        assert lag["requests"] == req["joined"]  # every joined request's chunks pair token by token
+        assert lag["all_ms"]["samples"] == step["tokens"]["truth_sent"]
+        assert lag["first_ms"]["samples"] == req["joined"] and lag["all_ms"]["max"] is not None
+        assert step["server_tokens_per_s"] > 0
+        assert step["step"]["truth"] == "lean" and step["truth_server"]["cpu_s"] > 0
+        assert "write_lateness_ms" in step["sim_health"] and "backpressure_ms" in step["sim_health"]
         assert step["health"]["present"] is True
         assert step["health"]["loop_lag_p99_ms"] is not None
         assert step["client"]["cpu_s"] > 0 and step["client"]["peak_rss_mb"] > 0
+        # the whole tree includes the workers the load layer measured (reaped or not)
+        assert step["client"]["harness_tree_cpu_s"] >= step["client"]["cpu_s"]
         assert isinstance(step["targets"], list) and step["targets"]
         assert step["step"]["name"] in proc.stdout  # one printed row per step
     rate = next(s for s in report["steps"] if s["step"]["kind"] == "rate")
@@ -253,6 +262,28 @@ def test_quick_benchmark_writes_joined_exact_results(tmp_path: Path) -> None:
     two = next(s for s in report["steps"] if s["step"]["processes"] == 2)
     assert len(two["client"]["workers"]) == 2
     assert isinstance(report["targets_missed"], list)
+
+
+def test_the_sim_can_still_be_the_truth_side(tmp_path: Path) -> None:
+    out = tmp_path / "fidelity.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.fidelity",
+        "--quick",
+        "--truth",
+        "sim",
+        "--only",
+        "c1",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    step = json.loads(out.read_text())["steps"][0]
+    assert step["step"]["truth"] == "sim" and step["requests"]["joined"] == step["requests"]["ok"] > 0
+    assert step["tokens"]["exact"] is True and step["stamp_lag"]["all_ms"]["samples"] > 0
+    assert "write_lateness_ms" not in step["sim_health"]  # the sim's log has no due times
 
 
 def test_a_step_whose_sim_missed_its_own_timing_is_labelled_sim_limited() -> None:

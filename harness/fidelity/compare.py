@@ -144,6 +144,61 @@ def itl_arrays(pairs: list[tuple[dict[str, Any], RequestTruth]]) -> tuple[np.nda
     return cat(h), cat(t), mismatched
 
 
+def stamp_lag(pairs: list[tuple[dict[str, Any], RequestTruth]]) -> dict[str, Any]:
+    """Per-chunk stamp lag: the client's stamp of a chunk minus the real write time of its *last token*.
+
+    Why per token and not per chunk: a read that coalesced two events gives
+    both the stamp of that read, and the client may count tokens per event
+    differently from the server's chunking; joining on the token index
+    (cumulative client tokens − 1 → the truth chunk that carried that token)
+    pairs every stamp with the write it can have seen, whatever the chunking.
+    It needs no assumption about the server keeping its schedule, so it stays
+    valid when the truth side is late. Requests whose token totals disagree
+    are skipped (they are counted in ``tokens``). ``first`` is the first
+    token only (the receipt part of the TTFT error).
+    """
+    lags: list[np.ndarray] = []
+    first: list[float] = []
+    for row, truth in pairs:
+        ht = row.get("chunk_times_ns")
+        hk = row.get("chunk_tokens")
+        if ht is None or hk is None or len(ht) == 0 or len(ht) != len(hk):
+            continue
+        tt = np.asarray(truth.chunk_times_ns, dtype=np.int64)
+        tk = np.asarray(truth.chunk_tokens, dtype=np.int64)
+        if tt.size == 0:
+            continue
+        token_write = np.repeat(tt, tk)
+        last_token = np.cumsum(np.asarray(hk, dtype=np.int64)) - 1
+        if last_token[-1] != token_write.size - 1 or last_token.min() < 0:
+            continue
+        lag = (np.asarray(ht, dtype=np.int64) - token_write[last_token]) / NS_PER_MS
+        lags.append(lag)
+        first.append(float(lag[0]))
+    allv = np.concatenate(lags) if lags else np.empty(0)
+    f = np.asarray(first, dtype=float)
+
+    def block(v: np.ndarray) -> dict[str, Any]:
+        return {**_pq(v), "max": float(v.max()) if v.size else None, "samples": int(v.size)}
+
+    return {"all_ms": block(allv), "first_ms": block(f), "requests": len(lags)}
+
+
+def server_token_rate(truth: Mapping[str, RequestTruth], window: tuple[int, int]) -> float | None:
+    """Tokens the server really wrote per second inside ``window`` (the real size of the load)."""
+    start, stop = window
+    if stop <= start:
+        return None
+    tokens = 0
+    for t in truth.values():
+        if not t.chunk_times_ns:
+            continue
+        times = np.asarray(t.chunk_times_ns, dtype=np.int64)
+        inside = (times >= start) & (times < stop)
+        tokens += int(np.asarray(t.chunk_tokens, dtype=np.int64)[inside].sum())
+    return tokens / ((stop - start) / 1e9)
+
+
 def arrivals(times_ns: Sequence[int]) -> dict[str, float | int | None]:
     """Achieved rate ((N−1)/span) and coefficient of variation of the gaps of a set of arrival times."""
     t = np.sort(np.asarray(list(times_ns), dtype=np.int64))
@@ -228,6 +283,7 @@ def compare_step(
         "ttft_ms": latency_block(ttft_h, ttft_t),
         "ttft_error_split": ttft_split(j.pairs),
         "itl_ms": latency_block(itl_h, itl_t),
+        "stamp_lag": stamp_lag(j.pairs),
         "tokens": tokens_block(j.pairs),
         "arrivals": {
             "target_rate": target if kind == "rate" else None,
@@ -242,4 +298,5 @@ def compare_step(
             else None,
             "window_s": (window[1] - window[0]) / 1e9,
         },
+        "server_tokens_per_s": server_token_rate(truth, window),
     }

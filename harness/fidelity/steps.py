@@ -9,8 +9,17 @@ Why the load goes through ``harness.load.runner.run_step`` with a
 uses, not a special client. The only extra thing here is a watcher that
 samples the Locust processes' RSS (psutil) for the peak-memory figure; CPU
 comes from the load layer's own health report (CPU-seconds of the processes
-running users, over the step) and, for the whole Locust tree including start-up
-and the master, from ``getrusage(RUSAGE_CHILDREN)`` around the run.
+running users, over the step) and, for the whole harness process tree (this
+orchestrator plus every Locust process, start-up and master included), from
+``getrusage`` of self and reaped children around the run, or, where Locust did
+not reap its workers, this process plus each Locust process's last sampled CPU
+time (whichever is larger; both are lower bounds). The truth server is
+still running then, so its CPU is never counted as the client's.
+
+Two ground truths (issue 11 §2): the lean truth server
+(``harness.fidelity.truthserver``, the default), which keeps exact timing at
+1,024 streams, and the sim (``--truth sim``), whose full Python server falls
+behind there; both log the real write time of every chunk.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any
 import psutil
 
 from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, wait_ready
+from harness.fidelity.truthlog import read_truth_log
 from harness.load.plan import LoadPlan
 from harness.load.prompts import build_prompts, write_prompts
 from harness.load.runner import PROJECT_ROOT, run_step
@@ -73,11 +83,19 @@ class ClientUsage:
 
 @dataclass
 class _RssWatcher:
-    """Samples the summed RSS of every Locust process below us until stopped."""
+    """Samples the summed RSS, and each one's CPU time, of every Locust process below us until stopped.
+
+    Why CPU here too: ``RUSAGE_CHILDREN`` only counts a process once every
+    parent on its way up has waited for it; a Locust master that exits
+    without reaping its ``--processes`` workers drops their CPU (one
+    1024×2 step showed 2.4 CPU-s for a tree that used over 10). The last CPU
+    time seen per process is a lower bound that does not depend on reaping.
+    """
 
     interval_s: float = 0.2
     peak: int = 0
     samples: int = 0
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -102,6 +120,8 @@ class _RssWatcher:
                 try:
                     if any("locust" in part for part in proc.cmdline()[:4]):
                         total += proc.memory_info().rss
+                        t = proc.cpu_times()
+                        self.cpu_by_pid[proc.pid] = t.user + t.system
                 except psutil.Error:
                     continue  # exited between listing and reading
             self.peak = max(self.peak, total)
@@ -109,9 +129,50 @@ class _RssWatcher:
             self._stop.wait(self.interval_s)
 
 
-def _children_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+def _self_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+def _tree_cpu_s() -> float:
+    """CPU-seconds of this process and its reaped children (the Locust tree once ``run_step`` returns)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        total += ru.ru_utime + ru.ru_stime
+    return total
+
+
+TRUTH_KINDS = ("lean", "sim")
+
+
+def start_truth_server(
+    step_dir: Path, timing: SimTiming, registry: ProcessRegistry
+) -> tuple[ManagedProcess, str, Path]:
+    """The lean truth server on a free port; returns (process, base URL, binary log path)."""
+    port = free_port()
+    log = step_dir / "truth.bin"
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.fidelity.truthserver",
+        "--port",
+        str(port),
+        "--ttft-ms",
+        f"{timing.ttft_ms:g}",
+        "--itl-ms",
+        f"{timing.itl_ms:g}",
+        "--log",
+        str(log),
+    ]
+    proc = ManagedProcess(cmd, log_path=step_dir / "truth.log", cwd=PROJECT_ROOT, registry=registry)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready([base + "/health"], SIM_READY_S, proc)
+    except BaseException:
+        proc.terminate(5.0)
+        raise
+    return proc, base, log
 
 
 def start_sim(
@@ -209,18 +270,31 @@ class StepRun:
     health: dict[str, Any]
     usage: ClientUsage
     wall_s: float
+    truth_kind: str = "sim"
+    lateness_ns: Any = None  # numpy array of attempt − due per chunk (lean truth server only)
+    backpressure_ns: Any = None  # numpy array of write − attempt per chunk (lean only)
+    truth_cpu_s: float | None = None  # the truth server's own CPU-seconds (lean only)
+    truth_nice: int | None = None  # its scheduling niceness (lean only)
 
 
 def run_fidelity_step(
-    spec: StepSpec, timing: SimTiming, step_dir: Path, registry: ProcessRegistry, seed: int = 7
+    spec: StepSpec,
+    timing: SimTiming,
+    step_dir: Path,
+    registry: ProcessRegistry,
+    seed: int = 7,
+    truth_kind: str = "lean",
 ) -> StepRun:
-    """Start a sim, drive ``spec`` through ``run_step``, stop the sim (flushing its log), read both sides."""
+    """Start the truth side, drive ``spec`` through ``run_step``, stop it (flushing its log), read both sides."""
+    if truth_kind not in TRUTH_KINDS:
+        raise ValueError(f"truth_kind: expected one of {TRUTH_KINDS}, got {truth_kind!r}")
     step_dir.mkdir(parents=True, exist_ok=True)
-    sim, base_url, write_log = start_sim(step_dir, timing, registry)
+    start = start_truth_server if truth_kind == "lean" else start_sim
+    sim, base_url, write_log = start(step_dir, timing, registry)
     watcher = _RssWatcher()
     try:
         plan = make_plan(spec, timing, step_dir, base_url, seed)
-        cpu0 = _children_cpu_s()
+        cpu0, self0 = _tree_cpu_s(), _self_cpu_s()
         watcher.start()
         started = time.monotonic()
         try:
@@ -228,10 +302,30 @@ def run_fidelity_step(
         finally:
             watcher.stop()
         wall = time.monotonic() - started
-        total_cpu = _children_cpu_s() - cpu0
+        # Both are lower bounds of the tree's CPU (reaping vs sampling every 0.2 s): take the larger.
+        sampled = _self_cpu_s() - self0 + sum(watcher.cpu_by_pid.values())
+        total_cpu = max(_tree_cpu_s() - cpu0, sampled)
     finally:
         sim.terminate(10.0)  # SIGTERM: the sim flushes its write log on the way out
     rows = read_records(Path(outcome.records_path)).to_pylist()
-    truth = read_write_log(write_log)
+    lateness = truth_cpu = truth_nice = backpressure = None
+    if truth_kind == "lean":
+        log = read_truth_log(write_log)
+        truth, lateness, truth_cpu, truth_nice = log.requests, log.lateness_ns, log.cpu_s, log.nice
+        backpressure = log.backpressure_ns
+    else:
+        truth = read_write_log(write_log)
     usage = ClientUsage(peak_rss_bytes=watcher.peak, total_cpu_s=total_cpu, samples=watcher.samples)
-    return StepRun(spec, rows, truth, outcome.health, usage, wall)
+    return StepRun(
+        spec,
+        rows,
+        truth,
+        outcome.health,
+        usage,
+        wall,
+        truth_kind,
+        lateness,
+        backpressure,
+        truth_cpu,
+        truth_nice,
+    )

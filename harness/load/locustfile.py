@@ -117,9 +117,10 @@ class ProcessContext:
             self.state.spool = self.make_spool()
         if self._sampler is None:
             self._sampler = gevent.spawn(self.state.run_lag_sampler)
-        # The first Arrow table built from Python lists imports pandas (pyarrow's lazy shim): 0.8-1.3 s
-        # measured here. Done now, before any request, not in the first spool flush 2 s into the step
-        # (where it stalled every stream in flight: the TTFT p99 of a 200-request step went 22 -> 1300 ms).
+        # pyarrow imports pandas the first time it builds a table from Python lists (0.3-1.3 s measured
+        # here). Left to the first spool flush 2 s into the step, that import ran on the event loop:
+        # loop lag max 360 ms, a 350 ms stamp lag on every open stream, a 200-request step's TTFT p99
+        # 22 -> 1300 ms (issue 11 §2). Paid now, before the first request, and frozen below with the rest.
         records_to_table([])
         # Everything alive now (Locust, gevent, pyarrow, numpy: ~10^5 objects) lives
         # for the whole step. A full collection walking it all stopped the event
