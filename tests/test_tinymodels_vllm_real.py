@@ -45,9 +45,9 @@ def _stream_completion(client: httpx.Client, url: str, body: dict[str, object]) 
     [
         ("tiny-gpt2", {"dtype": "float32"}),
         ("tiny-gpt2", {"dtype": "bfloat16"}),
-        ("tiny-llama", {"dtype": "bfloat16", "quantization": "fp8_per_channel"}),  # make bench's axis
+        ("tiny-llama", {"dtype": "float16", "quantization": "fp8_per_channel"}),  # make bench's axis
     ],
-    ids=["gpt2-float32", "gpt2-bfloat16", "llama-bfloat16-fp8_per_channel"],
+    ids=["gpt2-float32", "gpt2-bfloat16", "llama-float16-fp8_per_channel"],
 )
 def test_tiny_model_serves_exact_lengths_with_agreeing_usage(
     name: str, settings: dict[str, str], tmp_path: Path
