@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from harness.matrix import Step
 from harness.records import ERROR_CLASSES, RequestRecord, records_to_table
@@ -98,10 +100,43 @@ def _as_float(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").astype("float64").to_numpy()
 
 
-def _list_sum(values: pd.Series) -> np.ndarray:
-    return np.array(
-        [np.nan if v is None or len(v) == 0 else float(np.sum(v)) for v in values], dtype="float64"
-    )
+def list_array(values: pd.Series | pa.Array | pa.ChunkedArray, item: pa.DataType) -> pa.ListArray:
+    """A list column as one Arrow ``ListArray``, whatever the frame holds.
+
+    Why: ``read_records``-frames keep list columns Arrow-backed (zero copy), while
+    hand-built frames hold Python lists or numpy arrays; the vectorised metrics
+    below need one shape. Missing lists become nulls (length 0).
+    """
+    if isinstance(values, pd.Series) and not isinstance(values.dtype, pd.ArrowDtype):
+        arr: pa.Array | pa.ChunkedArray = pa.array(values, type=pa.list_(item), from_pandas=True)
+    else:
+        arr = pa.array(values) if isinstance(values, pd.Series) else values
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], type=pa.list_(item))
+    if arr.type != pa.list_(item):
+        arr = arr.cast(pa.list_(item))
+    return arr
+
+
+def _lengths(arr: pa.ListArray) -> np.ndarray:
+    """Each row's list length (0 for a null list), as int64."""
+    return pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype("int64")
+
+
+def _flat(arr: pa.ListArray, dtype: str) -> np.ndarray:
+    """The concatenated list items of every row, in row order (null lists contribute nothing)."""
+    return pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+
+def _list_sum(values: pd.Series | pa.Array) -> np.ndarray:
+    """Per-row sum of a list column; NaN for an empty or missing list."""
+    arr = list_array(values, pa.int64())
+    n = _lengths(arr)
+    if n.size == 0:
+        return np.empty(0, dtype="float64")
+    parent = np.repeat(np.arange(n.size), n)
+    sums = np.bincount(parent, weights=_flat(arr, "float64"), minlength=n.size)
+    return np.where(n > 0, sums, np.nan)
 
 
 def _resolved_output_tokens(records: pd.DataFrame) -> np.ndarray:
@@ -153,21 +188,31 @@ def per_request_frame(records: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _request_itl(times: Any, tokens: Any) -> np.ndarray:
-    """ITL samples of one request. Zero-token chunks (role/usage-only) are skipped."""
-    if times is None or len(times) < 2:
+def itl_from_lists(times: pa.ListArray, tokens: pa.ListArray) -> np.ndarray:
+    """Pooled ITL samples (ms) of all rows of two list columns, vectorised, in row order.
+
+    Per row: chunks are weighted by their token counts when the row has one count
+    per chunk, else one token each; zero-token chunks (role/usage-only) are
+    skipped; the gap to a chunk of k tokens gives k samples of gap/k. Rows are
+    never bridged: a gap is taken only between two kept chunks of one row.
+    """
+    n_t = _lengths(times)
+    if n_t.sum() < 2:
         return np.empty(0)
-    t = np.asarray(times, dtype="int64")
-    if tokens is None or len(tokens) != len(t):
-        k = np.ones(len(t), dtype="int64")  # no per-chunk counts: assume one token per chunk
-    else:
-        k = np.asarray(tokens, dtype="int64")
+    t = _flat(times, "int64")
+    n_k = pc.list_value_length(tokens).fill_null(-1).to_numpy(zero_copy_only=False).astype("int64")
+    use = (n_k == n_t) & (n_t > 0)
+    k = np.ones(t.size, dtype="int64")
+    if use.any():
+        k[np.repeat(use, n_t)] = _flat(tokens.filter(pa.array(use)), "int64")
+    parent = np.repeat(np.arange(n_t.size), n_t)
     keep = k > 0
-    t, k = t[keep], k[keep]
-    if len(t) < 2:
-        return np.empty(0)
-    gaps_ms = np.diff(t) / NS_PER_MS
-    return np.repeat(gaps_ms / k[1:], k[1:])
+    if not keep.all():
+        t, k, parent = t[keep], k[keep], parent[keep]
+    same = parent[1:] == parent[:-1]
+    gaps_ms = np.diff(t)[same] / NS_PER_MS
+    weight = k[1:][same]
+    return np.repeat(gaps_ms / weight, weight)
 
 
 def itl_samples_ms(records: pd.DataFrame, *, measured_only: bool = True) -> np.ndarray:
@@ -179,10 +224,11 @@ def itl_samples_ms(records: pd.DataFrame, *, measured_only: bool = True) -> np.n
     if measured_only:
         mask = records["error_class"].isna() & ~records["warmup"].fillna(False).astype(bool)
         records = records[mask]
-    parts = [
-        _request_itl(t, k) for t, k in zip(records["chunk_times_ns"], records["chunk_tokens"], strict=True)
-    ]
-    return np.concatenate(parts) if parts else np.empty(0)
+    if records.empty:
+        return np.empty(0)
+    return itl_from_lists(
+        list_array(records["chunk_times_ns"], pa.int64()), list_array(records["chunk_tokens"], pa.int64())
+    )
 
 
 def dist(values: np.ndarray | pd.Series) -> Dist | None:
@@ -280,7 +326,7 @@ def _token_agreement(measured_ok: pd.DataFrame) -> float | None:
 
 
 def _chunks_per_token(measured_ok: pd.DataFrame, tokens: np.ndarray) -> float | None:
-    chunks = sum(0 if v is None else len(v) for v in measured_ok["chunk_times_ns"])
+    chunks = int(_lengths(list_array(measured_ok["chunk_times_ns"], pa.int64())).sum())
     total = float(np.nansum(tokens))
     return chunks / total if total > 0 else None
 
@@ -382,7 +428,9 @@ __all__ = [
     "arrival_stats",
     "compute_step_metrics",
     "dist",
+    "itl_from_lists",
     "itl_samples_ms",
+    "list_array",
     "mean_in_flight",
     "per_request_frame",
     "records_frame",
