@@ -144,8 +144,10 @@ def _resolved_output_tokens(records: pd.DataFrame) -> np.ndarray:
     n = _as_float(records["output_tokens"])
     client = _as_float(records["client_output_tokens"])
     n = np.where(np.isnan(n), client, n)
-    if np.isnan(n).any():
-        n = np.where(np.isnan(n), _list_sum(records["chunk_tokens"]), n)
+    missing = np.isnan(n)
+    if missing.any():  # only the rows without a count: summing every row's chunk list would cost the most
+        n = n.copy()
+        n[missing] = _list_sum(records["chunk_tokens"][missing])
     return n
 
 

@@ -143,10 +143,10 @@ def _read_scenario(path: Path) -> dict[str, Any] | None:
 
 
 def _records_file(path: Path) -> Any:
-    from harness.records import read_records
+    from harness.records import read_records_frame
 
     try:
-        return read_records(path).to_pandas()
+        return read_records_frame(path)
     except Exception as err:  # pyarrow raises several types for a damaged or truncated file
         raise GateInputError(f"{path}: cannot read records ({type(err).__name__}: {err})") from None
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from harness.lengths import length_flags
 from harness.metrics import per_request_frame
-from harness.records import RECORD_SCHEMA, read_records
+from harness.records import RECORD_SCHEMA, read_records_frame, table_to_frame
 from harness.redact import scrub, scrub_text
 from harness.results import CellResult, RunSummary
 from harness.telemetry.summary import measurement_note
@@ -44,6 +44,7 @@ class RunData:
     scenario_text: str | None
     env: dict[str, Any]
     problems: list[str] = field(default_factory=list)
+    memo: dict[str, Any] = field(default_factory=dict)  # what the renderers computed from records, once
 
     @property
     def incomplete(self) -> bool:
@@ -99,9 +100,9 @@ def _read_summary(path: Path, run_dir: Path, problems: list[str]) -> RunSummary:
 def _read_records(path: Path, problems: list[str]) -> pd.DataFrame:
     if not path.exists():
         problems.append("records.parquet is missing: no per-request data (CDFs are empty)")
-        return RECORD_SCHEMA.empty_table().to_pandas()
+        return table_to_frame(RECORD_SCHEMA.empty_table())
     try:
-        return read_records(path).to_pandas()
+        return read_records_frame(path)  # list columns stay Arrow: read once, never boxed per request
     except (pa.ArrowException, OSError) as err:
         raise ReportError(f"{path}: not a readable records file: {err}") from None
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -214,9 +215,18 @@ def _sentences(levels: list[LoadLevel]) -> list[str]:
     return lines
 
 
-def build_headline(rows: list[Row], records: pd.DataFrame) -> Headline:
-    """The verdicts per load level (only levels where at least two cells ran) and their sentences."""
-    noise = _Noise(records, rows)
+def build_headline(rows: list[Row], records: pd.DataFrame, memo: dict[str, Any] | None = None) -> Headline:
+    """The verdicts per load level (only levels where at least two cells ran) and their sentences.
+
+    ``memo`` (a ``RunData.memo``) keeps the measured noise, so the HTML and the Markdown of one
+    report (and each shortening of the Markdown) resample the records once, not once each.
+    """
+    key = "headline-noise:" + ",".join(f"{r.cell.cell_id}/{r.step.step_id}" for r in rows)
+    noise = memo.get(key) if memo is not None else None
+    if noise is None:
+        noise = _Noise(records, rows)
+        if memo is not None:
+            memo[key] = noise
     levels: list[LoadLevel] = []
     for kind, target in load_levels(rows):
         mine = [r for r in rows if level_of(r) == (kind, target)]
