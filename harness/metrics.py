@@ -100,8 +100,8 @@ def _as_float(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").astype("float64").to_numpy()
 
 
-def list_array(values: pd.Series | pa.Array | pa.ChunkedArray, item: pa.DataType) -> pa.ListArray:
-    """A list column as one Arrow ``ListArray``, whatever the frame holds.
+def list_array(values: pd.Series | pa.Array | pa.ChunkedArray, item: pa.DataType) -> pa.ListArray | pa.ChunkedArray:
+    """A list column as Arrow list data (chunks kept as read: no copy), whatever the frame holds.
 
     Why: ``read_records``-frames keep list columns Arrow-backed (zero copy), while
     hand-built frames hold Python lists or numpy arrays; the vectorised metrics
@@ -111,19 +111,19 @@ def list_array(values: pd.Series | pa.Array | pa.ChunkedArray, item: pa.DataType
         arr: pa.Array | pa.ChunkedArray = pa.array(values, type=pa.list_(item), from_pandas=True)
     else:
         arr = pa.array(values) if isinstance(values, pd.Series) else values
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], type=pa.list_(item))
+    if isinstance(arr, pa.ChunkedArray) and not arr.num_chunks:
+        arr = pa.array([], type=pa.list_(item))
     if arr.type != pa.list_(item):
         arr = arr.cast(pa.list_(item))
     return arr
 
 
-def _lengths(arr: pa.ListArray) -> np.ndarray:
+def _lengths(arr: pa.ListArray | pa.ChunkedArray) -> np.ndarray:
     """Each row's list length (0 for a null list), as int64."""
     return pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype("int64")
 
 
-def _flat(arr: pa.ListArray, dtype: str) -> np.ndarray:
+def _flat(arr: pa.ListArray | pa.ChunkedArray, dtype: str) -> np.ndarray:
     """The concatenated list items of every row, in row order (null lists contribute nothing)."""
     return pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
 
@@ -190,7 +190,7 @@ def per_request_frame(records: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def itl_from_lists(times: pa.ListArray, tokens: pa.ListArray) -> np.ndarray:
+def itl_from_lists(times: pa.ListArray | pa.ChunkedArray, tokens: pa.ListArray | pa.ChunkedArray) -> np.ndarray:
     """Pooled ITL samples (ms) of all rows of two list columns, vectorised, in row order.
 
     Per row: chunks are weighted by their token counts when the row has one count

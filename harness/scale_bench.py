@@ -35,6 +35,7 @@ from harness.matrix import Step
 from harness.metrics import compute_step_metrics
 from harness.records import RECORD_SCHEMA, read_records_frame
 from harness.results import CellResult, RunSummary
+from harness.rundir import RunDir
 from harness.scenario import Slo
 
 CHUNKS = 128
@@ -44,7 +45,7 @@ ROW_GROUP = 65_536
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 TARGET_S = 60.0
 TARGET_MB = 4096.0
-FORMAT = 2  # bump when the generated layout changes, so cached runs are regenerated
+FORMAT = 3  # bump when the generated layout changes, so cached runs are regenerated
 SCENARIO = """name: scale-bench
 servers:
   - {name: scale-a, backend: external, url: "http://127.0.0.1:1"}
@@ -142,6 +143,7 @@ def generate(run_dir: Path, requests: int, seed: int = 0) -> Path:
     (run_dir / "summary.json").write_text(summary.model_dump_json(indent=1), encoding="utf-8")
     (run_dir / "scenario.yaml").write_text(SCENARIO, encoding="utf-8")
     (run_dir / "env.json").write_text(json.dumps({"host": "scale-bench"}), encoding="utf-8")
+    RunDir(run_dir).merge()  # what a finished run has: the run-level records.parquet
     marker.write_text(f"{FORMAT}:{requests}:{seed}")
     return run_dir
 

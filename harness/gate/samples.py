@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from harness.metrics import itl_samples_ms, per_request_frame
+from harness.metrics import itl_from_lists, list_array, per_request_frame
 from harness.results import StepMetrics
 from harness.scenario import Slo
 
@@ -73,6 +74,39 @@ def _rows_by_step(records: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
     return {(str(cell), str(step)): rows for (cell, step), rows in groups.items()}
 
 
+class _StepItl:
+    """Pooled ITL samples of any rows of the records, straight from the Arrow list columns.
+
+    Why not ``itl_samples_ms(records.iloc[rows])``: that copies every column of the
+    step, chunk lists included; here a step's rows (contiguous, as steps are merged)
+    are a zero-copy slice of the lists read once.
+    """
+
+    def __init__(self, records: pd.DataFrame) -> None:
+        rec = records
+        for name in ("chunk_times_ns", "chunk_tokens"):
+            if name not in rec.columns:
+                rec = rec.assign(**{name: None})
+        self.times = list_array(rec["chunk_times_ns"], pa.int64())
+        self.tokens = list_array(rec["chunk_tokens"], pa.int64())
+        warm = rec["warmup"].fillna(False).astype(bool).to_numpy() if "warmup" in rec else False
+        self.measured = rec["error_class"].isna().to_numpy() & ~warm
+
+    def __call__(self, rows: np.ndarray | None) -> np.ndarray:
+        if rows is None or rows.size == 0:
+            return np.empty(0)
+        if rows[-1] - rows[0] + 1 == rows.size and (np.diff(rows) == 1).all():
+            times, tokens = self.times.slice(int(rows[0]), rows.size), self.tokens.slice(int(rows[0]), rows.size)
+            keep = self.measured[rows[0] : rows[-1] + 1]
+        else:
+            index = pa.array(rows)
+            times, tokens, keep = self.times.take(index), self.tokens.take(index), self.measured[rows]
+        if not keep.all():
+            mask = pa.array(keep)
+            times, tokens = times.filter(mask), tokens.filter(mask)
+        return itl_from_lists(times, tokens)
+
+
 def _subset(n: int, keep: int, key: str) -> np.ndarray:
     """Deterministic random subset of ``keep`` of ``n`` indices, seeded by the (cell, step) key."""
     if n <= keep:
@@ -114,7 +148,7 @@ def extract_samples(
         return []
     frame = per_request_frame(records)
     frame = frame[~frame["warmup"].fillna(False).astype(bool)]
-    itl_rows = _rows_by_step(records)
+    itl_rows, step_itl_of = _rows_by_step(records), _StepItl(records)
     itl_cap = min(max_itl or MAX_ITL, MAX_ITL)
     limits = slo.per_request_limits() if slo is not None else {}
     out: list[StepSamples] = []
@@ -144,8 +178,7 @@ def extract_samples(
         key = f"{identity}/{step_id}/{repeat}"
         keep = _subset(len(group), max_requests or len(group), key)
         g = group.iloc[keep]
-        rows = itl_rows.get((str(cell_id), str(step_id)))
-        step_itl = np.empty(0) if rows is None else itl_samples_ms(records.iloc[rows])
+        step_itl = step_itl_of(itl_rows.get((str(cell_id), str(step_id))))
         itl_keep = _subset(step_itl.size, itl_cap, key + "/itl")
         errors = group.loc[~ok, "error_class"].fillna("unknown").value_counts().to_dict()
         out.append(

@@ -15,7 +15,10 @@ does. Each part is written atomically, so whatever is on disk is readable.
 At the normal end of its share a process writes its *final* part (all its
 records, with the tokenizer counts that ``finalize_records`` adds after the
 stream work) and deletes its incremental ones; the master (or the one local
-process) merges the parts into ``records.parquet`` (``merge_parts``). The
+process) merges the parts into ``records.parquet`` (``merge_parts``: it
+reads only the sort keys of all parts, then writes the merged file row group
+by row group, holding only the parts a group needs, so the master's memory
+does not grow with the step). The
 orchestrator (``runner``, ``rundir``) merges whatever parts a killed step
 left. Worker messages now carry only the health report.
 
@@ -32,20 +35,23 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from harness.atomic import atomic_path
-from harness.records import RECORD_SCHEMA, RequestRecord, read_records, records_to_table
+from harness.records import RECORD_SCHEMA, RequestRecord, read_records, records_to_table, stream_tables
 
 ROW_GROUP = 256
 FLUSH_S = 2.0
 FINAL = "final"
+MERGE_ROW_GROUP = 16_384  # rows per row group of a merged records file (~20 MB at 128 chunks)
 
 
 def parts_dir(records_path: Path | str) -> Path:
@@ -124,7 +130,10 @@ def part_files(directory: Path) -> list[Path]:
 
 
 def read_parts(directory: Path) -> pa.Table:
-    """Every record the step's processes put on disk, in one table (sorted by schedule, then id)."""
+    """Every record the step's processes put on disk, in one table (sorted by schedule, then id).
+
+    For tests and small steps; ``merge_parts`` never holds the whole step like this.
+    """
     tables = []
     for path in part_files(directory):
         try:
@@ -135,22 +144,89 @@ def read_parts(directory: Path) -> pa.Table:
     return table.sort_by([("scheduled_ns", "ascending"), ("request_id", "ascending")])
 
 
-def merge_parts(records_path: Path | str, *, keep_parts: bool = False) -> pa.Table | None:
-    """Merge a step's part files into ``records_path`` (atomically); None when there are none.
+@dataclass(frozen=True)
+class Merged:
+    """What ``merge_parts`` wrote: rows, and the chunk counts the step's health needs."""
 
+    num_rows: int
+    chunks: int
+    coalesced: int
+
+
+def _sort_keys(paths: list[Path]) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """Readable parts, and for every row its part index and its row within the part, in merged order.
+
+    Only the two sort columns are read: 16 bytes a request, whatever the chunk lists hold.
+    """
+    kept, keys = [], []
+    for path in paths:
+        try:
+            keys.append(read_records(path, columns=["scheduled_ns", "request_id"]))
+            kept.append(path)
+        except (OSError, pa.ArrowException):
+            continue  # cannot happen for an atomically written part; a foreign file is skipped
+    sizes = np.array([k.num_rows for k in keys], dtype=np.int64)
+    part = np.repeat(np.arange(len(kept), dtype=np.int64), sizes)
+    row = np.arange(part.size, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    if not keys:
+        return kept, part, row
+    sched = np.concatenate([k.column("scheduled_ns").to_numpy(zero_copy_only=False) for k in keys])
+    rid = np.concatenate([k.column("request_id").to_numpy(zero_copy_only=False) for k in keys])
+    order = np.lexsort((rid, sched))  # by schedule, then id
+    return kept, part[order], row[order]
+
+
+def _merged_groups(paths: list[Path], part: np.ndarray, row: np.ndarray, size: int) -> Iterator[pa.Table]:
+    """The rows in merged order, ``size`` at a time; a part is read when first needed, dropped after its last row.
+
+    Parts hold records in completion order, which follows the schedule closely, so
+    only the parts that straddle a group boundary are held at once.
+    """
+    last = np.zeros(len(paths), dtype=np.int64)
+    np.maximum.at(last, part, np.arange(part.size, dtype=np.int64))
+    cache: dict[int, pa.Table] = {}
+    for start in range(0, part.size, size):
+        p, r = part[start : start + size], row[start : start + size]
+        by_part = np.argsort(p, kind="stable")
+        pieces = []
+        for pid in np.unique(p):
+            if pid not in cache:
+                cache[int(pid)] = read_records(paths[int(pid)])
+            pieces.append(cache[int(pid)].take(pa.array(r[p == pid])))
+        table = pa.concat_tables(pieces).take(pa.array(np.argsort(by_part, kind="stable")))
+        for pid in [k for k in cache if last[k] < start + size]:
+            del cache[pid]
+        yield table
+
+
+def merge_parts(
+    records_path: Path | str, *, keep_parts: bool = False, row_group: int = MERGE_ROW_GROUP
+) -> Merged | None:
+    """Merge a step's part files into ``records_path`` (atomically, streamed); None when there are none.
+
+    The output is sorted by schedule, then id, and written row group by row group
+    (``row_group`` rows each), so memory stays bounded however long the step was.
     The parts are removed afterwards unless ``keep_parts``; a crash between the
     two steps leaves both, and the merged file wins (``rundir``).
     """
     directory = parts_dir(records_path)
-    if not part_files(directory):
+    files = part_files(directory)
+    if not files:
         return None
-    table = read_parts(directory)
-    path = Path(records_path)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    paths, part, row = _sort_keys(files)
+    chunks = coalesced = 0
+
+    def counted(groups: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        nonlocal chunks, coalesced
+        for table in groups:
+            chunks += int(pc.sum(pc.list_value_length(table.column("chunk_times_ns"))).as_py() or 0)
+            coalesced += int(pc.sum(table.column("coalesced_chunks")).as_py() or 0)
+            yield table
+
+    rows = stream_tables(counted(_merged_groups(paths, part, row, row_group)), Path(records_path))
     if not keep_parts:
         shutil.rmtree(directory, ignore_errors=True)
-    return table
+    return Merged(rows, chunks, coalesced)
 
 
-__all__ = ["RecordSpool", "merge_parts", "part_files", "parts_dir", "read_parts"]
+__all__ = ["Merged", "RecordSpool", "merge_parts", "part_files", "parts_dir", "read_parts"]
