@@ -30,7 +30,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from harness.atomic import write_json
-from harness.load.collector import MSG_DONE, MasterCollector, StepState, finalize_records
+from harness.load.collector import MSG_DONE, MasterCollector, StepState, TokenCounter, finalize_records
 from harness.load.finisher import Finisher
 from harness.load.live import MSG_PROGRESS, PUBLISH_S, merge_snapshots, progress_path
 from harness.load.plan import LoadPlan, headers_from_env, plan_from_env
@@ -99,7 +99,10 @@ class ProcessContext:
         if self.state.spool is None:
             directory = parts_dir(self.plan.records_path)
             pool = gevent.get_hub().threadpool
-            self.state.spool = RecordSpool(directory, worker=self.state.worker_index, submit=pool.spawn)
+            finalize = TokenCounter(self.plan.tokenizer_path) if self.plan.tokenizer_path else None
+            self.state.spool = RecordSpool(
+                directory, worker=self.state.worker_index, submit=pool.spawn, finalize=finalize
+            )
         if self._sampler is None:
             self._sampler = gevent.spawn(self.state.run_lag_sampler)
         # Everything alive now (Locust, gevent, pyarrow, numpy: ~10^5 objects) lives
@@ -120,9 +123,11 @@ class ProcessContext:
         self._reported = True
         if self._pool is not None:
             self._pool.stop()
-        rows = finalize_records(self.state.records, self.state.texts, self.plan.tokenizer_path)
-        spool = self.state.spool or RecordSpool(parts_dir(self.plan.records_path), self.state.worker_index)
-        spool.final(rows)
+        if self.state.spool is not None:
+            self.state.spool.close()  # its parts are final as written: nothing is held or rewritten
+        else:
+            rows = finalize_records(self.state.records, self.state.texts, self.plan.tokenizer_path)
+            RecordSpool(parts_dir(self.plan.records_path), self.state.worker_index).final(rows)
         self.publish()  # the final counts, before the master may quit
         report = self.state.report()
         if isinstance(self.runner, WorkerRunner):

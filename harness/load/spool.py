@@ -12,27 +12,29 @@ Why one small Parquet file per group and not one growing file: a Parquet file
 is readable only once its footer is written, which a SIGKILLed writer never
 does. Each part is written atomically, so whatever is on disk is readable.
 
-At the normal end of its share a process writes its *final* part (all its
-records, with the tokenizer counts that ``finalize_records`` adds after the
-stream work) and deletes its incremental ones; the master (or the one local
-process) merges the parts into ``records.parquet`` (``merge_parts``: it
-reads only the sort keys of all parts, then writes the merged file row group
-by row group, holding only the parts a group needs, so the master's memory
-does not grow with the step). The
-orchestrator (``runner``, ``rundir``) merges whatever parts a killed step
-left. Worker messages now carry only the health report.
+Each part is final when written: the tokenizer counts (``finalize``,
+``collector.TokenCounter``) are added in the write job, so at the normal end
+of its share a process only writes its last group and waits for its writes
+(``close``); it never holds all its records. (A process without a spool
+during the step writes one *final* part instead, ``final``.) The master
+(or the one local process) merges the parts into ``records.parquet``
+(``merge_parts``: it reads only the sort keys of all parts, then writes the
+merged file row group by row group, holding only the parts a group needs,
+so the master's memory does not grow with the step). The orchestrator
+(``runner``, ``rundir``) merges whatever parts a killed step left. Worker messages now carry only the health report.
 
 The flush runs in the ``Finisher`` (where records are made), never on the read
 path. Of its cost for 256 records (about 2 ms to build the Arrow table, 4 ms to
 encode and write it) only the build holds the event loop: the write goes to
 ``submit`` (in Locust, gevent's thread pool; pyarrow releases the GIL while
-it encodes), and ``final`` waits for those writes first.
+it encodes), and ``close`` (or ``final``) waits for those writes first.
 
 No gevent or Locust here: the orchestrator reads part files too.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +56,9 @@ FINAL = "final"
 MERGE_ROW_GROUP = 16_384  # rows per row group of a merged records file (~20 MB at 128 chunks)
 
 
+log = logging.getLogger(__name__)
+
+
 def parts_dir(records_path: Path | str) -> Path:
     """Where the part files of the step whose merged records go to ``records_path`` live."""
     path = Path(records_path)
@@ -71,16 +76,22 @@ class RecordSpool:
     clock: Callable[[], float] = time.monotonic
     # Runs a write off the event loop and returns something with ``get()``; None: write inline.
     submit: Callable[[Callable[[], None]], Any] | None = None
+    # Makes a part's table final before it is written (``collector.TokenCounter``: tokenizer counts
+    # from the streamed texts); runs in the write job, off the event loop.
+    finalize: Callable[[pa.Table, list[str]], pa.Table] | None = None
     pending: list[RequestRecord] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
     written: int = 0
     _seq: int = 0
     _inflight: list[Any] = field(default_factory=list)
     _last: float | None = None
 
-    def add(self, record: RequestRecord) -> None:
-        """Keep ``record``; write a part when a group is full or ``flush_s`` has passed since the last."""
+    def add(self, record: RequestRecord, text: str = "") -> None:
+        """Keep ``record`` (and its streamed ``text``, for ``finalize``); write a part when a group is
+        full or ``flush_s`` has passed since the last."""
         pending = self.pending
         pending.append(record)
+        self.texts.append(text)
         if self._last is None:
             self._last = self.clock()
         if len(pending) >= self.row_group or self.clock() - self._last >= self.flush_s:
@@ -93,28 +104,52 @@ class RecordSpool:
             return
         self._seq += 1
         name, table = f"p{self.worker:04d}-{self._seq:06d}.parquet", records_to_table(self.pending)
+        texts = self.texts
         self.written += len(self.pending)
-        self.pending = []
+        self.pending, self.texts = [], []
         if self.submit is None:
-            self._write(name, table)
+            self._write(name, table, texts)
         else:
             self._inflight = [job for job in self._inflight if not job.ready()]
-            self._inflight.append(self.submit(lambda: self._write(name, table)))
+            self._inflight.append(self.submit(lambda: self._write(name, table, texts)))
+
+    def close(self) -> None:
+        """The end of this process's share: write what is pending and wait for every write.
+
+        Every part is final already (``finalize``), so nothing is rewritten: the
+        step's records are the incremental parts themselves.
+        """
+        self.flush()
+        self._wait()
+
+    def _wait(self) -> None:
+        for job in self._inflight:
+            try:
+                job.get()
+            except Exception:  # noqa: BLE001 - a failed write loses its group, as a kill would
+                log.exception("tokenbench: failed to write a records part")
+        self._inflight = []
 
     def final(self, rows: list[dict[str, Any]]) -> None:
-        """All of this process's records, finalized: one part that replaces the incremental ones."""
+        """All of this process's records, finalized: one part that replaces the incremental ones.
+
+        For a process that kept its records in memory (no spool during the step);
+        a spooling process calls ``close`` instead.
+        """
         for job in self._inflight:
             try:
                 job.get()
             except Exception:  # noqa: BLE001 - the final part below holds every record anyway
                 pass
         self._inflight = []
-        self._write(f"p{self.worker:04d}-{FINAL}.parquet", records_to_table(rows))
-        self.pending = []
+        self._write(f"p{self.worker:04d}-{FINAL}.parquet", records_to_table(rows), None)
+        self.pending, self.texts = [], []
         for old in self.directory.glob(f"p{self.worker:04d}-[0-9]*.parquet"):
             old.unlink(missing_ok=True)
 
-    def _write(self, name: str, table: pa.Table) -> None:
+    def _write(self, name: str, table: pa.Table, texts: list[str] | None) -> None:
+        if self.finalize is not None and texts is not None:
+            table = self.finalize(table, texts)
         self.directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.directory / name) as tmp:
             pq.write_table(table, tmp)
