@@ -16,6 +16,7 @@ CSV and the HTML never disagree.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,42 @@ def derived_table(records: pd.DataFrame, clock: ClockAnchor | None) -> pd.DataFr
     return out
 
 
+DERIVED_KEY = b"tokenbench.derived"
+
+
+def derived_fingerprint(rows: int, clock: ClockAnchor | None) -> bytes:
+    """What the derived columns depend on: the rows, the clock anchor and the code that derives them."""
+    from harness import metrics
+
+    digest = hashlib.sha256(Path(metrics.__file__).read_bytes() + Path(__file__).read_bytes())
+    anchor = "none" if clock is None else str(clock.wall_minus_monotonic_ns)
+    digest.update(f"{rows}/{anchor}".encode())
+    return digest.hexdigest().encode()
+
+
+def exports_current(run_dir: Path, rows: int, clock: ClockAnchor | None) -> bool:
+    """Whether records.parquet already carries these derived columns and records.csv is no older.
+
+    Why: re-rendering a finished run (``tokenbench report``) would otherwise rewrite
+    both files, a gigabyte for a million requests, to the same bytes (issue 11 §3).
+    """
+    parquet, csv = run_dir / "records.parquet", run_dir / "records.csv"
+    try:
+        meta = pq.ParquetFile(parquet).schema_arrow.metadata or {}
+        fresh = csv.stat().st_mtime_ns >= parquet.stat().st_mtime_ns
+    except (OSError, pa.ArrowException):
+        return False
+    return fresh and meta.get(DERIVED_KEY) == derived_fingerprint(rows, clock)
+
+
 def write_records_exports(run_dir: Path, records: pd.DataFrame, clock: ClockAnchor | None) -> list[Path]:
-    """Rewrite ``records.parquet`` as raw + derived columns and write ``records.csv``; their paths."""
+    """Rewrite ``records.parquet`` as raw + derived columns and write ``records.csv``; their paths.
+
+    Nothing is rewritten when both are ``exports_current``.
+    """
+    parquet, csv = run_dir / "records.parquet", run_dir / "records.csv"
+    if exports_current(run_dir, len(records), clock):
+        return [parquet, csv]
     table = derived_table(records, clock)
     schema = RECORD_SCHEMA
     for name in DERIVED_COLUMNS:
@@ -103,12 +138,11 @@ def write_records_exports(run_dir: Path, records: pd.DataFrame, clock: ClockAnch
             "end_utc": pa.timestamp("ns", "UTC"),
         }
         schema = schema.append(pa.field(name, kind.get(name, pa.float64())))
-    parquet, csv = run_dir / "records.parquet", run_dir / "records.csv"
     with atomic_path(parquet) as tmp:
         arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
         # No pandas metadata: it would name the Arrow-backed list dtype, which a plain
         # ``to_pandas()`` elsewhere (a notebook, an older tokenbench) cannot restore.
-        pq.write_table(arrow.replace_schema_metadata(None), tmp)
+        pq.write_table(arrow.replace_schema_metadata({DERIVED_KEY: derived_fingerprint(len(table), clock)}), tmp)
     flat = pa.Table.from_pandas(table[list(CSV_RECORD_COLUMNS)], preserve_index=False)
     for name in ("start_utc", "end_utc"):  # ISO 8601 (µs), the form Grafana and Prometheus tooling read
         flat = flat.set_column(flat.schema.get_field_index(name), name, _iso_utc(flat.column(name)))
