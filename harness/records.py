@@ -120,6 +120,10 @@ RECORD_SCHEMA = pa.schema(
     ]
 )
 
+# Rows per row group of a merged or exported records file (~20 MB at 128 chunks a request):
+# readers decode a group at a time, so one huge group would cost its size again in memory.
+ROW_GROUP_ROWS = 16_384
+
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RequestRecord))
 assert RECORD_FIELDS == tuple(RECORD_SCHEMA.names), "RequestRecord and RECORD_SCHEMA drifted apart"
 
@@ -156,13 +160,17 @@ def write_records(path: Path, rows: list[dict[str, Any]] | list[RequestRecord]) 
         pq.write_table(records_to_table(rows), tmp)
 
 
-def read_records(path: Path, columns: list[str] | None = None) -> pa.Table:
+def read_records(path: Path, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
     """The raw record columns of a records file (derived columns a report added are left out).
 
     ``columns`` reads only those (Parquet is columnar: a reader that needs no
-    chunk lists never decodes them, the bulk of a large run's bytes).
+    chunk lists never decodes them, the bulk of a large run's bytes); ``filters``
+    (pyarrow's DNF form) skips row groups by their statistics, then filters rows.
     """
     schema = RECORD_SCHEMA if columns is None else pa.schema([RECORD_SCHEMA.field(c) for c in columns])
+    if filters is not None:
+        table = pq.read_table(path, schema=RECORD_SCHEMA, columns=columns, filters=filters)
+        return table.select(schema.names)
     return pq.read_table(path, schema=schema, columns=columns)
 
 

@@ -19,12 +19,15 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from harness.metrics import itl_from_lists, list_array, per_request_frame
+from harness.records import read_records
 from harness.results import StepMetrics
 from harness.scenario import Slo
 
@@ -107,6 +110,30 @@ class _StepItl:
         return itl_from_lists(times, tokens)
 
 
+class FileStepItl:
+    """Pooled ITL samples of one (cell, step), read from records files when that step is measured.
+
+    Why: the chunk stamps are most of a run's bytes (a million requests of 128
+    chunks: 1 GB of int64). The gate reads everything else of the run at once,
+    but each step's chunk lists only while that step's samples are built, using
+    the row-group statistics to skip the other steps.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __call__(self, cell_id: str, step_id: str) -> np.ndarray:
+        columns = ["chunk_times_ns", "chunk_tokens", "error_class", "warmup"]
+        where = [("cell_id", "=", cell_id), ("step_id", "=", step_id)]
+        parts = [read_records(p, columns, filters=where) for p in self.paths]
+        table = pa.concat_tables(parts) if parts else None
+        if table is None or table.num_rows == 0:
+            return np.empty(0)
+        keep = pc.and_(pc.is_null(table.column("error_class")), pc.invert(pc.fill_null(table.column("warmup"), False)))
+        table = table.filter(keep)
+        return itl_from_lists(table.column("chunk_times_ns"), table.column("chunk_tokens"))
+
+
 def _subset(n: int, keep: int, key: str) -> np.ndarray:
     """Deterministic random subset of ``keep`` of ``n`` indices, seeded by the (cell, step) key."""
     if n <= keep:
@@ -137,18 +164,20 @@ def extract_samples(
     repeat: str,
     max_requests: int | None = None,
     max_itl: int | None = None,
+    itl: FileStepItl | None = None,
 ) -> list[StepSamples]:
     """Build one ``StepSamples`` per (cell, step) found in both the summary and the records.
 
     ``steps`` maps (cell_id, step_id) → (identity, StepMetrics). Warm-up
     requests are excluded. Window rates use all requests; per-request arrays
     are cut to ``max_requests`` (and ITL to ``max_itl``, at most ``MAX_ITL``) when given.
+    ``itl``: where each step's chunk lists are read from, when ``records`` has none.
     """
     if records.empty:
         return []
     frame = per_request_frame(records)
     frame = frame[~frame["warmup"].fillna(False).astype(bool)]
-    itl_rows, step_itl_of = _rows_by_step(records), _StepItl(records)
+    itl_rows, step_itl_of = _rows_by_step(records), (_StepItl(records) if itl is None else None)
     itl_cap = min(max_itl or MAX_ITL, MAX_ITL)
     limits = slo.per_request_limits() if slo is not None else {}
     out: list[StepSamples] = []
@@ -178,7 +207,11 @@ def extract_samples(
         key = f"{identity}/{step_id}/{repeat}"
         keep = _subset(len(group), max_requests or len(group), key)
         g = group.iloc[keep]
-        step_itl = step_itl_of(itl_rows.get((str(cell_id), str(step_id))))
+        if itl is not None:
+            step_itl = itl(str(cell_id), str(step_id))
+        else:
+            assert step_itl_of is not None
+            step_itl = step_itl_of(itl_rows.get((str(cell_id), str(step_id))))
         itl_keep = _subset(step_itl.size, itl_cap, key + "/itl")
         errors = group.loc[~ok, "error_class"].fillna("unknown").value_counts().to_dict()
         out.append(

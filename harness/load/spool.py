@@ -48,12 +48,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from harness.atomic import atomic_path
-from harness.records import RECORD_SCHEMA, RequestRecord, read_records, records_to_table, stream_tables
+from harness.records import (
+    RECORD_SCHEMA,
+    ROW_GROUP_ROWS,
+    RequestRecord,
+    read_records,
+    records_to_table,
+    stream_tables,
+)
 
 ROW_GROUP = 256
 FLUSH_S = 2.0
 FINAL = "final"
-MERGE_ROW_GROUP = 16_384  # rows per row group of a merged records file (~20 MB at 128 chunks)
+MERGE_ROW_GROUP = ROW_GROUP_ROWS
 
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from harness.atomic import atomic_path
-from harness.records import RECORD_SCHEMA
+from harness.records import RECORD_SCHEMA, ROW_GROUP_ROWS
 from harness.results import ClockAnchor, Dist, HarnessHealth, RunSummary, StepMetrics
 
 DERIVED_COLUMNS: tuple[str, ...] = (
@@ -142,7 +142,9 @@ def write_records_exports(run_dir: Path, records: pd.DataFrame, clock: ClockAnch
         arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
         # No pandas metadata: it would name the Arrow-backed list dtype, which a plain
         # ``to_pandas()`` elsewhere (a notebook, an older tokenbench) cannot restore.
-        pq.write_table(arrow.replace_schema_metadata({DERIVED_KEY: derived_fingerprint(len(table), clock)}), tmp)
+        meta = {DERIVED_KEY: derived_fingerprint(len(table), clock)}
+        # Bounded row groups: a reader decodes one group at a time (one huge group costs its size again).
+        pq.write_table(arrow.replace_schema_metadata(meta), tmp, row_group_size=ROW_GROUP_ROWS)
     flat = pa.Table.from_pandas(table[list(CSV_RECORD_COLUMNS)], preserve_index=False)
     for name in ("start_utc", "end_utc"):  # ISO 8601 (µs), the form Grafana and Prometheus tooling read
         flat = flat.set_column(flat.schema.get_field_index(name), name, _iso_utc(flat.column(name)))
