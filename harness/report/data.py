@@ -19,9 +19,12 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import ValidationError
 
+from harness.gate.samples import FileStepItl
 from harness.lengths import length_flags
 from harness.metrics import per_request_frame
 from harness.records import RECORD_SCHEMA, read_records_frame, table_to_frame
+
+FRAME_COLUMNS = [n for n in RECORD_SCHEMA.names if n != "chunk_times_ns"]
 from harness.redact import scrub, scrub_text
 from harness.results import CellResult, RunSummary
 from harness.telemetry.summary import measurement_note
@@ -70,6 +73,11 @@ class RunData:
                         ids.append(str(cid))
         return ids
 
+    def itl_source(self) -> FileStepItl | None:
+        """Where the headline reads each step's chunk stamps (the frame holds none); None: no records file."""
+        path = self.run_dir / "records.parquet"
+        return FileStepItl([path]) if path.is_file() else None
+
     def cell(self, cell_id: str) -> CellResult | None:
         return next((c for c in self.summary.cells if c.cell_id == cell_id), None)
 
@@ -100,9 +108,11 @@ def _read_summary(path: Path, run_dir: Path, problems: list[str]) -> RunSummary:
 def _read_records(path: Path, problems: list[str]) -> pd.DataFrame:
     if not path.exists():
         problems.append("records.parquet is missing: no per-request data (CDFs are empty)")
-        return table_to_frame(RECORD_SCHEMA.empty_table())
+        return table_to_frame(RECORD_SCHEMA.empty_table().select(FRAME_COLUMNS))
     try:
-        return read_records_frame(path)  # list columns stay Arrow: read once, never boxed per request
+        # Without the chunk stamps (most of a large run's bytes): the headline reads them a step at a
+        # time (``itl_source``), the exports stream them; other list columns stay Arrow-backed.
+        return read_records_frame(path, FRAME_COLUMNS)
     except (pa.ArrowException, OSError) as err:
         raise ReportError(f"{path}: not a readable records file: {err}") from None
 

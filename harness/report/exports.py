@@ -121,36 +121,51 @@ def exports_current(run_dir: Path, rows: int, clock: ClockAnchor | None) -> bool
     return fresh and meta.get(DERIVED_KEY) == derived_fingerprint(rows, clock)
 
 
+def export_schema() -> pa.Schema:
+    """``RECORD_SCHEMA`` plus ``DERIVED_COLUMNS``: the schema of the exported records.parquet."""
+    schema = RECORD_SCHEMA
+    kinds = {"ok": pa.bool_(), "start_utc": pa.timestamp("ns", "UTC"), "end_utc": pa.timestamp("ns", "UTC")}
+    for name in DERIVED_COLUMNS:
+        schema = schema.append(pa.field(name, kinds.get(name, pa.float64())))
+    return schema
+
+
 def write_records_exports(run_dir: Path, records: pd.DataFrame, clock: ClockAnchor | None) -> list[Path]:
     """Rewrite ``records.parquet`` as raw + derived columns and write ``records.csv``; their paths.
 
-    Nothing is rewritten when both are ``exports_current``.
+    Streamed, one row group of the raw records at a time (both files are written
+    as they are read), so a million requests with their chunk lists never sit in
+    memory twice. ``records`` gives the row count; nothing is rewritten when both
+    files are ``exports_current``.
     """
+    from harness.records import row_groups, table_to_frame
+
     parquet, csv = run_dir / "records.parquet", run_dir / "records.csv"
-    if exports_current(run_dir, len(records), clock):
+    rows = pq.ParquetFile(parquet).metadata.num_rows
+    if exports_current(run_dir, rows, clock):
         return [parquet, csv]
-    table = derived_table(records, clock)
-    schema = RECORD_SCHEMA
-    for name in DERIVED_COLUMNS:
-        kind = {
-            "ok": pa.bool_(),
-            "start_utc": pa.timestamp("ns", "UTC"),
-            "end_utc": pa.timestamp("ns", "UTC"),
-        }
-        schema = schema.append(pa.field(name, kind.get(name, pa.float64())))
-    with atomic_path(parquet) as tmp:
-        arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
-        # No pandas metadata: it would name the Arrow-backed list dtype, which a plain
-        # ``to_pandas()`` elsewhere (a notebook, an older tokenbench) cannot restore.
-        meta = {DERIVED_KEY: derived_fingerprint(len(table), clock)}
+    schema = export_schema().with_metadata({DERIVED_KEY: derived_fingerprint(rows, clock)})
+    flat_in = pa.schema([schema.field(c) for c in CSV_RECORD_COLUMNS])
+    flat_out = pa.schema(
+        [pa.field(c, pa.string()) if c in ("start_utc", "end_utc") else flat_in.field(c) for c in CSV_RECORD_COLUMNS]
+    )
+    groups = list(range(pq.ParquetFile(parquet).metadata.num_row_groups))
+    raw_groups = row_groups(parquet) if groups else iter([RECORD_SCHEMA.empty_table()])
+    with atomic_path(parquet) as tmp_parquet, atomic_path(csv) as tmp_csv:
         # Bounded row groups: a reader decodes one group at a time (one huge group costs its size again).
-        pq.write_table(arrow.replace_schema_metadata(meta), tmp, row_group_size=ROW_GROUP_ROWS)
-    flat = pa.Table.from_pandas(table[list(CSV_RECORD_COLUMNS)], preserve_index=False)
-    for name in ("start_utc", "end_utc"):  # ISO 8601 (µs), the form Grafana and Prometheus tooling read
-        flat = flat.set_column(flat.schema.get_field_index(name), name, _iso_utc(flat.column(name)))
-    with atomic_path(csv) as tmp:
-        # Arrow's writer, not pandas': formatting a million rows in pandas took ~20 s (issue 11 §3).
-        pacsv.write_csv(flat, tmp)
+        with pq.ParquetWriter(tmp_parquet, schema) as pw, pacsv.CSVWriter(tmp_csv, flat_out) as cw:
+            for raw in raw_groups:
+                table = derived_table(table_to_frame(raw), clock)
+                # No pandas metadata: it would name the Arrow-backed list dtype, which a plain
+                # ``to_pandas()`` elsewhere (a notebook, an older tokenbench) cannot restore.
+                arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+                for start in range(0, max(arrow.num_rows, 1), ROW_GROUP_ROWS):
+                    pw.write_table(arrow.slice(start, ROW_GROUP_ROWS).replace_schema_metadata(schema.metadata))
+                flat = pa.Table.from_pandas(table[list(CSV_RECORD_COLUMNS)], schema=flat_in, preserve_index=False)
+                for name in ("start_utc", "end_utc"):  # ISO 8601 (µs), what Grafana and Prometheus tools read
+                    flat = flat.set_column(flat.schema.get_field_index(name), name, _iso_utc(flat.column(name)))
+                # Arrow's CSV writer, not pandas': a million rows took ~20 s in pandas (issue 11 §3).
+                cw.write_table(flat.replace_schema_metadata(None).cast(flat_out))
     return [parquet, csv]
 
 

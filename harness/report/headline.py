@@ -32,7 +32,7 @@ import pandas as pd
 from harness.gate.interval import Change, change_interval
 from harness.gate.measure import Measure, Measurer
 from harness.gate.rundata import StepGroup
-from harness.gate.samples import extract_samples
+from harness.gate.samples import FileStepItl, extract_samples
 from harness.report.capacity import capacity_text
 from harness.report.columns import Row, format_load
 
@@ -154,14 +154,14 @@ def level_of(row: Row) -> tuple[str, float]:
 class _Noise:
     """Builds one gate ``StepGroup`` per (cell, step) from the run's records, measured once."""
 
-    def __init__(self, records: pd.DataFrame, rows: list[Row]) -> None:
+    def __init__(self, records: pd.DataFrame, rows: list[Row], itl: FileStepItl | None = None) -> None:
         self.measurer = Measurer(RESAMPLES, SEED, CONFIDENCE)
         steps = {(r.cell.cell_id, r.step.step_id): (r.cell.cell_id, r.step) for r in rows}
         by_key = {(r.cell.cell_id, r.step.step_id): r for r in rows}
         self.groups: dict[tuple[str, str], StepGroup] = {}
         if records.empty:
             return
-        for s in extract_samples(records, steps, None, "run"):
+        for s in extract_samples(records, steps, None, "run", itl=itl):
             row = by_key[(s.cell_id, s.step_id)]
             key = (s.cell_id, s.step_id)
             self.groups[key] = StepGroup(key=key, cell=row.cell, metrics=row.step, repeats=[s])
@@ -215,16 +215,19 @@ def _sentences(levels: list[LoadLevel]) -> list[str]:
     return lines
 
 
-def build_headline(rows: list[Row], records: pd.DataFrame, memo: dict[str, Any] | None = None) -> Headline:
+def build_headline(
+    rows: list[Row], records: pd.DataFrame, memo: dict[str, Any] | None = None, itl: FileStepItl | None = None
+) -> Headline:
     """The verdicts per load level (only levels where at least two cells ran) and their sentences.
 
     ``memo`` (a ``RunData.memo``) keeps the measured noise, so the HTML and the Markdown of one
     report (and each shortening of the Markdown) resample the records once, not once each.
+    ``itl``: where the chunk stamps are read from when ``records`` holds none (``RunData.itl_source``).
     """
     key = "headline-noise:" + ",".join(f"{r.cell.cell_id}/{r.step.step_id}" for r in rows)
     noise = memo.get(key) if memo is not None else None
     if noise is None:
-        noise = _Noise(records, rows)
+        noise = _Noise(records, rows, itl)
         if memo is not None:
             memo[key] = noise
     levels: list[LoadLevel] = []
