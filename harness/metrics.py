@@ -207,13 +207,19 @@ def itl_from_lists(times: pa.ListArray | pa.ChunkedArray, tokens: pa.ListArray |
     k = np.ones(t.size, dtype="int64")
     if use.any():
         k[np.repeat(use, n_t)] = _flat(tokens.filter(pa.array(use)), "int64")
-    parent = np.repeat(np.arange(n_t.size), n_t)
     keep = k > 0
-    if not keep.all():
-        t, k, parent = t[keep], k[keep], parent[keep]
-    same = parent[1:] == parent[:-1]
+    if keep.all():  # the common case: a gap is within one row unless it starts a row (no parent array)
+        starts = np.cumsum(n_t)[:-1]
+        same = np.ones(t.size - 1, dtype=bool)
+        same[starts[(starts > 0) & (starts < t.size)] - 1] = False
+    else:
+        parent = np.repeat(np.arange(n_t.size), n_t)[keep]
+        t, k = t[keep], k[keep]
+        same = parent[1:] == parent[:-1]
     gaps_ms = np.diff(t)[same] / NS_PER_MS
     weight = k[1:][same]
+    if (weight == 1).all():  # one token per chunk: gap/1 repeated once is the gap itself
+        return gaps_ms
     return np.repeat(gaps_ms / weight, weight)
 
 

@@ -129,3 +129,17 @@ def test_output_token_fallback_and_chunks_per_token_equal_the_reference(seed: in
     ok_tokens = np.array([got[i] for i, r in enumerate(rows) if not r["warmup"] and r["error_class"] is None])
     assert m.chunks_per_token == chunks / float(np.nansum(ok_tokens))
     assert m.itl_ms is not None and m.itl_ms.count == ref_itl(rows).size
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_itl_without_zero_token_chunks_equals_the_reference(seed: int) -> None:
+    """The fast path (every chunk carries tokens; one token each or several) gives the same samples."""
+    rows = random_rows(seed, 300)
+    for i, r in enumerate(rows):
+        if r["chunk_tokens"] is not None:
+            r["chunk_tokens"] = [1 if i % 2 else max(1, k) for k in r["chunk_tokens"]]
+    expected = ref_itl(rows)
+    assert expected.size > 100
+    assert np.array_equal(itl_samples_ms(pd.DataFrame(rows)), expected)
+    ones = [dict(r, chunk_tokens=None) for r in rows]  # no per-chunk counts: one token each
+    assert np.array_equal(itl_samples_ms(pd.DataFrame(ones)), ref_itl(ones))

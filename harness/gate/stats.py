@@ -118,8 +118,8 @@ def bootstrap_stats(
     if g.n == 0:
         return {s: np.full(resamples, math.nan) for s in stats}
     n_out = g.n if n_out is None else max(1, min(int(n_out), g.n))
-    sorted_vals = np.sort(g.values, kind="stable")
     sort_order = np.argsort(g.values, kind="stable")
+    sorted_vals = g.values[sort_order]  # = np.sort(values, kind="stable"), without sorting twice
     sorted_g = Groups(sorted_vals, g.group[sort_order])
     draw = min(n_out, MAX_DRAW)
     idx = _resample_indices(sorted_g, draw, resamples, rng)
