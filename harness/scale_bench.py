@@ -172,7 +172,10 @@ def records_mb(run_dir: Path) -> float:
 def bench_size(root: Path, requests: int) -> dict[str, float]:
     """Generate (or reuse) one size, then measure ``report`` and ``gate`` on it."""
     run_dir = generate(root / f"run-{requests}", requests)
-    (run_dir / "records.csv").unlink(missing_ok=True)  # the first render: it writes the exports
+    # The first render, as at the end of a run: it merges the step files into records.parquet and
+    # writes the exports (derived columns, records.csv) and the report.
+    for name in ("records.parquet", "records.csv"):
+        (run_dir / name).unlink(missing_ok=True)
     report = measure(["report", str(run_dir)])
     rerender = measure(["report", str(run_dir)])  # a re-render of the unchanged run
     baselines = root / "baselines"
@@ -195,7 +198,7 @@ KEYS = ("report_s", "report_mb", "rerender_s", "rerender_mb", "gate_s", "gate_mb
 def table(rows: list[dict[str, float]]) -> str:
     """The Markdown table: per size, time and peak RSS, and each one's growth over the previous size.
 
-    ``report``: the first render (writes records.csv and the derived records columns);
+    ``report``: the first render (merges the step files, writes records.csv and the derived columns);
     ``re-render``: ``tokenbench report`` again on the unchanged run.
     """
     head = ("| requests | records on disk (MB) | report s | report MB | re-render s | re-render MB | gate s | "
