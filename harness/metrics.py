@@ -100,7 +100,9 @@ def _as_float(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").astype("float64").to_numpy()
 
 
-def list_array(values: pd.Series | pa.Array | pa.ChunkedArray, item: pa.DataType) -> pa.ListArray | pa.ChunkedArray:
+def list_array(
+    values: pd.Series | pa.Array | pa.ChunkedArray, item: pa.DataType
+) -> pa.ListArray | pa.ChunkedArray:
     """A list column as Arrow list data (chunks kept as read: no copy), whatever the frame holds.
 
     Why: ``read_records``-frames keep list columns Arrow-backed (zero copy), while
@@ -190,7 +192,9 @@ def per_request_frame(records: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def itl_from_lists(times: pa.ListArray | pa.ChunkedArray, tokens: pa.ListArray | pa.ChunkedArray) -> np.ndarray:
+def itl_from_lists(
+    times: pa.ListArray | pa.ChunkedArray, tokens: pa.ListArray | pa.ChunkedArray
+) -> np.ndarray:
     """Pooled ITL samples (ms) of all rows of two list columns, vectorised, in row order.
 
     Per row: chunks are weighted by their token counts when the row has one count

@@ -135,11 +135,24 @@ def generate(run_dir: Path, requests: int, seed: int = 0) -> Path:
             steps.append(compute_step_metrics(frame, step=step, slo=Slo(ttft_p99_ms=400, tpot_p99_ms=40)))
             del frame
         cells.append(
-            CellResult(cell_id=cell, server=cell, backend="external", model="tiny", identity=f"id-{cell}",
-                       status="ok", steps=steps)
+            CellResult(
+                cell_id=cell,
+                server=cell,
+                backend="external",
+                model="tiny",
+                identity=f"id-{cell}",
+                status="ok",
+                steps=steps,
+            )
         )
-    summary = RunSummary(run_id=run_dir.name, scenario="scale-bench", started_at="2026-01-01T00:00:00Z",
-                         complete=True, harness_version="scale-bench", cells=cells)
+    summary = RunSummary(
+        run_id=run_dir.name,
+        scenario="scale-bench",
+        started_at="2026-01-01T00:00:00Z",
+        complete=True,
+        harness_version="scale-bench",
+        cells=cells,
+    )
     (run_dir / "summary.json").write_text(summary.model_dump_json(indent=1), encoding="utf-8")
     (run_dir / "scenario.yaml").write_text(SCENARIO, encoding="utf-8")
     (run_dir / "env.json").write_text(json.dumps({"host": "scale-bench"}), encoding="utf-8")
@@ -160,7 +173,9 @@ def measure(args: list[str], ok: tuple[int, ...] = (0,)) -> Measure:
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
     if proc.returncode not in ok:
-        raise ScaleBenchError(f"tokenbench {' '.join(args)} exited {proc.returncode}:\n{out.decode()[-2000:]}")
+        raise ScaleBenchError(
+            f"tokenbench {' '.join(args)} exited {proc.returncode}:\n{out.decode()[-2000:]}"
+        )
     return Measure(seconds, usage.ru_maxrss / 1024.0)  # Linux: KiB
 
 
@@ -181,15 +196,45 @@ def bench_size(root: Path, requests: int) -> dict[str, float]:
     baselines = root / "baselines"
     name = f"scale-{requests}"
     subprocess.run(
-        [sys.executable, "-c", "from harness.cli import main; main()", "baseline", "save", str(run_dir),
-         "--name", name, "--baselines", str(baselines)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-c",
+            "from harness.cli import main; main()",
+            "baseline",
+            "save",
+            str(run_dir),
+            "--name",
+            name,
+            "--baselines",
+            str(baselines),
+        ],
+        check=True,
+        capture_output=True,
     )
-    gate = measure(["gate", "--baseline", name, "--baselines", str(baselines), "--run", str(run_dir),
-                    "--out", str(root / f"gate-{requests}")], ok=(0, 1, 3))
-    return {"requests": requests, "records_mb": records_mb(run_dir), "report_s": report.seconds,
-            "report_mb": report.peak_mb, "rerender_s": rerender.seconds, "rerender_mb": rerender.peak_mb,
-            "gate_s": gate.seconds, "gate_mb": gate.peak_mb}
+    gate = measure(
+        [
+            "gate",
+            "--baseline",
+            name,
+            "--baselines",
+            str(baselines),
+            "--run",
+            str(run_dir),
+            "--out",
+            str(root / f"gate-{requests}"),
+        ],
+        ok=(0, 1, 3),
+    )
+    return {
+        "requests": requests,
+        "records_mb": records_mb(run_dir),
+        "report_s": report.seconds,
+        "report_mb": report.peak_mb,
+        "rerender_s": rerender.seconds,
+        "rerender_mb": rerender.peak_mb,
+        "gate_s": gate.seconds,
+        "gate_mb": gate.peak_mb,
+    }
 
 
 KEYS = ("report_s", "report_mb", "rerender_s", "rerender_mb", "gate_s", "gate_mb")
@@ -201,9 +246,11 @@ def table(rows: list[dict[str, float]]) -> str:
     ``report``: the first render (merges the step files, writes records.csv and the derived columns);
     ``re-render``: ``tokenbench report`` again on the unchanged run.
     """
-    head = ("| requests | records on disk (MB) | report s | report MB | re-render s | re-render MB | gate s | "
-            "gate MB | growth per 10x (report s / MB, re-render s / MB, gate s / MB) |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    head = (
+        "| requests | records on disk (MB) | report s | report MB | re-render s | re-render MB | gate s | "
+        "gate MB | growth per 10x (report s / MB, re-render s / MB, gate s / MB) |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    )
     lines = [head]
     prev: dict[str, float] | None = None
     for r in rows:
@@ -219,22 +266,34 @@ def table(rows: list[dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.scale_bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES),
-                        help="comma-separated request counts (default 10000,100000,1000000)")
-    parser.add_argument("--dir", type=Path, default=Path("reports/scale-bench"), help="cache of generated runs")
+    parser.add_argument(
+        "--sizes",
+        default=",".join(str(s) for s in DEFAULT_SIZES),
+        help="comma-separated request counts (default 10000,100000,1000000)",
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=Path("reports/scale-bench"), help="cache of generated runs"
+    )
     ns = parser.parse_args(argv)
     sizes = [int(s) for s in ns.sizes.split(",") if s.strip()]
     rows = []
     for size in sizes:
         row = bench_size(ns.dir, size)
         rows.append(row)
-        print(f"{size:,} requests: report {row['report_s']:.1f} s / {row['report_mb']:.0f} MB, re-render "
-              f"{row['rerender_s']:.1f} s / {row['rerender_mb']:.0f} MB, gate {row['gate_s']:.1f} s / "
-              f"{row['gate_mb']:.0f} MB", flush=True)
+        print(
+            f"{size:,} requests: report {row['report_s']:.1f} s / {row['report_mb']:.0f} MB, re-render "
+            f"{row['rerender_s']:.1f} s / {row['rerender_mb']:.0f} MB, gate {row['gate_s']:.1f} s / "
+            f"{row['gate_mb']:.0f} MB",
+            flush=True,
+        )
     print(table(rows))
     big = [r for r in rows if r["requests"] >= 1_000_000]
-    misses = [f"{int(r['requests']):,}: {k} {r[k]:.1f}" for r in big for k in KEYS
-              if r[k] > (TARGET_S if k.endswith("_s") else TARGET_MB)]
+    misses = [
+        f"{int(r['requests']):,}: {k} {r[k]:.1f}"
+        for r in big
+        for k in KEYS
+        if r[k] > (TARGET_S if k.endswith("_s") else TARGET_MB)
+    ]
     if misses:
         print("over target (60 s, 4096 MB): " + "; ".join(misses))
         return 1

@@ -262,7 +262,10 @@ def test_token_counter_on_a_part_equals_finalize_records(tmp_path: Path) -> None
     tok_path = tmp_path / "tok.json"
     tok.save(str(tok_path))
     plan = _plan(tmp_path, tokenizer_path=str(tok_path))
-    made = [_build(plan, _outcome([_chunk(" a", None), _chunk(" b a", None), b"data: [DONE]\n\n"])) for _ in range(3)]
+    made = [
+        _build(plan, _outcome([_chunk(" a", None), _chunk(" b a", None), b"data: [DONE]\n\n"]))
+        for _ in range(3)
+    ]
     made[1][0].output_tokens, made[1][0].token_source = 7, "usage"  # a server count is kept
     made[2][0].error_class = "timeout"  # failed, no text: not counted
     recs, texts = [m[0] for m in made], [m[1].text for m in made]
@@ -288,5 +291,7 @@ def test_spooling_state_keeps_no_records_and_close_writes_final_parts(tmp_path: 
         state.complete(rec, res.text)
     assert state.records == [] and state.completed == 10 and len(spool.pending) == 2
     spool.close()
-    assert sorted(read_parts(parts_dir(plan.records_path)).column("request_id").to_pylist()) == list(range(10))
+    assert sorted(read_parts(parts_dir(plan.records_path)).column("request_id").to_pylist()) == list(
+        range(10)
+    )
     assert state.report()["requests"] == 10

@@ -141,8 +141,14 @@ def test_merge_streams_row_groups_keeps_every_row_sorted(tmp_path: Path) -> None
         # completion order roughly follows the schedule, with some jitter (as in a real step)
         sched = np.sort(rng.integers(0, 10_000, 50)) + rng.integers(0, 300, 50)
         for i, t in enumerate(sched):
-            rec = RequestRecord("r", "c", "s", worker * 1000 + i, worker, "completions", int(t), int(t), int(t) + 5)
-            rec.chunk_times_ns, rec.chunk_tokens, rec.coalesced_chunks = [int(t) + 1, int(t) + 2], [1, 1], i % 2
+            rec = RequestRecord(
+                "r", "c", "s", worker * 1000 + i, worker, "completions", int(t), int(t), int(t) + 5
+            )
+            rec.chunk_times_ns, rec.chunk_tokens, rec.coalesced_chunks = (
+                [int(t) + 1, int(t) + 2],
+                [1, 1],
+                i % 2,
+            )
             spool.add(rec)
             expected.append((int(t), worker * 1000 + i))
         spool.flush()
@@ -152,6 +158,8 @@ def test_merge_streams_row_groups_keeps_every_row_sorted(tmp_path: Path) -> None
     meta = pq.ParquetFile(tmp_path / "records.parquet").metadata
     assert meta.num_row_groups == 10 and max(meta.row_group(i).num_rows for i in range(10)) == 16
     table = read_records(tmp_path / "records.parquet")
-    keys = list(zip(table.column("scheduled_ns").to_pylist(), table.column("request_id").to_pylist(), strict=True))
+    keys = list(
+        zip(table.column("scheduled_ns").to_pylist(), table.column("request_id").to_pylist(), strict=True)
+    )
     assert keys == sorted(expected)  # every row, by schedule then id
     assert table.equals(reference)  # the same rows and values as merging all parts in memory

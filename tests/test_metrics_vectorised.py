@@ -120,7 +120,9 @@ def test_output_token_fallback_and_chunks_per_token_equal_the_reference(seed: in
     frame = records_frame(rows)
     got = per_request_frame(frame)["output_tokens"].to_numpy()
     fallback = ref_list_sum([r["chunk_tokens"] for r in rows])
-    known = np.array([np.nan if r["output_tokens"] is None else r["output_tokens"] for r in rows], dtype=float)
+    known = np.array(
+        [np.nan if r["output_tokens"] is None else r["output_tokens"] for r in rows], dtype=float
+    )
     np.testing.assert_array_equal(got, np.where(np.isnan(known), fallback, known))
 
     m = compute_step_metrics(frame, step=Step("s1", "concurrency", 1.0), slo=Slo())

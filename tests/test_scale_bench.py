@@ -18,7 +18,15 @@ def test_bench_scale_measures_report_and_gate_and_prints_the_table(
     assert main(["--sizes", "800", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| requests"))
-    for column in ("records on disk (MB)", "report s", "report MB", "re-render s", "gate s", "gate MB", "growth"):
+    for column in (
+        "records on disk (MB)",
+        "report s",
+        "report MB",
+        "re-render s",
+        "gate s",
+        "gate MB",
+        "growth",
+    ):
         assert column in header
     assert any(line.startswith("| 800 |") for line in out.splitlines())
     run = tmp_path / "run-800"

@@ -99,7 +99,10 @@ class _StepItl:
         if rows is None or rows.size == 0:
             return np.empty(0)
         if rows[-1] - rows[0] + 1 == rows.size and (np.diff(rows) == 1).all():
-            times, tokens = self.times.slice(int(rows[0]), rows.size), self.tokens.slice(int(rows[0]), rows.size)
+            times, tokens = (
+                self.times.slice(int(rows[0]), rows.size),
+                self.tokens.slice(int(rows[0]), rows.size),
+            )
             keep = self.measured[rows[0] : rows[-1] + 1]
         else:
             index = pa.array(rows)
@@ -129,7 +132,9 @@ class FileStepItl:
         table = pa.concat_tables(parts) if parts else None
         if table is None or table.num_rows == 0:
             return np.empty(0)
-        keep = pc.and_(pc.is_null(table.column("error_class")), pc.invert(pc.fill_null(table.column("warmup"), False)))
+        keep = pc.and_(
+            pc.is_null(table.column("error_class")), pc.invert(pc.fill_null(table.column("warmup"), False))
+        )
         table = table.filter(keep)
         return itl_from_lists(table.column("chunk_times_ns"), table.column("chunk_tokens"))
 

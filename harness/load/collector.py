@@ -287,7 +287,11 @@ class TokenCounter:
         client = pc.if_else(pa.array(has), pa.array(counts), table.column("client_output_tokens"))
         output = pc.if_else(pa.array(fill), pa.array(counts), table.column("output_tokens"))
         source = pc.if_else(pa.array(fill), "tokenizer", table.column("token_source"))
-        for name, column in (("client_output_tokens", client), ("output_tokens", output), ("token_source", source)):
+        for name, column in (
+            ("client_output_tokens", client),
+            ("output_tokens", output),
+            ("token_source", source),
+        ):
             table = table.set_column(table.schema.get_field_index(name), name, column)
         return table
 

@@ -23,12 +23,11 @@ from harness.gate.samples import FileStepItl
 from harness.lengths import length_flags
 from harness.metrics import per_request_frame
 from harness.records import RECORD_SCHEMA, read_records_frame, table_to_frame
-
-FRAME_COLUMNS = [n for n in RECORD_SCHEMA.names if n != "chunk_times_ns"]
 from harness.redact import scrub, scrub_text
 from harness.results import CellResult, RunSummary
 from harness.telemetry.summary import measurement_note
 
+FRAME_COLUMNS = [n for n in RECORD_SCHEMA.names if n != "chunk_times_ns"]  # stamps: read per step
 TIMESERIES_COLUMNS: tuple[str, ...] = ("cell_id", "step_id", "t_ns", "source", "name", "value", "labels")
 
 

@@ -147,7 +147,10 @@ def write_records_exports(run_dir: Path, records: pd.DataFrame, clock: ClockAnch
     schema = export_schema().with_metadata({DERIVED_KEY: derived_fingerprint(rows, clock)})
     flat_in = pa.schema([schema.field(c) for c in CSV_RECORD_COLUMNS])
     flat_out = pa.schema(
-        [pa.field(c, pa.string()) if c in ("start_utc", "end_utc") else flat_in.field(c) for c in CSV_RECORD_COLUMNS]
+        [
+            pa.field(c, pa.string()) if c in ("start_utc", "end_utc") else flat_in.field(c)
+            for c in CSV_RECORD_COLUMNS
+        ]
     )
     groups = list(range(pq.ParquetFile(parquet).metadata.num_row_groups))
     raw_groups = row_groups(parquet) if groups else iter([RECORD_SCHEMA.empty_table()])
@@ -160,10 +163,16 @@ def write_records_exports(run_dir: Path, records: pd.DataFrame, clock: ClockAnch
                 # ``to_pandas()`` elsewhere (a notebook, an older tokenbench) cannot restore.
                 arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
                 for start in range(0, max(arrow.num_rows, 1), ROW_GROUP_ROWS):
-                    pw.write_table(arrow.slice(start, ROW_GROUP_ROWS).replace_schema_metadata(schema.metadata))
-                flat = pa.Table.from_pandas(table[list(CSV_RECORD_COLUMNS)], schema=flat_in, preserve_index=False)
+                    pw.write_table(
+                        arrow.slice(start, ROW_GROUP_ROWS).replace_schema_metadata(schema.metadata)
+                    )
+                flat = pa.Table.from_pandas(
+                    table[list(CSV_RECORD_COLUMNS)], schema=flat_in, preserve_index=False
+                )
                 for name in ("start_utc", "end_utc"):  # ISO 8601 (µs), what Grafana and Prometheus tools read
-                    flat = flat.set_column(flat.schema.get_field_index(name), name, _iso_utc(flat.column(name)))
+                    flat = flat.set_column(
+                        flat.schema.get_field_index(name), name, _iso_utc(flat.column(name))
+                    )
                 # Arrow's CSV writer, not pandas': a million rows took ~20 s in pandas (issue 11 §3).
                 cw.write_table(flat.replace_schema_metadata(None).cast(flat_out))
     return [parquet, csv]
