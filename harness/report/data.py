@@ -57,8 +57,9 @@ class RunData:
         """Cells whose numbers come from a simulator, by the summary or by the records themselves."""
         cells = {c.cell_id for c in self.summary.cells if c.simulated}
         if not self.records.empty and "simulated" in self.records:
-            sim = self.records[self.records["simulated"].fillna(False).astype(bool)]
-            cells |= set(sim["cell_id"].unique())
+            mask = self.records["simulated"].fillna(False).astype(bool).to_numpy()
+            # only the cell column is filtered: a filter of the whole frame copied every column, each call
+            cells |= set(self.records["cell_id"].to_numpy()[mask])
         return cells
 
     @property
