@@ -126,8 +126,12 @@ class RecordSpool:
         Every part is final already (``finalize``), so nothing is rewritten: the
         step's records are the incremental parts themselves.
         """
-        self.flush()
         self._wait()
+        submit, self.submit = self.submit, None
+        try:
+            self.flush()  # the last group inline, as the final part was: the thread pool may be shutting down
+        finally:
+            self.submit = submit
 
     def _wait(self) -> None:
         for job in self._inflight:
