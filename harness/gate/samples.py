@@ -26,7 +26,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from harness.metrics import itl_from_lists, list_array, per_request_frame
+from harness.listcols import itl_from_lists, list_array
+from harness.metrics import per_request_frame
 from harness.records import read_records
 from harness.results import StepMetrics
 from harness.scenario import Slo
