@@ -254,7 +254,7 @@ def test_token_counter_on_a_part_equals_finalize_records(tmp_path: Path) -> None
     """Per-part tokenizer counts (bounded memory) give exactly the rows the end-of-step finalize gave."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from harness.load.collector import TokenCounter
+    from harness.load.tokencount import TokenCounter
     from harness.records import records_to_table
 
     tok = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))

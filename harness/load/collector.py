@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import resource
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from harness.atomic import write_json
 from harness.load.httpstream import ERROR_BODY_CHARS, Outcome
@@ -247,53 +244,6 @@ def finalize_records(
                 rec.output_tokens = len(enc.ids)
                 rec.token_source = "tokenizer"
     return [record_to_dict(r) for r in records]
-
-
-class TokenCounter:
-    """``finalize_records``'s tokenizer counts, applied to one part's Arrow table as the spool writes it.
-
-    Why per part: finalizing once at the end of a process's share meant holding
-    every record (and its text) of the step in memory; now each part is final
-    when written, so a process holds one row group. It runs in the spool's write
-    job, off the event loop (``tokenizers`` and pyarrow release the GIL); the
-    tokenizer is loaded once per process.
-    """
-
-    def __init__(self, tokenizer_path: str) -> None:
-        self.tokenizer_path = tokenizer_path
-        self._tok: Any = None
-        self._lock = threading.Lock()
-
-    def _tokenizer(self) -> Any:
-        with self._lock:
-            if self._tok is None:
-                from tokenizers import Tokenizer
-
-                self._tok = Tokenizer.from_file(self.tokenizer_path)
-            return self._tok
-
-    def __call__(self, table: pa.Table, texts: list[str]) -> pa.Table:
-        ok = table.column("error_class").is_null().to_numpy(zero_copy_only=False)
-        idx = [i for i in range(table.num_rows) if ok[i] or texts[i]]
-        if not idx:
-            return table
-        encoded = self._tokenizer().encode_batch([texts[i] for i in idx], add_special_tokens=False)
-        counts = np.zeros(table.num_rows, dtype=np.int64)
-        counts[idx] = [len(e.ids) for e in encoded]
-        has = np.zeros(table.num_rows, dtype=bool)
-        has[idx] = True
-        out_known = table.column("output_tokens").is_valid().to_numpy(zero_copy_only=False)
-        fill = has & ~out_known
-        client = pc.if_else(pa.array(has), pa.array(counts), table.column("client_output_tokens"))
-        output = pc.if_else(pa.array(fill), pa.array(counts), table.column("output_tokens"))
-        source = pc.if_else(pa.array(fill), "tokenizer", table.column("token_source"))
-        for name, column in (
-            ("client_output_tokens", client),
-            ("output_tokens", output),
-            ("token_source", source),
-        ):
-            table = table.set_column(table.schema.get_field_index(name), name, column)
-        return table
 
 
 def plan_notes(plan: LoadPlan) -> list[str]:

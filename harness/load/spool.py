@@ -13,7 +13,7 @@ is readable only once its footer is written, which a SIGKILLed writer never
 does. Each part is written atomically, so whatever is on disk is readable.
 
 Each part is final when written: the tokenizer counts (``finalize``,
-``collector.TokenCounter``) are added in the write job, so at the normal end
+``tokencount.TokenCounter``) are added in the write job, so at the normal end
 of its share a process only writes its last group and waits for its writes
 (``close``); it never holds all its records. (A process without a spool
 during the step writes one *final* part instead, ``final``.) The master
@@ -83,7 +83,7 @@ class RecordSpool:
     clock: Callable[[], float] = time.monotonic
     # Runs a write off the event loop and returns something with ``get()``; None: write inline.
     submit: Callable[[Callable[[], None]], Any] | None = None
-    # Makes a part's table final before it is written (``collector.TokenCounter``: tokenizer counts
+    # Makes a part's table final before it is written (``tokencount.TokenCounter``: tokenizer counts
     # from the streamed texts); runs in the write job, off the event loop.
     finalize: Callable[[pa.Table, list[str]], pa.Table] | None = None
     pending: list[RequestRecord] = field(default_factory=list)
