@@ -11,7 +11,7 @@ TOKENBENCH_HOME ?= $(CURDIR)/.cache
 export TOKENBENCH_HOME
 
 .PHONY: install backend-env test-envs model browser bench bench-harness test test-fast lint clean bench-stack \
-        bench-gpu-mem gpucheck-wheels bench-whatif
+        bench-gpu-mem gpucheck-wheels bench-whatif bench-scale
 
 # The harness's own environment (the backends get their own under $(TOKENBENCH_HOME)/venvs).
 $(VENV)/.installed: pyproject.toml
@@ -54,6 +54,13 @@ bench-stack:
 # The harness measured against the simulator's ground truth (issue 3).
 bench-harness: install
 	$(BIN)/python -m harness.fidelity
+
+# The cost of `tokenbench report` and `gate` as runs grow (issue 11 §3): synthetic runs of 10k, 100k
+# and 1M requests x 128 chunks (cached under reports/scale-bench/), time and peak RSS of each command,
+# growth per 10x. Exit 1 if 1M misses 60 s / 4 GB. SIZES=10000,100000 picks sizes.
+SIZES ?= 10000,100000,1000000
+bench-scale: install
+	$(BIN)/python -m harness.scale_bench --sizes $(SIZES)
 
 # The GPU what-if's validation table (issue 12): every published case in
 # harness/hardware/data/calibration.yaml rerun in engine mode, fit and held-out apart, published /

@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from harness.connects import with_connects
+from harness.listcols import itl_from_lists, list_array, list_lengths, list_sums
 from harness.matrix import Step
 from harness.records import ERROR_CLASSES, RequestRecord, records_to_table
 from harness.results import Dist, HarnessHealth, StepMetrics
@@ -99,19 +101,15 @@ def _as_float(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").astype("float64").to_numpy()
 
 
-def _list_sum(values: pd.Series) -> np.ndarray:
-    return np.array(
-        [np.nan if v is None or len(v) == 0 else float(np.sum(v)) for v in values], dtype="float64"
-    )
-
-
 def _resolved_output_tokens(records: pd.DataFrame) -> np.ndarray:
     """Best available output token count: the load layer's count, then the client's, then chunk tokens."""
     n = _as_float(records["output_tokens"])
     client = _as_float(records["client_output_tokens"])
     n = np.where(np.isnan(n), client, n)
-    if np.isnan(n).any():
-        n = np.where(np.isnan(n), _list_sum(records["chunk_tokens"]), n)
+    missing = np.isnan(n)
+    if missing.any():  # only the rows without a count: summing every row's chunk list would cost the most
+        n = n.copy()
+        n[missing] = list_sums(records["chunk_tokens"][missing])
     return n
 
 
@@ -154,23 +152,6 @@ def per_request_frame(records: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _request_itl(times: Any, tokens: Any) -> np.ndarray:
-    """ITL samples of one request. Zero-token chunks (role/usage-only) are skipped."""
-    if times is None or len(times) < 2:
-        return np.empty(0)
-    t = np.asarray(times, dtype="int64")
-    if tokens is None or len(tokens) != len(t):
-        k = np.ones(len(t), dtype="int64")  # no per-chunk counts: assume one token per chunk
-    else:
-        k = np.asarray(tokens, dtype="int64")
-    keep = k > 0
-    t, k = t[keep], k[keep]
-    if len(t) < 2:
-        return np.empty(0)
-    gaps_ms = np.diff(t) / NS_PER_MS
-    return np.repeat(gaps_ms / k[1:], k[1:])
-
-
 def itl_samples_ms(records: pd.DataFrame, *, measured_only: bool = True) -> np.ndarray:
     """Pooled inter-token latencies (ms); a chunk with k tokens gives k samples of gap/k.
 
@@ -180,10 +161,11 @@ def itl_samples_ms(records: pd.DataFrame, *, measured_only: bool = True) -> np.n
     if measured_only:
         mask = records["error_class"].isna() & ~records["warmup"].fillna(False).astype(bool)
         records = records[mask]
-    parts = [
-        _request_itl(t, k) for t, k in zip(records["chunk_times_ns"], records["chunk_tokens"], strict=True)
-    ]
-    return np.concatenate(parts) if parts else np.empty(0)
+    if records.empty:
+        return np.empty(0)
+    return itl_from_lists(
+        list_array(records["chunk_times_ns"], pa.int64()), list_array(records["chunk_tokens"], pa.int64())
+    )
 
 
 def dist(values: np.ndarray | pd.Series) -> Dist | None:
@@ -281,7 +263,7 @@ def _token_agreement(measured_ok: pd.DataFrame) -> float | None:
 
 
 def _chunks_per_token(measured_ok: pd.DataFrame, tokens: np.ndarray) -> float | None:
-    chunks = sum(0 if v is None else len(v) for v in measured_ok["chunk_times_ns"])
+    chunks = int(list_lengths(list_array(measured_ok["chunk_times_ns"], pa.int64())).sum())
     total = float(np.nansum(tokens))
     return chunks / total if total > 0 else None
 
@@ -383,7 +365,9 @@ __all__ = [
     "arrival_stats",
     "compute_step_metrics",
     "dist",
+    "itl_from_lists",
     "itl_samples_ms",
+    "list_array",
     "mean_in_flight",
     "per_request_frame",
     "records_frame",

@@ -14,7 +14,7 @@ the harness and the simulator's write log share one time axis.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -127,6 +127,10 @@ RECORD_SCHEMA = pa.schema(
     ]
 )
 
+# Rows per row group of a merged or exported records file (~20 MB at 128 chunks a request):
+# readers decode a group at a time, so one huge group would cost its size again in memory.
+ROW_GROUP_ROWS = 16_384
+
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RequestRecord))
 assert RECORD_FIELDS == tuple(RECORD_SCHEMA.names), "RequestRecord and RECORD_SCHEMA drifted apart"
 
@@ -163,16 +167,69 @@ def write_records(path: Path, rows: list[dict[str, Any]] | list[RequestRecord]) 
         pq.write_table(records_to_table(rows), tmp)
 
 
-def read_records(path: Path) -> pa.Table:
-    return pq.read_table(path, schema=RECORD_SCHEMA)
+def read_records(path: Path, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
+    """The raw record columns of a records file (derived columns a report added are left out).
+
+    ``columns`` reads only those (Parquet is columnar: a reader that needs no
+    chunk lists never decodes them, the bulk of a large run's bytes); ``filters``
+    (pyarrow's DNF form) skips row groups by their statistics, then filters rows.
+    """
+    schema = RECORD_SCHEMA if columns is None else pa.schema([RECORD_SCHEMA.field(c) for c in columns])
+    if filters is not None:
+        table = pq.read_table(path, schema=RECORD_SCHEMA, columns=columns, filters=filters)
+        return table.select(schema.names)
+    return pq.read_table(path, schema=schema, columns=columns)
+
+
+def _arrow_lists(kind: pa.DataType) -> Any:
+    import pandas as pd
+
+    return pd.ArrowDtype(kind) if pa.types.is_list(kind) else None
+
+
+def table_to_frame(table: pa.Table) -> Any:
+    """Records as a pandas frame whose list columns stay Arrow-backed.
+
+    Why: converting ``chunk_times_ns`` to one numpy object per request costs
+    about a second and hundreds of MB per million requests; kept as Arrow, it is
+    read once and the metrics work on it with ``pyarrow.compute``.
+    """
+    return table.to_pandas(types_mapper=_arrow_lists)
+
+
+def read_records_frame(path: Path, columns: list[str] | None = None) -> Any:
+    """``read_records`` as a pandas frame (``table_to_frame``)."""
+    return table_to_frame(read_records(path, columns))
+
+
+def stream_tables(tables: Any, out: Path, schema: pa.Schema = RECORD_SCHEMA) -> int:
+    """Write tables (any iterable) to ``out`` atomically, one after another; the row count.
+
+    Why a writer and not a concatenation: a run's records can be millions of
+    rows with 128 chunk stamps each; only one input is in memory at a time.
+    """
+    from harness.atomic import atomic_path
+
+    rows = 0
+    with atomic_path(out) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for table in tables:
+                for name in schema.names:  # a file of an older harness may lack a newer column
+                    if name not in table.column_names:
+                        table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
+                writer.write_table(table.select(schema.names).cast(schema))
+                rows += table.num_rows
+    return rows
+
+
+def row_groups(path: Path) -> Iterator[pa.Table]:
+    """A records file's raw columns, one Parquet row group at a time."""
+    source = pq.ParquetFile(path)
+    names = [n for n in RECORD_SCHEMA.names if n in source.schema_arrow.names]
+    for i in range(source.num_row_groups):
+        yield source.read_row_group(i, columns=names)
 
 
 def concat_record_files(paths: list[Path], out: Path) -> int:
-    """Concatenate per-step record files into one run-level file; returns the row count."""
-    from harness.atomic import atomic_path
-
-    tables = [read_records(p) for p in paths if p.exists()]
-    table = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
-    with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
-    return table.num_rows
+    """Concatenate per-step record files into one run-level file (streamed); returns the row count."""
+    return stream_tables((g for p in paths if p.exists() for g in row_groups(p)), out)

@@ -26,7 +26,6 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from harness import __version__
 from harness.assets import check_local_model, prepare_backends, resolve_scenario, tokenizer_path
@@ -42,6 +41,7 @@ from harness.matrix import Cell, Step, expand_cells, expand_steps, matrix_proble
 from harness.owner import owner_marker
 from harness.placement import resolve_placement
 from harness.progress import LiveProgress, step_line
+from harness.records import read_records_frame
 from harness.results import CellResult, RunSummary, StepMetrics
 from harness.resume import launch_groups, resumable_summary
 from harness.rundir import RunDir, collect_env
@@ -437,7 +437,7 @@ class Run:
                     clock.end()
             finally:
                 sampler.set_step(None)
-            frame = pq.read_table(records_path).to_pandas()
+            frame = read_records_frame(records_path)  # chunk lists stay Arrow (vectorised metrics)
             metrics = compute_step_metrics(frame, step=step, slo=slo, duration_s=None, health=health)
             metrics.server_clock = clock.result(frame, network_ms) if clock is not None else None
             metrics.exceeds_concurrency_cap = exceeds_cap(metrics, result.concurrency_cap)

@@ -248,3 +248,50 @@ def test_master_collector_writes_sorted_records_and_health(tmp_path: Path) -> No
     assert table.column("scheduled_ns").to_pylist() == [10, 90]
     assert json.loads(Path(plan.health_path).read_text())["workers"][0]["index"] == 0
     assert not parts_dir(plan.records_path).exists()  # merged parts are removed
+
+
+def test_token_counter_on_a_part_equals_finalize_records(tmp_path: Path) -> None:
+    """Per-part tokenizer counts (bounded memory) give exactly the rows the end-of-step finalize gave."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from harness.load.tokencount import TokenCounter
+    from harness.records import records_to_table
+
+    tok = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok_path = tmp_path / "tok.json"
+    tok.save(str(tok_path))
+    plan = _plan(tmp_path, tokenizer_path=str(tok_path))
+    made = [
+        _build(plan, _outcome([_chunk(" a", None), _chunk(" b a", None), b"data: [DONE]\n\n"]))
+        for _ in range(3)
+    ]
+    made[1][0].output_tokens, made[1][0].token_source = 7, "usage"  # a server count is kept
+    made[2][0].error_class = "timeout"  # failed, no text: not counted
+    recs, texts = [m[0] for m in made], [m[1].text for m in made]
+    texts[2] = ""
+    table = TokenCounter(str(tok_path))(records_to_table(recs), texts)
+    expected = finalize_records(recs, texts, str(tok_path))
+    assert table.to_pylist() == expected
+    assert [r["token_source"] for r in expected] == ["tokenizer", "usage", "none"]
+
+
+def test_spooling_state_keeps_no_records_and_close_writes_final_parts(tmp_path: Path) -> None:
+    """With a spool, a process holds at most one group: every record is on disk after ``close``."""
+    from harness.load.collector import StepState
+    from harness.load.spool import read_parts
+
+    plan = _plan(tmp_path)
+    spool = RecordSpool(parts_dir(plan.records_path), worker=0, row_group=4)
+    state = StepState(plan=plan, spool=spool)
+    for i in range(10):
+        rec, res = _build(plan, _outcome([_chunk(" a", 1), b"data: [DONE]\n\n"]))
+        rec.request_id = i
+        state.outstanding += 1
+        state.complete(rec, res.text)
+    assert state.records == [] and state.completed == 10 and len(spool.pending) == 2
+    spool.close()
+    assert sorted(read_parts(parts_dir(plan.records_path)).column("request_id").to_pylist()) == list(
+        range(10)
+    )
+    assert state.report()["requests"] == 10

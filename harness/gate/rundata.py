@@ -29,7 +29,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness.gate.samples import StepSamples, extract_samples
+from harness.gate.samples import FileStepItl, StepSamples, extract_samples
+from harness.records import RECORD_SCHEMA
 from harness.redact import scrub
 from harness.results import SCHEMA_VERSION, CellResult, RunSummary, StepMetrics
 from harness.scenario import Slo
@@ -142,28 +143,34 @@ def _read_scenario(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+# Everything but the chunk stamps, which are read a step at a time (``samples.FileStepItl``).
+FRAME_COLUMNS = [n for n in RECORD_SCHEMA.names if n != "chunk_times_ns"]
+
+
 def _records_file(path: Path) -> Any:
-    from harness.records import read_records
+    from harness.records import read_records_frame
 
     try:
-        return read_records(path).to_pandas()
+        return read_records_frame(path, FRAME_COLUMNS)
     except Exception as err:  # pyarrow raises several types for a damaged or truncated file
         raise GateInputError(f"{path}: cannot read records ({type(err).__name__}: {err})") from None
 
 
-def _read_records(run_dir: Path, allow_incomplete: bool, notes: list[str]) -> Any:
+def _read_records(run_dir: Path, allow_incomplete: bool, notes: list[str]) -> tuple[Any, list[Path]]:
+    """The run's records without chunk stamps, and the files that hold them."""
     import pandas as pd
 
     path = run_dir / "records.parquet"
     if path.is_file():
-        return _records_file(path)
+        return _records_file(path), [path]
     steps = sorted(run_dir.glob("cells/*/steps/*/records.parquet"))
     if not steps:
         raise GateInputError(f"{run_dir}: run has no records (no records.parquet)")
-    frames = []
+    frames, used = [], []
     for p in steps:
         try:
             frames.append(_records_file(p))
+            used.append(p)
         except GateInputError as err:
             if not allow_incomplete:
                 raise GateInputError(
@@ -172,7 +179,7 @@ def _read_records(run_dir: Path, allow_incomplete: bool, notes: list[str]) -> An
             notes.append(f"skipped unreadable {p.relative_to(run_dir)}")
     if not frames:
         raise GateInputError(f"{run_dir}: no readable records in any step")
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True), used
 
 
 def _interrupted(cell: CellResult) -> bool:
@@ -213,7 +220,7 @@ def load_run_folder(
         )
     notes = [f"{run_dir.name}: incomplete run used (--allow-incomplete): {'; '.join(why)}"] if why else []
     scenario = _read_scenario(run_dir / "scenario.yaml")
-    records = _read_records(run_dir, allow_incomplete, notes)
+    records, record_files = _read_records(run_dir, allow_incomplete, notes)
     if records.empty:
         raise GateInputError(f"{run_dir}: run has no records (records.parquet is empty)")
     run = GateRun(run_dir.name, [run_dir], "run", summary, _read_env(run_dir / "env.json"), scenario)
@@ -230,7 +237,7 @@ def load_run_folder(
             )
             note_limited(group, f"{run_dir.name}/{cell.cell_id}", step)
     tag = repeat or run_dir.name
-    for s in extract_samples(records, by_cell, slo, tag, max_requests, max_itl):
+    for s in extract_samples(records, by_cell, slo, tag, max_requests, max_itl, FileStepItl(record_files)):
         run.steps[(s.identity, s.step_id)].repeats.append(s)
     for key in [k for k, g in run.steps.items() if not g.repeats]:
         del run.steps[key]

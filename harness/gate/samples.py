@@ -19,11 +19,16 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from harness.metrics import itl_samples_ms, per_request_frame
+from harness.listcols import itl_from_lists, list_array
+from harness.metrics import per_request_frame
+from harness.records import read_records
 from harness.results import StepMetrics
 from harness.scenario import Slo
 
@@ -31,6 +36,10 @@ RATE_METRICS: tuple[str, ...] = ("output_tok_s", "request_throughput", "total_to
 LATENCY_FAMILIES: tuple[str, ...] = ("ttft", "tpot", "itl", "e2e")
 MIN_WINDOWS = 4
 MAX_WINDOWS = 20
+# ITL gaps kept per step and repeat when the caller sets no smaller cap: a million requests of 128
+# chunks are 16 million gaps a step; a deterministic random subset this large moves no percentile
+# visibly, and the ITL interval rests on the request count anyway (``harness.gate.measure``).
+MAX_ITL = 1_000_000
 
 
 @dataclass
@@ -63,12 +72,72 @@ class StepSamples:
         return values[~np.isnan(values)]
 
 
-def _itl_by_step(records: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
-    """Pooled ITL samples (ms) of each (cell, step), with the project's one ITL definition."""
-    return {
-        (str(cell), str(step)): itl_samples_ms(group)
-        for (cell, step), group in records.groupby(["cell_id", "step_id"], sort=False)
-    }
+def _rows_by_step(records: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
+    """Row positions of each (cell, step): its ITL is computed when its step is, one step in memory at a time."""
+    groups = records.groupby(["cell_id", "step_id"], sort=False).indices
+    return {(str(cell), str(step)): rows for (cell, step), rows in groups.items()}
+
+
+class _StepItl:
+    """Pooled ITL samples of any rows of the records, straight from the Arrow list columns.
+
+    Why not ``itl_samples_ms(records.iloc[rows])``: that copies every column of the
+    step, chunk lists included; here a step's rows (contiguous, as steps are merged)
+    are a zero-copy slice of the lists read once.
+    """
+
+    def __init__(self, records: pd.DataFrame) -> None:
+        rec = records
+        for name in ("chunk_times_ns", "chunk_tokens"):
+            if name not in rec.columns:
+                rec = rec.assign(**{name: None})
+        self.times = list_array(rec["chunk_times_ns"], pa.int64())
+        self.tokens = list_array(rec["chunk_tokens"], pa.int64())
+        warm = rec["warmup"].fillna(False).astype(bool).to_numpy() if "warmup" in rec else False
+        self.measured = rec["error_class"].isna().to_numpy() & ~warm
+
+    def __call__(self, rows: np.ndarray | None) -> np.ndarray:
+        if rows is None or rows.size == 0:
+            return np.empty(0)
+        if rows[-1] - rows[0] + 1 == rows.size and (np.diff(rows) == 1).all():
+            times, tokens = (
+                self.times.slice(int(rows[0]), rows.size),
+                self.tokens.slice(int(rows[0]), rows.size),
+            )
+            keep = self.measured[rows[0] : rows[-1] + 1]
+        else:
+            index = pa.array(rows)
+            times, tokens, keep = self.times.take(index), self.tokens.take(index), self.measured[rows]
+        if not keep.all():
+            mask = pa.array(keep)
+            times, tokens = times.filter(mask), tokens.filter(mask)
+        return itl_from_lists(times, tokens)
+
+
+class FileStepItl:
+    """Pooled ITL samples of one (cell, step), read from records files when that step is measured.
+
+    Why: the chunk stamps are most of a run's bytes (a million requests of 128
+    chunks: 1 GB of int64). The gate reads everything else of the run at once,
+    but each step's chunk lists only while that step's samples are built, using
+    the row-group statistics to skip the other steps.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __call__(self, cell_id: str, step_id: str) -> np.ndarray:
+        columns = ["chunk_times_ns", "chunk_tokens", "error_class", "warmup"]
+        where = [("cell_id", "=", cell_id), ("step_id", "=", step_id)]
+        parts = [read_records(p, columns, filters=where) for p in self.paths]
+        table = pa.concat_tables(parts) if parts else None
+        if table is None or table.num_rows == 0:
+            return np.empty(0)
+        keep = pc.and_(
+            pc.is_null(table.column("error_class")), pc.invert(pc.fill_null(table.column("warmup"), False))
+        )
+        table = table.filter(keep)
+        return itl_from_lists(table.column("chunk_times_ns"), table.column("chunk_tokens"))
 
 
 def _subset(n: int, keep: int, key: str) -> np.ndarray:
@@ -101,18 +170,21 @@ def extract_samples(
     repeat: str,
     max_requests: int | None = None,
     max_itl: int | None = None,
+    itl: FileStepItl | None = None,
 ) -> list[StepSamples]:
     """Build one ``StepSamples`` per (cell, step) found in both the summary and the records.
 
     ``steps`` maps (cell_id, step_id) → (identity, StepMetrics). Warm-up
     requests are excluded. Window rates use all requests; per-request arrays
-    are cut to ``max_requests`` (and ITL to ``max_itl``) when given.
+    are cut to ``max_requests`` (and ITL to ``max_itl``, at most ``MAX_ITL``) when given.
+    ``itl``: where each step's chunk lists are read from, when ``records`` has none.
     """
     if records.empty:
         return []
     frame = per_request_frame(records)
     frame = frame[~frame["warmup"].fillna(False).astype(bool)]
-    itl = _itl_by_step(records)
+    itl_rows, step_itl_of = _rows_by_step(records), (_StepItl(records) if itl is None else None)
+    itl_cap = min(max_itl or MAX_ITL, MAX_ITL)
     limits = slo.per_request_limits() if slo is not None else {}
     out: list[StepSamples] = []
     for (cell_id, step_id), group in frame.groupby(["cell_id", "step_id"], sort=False):
@@ -141,8 +213,12 @@ def extract_samples(
         key = f"{identity}/{step_id}/{repeat}"
         keep = _subset(len(group), max_requests or len(group), key)
         g = group.iloc[keep]
-        step_itl = itl.get((str(cell_id), str(step_id)), np.empty(0)).astype(np.float64)
-        itl_keep = _subset(step_itl.size, max_itl or step_itl.size, key + "/itl")
+        if itl is not None:
+            step_itl = itl(str(cell_id), str(step_id))
+        else:
+            assert step_itl_of is not None
+            step_itl = step_itl_of(itl_rows.get((str(cell_id), str(step_id))))
+        itl_keep = _subset(step_itl.size, itl_cap, key + "/itl")
         errors = group.loc[~ok, "error_class"].fillna("unknown").value_counts().to_dict()
         out.append(
             StepSamples(

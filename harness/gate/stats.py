@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 STATS: tuple[str, ...] = ("p50", "p90", "p95", "p99", "mean", "min", "max")
+# A resample draws at most this many items; a larger sample is bootstrapped m-out-of-n (below).
+MAX_DRAW = 10_000
 
 
 @dataclass(frozen=True)
@@ -111,16 +113,19 @@ def bootstrap_stats(
     All statistics share one set of resamples. ``n_out`` lets a caller draw
     fewer items than the pooled sample holds (ITL: chunk gaps within one
     request are correlated, so the effective sample size is the request count).
+    Past ``MAX_DRAW`` items a resample draws ``MAX_DRAW`` and is rescaled (m-out-of-n).
     """
     if g.n == 0:
         return {s: np.full(resamples, math.nan) for s in stats}
     n_out = g.n if n_out is None else max(1, min(int(n_out), g.n))
-    sorted_vals = np.sort(g.values, kind="stable")
     sort_order = np.argsort(g.values, kind="stable")
+    sorted_vals = g.values[sort_order]  # = np.sort(values, kind="stable"), without sorting twice
     sorted_g = Groups(sorted_vals, g.group[sort_order])
-    idx = _resample_indices(sorted_g, n_out, resamples, rng)
-    # Row-sorting indices into a sorted array yields each resample's order statistics.
-    idx.sort(axis=1, kind="stable")
+    draw = min(n_out, MAX_DRAW)
+    idx = _resample_indices(sorted_g, draw, resamples, rng)
+    # Row-sorting indices into a sorted array yields each resample's order statistics
+    # (equal indices are interchangeable, so the fastest sort gives the same rows).
+    idx.sort(axis=1, kind="stable" if idx.dtype == np.uint16 else None)
     out: dict[str, np.ndarray] = {}
     for s in stats:
         if s == "mean":
@@ -128,15 +133,22 @@ def bootstrap_stats(
         elif s == "min":
             out[s] = sorted_vals[idx[:, 0]]
         elif s == "max":
-            out[s] = sorted_vals[idx[:, n_out - 1]]
+            out[s] = sorted_vals[idx[:, draw - 1]]
         elif s.startswith("p") and s[1:].replace(".", "", 1).isdigit():
-            pos = float(s[1:]) / 100.0 * (n_out - 1)
+            pos = float(s[1:]) / 100.0 * (draw - 1)
             lo = int(math.floor(pos))
-            hi = min(lo + 1, n_out - 1)
+            hi = min(lo + 1, draw - 1)
             frac = pos - lo
             out[s] = sorted_vals[idx[:, lo]] * (1 - frac) + sorted_vals[idx[:, hi]] * frac
         else:
             raise ValueError(f"unknown statistic {s!r}; expected one of {', '.join(STATS)}")
+        if draw < n_out:
+            # m-out-of-n bootstrap: a statistic of m draws spreads sqrt(n/m) times wider than one of n
+            # (mean and percentiles are root-n consistent), so the replicates are scaled back around the
+            # full sample's value. Why: resampling a million requests 2,000 times would cost minutes and
+            # gigabytes (issue 11 §3); this keeps the cost flat past MAX_DRAW samples.
+            point = point_stat(sorted_vals, s)
+            out[s] = point + math.sqrt(draw / n_out) * (out[s] - point)
     return out
 
 

@@ -37,10 +37,10 @@ from harness.load.plan import LoadPlan
 from harness.load.prewarm import prewarm_reasons, summarize_prewarm
 from harness.load.prompts import PromptSpec
 from harness.load.schedule import worker_share
-from harness.load.spool import RecordSpool, merge_parts
+from harness.load.spool import Merged, RecordSpool, merge_parts
 from harness.protocols.base import StreamResult
 from harness.protocols.registry import get_protocol
-from harness.records import RECORD_SCHEMA, RequestRecord, record_to_dict, write_records
+from harness.records import RequestRecord, record_to_dict, write_records
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class StepState:
     issuing_over: bool = False
     records: list[RequestRecord] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    completed: int = 0  # finished records (those without a spool are also kept in ``records``)
     lag_ms: list[float] = field(default_factory=list)
     on_done: Callable[[], None] | None = None
     spool: RecordSpool | None = None  # where finished records go to disk during the step
@@ -161,11 +162,14 @@ class StepState:
         return self.worker_index * 1_000_000_000 + self._seq
 
     def complete(self, record: RequestRecord, text: str = "") -> None:
-        self.records.append(record)
+        """Count a finished record; with a spool it goes to disk and is not kept here (bounded memory)."""
+        self.completed += 1
         self.live.add(record)
         if self.spool is not None:
-            self.spool.add(record)
-        self.texts.append(text)
+            self.spool.add(record, text)
+        else:
+            self.records.append(record)
+            self.texts.append(text)
         self.outstanding -= 1
         self._check_done()
 
@@ -206,7 +210,7 @@ class StepState:
         cpu = cpu_seconds() - self._cpu0
         return {
             "index": self.worker_index,
-            "requests": len(self.records),
+            "requests": self.completed,
             "cancelled": max(self.outstanding, 0),
             "unsent": self.unsent,
             "cpu_s": cpu,
@@ -254,14 +258,25 @@ def plan_notes(plan: LoadPlan) -> list[str]:
 
 
 def summarize_health(
-    reports: list[dict[str, Any]], rows: list[dict[str, Any]], expected: int, notes: list[str] | None = None
+    reports: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    expected: int,
+    notes: list[str] | None = None,
+    counts: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Aggregate per-process reports into the step's ``health.json`` (``notes``: from ``plan_notes``)."""
+    """Aggregate per-process reports into the step's ``health.json`` (``notes``: from ``plan_notes``).
+
+    ``counts`` (chunks, coalesced chunks), when given, replaces counting them in ``rows``:
+    the master counts them while it merges, without holding the step's records.
+    """
     lags = np.array([v for r in reports for v in r.get("lag_ms", [])], dtype=float)
     cpu_s = float(sum(r.get("cpu_s", 0.0) for r in reports))
     wall = max((r.get("wall_s", 0.0) for r in reports), default=0.0)
-    chunks = sum(len(r.get("chunk_times_ns") or []) for r in rows)
-    coalesced = sum(int(r.get("coalesced_chunks") or 0) for r in rows)
+    if counts is None:
+        chunks = sum(len(r.get("chunk_times_ns") or []) for r in rows)
+        coalesced = sum(int(r.get("coalesced_chunks") or 0) for r in rows)
+    else:
+        chunks, coalesced = counts
     health: dict[str, Any] = {
         "loop_lag_p50_ms": float(np.percentile(lags, 50)) if lags.size else None,
         "loop_lag_p99_ms": float(np.percentile(lags, 99)) if lags.size else None,
@@ -345,21 +360,22 @@ class MasterCollector:
     def write(self) -> None:
         """Merge the processes' part files into the records (Parquet), write health (JSON); atomic."""
         path = Path(self.plan.records_path)
-        table = merge_parts(path)
-        if table is None:
-            table = RECORD_SCHEMA.empty_table()
+        merged = merge_parts(path)
+        if merged is None:
+            merged = Merged(0, 0, 0)
             write_records(path, [])
-        rows = table.select(["chunk_times_ns", "coalesced_chunks"]).to_pylist()
         reports = list(self.reports.values())
-        health = summarize_health(reports, rows, self.expected, plan_notes(self.plan))
+        health = summarize_health(
+            reports, [], self.expected, plan_notes(self.plan), counts=(merged.chunks, merged.coalesced)
+        )
         health.update(summarize_prewarm([r.get("prewarm") or {} for r in reports], self.plan.connections))
         health["reasons"].extend(prewarm_reasons(health))
         if self.amend is not None:
             self.amend(health)
         write_json(Path(self.plan.health_path), health)
         self.written = True
-        self.count = table.num_rows
-        log.info("tokenbench: wrote %d records to %s", table.num_rows, path)
+        self.count = merged.num_rows
+        log.info("tokenbench: wrote %d records to %s", merged.num_rows, path)
 
 
 def build_record(

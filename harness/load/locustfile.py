@@ -47,6 +47,7 @@ from harness.load.prewarm import BARRIER_SLACK_S, PrewarmBarrier
 from harness.load.prompts import PromptSpec, read_prompts
 from harness.load.schedule import ArrivalPool
 from harness.load.spool import RecordSpool, parts_dir
+from harness.load.tokencount import TokenCounter
 from harness.load.users import StreamingUser, make_pool
 from harness.protocols.base import ProtocolSpec
 from harness.protocols.registry import get_protocol
@@ -131,12 +132,19 @@ class ProcessContext:
         gc.freeze()
 
     def make_spool(self) -> RecordSpool:
+        """This process's spool; every part it writes is final (tokenizer counts added in the write job)."""
         assert self.state is not None
+        finalize = TokenCounter(self.plan.tokenizer_path) if self.plan.tokenizer_path else None
         if self.spool_factory is not None:
-            return self.spool_factory(self.state.worker_index)
+            spool = self.spool_factory(self.state.worker_index)
+            spool.finalize = finalize
+            return spool
         pool = gevent.get_hub().threadpool
         return RecordSpool(
-            parts_dir(self.plan.records_path), worker=self.state.worker_index, submit=pool.spawn
+            parts_dir(self.plan.records_path),
+            worker=self.state.worker_index,
+            submit=pool.spawn,
+            finalize=finalize,
         )
 
     def ship(self) -> None:
@@ -149,9 +157,11 @@ class ProcessContext:
         self._reported = True
         if self._pool is not None:
             self._pool.stop()
-        rows = finalize_records(self.state.records, self.state.texts, self.plan.tokenizer_path)
-        spool = self.state.spool or self.make_spool()
-        spool.final(rows)
+        if self.state.spool is not None:
+            self.state.spool.close()  # its parts are final as written: nothing is held or rewritten
+        else:
+            rows = finalize_records(self.state.records, self.state.texts, self.plan.tokenizer_path)
+            self.make_spool().final(rows)
         self.publish()  # the final counts, before the master may quit
         report = self.state.report()
         if self.barrier is not None:

@@ -66,8 +66,14 @@ class MessageSpool(RecordSpool):
 
     send: Callable[[str, dict[str, Any]], None] | None = None
 
-    def _write(self, name: str, table: Any) -> None:
+    def _write(self, name: str, table: Any, texts: list[str] | None = None) -> None:
+        """Send one part; like a file part it is final as sent (``finalize`` adds the tokenizer counts).
+
+        Inline, on the event loop: Locust's message channel is not for other threads.
+        """
         assert self.send is not None
+        if self.finalize is not None and texts is not None:
+            table = self.finalize(table, texts)
         stem = name.removesuffix(".parquet")
         self.send(
             MSG_PART,

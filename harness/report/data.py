@@ -19,13 +19,15 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import ValidationError
 
+from harness.gate.samples import FileStepItl
 from harness.lengths import length_flags
 from harness.metrics import per_request_frame
-from harness.records import RECORD_SCHEMA, read_records
+from harness.records import RECORD_SCHEMA, read_records_frame, table_to_frame
 from harness.redact import scrub, scrub_text
 from harness.results import CellResult, RunSummary
 from harness.telemetry.summary import measurement_note
 
+FRAME_COLUMNS = [n for n in RECORD_SCHEMA.names if n != "chunk_times_ns"]  # stamps: read per step
 TIMESERIES_COLUMNS: tuple[str, ...] = ("cell_id", "step_id", "t_ns", "source", "name", "value", "labels")
 
 
@@ -44,6 +46,7 @@ class RunData:
     scenario_text: str | None
     env: dict[str, Any]
     problems: list[str] = field(default_factory=list)
+    memo: dict[str, Any] = field(default_factory=dict)  # what the renderers computed from records, once
 
     @property
     def incomplete(self) -> bool:
@@ -54,8 +57,9 @@ class RunData:
         """Cells whose numbers come from a simulator, by the summary or by the records themselves."""
         cells = {c.cell_id for c in self.summary.cells if c.simulated}
         if not self.records.empty and "simulated" in self.records:
-            sim = self.records[self.records["simulated"].fillna(False).astype(bool)]
-            cells |= set(sim["cell_id"].unique())
+            mask = self.records["simulated"].fillna(False).astype(bool).to_numpy()
+            # only the cell column is filtered: a filter of the whole frame copied every column, each call
+            cells |= set(self.records["cell_id"].to_numpy()[mask])
         return cells
 
     @property
@@ -68,6 +72,11 @@ class RunData:
                     if cid not in ids:
                         ids.append(str(cid))
         return ids
+
+    def itl_source(self) -> FileStepItl | None:
+        """Where the headline reads each step's chunk stamps (the frame holds none); None: no records file."""
+        path = self.run_dir / "records.parquet"
+        return FileStepItl([path]) if path.is_file() else None
 
     def cell(self, cell_id: str) -> CellResult | None:
         return next((c for c in self.summary.cells if c.cell_id == cell_id), None)
@@ -99,9 +108,11 @@ def _read_summary(path: Path, run_dir: Path, problems: list[str]) -> RunSummary:
 def _read_records(path: Path, problems: list[str]) -> pd.DataFrame:
     if not path.exists():
         problems.append("records.parquet is missing: no per-request data (CDFs are empty)")
-        return RECORD_SCHEMA.empty_table().to_pandas()
+        return table_to_frame(RECORD_SCHEMA.empty_table().select(FRAME_COLUMNS))
     try:
-        return read_records(path).to_pandas()
+        # Without the chunk stamps (most of a large run's bytes): the headline reads them a step at a
+        # time (``itl_source``), the exports stream them; other list columns stay Arrow-backed.
+        return read_records_frame(path, FRAME_COLUMNS)
     except (pa.ArrowException, OSError) as err:
         raise ReportError(f"{path}: not a readable records file: {err}") from None
 

@@ -16,6 +16,7 @@ CSV and the HTML never disagree.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from harness.atomic import atomic_path
-from harness.records import RECORD_SCHEMA
+from harness.records import RECORD_SCHEMA, ROW_GROUP_ROWS
 from harness.results import ClockAnchor, Dist, HarnessHealth, RunSummary, StepMetrics
 
 DERIVED_COLUMNS: tuple[str, ...] = (
@@ -90,26 +93,95 @@ def derived_table(records: pd.DataFrame, clock: ClockAnchor | None) -> pd.DataFr
     return out
 
 
-def write_records_exports(run_dir: Path, records: pd.DataFrame, clock: ClockAnchor | None) -> list[Path]:
-    """Rewrite ``records.parquet`` as raw + derived columns and write ``records.csv``; their paths."""
-    table = derived_table(records, clock)
-    schema = RECORD_SCHEMA
-    for name in DERIVED_COLUMNS:
-        kind = {
-            "ok": pa.bool_(),
-            "start_utc": pa.timestamp("ns", "UTC"),
-            "end_utc": pa.timestamp("ns", "UTC"),
-        }
-        schema = schema.append(pa.field(name, kind.get(name, pa.float64())))
+DERIVED_KEY = b"tokenbench.derived"
+
+
+def derived_fingerprint(rows: int, clock: ClockAnchor | None) -> bytes:
+    """What the derived columns depend on: the rows, the clock anchor and the code that derives them."""
+    from harness import metrics
+
+    digest = hashlib.sha256(Path(metrics.__file__).read_bytes() + Path(__file__).read_bytes())
+    anchor = "none" if clock is None else str(clock.wall_minus_monotonic_ns)
+    digest.update(f"{rows}/{anchor}".encode())
+    return digest.hexdigest().encode()
+
+
+def exports_current(run_dir: Path, rows: int, clock: ClockAnchor | None) -> bool:
+    """Whether records.parquet already carries these derived columns and records.csv is no older.
+
+    Why: re-rendering a finished run (``tokenbench report``) would otherwise rewrite
+    both files, a gigabyte for a million requests, to the same bytes (issue 11 §3).
+    """
     parquet, csv = run_dir / "records.parquet", run_dir / "records.csv"
-    with atomic_path(parquet) as tmp:
-        pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False), tmp)
-    flat = table[list(CSV_RECORD_COLUMNS)].copy()
-    for name in ("start_utc", "end_utc"):  # ISO 8601, the form Grafana and Prometheus tooling read
-        flat[name] = flat[name].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    with atomic_path(csv) as tmp:
-        flat.to_csv(tmp, index=False)
+    try:
+        meta = pq.ParquetFile(parquet).schema_arrow.metadata or {}
+        fresh = csv.stat().st_mtime_ns >= parquet.stat().st_mtime_ns
+    except (OSError, pa.ArrowException):
+        return False
+    return fresh and meta.get(DERIVED_KEY) == derived_fingerprint(rows, clock)
+
+
+def export_schema() -> pa.Schema:
+    """``RECORD_SCHEMA`` plus ``DERIVED_COLUMNS``: the schema of the exported records.parquet."""
+    schema = RECORD_SCHEMA
+    kinds = {"ok": pa.bool_(), "start_utc": pa.timestamp("ns", "UTC"), "end_utc": pa.timestamp("ns", "UTC")}
+    for name in DERIVED_COLUMNS:
+        schema = schema.append(pa.field(name, kinds.get(name, pa.float64())))
+    return schema
+
+
+def write_records_exports(run_dir: Path, records: pd.DataFrame, clock: ClockAnchor | None) -> list[Path]:
+    """Rewrite ``records.parquet`` as raw + derived columns and write ``records.csv``; their paths.
+
+    Streamed, one row group of the raw records at a time (both files are written
+    as they are read), so a million requests with their chunk lists never sit in
+    memory twice. ``records`` gives the row count; nothing is rewritten when both
+    files are ``exports_current``.
+    """
+    from harness.records import row_groups, table_to_frame
+
+    parquet, csv = run_dir / "records.parquet", run_dir / "records.csv"
+    rows = pq.ParquetFile(parquet).metadata.num_rows
+    if exports_current(run_dir, rows, clock):
+        return [parquet, csv]
+    schema = export_schema().with_metadata({DERIVED_KEY: derived_fingerprint(rows, clock)})
+    flat_in = pa.schema([schema.field(c) for c in CSV_RECORD_COLUMNS])
+    flat_out = pa.schema(
+        [
+            pa.field(c, pa.string()) if c in ("start_utc", "end_utc") else flat_in.field(c)
+            for c in CSV_RECORD_COLUMNS
+        ]
+    )
+    groups = list(range(pq.ParquetFile(parquet).metadata.num_row_groups))
+    raw_groups = row_groups(parquet) if groups else iter([RECORD_SCHEMA.empty_table()])
+    with atomic_path(parquet) as tmp_parquet, atomic_path(csv) as tmp_csv:
+        # Bounded row groups: a reader decodes one group at a time (one huge group costs its size again).
+        with pq.ParquetWriter(tmp_parquet, schema) as pw, pacsv.CSVWriter(tmp_csv, flat_out) as cw:
+            for raw in raw_groups:
+                table = derived_table(table_to_frame(raw), clock)
+                # No pandas metadata: it would name the Arrow-backed list dtype, which a plain
+                # ``to_pandas()`` elsewhere (a notebook, an older tokenbench) cannot restore.
+                arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+                for start in range(0, max(arrow.num_rows, 1), ROW_GROUP_ROWS):
+                    pw.write_table(
+                        arrow.slice(start, ROW_GROUP_ROWS).replace_schema_metadata(schema.metadata)
+                    )
+                flat = pa.Table.from_pandas(
+                    table[list(CSV_RECORD_COLUMNS)], schema=flat_in, preserve_index=False
+                )
+                for name in ("start_utc", "end_utc"):  # ISO 8601 (µs), what Grafana and Prometheus tools read
+                    flat = flat.set_column(
+                        flat.schema.get_field_index(name), name, _iso_utc(flat.column(name))
+                    )
+                # Arrow's CSV writer, not pandas': a million rows took ~20 s in pandas (issue 11 §3).
+                cw.write_table(flat.replace_schema_metadata(None).cast(flat_out))
     return [parquet, csv]
+
+
+def _iso_utc(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """UTC timestamps as ``2026-01-01T00:00:00.123456Z`` (microseconds, truncated like ``%f``)."""
+    micros = pc.cast(column, pa.timestamp("us", "UTC"), safe=False)
+    return pc.binary_join_element_wise(pc.strftime(micros, format="%Y-%m-%dT%H:%M:%S", locale="C"), "Z", "")
 
 
 def _step_fields(step: StepMetrics) -> dict[str, Any]:

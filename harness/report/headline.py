@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
 from harness.gate.interval import Change, change_interval
 from harness.gate.measure import Measure, Measurer
 from harness.gate.rundata import StepGroup
-from harness.gate.samples import extract_samples
+from harness.gate.samples import FileStepItl, extract_samples
 from harness.report.capacity import capacity_text
 from harness.report.columns import Row, format_load
 from harness.results import CellResult
@@ -159,14 +160,14 @@ def level_of(row: Row) -> tuple[str, float]:
 class _Noise:
     """Builds one gate ``StepGroup`` per (cell, step) from the run's records, measured once."""
 
-    def __init__(self, records: pd.DataFrame, rows: list[Row]) -> None:
+    def __init__(self, records: pd.DataFrame, rows: list[Row], itl: FileStepItl | None = None) -> None:
         self.measurer = Measurer(RESAMPLES, SEED, CONFIDENCE)
         steps = {(r.cell.cell_id, r.step.step_id): (r.cell.cell_id, r.step) for r in rows}
         by_key = {(r.cell.cell_id, r.step.step_id): r for r in rows}
         self.groups: dict[tuple[str, str], StepGroup] = {}
         if records.empty:
             return
-        for s in extract_samples(records, steps, None, "run"):
+        for s in extract_samples(records, steps, None, "run", itl=itl):
             row = by_key[(s.cell_id, s.step_id)]
             key = (s.cell_id, s.step_id)
             self.groups[key] = StepGroup(key=key, cell=row.cell, metrics=row.step, repeats=[s])
@@ -251,9 +252,21 @@ def _sentences(levels: list[LoadLevel], names: dict[str, str]) -> list[str]:
     return lines
 
 
-def build_headline(rows: list[Row], records: pd.DataFrame) -> Headline:
-    """The verdicts per load level (only levels where at least two cells ran) and their sentences."""
-    noise = _Noise(records, rows)
+def build_headline(
+    rows: list[Row], records: pd.DataFrame, memo: dict[str, Any] | None = None, itl: FileStepItl | None = None
+) -> Headline:
+    """The verdicts per load level (only levels where at least two cells ran) and their sentences.
+
+    ``memo`` (a ``RunData.memo``) keeps the measured noise, so the HTML and the Markdown of one
+    report (and each shortening of the Markdown) resample the records once, not once each.
+    ``itl``: where the chunk stamps are read from when ``records`` holds none (``RunData.itl_source``).
+    """
+    key = "headline-noise:" + ",".join(f"{r.cell.cell_id}/{r.step.step_id}" for r in rows)
+    noise = memo.get(key) if memo is not None else None
+    if noise is None:
+        noise = _Noise(records, rows, itl)
+        if memo is not None:
+            memo[key] = noise
     levels: list[LoadLevel] = []
     for kind, target in load_levels(rows):
         mine = [r for r in rows if level_of(r) == (kind, target)]

@@ -84,7 +84,7 @@ def render_html(run: RunData) -> str:
     colors = cell_colors(run.cell_ids)
     rows = rows_of(run.summary.cells, run.simulated_cells)
     by_id = {f.fig_id: f for f in build_figures(run, rows, colors)}
-    headline = build_headline(rows, run.records)
+    headline = build_headline(rows, run.records, run.memo, run.itl_source())
     s = run.summary
     sim = " (SIMULATED)" if run.simulated_cells else ""
     parts = [

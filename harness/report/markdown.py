@@ -89,7 +89,7 @@ def render_markdown(run: RunData, max_rows: int | None = None) -> str:
         lines += [*(f"> {b}" for b in bands), ""] if bands else []
     if run.incomplete:
         lines += ["> **INCOMPLETE RUN**: " + "; ".join(run.problems), ""]
-    headline = build_headline(rows, run.records)
+    headline = build_headline(rows, run.records, run.memo, run.itl_source())
     if headline.capacity or any(lv.verdicts for lv in headline.levels):
         lines += ["**Headline**", ""]
         lines += [f"- {_cell(line)}" for line in headline.capacity + headline.lines]
