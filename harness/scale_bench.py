@@ -108,6 +108,9 @@ def _step_table(rng: np.random.Generator, cell: str, step_id: str, n: int, first
         "coalesced_chunks": pa.array(np.zeros(n, dtype="int32")),
         "simulated": pa.array(np.zeros(n, dtype=bool)),
         "retry_after": pa.nulls(n, pa.string()),
+        # prewarmed connections (the default): no connect inside the step, every request reuses one
+        "connect_ns": pa.nulls(n, RECORD_SCHEMA.field("connect_ns").type),
+        "reused_connection": pa.array(np.ones(n, dtype=bool)),
     }
     return pa.table(columns, schema=RECORD_SCHEMA)
 
