@@ -165,14 +165,22 @@ def start_truth_server(
         "--log",
         str(log),
     ]
-    proc = ManagedProcess(cmd, log_path=step_dir / "truth.log", cwd=PROJECT_ROOT, registry=registry)
+    proc, base = _serve(cmd, port, step_dir / "truth.log", registry)
+    return proc, base, log
+
+
+def _serve(
+    cmd: list[str], port: int, log_path: Path, registry: ProcessRegistry
+) -> tuple[ManagedProcess, str]:
+    """Start a ground-truth server and wait for its /health; a server that never gets ready is stopped."""
+    proc = ManagedProcess(cmd, log_path=log_path, cwd=PROJECT_ROOT, registry=registry)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready([base + "/health"], SIM_READY_S, proc)
     except BaseException:
         proc.terminate(5.0)
         raise
-    return proc, base, log
+    return proc, base
 
 
 def start_sim(
@@ -196,13 +204,7 @@ def start_sim(
         "--write-log",
         str(write_log),
     ]
-    proc = ManagedProcess(cmd, log_path=step_dir / "sim.log", cwd=PROJECT_ROOT, registry=registry)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready([base + "/health"], SIM_READY_S, proc)
-    except BaseException:
-        proc.terminate(5.0)
-        raise
+    proc, base = _serve(cmd, port, step_dir / "sim.log", registry)
     return proc, base, write_log
 
 
