@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,12 @@ def write_records_exports(run_dir: Path, records: pd.DataFrame, clock: ClockAnch
                     )
                 # Arrow's CSV writer, not pandas': a million rows took ~20 s in pandas (issue 11 §3).
                 cw.write_table(flat.replace_schema_metadata(None).cast(flat_out))
+    # The pair is written together, but the Parquet footer's last write lands after the CSV's: the
+    # CSV would read as older than its Parquet file (``exports_current``) whenever the two writes fall
+    # in different clock ticks, and every later render would rewrite both. Mark the CSV no older.
+    parquet_ns, csv_stat = parquet.stat().st_mtime_ns, csv.stat()
+    if csv_stat.st_mtime_ns < parquet_ns:
+        os.utime(csv, ns=(csv_stat.st_atime_ns, parquet_ns))
     return [parquet, csv]
 
 
