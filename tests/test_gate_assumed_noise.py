@@ -83,7 +83,7 @@ def test_the_alarm_interval_contains_the_measured_one() -> None:
 
 def test_policy_reads_percentages_and_refuses_bad_values() -> None:
     assert parse_policy({"run_to_run_noise": "4%"}).run_to_run_noise == pytest.approx(0.04)
-    assert parse_policy({}).run_to_run_noise == pytest.approx(0.02)
+    assert parse_policy({}).run_to_run_noise == pytest.approx(0.05)
     with pytest.raises(PolicyError, match=r"run_to_run_noise.*-0\.1"):
         parse_policy({"run_to_run_noise": -0.1}, "p.yaml")
 

@@ -18,6 +18,9 @@ from harness.gate.rundata import GateRun, load_run_folder, merge_repeats
 from harness.gate.verdict import GateResult, evaluate
 
 _DEFAULT = load_policy().model_dump(mode="json")
+# These synthetic runs have no between-run variation (like the simulator, whose reruns move by
+# 0.2-0.6 %), so a policy may state that; the shipped default assumes a real server's 5 %.
+_REPRODUCIBLE = {**_DEFAULT, "run_to_run_noise": 0.01}
 
 
 def judge(base: GateRun, run: GateRun, policy: dict | None = None) -> GateResult:
@@ -56,14 +59,17 @@ def test_fifteen_percent_slower_decode_is_a_regression_on_tpot_and_throughput(
     base: GateRun, tmp_path: Path
 ) -> None:
     slow = load_run_folder(write_run(tmp_path / "slow", seed=2, itl_ms=11.5))
-    result = judge(base, slow)
+    result = judge(base, slow, _REPRODUCIBLE)
     verdicts = by_metric(result)
     assert result.verdict == "regression" and result.exit_code == 1
     for metric in ("tpot_p50", "output_tok_s", "request_throughput"):
         assert verdicts[metric] == "regression", metric
     assert verdicts["tpot_p95"] == "inconclusive"  # a tail without repeats (test_gate_noise: with repeats)
-    within = by_metric(judge(base, slow, {**_DEFAULT, "single_repeat_tails": "within_run"}))
+    within = by_metric(judge(base, slow, {**_REPRODUCIBLE, "single_repeat_tails": "within_run"}))
     assert within["tpot_p95"] == "regression"
+    # under the default's assumed 5 % run-to-run noise a 15 % change from single runs is not proven
+    default = by_metric(judge(base, slow))
+    assert all(default[m] in ("regression", "inconclusive") for m in ("tpot_p50", "output_tok_s"))
     assert verdicts["ttft_p50"] == "pass"  # prefill unchanged: no collateral blame
     tpot = next(c for c in result.checks if c.metric == "tpot_p50")
     assert 0.10 < tpot.change < 0.20 and tpot.lo > 0

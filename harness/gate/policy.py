@@ -21,7 +21,7 @@ configuration moved a p95 by 20 %) or ``within_run`` (judge on the noise
 that can be measured; for tolerances wide enough to absorb run-to-run
 variation).
 
-``run_to_run_noise`` (default 2 %) is the relative run-to-run spread assumed
+``run_to_run_noise`` (default 5 %, measured for vLLM-CPU reruns here) is the relative run-to-run spread assumed
 for a single-run value when too few repeats exist to measure it (fewer than
 three between the two sides): a regression or improvement must clear it as
 well as the within-run interval; a pass is still read from the measured
@@ -109,7 +109,7 @@ class Policy(BaseModel):
         description="tail rules when a side has one repeat: inconclusive, or judged on measurable noise",
     )
     run_to_run_noise: float = Field(
-        default=0.02,
+        default=0.05,
         ge=0.0,
         lt=1.0,
         description=(
