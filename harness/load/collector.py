@@ -294,6 +294,7 @@ def summarize_health(
                 "cpu_s": r.get("cpu_s"),
                 "cpu_pct": 100.0 * r["cpu_s"] / r["wall_s"] if r.get("wall_s") else None,
                 "done": r.get("done", False),
+                "reader": r.get("reader"),
             }
             for r in sorted(reports, key=lambda r: r.get("index", 0))
         ],

@@ -26,6 +26,7 @@ so it is usable and testable outside a Locust process.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import ssl
@@ -41,6 +42,7 @@ import gevent.ssl
 from geventhttpclient.response import HTTPParseError, HTTPResponse
 
 from harness.load.bounds import Bounds
+from harness.load.nativeread import COMPLETE, EOF, ERROR, TOO_LARGE, NativeReader, Reads
 from harness.load.sseframe import SseSplitter
 from harness.protocols.base import TlsOptions
 from harness.protocols.tls import ssl_context
@@ -119,6 +121,7 @@ class StreamClient:
         connect_timeout_s: float,
         tls: TlsOptions | None = None,
         bounds: Bounds | None = None,
+        reader: NativeReader | None = None,
     ) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -134,6 +137,7 @@ class StreamClient:
         )
         self._server_name = options.server_name or self.host
         self.bounds = bounds or Bounds()
+        self.reader = None if self.tls else reader  # TLS records are decrypted in Python: its own path
         self._sock: Any = None
         self.connect_ns: int | None = None  # the last request's connect time (None: reused)
 
@@ -205,7 +209,7 @@ class StreamClient:
                 connecting = False
                 sent_ns = clock()
                 sock.sendall(head + body)
-                status = _read_response(sock, parser, splitter, clock, self.tls, self.bounds)
+                status = _read_response(sock, parser, splitter, clock, self.tls, self.bounds, self.reader)
                 end_ns = clock()
                 keep = parser.message_complete and not parser.should_close()
                 if status >= 400:
@@ -320,6 +324,7 @@ def _read_response(
     clock: Callable[[], int],
     tls: bool,
     bounds: Bounds,
+    reader: NativeReader | None = None,
 ) -> int:
     """Read until the response is complete or the server closes; returns the status. Raises on errors.
 
@@ -355,11 +360,103 @@ def _read_response(
                 buf.clear()
             if parser.message_complete and _final(parser):
                 break
+    elif reader is not None:
+        _read_native(reader, raw, parser, splitter, clock, bounds)
     else:
         _read_plain(raw, parser, feed_splitter, clock, bounds)
     if not parser.headers_complete:
         raise _ClosedEarly("connection closed before the response headers")
     return int(parser.get_code())
+
+
+def _replay(reads: Reads, parser: HTTPResponse, feed_splitter: Callable[[bytearray, int], None]) -> bool:
+    """Feed the reader thread's reads, in order, to the parser and splitter; True once the response is over.
+
+    The same per-read steps as ``_read_plain`` after its ``recv``, with the
+    thread's stamps, so a response means what it means on the Python path.
+    """
+    buf: bytearray = parser._body_buffer
+    feed = parser.feed
+    data = reads.data
+    start = 0
+    for end, stamp in zip(reads.ends, reads.stamps, strict=True):
+        feed(data[start:end])  # the C parser takes bytes only (no memoryview)
+        start = end
+        if buf:
+            feed_splitter(buf, stamp)
+            buf.clear()
+        if parser.message_complete and _final(parser):
+            return True
+    return False
+
+
+def _framing_agrees(reads: Reads, parser: HTTPResponse) -> bool:
+    """Feed the parser the heads and the end of the body only; True if it then agrees the response is over.
+
+    The common case (the thread saw a complete response) without a parser
+    call per read: the parser sees every head (1xx included) and the framing's
+    end (the last-chunk line and trailers; a Content-Length body whole), so
+    status, headers and keep-alive are its own, while the body and its
+    per-read stamps come from the thread's copy. Anything it does not agree
+    with goes the long way (``_replay`` on a fresh parser).
+    """
+    data = reads.data
+    if not reads.head_len:
+        return False
+    try:
+        parser.feed(data[: reads.head_len])
+        if parser.headers_complete and not parser.message_complete:
+            start = reads.term_start if reads.chunked else reads.head_len
+            parser.feed(data[start : reads.consumed])
+    except HTTPParseError:
+        return False
+    parser._body_buffer.clear()  # the parser's copy of a Content-Length body: the thread's is used
+    return bool(parser.message_complete and _final(parser))
+
+
+def _read_native(
+    reader: NativeReader,
+    raw: socket.socket,
+    parser: HTTPResponse,
+    splitter: SseSplitter,
+    clock: Callable[[], int],
+    bounds: Bounds,
+) -> None:
+    """The response read and stamped by the process's reader thread (``nativeread``), then replayed.
+
+    Where the thread stopped but the parser does not agree the response is
+    over (a framing the thread judged differently), the rest is read here,
+    on the Python path, with what is left of the bounds: the thread decides
+    only when to stop reading. A deadline stops the thread's reading of this
+    socket and keeps what it had read (so a timed-out stream's partial data is
+    interpreted as before).
+    """
+    feed_splitter = splitter.feed
+    try:
+        reads = reader.read(raw.fileno(), bounds.max_bytes, bounds.max_reads)
+    except BaseException as err:
+        partial = getattr(err, "partial", None)
+        if partial is not None:
+            try:
+                _replay(partial, parser, feed_splitter)
+            except HTTPParseError:
+                pass  # the deadline is the error to report
+        raise
+    if reads.result == TOO_LARGE:
+        raise _TooLarge(bounds.message(len(reads.data), len(reads.ends)))
+    if reads.result == COMPLETE and _framing_agrees(reads, HTTPResponse("POST")):
+        _framing_agrees(reads, parser)
+        splitter.load(reads.body, reads.body_ends, reads.body_stamps)
+        return
+    if _replay(reads, parser, feed_splitter):
+        return
+    if reads.result == ERROR:
+        raise OSError(reads.errno, os.strerror(reads.errno))
+    if reads.result == EOF:
+        return  # the server closed the connection: as on the Python path, the caller judges what is missing
+    # The thread saw the end (or a framing error) where the parser sees none: the parser decides, read on.
+    rest = Bounds(max_bytes=bounds.max_bytes - len(reads.data), max_reads=bounds.max_reads - len(reads.ends))
+    _read_plain(raw, parser, feed_splitter, clock, rest)
 
 
 def _read_plain(

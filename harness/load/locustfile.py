@@ -42,6 +42,7 @@ from harness.atomic import write_json
 from harness.load.collector import MSG_DONE, MasterCollector, StepState, finalize_records
 from harness.load.finisher import Finisher
 from harness.load.live import MSG_PROGRESS, PUBLISH_S, merge_snapshots, progress_path
+from harness.load.nativeread import NativeReader, open_reader
 from harness.load.plan import PLAN_ENV, LoadPlan, headers_from_env, plan_from_env
 from harness.load.prewarm import BARRIER_SLACK_S, PrewarmBarrier
 from harness.load.prompts import PromptSpec, read_prompts
@@ -85,6 +86,8 @@ class ProcessContext:
     finisher: Finisher = field(default_factory=Finisher)
     bodies: dict[int, bytes] = field(default_factory=dict)  # serialised request per prompt index
     barrier: PrewarmBarrier | None = None  # ``connections: prewarm``: users meet here before the clock
+    reader: NativeReader | None = None  # the process's native stream reader (None: the Python read path)
+    reader_kind: str = "python"  # which read path, and why not native, for the step's health
     live: dict[int, dict[str, Any]] = field(default_factory=dict)  # latest progress snapshot per process
     index: int | None = None  # distributed: this worker's index, assigned by the master
     spool_factory: Callable[[int], RecordSpool] | None = None  # distributed: records go as messages
@@ -131,6 +134,15 @@ class ProcessContext:
         gc.collect()
         gc.freeze()
 
+    def open_reader(self) -> None:
+        """The native stream reader for an HTTP protocol (``nativeread``); the Python path if it cannot run.
+
+        Left running until the process exits: a user may still be reading when
+        Locust stops, and the thread holds nothing that outlives the process.
+        """
+        if self.protocol.transport == "http" and self.reader is None:
+            self.reader, self.reader_kind = open_reader()
+
     def make_spool(self) -> RecordSpool:
         """This process's spool; every part it writes is final (tokenizer counts added in the write job)."""
         assert self.state is not None
@@ -164,6 +176,7 @@ class ProcessContext:
             self.make_spool().final(rows)
         self.publish()  # the final counts, before the master may quit
         report = self.state.report()
+        report["reader"] = self.reader_kind
         if self.barrier is not None:
             report["prewarm"] = self.barrier.report()
         if isinstance(self.runner, WorkerRunner):
@@ -271,6 +284,7 @@ def _on_init(environment: Environment, **_kw: Any) -> None:
     if not isinstance(runner, MasterRunner):
         ctx.prompts = read_prompts(plan.prompts_path)
         ctx.state = StepState(plan=plan, on_done=ctx.ship)
+        ctx.open_reader()
         if plan.connections == "prewarm":
             ctx.barrier = PrewarmBarrier(
                 # This process's users: Locust sets the target before it spawns any (local and worker).
@@ -349,6 +363,7 @@ def _init_remote_worker(environment: Environment) -> None:
             spool_factory=lambda index: MessageSpool(Path("."), worker=index, send=runner.send_message),
         )
         ctx.state = StepState(plan=ship.plan, on_done=ctx.ship)
+        ctx.open_reader()
         runner.register_message(MSG_FLUSH, lambda msg, **_: ctx.ship())
         environment.tokenbench = ctx  # type: ignore[attr-defined]
 

@@ -47,6 +47,18 @@ class SseSplitter:
         self._ends.append(len(buf))
         self._stamps.append(arrival_ns)
 
+    def load(self, body: bytes, ends: list[int], stamps: list[int]) -> None:
+        """Take a whole body at once, with the end offset and stamp of each read that added to it.
+
+        The same state as ``feed`` called per read (for the native reader,
+        which has split the reads already): nothing may have been fed before.
+        """
+        if self._buf:
+            raise ValueError("SseSplitter.load: bytes were fed already")
+        self._buf = bytearray(body)
+        self._ends = list(ends)
+        self._stamps = list(stamps)
+
     @property
     def reads(self) -> int:
         return len(self._stamps)

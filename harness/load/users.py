@@ -42,6 +42,7 @@ from locust import User, task
 from harness.load.collector import StepState, build_record, request_key
 from harness.load.grpcstream import GrpcStream, auth_metadata, ensure_gevent, stream_call
 from harness.load.httpstream import Outcome, StreamClient, finish_head, probe_head, request_prefix
+from harness.load.nativeread import NativeReader
 from harness.load.plan import LoadPlan
 from harness.load.prewarm import prewarm_user
 from harness.load.prompts import PromptSpec
@@ -57,9 +58,15 @@ class HttpWire:
 
     request_type = "POST"
 
-    def __init__(self, plan: LoadPlan, spec: ProtocolSpec, headers: dict[str, str]) -> None:
+    def __init__(
+        self, plan: LoadPlan, spec: ProtocolSpec, headers: dict[str, str], reader: NativeReader | None = None
+    ) -> None:
         self.client = StreamClient(
-            plan.base_url, connect_timeout_s=min(plan.timeout_s, 30.0), tls=plan.tls, bounds=plan.bounds
+            plan.base_url,
+            connect_timeout_s=min(plan.timeout_s, 30.0),
+            tls=plan.tls,
+            bounds=plan.bounds,
+            reader=reader,
         )
         self.prefix = request_prefix(plan.base_url, spec.path, {**spec.http_headers(), **headers})
         # The prewarm's check: the protocol's first HTTP readiness request, with the auth headers.
@@ -99,7 +106,10 @@ class GrpcWire:
 
     request_type = "grpc"
 
-    def __init__(self, plan: LoadPlan, spec: ProtocolSpec, headers: dict[str, str]) -> None:
+    def __init__(
+        self, plan: LoadPlan, spec: ProtocolSpec, headers: dict[str, str], reader: NativeReader | None = None
+    ) -> None:
+        # ``reader`` is unused: grpc reads its streams in its own C threads, stamped per message.
         ensure_gevent()
         assert plan.grpc_target is not None  # LoadPlan.validate checks it for gRPC protocols
         self.channel = grpc_channel(plan.grpc_target, tls=plan.grpc_tls, options=plan.tls)
@@ -159,7 +169,7 @@ class StreamingUser(User):
         self._pending: int | None = None
         plan = self.ctx.plan
         self.spec: ProtocolSpec = self.ctx.protocol
-        self.wire: Any = WIRES[self.spec.transport](plan, self.spec, self.ctx.headers)
+        self.wire: Any = WIRES[self.spec.transport](plan, self.spec, self.ctx.headers, self.ctx.reader)
         self.id_prefix = request_key(plan.step_id, 0)[:-1]
 
     def wait_time(self) -> float:

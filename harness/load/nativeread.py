@@ -1,0 +1,182 @@
+"""The native stream reader from Python: hand a socket's response to the reader thread, wait, get the reads.
+
+Why: see ``nativeread.c``. In short, a read stamped by a thread that never
+waits for the GIL or the event loop is stamped when the bytes arrive, however
+busy the Locust process is with sending requests and interpreting finished
+streams, and the loop no longer pays a hub switch, a greenlet switch and a
+``recv`` per chunk.
+
+The contract with ``httpstream``: ``NativeReader.read`` returns the raw
+bytes of every ``recv`` with its ``CLOCK_MONOTONIC`` stamp (the clock of
+``time.monotonic_ns``) and why reading stopped. ``httpstream`` replays those
+reads through the same HTTP parser and SSE splitter as its Python path, and
+if that parser does not agree the response is over, it goes on reading the
+socket itself: the C side only ever decides *when to stop reading*, never
+what a response means.
+
+One reader per Locust process, made by the locustfile (``open_reader``) and
+closed at the end; a build failure or an unusable platform leaves the process
+on the Python path, with the reason kept for the step's health report.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gevent
+from gevent.hub import Waiter
+
+from harness.cbuild import CBuildError, build_shared
+
+SOURCE = Path(__file__).with_name("nativeread.c")
+MAX_FDS = 65536
+READER_NICE = -10  # asked for the reader thread alone (best effort; see nativeread.c)
+POP_BATCH = 256
+
+# why reading stopped (nativeread.c R_*)
+COMPLETE, EOF, ERROR, FRAMING, TOO_LARGE, CANCELLED = 1, 2, 3, 4, 5, 6
+
+
+@dataclass
+class Reads:
+    """One response as the reader thread saw it."""
+
+    result: int
+    errno: int
+    data: bytes
+    ends: list[int]  # end offset of each recv in ``data``
+    stamps: list[int]  # monotonic ns right after each recv
+    body: bytes = b""  # the body with the chunk framing removed, as the HTTP parser would hand it over
+    body_ends: list[int] = field(default_factory=list)  # per read that added body bytes: body length after it
+    body_stamps: list[int] = field(default_factory=list)  # ... and that read's stamp
+    head_len: int = 0  # end of the final (non-1xx) response head in ``data``; 0: not seen
+    consumed: int = 0  # bytes of ``data`` the framing took (past it: bytes after the response)
+    term_start: int = 0  # chunked: start of the last-chunk line in ``data``
+    chunked: bool = False
+
+
+class NativeReader:
+    """The process's reader thread (``nativeread.c``) and the gevent side that wakes waiting users."""
+
+    def __init__(self, library: Path, max_fds: int = MAX_FDS) -> None:
+        lib = ctypes.CDLL(str(library))
+        lib.tbr_new.restype = ctypes.c_void_p
+        lib.tbr_new.argtypes = [ctypes.c_int, ctypes.c_int]
+        vp, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+        lib.tbr_eventfd.argtypes = [vp]
+        lib.tbr_nice.argtypes = [vp]
+        lib.tbr_watch.argtypes = [vp, i, i64, i64]
+        lib.tbr_cancel.argtypes = [vp, i]
+        lib.tbr_pop_done.argtypes = [vp, ctypes.c_void_p, i]
+        lib.tbr_info.argtypes = [vp, i, ctypes.c_void_p]
+        lib.tbr_take.argtypes = [vp, i, *([ctypes.c_void_p] * 6)]
+        lib.tbr_close.argtypes = [vp]
+        handle = lib.tbr_new(max_fds, READER_NICE)
+        if not handle:
+            raise OSError("the native reader could not start (epoll, eventfd or thread)")
+        self._lib = lib
+        self._h = handle
+        self.max_fds = max_fds
+        self.nice = int(lib.tbr_nice(handle))  # the thread's share, for the health report
+        self._waiters: dict[int, Waiter] = {}
+        self._done = (ctypes.c_int * POP_BATCH)()
+        self._info = (ctypes.c_int64 * 10)()
+        hub = gevent.get_hub()
+        self._watcher = hub.loop.io(lib.tbr_eventfd(handle), 1)
+        self._watcher.start(self._on_done)
+
+    def _on_done(self) -> None:
+        """In the hub: wake the user of every finished response (stale entries of cancelled ones are skipped)."""
+        lib, h, done, info = self._lib, self._h, self._done, self._info
+        while True:
+            n = lib.tbr_pop_done(h, done, POP_BATCH)
+            for k in range(n):
+                fd = done[k]
+                waiter = self._waiters.get(fd)
+                if waiter is None:
+                    continue
+                lib.tbr_info(h, fd, info)
+                if info[0] == 0:
+                    continue  # an entry left by a cancelled earlier response on this fd
+                del self._waiters[fd]
+                waiter.switch(None)
+            if n < POP_BATCH:
+                return
+
+    def read(self, fd: int, max_bytes: int, max_reads: int) -> Reads:
+        """Block this greenlet until fd's response is over (or the caller's ``gevent.Timeout`` fires).
+
+        On a timeout the thread stops reading fd and what it had read is
+        kept on the exception (``partial``) so the caller can keep it.
+        """
+        rc = self._lib.tbr_watch(self._h, fd, max_bytes, max_reads)
+        if rc != 0:
+            raise OSError(-rc, f"native reader: cannot watch fd {fd}: {os.strerror(-rc)}")
+        waiter = Waiter()
+        self._waiters[fd] = waiter
+        try:
+            waiter.get()
+        except BaseException as err:
+            self._waiters.pop(fd, None)
+            self._lib.tbr_cancel(self._h, fd)
+            err.partial = self._take(fd)  # type: ignore[attr-defined]
+            raise
+        return self._take(fd)
+
+    def _take(self, fd: int) -> Reads:
+        info = self._info
+        self._lib.tbr_info(self._h, fd, info)
+        result, errno, size, nreads, consumed, blen, nbody, head_len, term_start, chunked = (
+            int(v) for v in info
+        )
+        data, body = bytearray(size), bytearray(blen)
+        ends, stamps = array("q", bytes(8 * nreads)), array("q", bytes(8 * nreads))
+        bends, bstamps = array("q", bytes(8 * nbody)), array("q", bytes(8 * nbody))
+        self._lib.tbr_take(
+            self._h,
+            fd,
+            *(_address(b) for b in (data, ends, stamps, body, bends, bstamps)),
+        )
+        return Reads(
+            result,
+            errno,
+            bytes(data),
+            ends.tolist(),
+            stamps.tolist(),
+            bytes(body),
+            bends.tolist(),
+            bstamps.tolist(),
+            head_len,
+            consumed,
+            term_start,
+            bool(chunked),
+        )
+
+    def close(self) -> None:
+        if self._h:
+            self._watcher.stop()
+            self._watcher.close()
+            self._lib.tbr_close(self._h)
+            self._h = None
+
+
+def _address(buffer: bytearray | array) -> ctypes.Array | None:  # type: ignore[type-arg]
+    """A ctypes view of a writable buffer for the C side to fill (None for an empty one)."""
+    size = len(buffer) * (buffer.itemsize if isinstance(buffer, array) else 1)
+    return (ctypes.c_char * size).from_buffer(buffer) if size else None
+
+
+def open_reader(home: Path | None = None) -> tuple[NativeReader | None, str]:
+    """This process's native reader, or None with the reason the Python path is used instead."""
+    if os.environ.get("TOKENBENCH_READER", "").strip() == "python":
+        return None, "python (TOKENBENCH_READER=python)"
+    try:
+        lib = build_shared(SOURCE, "tokenbench-nativeread", home)
+        reader = NativeReader(lib)
+        return reader, f"native (reader thread nice {reader.nice})"
+    except (CBuildError, OSError) as err:
+        return None, f"python (native reader unavailable: {err})"
