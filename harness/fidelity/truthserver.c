@@ -618,6 +618,7 @@ typedef struct {
 struct Conn {
     int fd;
     Buf in, out;
+    size_t out_off; /* out's bytes before this were sent (compacted lazily: no memmove per send) */
     I64s out_logs; /* log slots whose write time is set when out drains */
     Stream *stream;
     int64_t read_ns;
@@ -740,13 +741,19 @@ static int send_or_queue(Server *sv, Conn *c, const char *data, size_t n, int64_
 }
 
 static void flush(Server *sv, Conn *c) {
-    ssize_t sent = send(c->fd, c->out.p, c->out.len, MSG_NOSIGNAL);
+    ssize_t sent = send(c->fd, c->out.p + c->out_off, c->out.len - c->out_off, MSG_NOSIGNAL);
     if (sent < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
         close_conn(sv, c);
         return;
     }
-    buf_drop(&c->out, (size_t)sent);
+    c->out_off += (size_t)sent;
+    if (c->out_off == c->out.len) {
+        c->out.len = c->out_off = 0;
+    } else if (c->out_off > 65536 && c->out_off > c->out.len / 2) {
+        buf_drop(&c->out, c->out_off);
+        c->out_off = 0;
+    }
     if (c->out.len == 0) {
         int64_t t = now_ns();
         for (size_t k = 0; k < c->out_logs.len; k++) sv->log.chunks.v[c->out_logs.v[k] * 5 + 2] = t;

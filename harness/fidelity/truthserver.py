@@ -304,8 +304,9 @@ class TruthServer:
             prompt = req["prompt"]
             n = int(req["max_tokens"])
             opts = req.get("stream_options") or {}
+            usage, cont = bool(opts.get("include_usage")), bool(opts.get("continuous_usage_stats"))
             ok = bool(req.get("stream")) and n >= 1 and isinstance(prompt, str)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):  # ([1].get: a 400)
             ok = False
         if not ok:
             self._respond(
@@ -316,7 +317,6 @@ class TruthServer:
             return
         p = len(prompt.split())
         model = orjson.dumps(str(req.get("model") or self.model))
-        usage, cont = bool(opts.get("include_usage")), bool(opts.get("continuous_usage_stats"))
         key = (model, p, n, usage, cont)
         shape = self.shapes.get(key)
         if shape is None:
