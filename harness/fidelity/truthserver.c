@@ -1190,6 +1190,11 @@ int main(int argc, char **argv) {
     if (port < 0 || !log_path) usage_exit("the following arguments are required: --port, --log");
 
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0); /* default 50 µs: the kernel may fire that late */
+    struct rlimit fds; /* one fd per stream: 1,024 streams would not fit a soft limit of 1,024 */
+    if (getrlimit(RLIMIT_NOFILE, &fds) == 0 && fds.rlim_cur < fds.rlim_max) {
+        fds.rlim_cur = fds.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &fds);
+    }
     Server *sv = calloc(1, sizeof *sv);
     if (!sv) die_oom();
     sv->log.nice = raise_priority(nice);
