@@ -28,7 +28,7 @@ import orjson
 import pytest
 
 from harness.backends.process import free_port
-from harness.fidelity.cbuild import CBuildError, binary_path, truthserver_binary
+from harness.fidelity.cbuild import CBuildError, binary_path, source_files, truthserver_binary
 from harness.fidelity.truthlog import read_truth_log
 from harness.fidelity.truthserver import FIRE_OFFSET_NS
 from harness.fidelity.truthsse import SSE_TYPE, Shape
@@ -353,15 +353,17 @@ def test_a_compile_error_is_reported_with_the_compilers_output(tmp_path: Path) -
 
 @needs_gcc
 def test_the_binary_is_built_once_per_source_and_reused(tmp_path: Path) -> None:
-    src = tmp_path / "truthserver.c"
-    src.write_bytes(SOURCE.read_bytes())
+    for part in source_files():
+        (tmp_path / part.name).write_bytes(part.read_bytes())
+    src = tmp_path / SOURCE.name
     first = truthserver_binary(tmp_path, source=src)
     assert first.name.startswith("tokenbench-truthserver-") and os.access(first, os.X_OK)
     stamp = first.stat().st_mtime_ns
     again = truthserver_binary(tmp_path, cc="/nonexistent/cc", source=src)  # cached: no compiler run
     assert again == first and again.stat().st_mtime_ns == stamp
-    src.write_bytes(SOURCE.read_bytes() + b"\n/* edited */\n")
-    with pytest.raises(CBuildError):  # a new source is a new binary, so this one must be compiled
+    header = tmp_path / "truthjson.h"
+    header.write_bytes(header.read_bytes() + b"\n/* edited */\n")
+    with pytest.raises(CBuildError):  # an edited part is a new binary, so this one must be compiled
         truthserver_binary(tmp_path, cc="/nonexistent/cc", source=src)
 
 

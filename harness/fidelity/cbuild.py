@@ -33,10 +33,20 @@ class CBuildError(RuntimeError):
     """The C truth server could not be compiled; the message names the command and its output."""
 
 
+def source_files(source: Path = SOURCE) -> list[Path]:
+    """The server's files: ``source`` and the headers beside it (its parts, ``#include``d into it)."""
+    return [source, *sorted(source.parent.glob("*.h"))]
+
+
 def binary_path(home: Path, source: Path = SOURCE) -> Path:
-    """Where the binary for this exact source lives: ``HOME/bin/tokenbench-truthserver-<sha256[:12]>``."""
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
-    return home / "bin" / f"tokenbench-truthserver-{digest}"
+    """Where the binary for this exact source lives: ``HOME/bin/tokenbench-truthserver-<sha256[:12]>``.
+
+    The hash covers every file of the server (names and bytes), so editing a header rebuilds too.
+    """
+    h = hashlib.sha256()
+    for path in source_files(source):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return home / "bin" / f"tokenbench-truthserver-{h.hexdigest()[:12]}"
 
 
 def truthserver_binary(home: Path | None = None, cc: str | None = None, source: Path = SOURCE) -> Path:
