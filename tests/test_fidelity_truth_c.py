@@ -336,6 +336,13 @@ def test_a_missing_compiler_is_a_clear_error_naming_the_command(tmp_path: Path) 
     assert not binary_path(tmp_path).exists() and not list((tmp_path / "bin").iterdir())
 
 
+def test_a_home_that_cannot_hold_the_binary_is_a_clear_error(tmp_path: Path) -> None:
+    home = tmp_path / "not-a-dir"
+    home.write_text("")
+    with pytest.raises(CBuildError, match="cannot build the C truth server"):
+        truthserver_binary(home)
+
+
 def test_the_compiler_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKENBENCH_CC", "/nonexistent/env-cc")
     with pytest.raises(CBuildError, match="/nonexistent/env-cc"):

@@ -54,11 +54,11 @@ def truthserver_binary(home: Path | None = None, cc: str | None = None, source: 
     out = binary_path(home or tokenbench_home(), source)
     if out.is_file() and os.access(out, os.X_OK):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     cmd = [cc or os.environ.get(CC_ENV) or "gcc", *CFLAGS, "-o", str(tmp), str(source), "-lm"]
     where = f"cannot build the C truth server: `{shlex.join(cmd)}`"
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         tmp.unlink(missing_ok=True)
@@ -66,5 +66,9 @@ def truthserver_binary(home: Path | None = None, cc: str | None = None, source: 
     if done.returncode != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
         raise CBuildError(f"{where} exited {done.returncode}:\n{done.stderr.strip()}")
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CBuildError(f"{where}: cannot install it as {out}: {err}") from None
     return out
