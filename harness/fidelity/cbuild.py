@@ -49,6 +49,13 @@ def binary_path(home: Path, source: Path = SOURCE) -> Path:
     return home / "bin" / f"tokenbench-truthserver-{h.hexdigest()[:12]}"
 
 
+def _discard(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # its folder is not there or not a folder: nothing was left behind
+
+
 def truthserver_binary(home: Path | None = None, cc: str | None = None, source: Path = SOURCE) -> Path:
     """The compiled C truth server for ``source``, built now unless a binary of that source exists."""
     out = binary_path(home or tokenbench_home(), source)
@@ -61,14 +68,14 @@ def truthserver_binary(home: Path | None = None, cc: str | None = None, source: 
         out.parent.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise CBuildError(f"{where}: {err} (install gcc, or set {CC_ENV}; or use --truth lean)") from None
     if done.returncode != 0 or not tmp.is_file():
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise CBuildError(f"{where} exited {done.returncode}:\n{done.stderr.strip()}")
     try:
         os.replace(tmp, out)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise CBuildError(f"{where}: cannot install it as {out}: {err}") from None
     return out
