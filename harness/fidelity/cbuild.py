@@ -1,9 +1,9 @@
 """Compile the C truth server (``truthserver.c``) once per source version into ``TOKENBENCH_HOME/bin``.
 
-Why a build step at all: the Python truth server costs 13-17 µs of CPU per
+Why a build step at all: the Python truth server costs 15-24 µs of CPU per
 token on a slow 2-core machine, so at 1,024 streams × ITL 10 ms it needs more
-than a core and falls behind its own schedule; the same server in C costs a
-few µs (issue 11 §2 allows "anything that keeps pace"). gcc is on every
+than a core and falls behind its own schedule; the same server in C costs
+about half (issue 11 §2 allows "anything that keeps pace"). gcc is on every
 machine the benchmark runs on (CI included), so the source ships in the
 package and is compiled on first use. The binary's name carries the source's
 hash, so an edited source is never served by a stale binary and an unchanged

@@ -6,10 +6,10 @@ the truth side logs the real write time of every chunk), so any difference
 between the harness's report and the write log is the harness's own error.
 The truth side is by default the C truth server (``--truth c``,
 ``harness/fidelity/truthserver.c``, compiled into ``TOKENBENCH_HOME/bin`` on
-first use; issue 11 §2: at a few µs of CPU per token it keeps time at 1,024
-streams on a 2-core machine, so that load is really served and the client
-keeps its CPU), the same server in Python (``--truth lean``, 13-17 µs per
-token: it falls behind at 1,024 streams there) or the sim (``--truth sim``). The purest client error is the per-chunk *stamp lag*
+first use; issue 11 §2: it costs about half the Python server's CPU per token,
+so more of a 2-core machine is left to the client and the load asked for is
+closer to the load served), the same server in Python (``--truth lean``) or
+the sim (``--truth sim``). The purest client error is the per-chunk *stamp lag*
 (client stamp − real write of the chunk's last token), valid even where the
 truth side ran late; a step whose truth side missed its own schedule is
 labelled TRUTH-LIMITED (SIM-LIMITED for the sim) with by how much. Each step
@@ -276,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--truth",
         choices=TRUTH_KINDS,
         default="c",
-        help="ground truth: the C truth server (default; compiled with gcc on first use, keeps time at "
-        "1,024 streams), the same server in Python (lean) or the sim",
+        help="ground truth: the C truth server (default; compiled with gcc on first use, about half the "
+        "Python one's CPU per token), the same server in Python (lean) or the sim",
     )
     return p
 

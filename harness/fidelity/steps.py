@@ -20,11 +20,12 @@ Three ground truths (issue 11 §2), all logging the real write time of every
 chunk: the C truth server (``truthserver.c``, compiled on first use by
 ``cbuild``; the default), the same server in Python
 (``harness.fidelity.truthserver``, ``--truth lean``), and the sim
-(``--truth sim``). Why C by default: the Python server costs 13-17 µs of CPU
-per token on a slow 2-core machine, so at 1,024 streams × ITL 10 ms it needs
-more than a core, falls behind its own schedule and takes CPU from the client
-under test; the C one costs a few µs. The sim's full server falls behind
-there too.
+(``--truth sim``). Why C by default: on a slow 2-core machine the Python
+server costs 15-24 µs of CPU per token, so at 1,024 streams × ITL 10 ms it
+needs more than a core, falls behind its own schedule and takes CPU from the
+client under test; the C one costs 11-13 µs there, of which its own code is
+about 1 µs and the rest the kernel's loopback TCP send. The sim's full server
+falls behind there too.
 """
 
 from __future__ import annotations

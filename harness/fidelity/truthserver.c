@@ -1,10 +1,11 @@
 /* The fidelity benchmark's lean truth server, in C (issue 11 §2): a port of truthserver.py.
  *
- * Why C: the Python server costs 13-17 µs of CPU per token on a slow 2-core machine, so at
+ * Why C: the Python server costs 15-24 µs of CPU per token on a slow 2-core machine, so at
  * 1,024 streams × ITL 10 ms (~100k chunks/s) it needs more than a core, falls behind its own
  * schedule (TRUTH-LIMITED) and starves the client under test. This is the same server (same
  * HTTP behaviour, same bytes, same timing, same binary log that truthlog.read_truth_log reads)
- * at a few µs per chunk, most of it the kernel's loopback send.
+ * at about half the CPU per chunk: its own code is about 1 µs of it, the rest is the kernel's
+ * loopback TCP send (one send per chunk, which also runs the receiver's side and its wake-up).
  *
  * Timing: chunk i of a request is due at arrival + ttft + i*itl (arrival = monotonic time of the
  * read that completed the request). Streams wait in a min-heap ordered by (wheel bucket, arming

@@ -28,10 +28,11 @@ that silently accepted another shape would measure the wrong thing.
 ``truthserver.c`` is this server ported to C, byte for byte and log for log
 (``tests/test_fidelity_truth_c.py`` holds the two to each other), and the
 fidelity benchmark's default truth side (``--truth c``; this one is
-``--truth lean``). Why: this one costs 13-17 µs of CPU per token on a slow
+``--truth lean``). Why: this one costs 15-24 µs of CPU per token on a slow
 2-core machine, so at 1,024 streams it needs more than a core, falls behind
-its schedule and takes the CPU the client under test needs; the C one costs a
-few µs. This module stays as the reference and for a machine without
+its schedule and takes the CPU the client under test needs; the C one costs
+about half that (its own code about 1 µs, the rest is the kernel's loopback
+TCP send, the same for both). This module stays as the reference and for a machine without
 gcc (chosen with ``--truth lean``: ``--truth c`` never falls back silently).
 """
 
