@@ -4,9 +4,12 @@ Why it exists: a benchmark's numbers are only as good as its client. Here the
 server's timings are known exactly (TTFT 100 ms, ITL 10 ms, 128 tokens, and
 the truth side logs the real write time of every chunk), so any difference
 between the harness's report and the write log is the harness's own error.
-The truth side is the lean truth server by default (``--truth lean``, issue 11
-§2: it keeps time at 1,024 streams, so that load is really served) or the sim
-(``--truth sim``). The purest client error is the per-chunk *stamp lag*
+The truth side is by default the C truth server (``--truth c``,
+``harness/fidelity/truthserver.c``, compiled into ``TOKENBENCH_HOME/bin`` on
+first use; issue 11 §2: it costs about half the Python server's CPU per token,
+so more of a 2-core machine is left to the client and the load asked for is
+closer to the load served), the same server in Python (``--truth lean``) or
+the sim (``--truth sim``). The purest client error is the per-chunk *stamp lag*
 (client stamp − real write of the chunk's last token), valid even where the
 truth side ran late; a step whose truth side missed its own schedule is
 labelled TRUTH-LIMITED (SIM-LIMITED for the sim) with by how much. Each step
@@ -34,6 +37,7 @@ import numpy as np
 
 from harness.atomic import write_json
 from harness.backends.process import ProcessRegistry
+from harness.fidelity.cbuild import CBuildError, truthserver_binary
 from harness.fidelity.compare import compare_step
 from harness.fidelity.steps import TRUTH_KINDS, SimTiming, StepRun, StepSpec, run_fidelity_step
 
@@ -271,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--truth",
         choices=TRUTH_KINDS,
-        default="lean",
-        help="ground truth: the lean truth server (default; keeps time at 1,024 streams) or the sim",
+        default="c",
+        help="ground truth: the C truth server (default; compiled with gcc on first use, about half the "
+        "Python one's CPU per token), the same server in Python (lean) or the sim",
     )
     return p
 
@@ -310,6 +315,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "truth": args.truth,
         "steps": [],
     }
+    if args.truth == "c":  # build (or find) it before any step, so a failed build stops the run at once
+        report["truth_binary"] = str(truthserver_binary())
     print(HEADER, flush=True)
     with tempfile.TemporaryDirectory(prefix="tb-fidelity-") as tmp, ProcessRegistry() as registry:
         root = args.workdir or Path(tmp)
@@ -329,7 +336,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out: Path = args.out or Path("reports") / f"fidelity-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    report = run(args)
+    try:
+        report = run(args)
+    except CBuildError as err:  # no silent fallback to another truth side: say why and stop
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     write_json(out, report)
     print(f"\nwrote {out}")
     if report["targets_missed"]:

@@ -16,10 +16,16 @@ not reap its workers, this process plus each Locust process's last sampled CPU
 time (whichever is larger; both are lower bounds). The truth server is
 still running then, so its CPU is never counted as the client's.
 
-Two ground truths (issue 11 §2): the lean truth server
-(``harness.fidelity.truthserver``, the default), which keeps exact timing at
-1,024 streams, and the sim (``--truth sim``), whose full Python server falls
-behind there; both log the real write time of every chunk.
+Three ground truths (issue 11 §2), all logging the real write time of every
+chunk: the C truth server (``truthserver.c``, compiled on first use by
+``cbuild``; the default), the same server in Python
+(``harness.fidelity.truthserver``, ``--truth lean``), and the sim
+(``--truth sim``). Why C by default: on a slow 2-core machine the Python
+server costs 15-24 µs of CPU per token, so at 1,024 streams × ITL 10 ms it
+needs more than a core, falls behind its own schedule and takes CPU from the
+client under test; the C one costs 11-13 µs there, of which its own code is
+about 1 µs and the rest the kernel's loopback TCP send. The sim's full server
+falls behind there too.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any
 import psutil
 
 from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, wait_ready
+from harness.fidelity.cbuild import truthserver_binary
 from harness.fidelity.truthlog import read_truth_log
 from harness.load.plan import LoadPlan
 from harness.load.prompts import build_prompts, write_prompts
@@ -143,19 +150,24 @@ def _tree_cpu_s() -> float:
     return total
 
 
-TRUTH_KINDS = ("lean", "sim")
+TRUTH_KINDS = ("c", "lean", "sim")
+TRUTH_LOG_KINDS = ("c", "lean")  # the truth servers (binary log with due/attempt times), not the sim
 
 
 def start_truth_server(
-    step_dir: Path, timing: SimTiming, registry: ProcessRegistry
+    step_dir: Path, timing: SimTiming, registry: ProcessRegistry, kind: str = "c"
 ) -> tuple[ManagedProcess, str, Path]:
-    """The lean truth server on a free port; returns (process, base URL, binary log path)."""
+    """A truth server (``c``: the compiled one, ``lean``: Python) on a free port; returns (process, URL, log).
+
+    The C binary is built first if needed; a failed build raises ``CBuildError`` (never a fallback).
+    """
+    exe = (
+        [str(truthserver_binary())] if kind == "c" else [sys.executable, "-m", "harness.fidelity.truthserver"]
+    )
     port = free_port()
     log = step_dir / "truth.bin"
     cmd = [
-        sys.executable,
-        "-m",
-        "harness.fidelity.truthserver",
+        *exe,
         "--port",
         str(port),
         "--ttft-ms",
@@ -273,10 +285,10 @@ class StepRun:
     usage: ClientUsage
     wall_s: float
     truth_kind: str = "sim"
-    lateness_ns: Any = None  # numpy array of attempt − due per chunk (lean truth server only)
-    backpressure_ns: Any = None  # numpy array of write − attempt per chunk (lean only)
-    truth_cpu_s: float | None = None  # the truth server's own CPU-seconds (lean only)
-    truth_nice: int | None = None  # its scheduling niceness (lean only)
+    lateness_ns: Any = None  # numpy array of attempt − due per chunk (truth servers only)
+    backpressure_ns: Any = None  # numpy array of write − attempt per chunk (ditto)
+    truth_cpu_s: float | None = None  # the truth server's own CPU-seconds (ditto)
+    truth_nice: int | None = None  # its scheduling niceness (ditto)
 
 
 def run_fidelity_step(
@@ -285,14 +297,16 @@ def run_fidelity_step(
     step_dir: Path,
     registry: ProcessRegistry,
     seed: int = 7,
-    truth_kind: str = "lean",
+    truth_kind: str = "c",
 ) -> StepRun:
     """Start the truth side, drive ``spec`` through ``run_step``, stop it (flushing its log), read both sides."""
     if truth_kind not in TRUTH_KINDS:
         raise ValueError(f"truth_kind: expected one of {TRUTH_KINDS}, got {truth_kind!r}")
     step_dir.mkdir(parents=True, exist_ok=True)
-    start = start_truth_server if truth_kind == "lean" else start_sim
-    sim, base_url, write_log = start(step_dir, timing, registry)
+    if truth_kind in TRUTH_LOG_KINDS:
+        sim, base_url, write_log = start_truth_server(step_dir, timing, registry, truth_kind)
+    else:
+        sim, base_url, write_log = start_sim(step_dir, timing, registry)
     watcher = _RssWatcher()
     try:
         plan = make_plan(spec, timing, step_dir, base_url, seed)
@@ -311,7 +325,7 @@ def run_fidelity_step(
         sim.terminate(10.0)  # SIGTERM: the sim flushes its write log on the way out
     rows = read_records(Path(outcome.records_path)).to_pylist()
     lateness = truth_cpu = truth_nice = backpressure = None
-    if truth_kind == "lean":
+    if truth_kind in TRUTH_LOG_KINDS:
         log = read_truth_log(write_log)
         truth, lateness, truth_cpu, truth_nice = log.requests, log.lateness_ns, log.cpu_s, log.nice
         backpressure = log.backpressure_ns

@@ -24,6 +24,16 @@ after the chunk's last byte left for the kernel, the same clock as the client's
 stamps (same host). It serves ``GET /health`` and streamed
 ``POST /v1/completions`` only: anything else is a 404/400, since a benchmark
 that silently accepted another shape would measure the wrong thing.
+
+``truthserver.c`` is this server ported to C, byte for byte and log for log
+(``tests/test_fidelity_truth_c.py`` holds the two to each other), and the
+fidelity benchmark's default truth side (``--truth c``; this one is
+``--truth lean``). Why: this one costs 15-24 µs of CPU per token on a slow
+2-core machine, so at 1,024 streams it needs more than a core, falls behind
+its schedule and takes the CPU the client under test needs; the C one costs
+about half that (its own code about 1 µs, the rest is the kernel's loopback
+TCP send, the same for both). This module stays as the reference and for a machine without
+gcc (chosen with ``--truth lean``: ``--truth c`` never falls back silently).
 """
 
 from __future__ import annotations
@@ -304,8 +314,9 @@ class TruthServer:
             prompt = req["prompt"]
             n = int(req["max_tokens"])
             opts = req.get("stream_options") or {}
+            usage, cont = bool(opts.get("include_usage")), bool(opts.get("continuous_usage_stats"))
             ok = bool(req.get("stream")) and n >= 1 and isinstance(prompt, str)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):  # ([1].get: a 400)
             ok = False
         if not ok:
             self._respond(
@@ -316,7 +327,6 @@ class TruthServer:
             return
         p = len(prompt.split())
         model = orjson.dumps(str(req.get("model") or self.model))
-        usage, cont = bool(opts.get("include_usage")), bool(opts.get("continuous_usage_stats"))
         key = (model, p, n, usage, cont)
         shape = self.shapes.get(key)
         if shape is None:
