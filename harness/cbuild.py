@@ -1,71 +1,98 @@
 """Compiling the harness's few C parts on first use, cached under ``TOKENBENCH_HOME/bin``.
 
-Why C at all, and why built here rather than at install: the measuring
-paths that must keep pace with 100k chunks/s on two slow cores (the native
-stream reader, ``harness.load.nativeread``) cannot afford Python's per-call
-cost, while the package must stay a pure-Python install that works where no
-compiler is (the reader then falls back to the Python path, and says so). gcc
-is on every machine this project targets, CI included.
+Why C at all: two measuring paths must keep pace with ~100k chunks/s on two
+slow cores, where Python's per-call cost is the limit: the fidelity
+benchmark's truth server (``harness.fidelity.truthserver.c``) and the load
+client's native stream reader (``harness.load.nativeread.c``). Why built here
+rather than at install: the package stays a pure-Python install; gcc is on
+every machine this project targets (CI included), and where it is missing the
+reader falls back to the Python path and says so, while ``--truth c`` fails
+with this module's error.
 
-The output's name carries a hash of the source and the flags, so a changed
-source is rebuilt and two checkouts never load each other's build; it is
-written under a temporary name and renamed, so a concurrent build (two Locust
-processes starting together) never loads half a file.
+The output's name carries a hash of every file of the part (the source and
+the headers beside it) and of the flags, so an edited source is never served
+by a stale build and an unchanged one is never rebuilt. It is compiled under a
+temporary name and renamed, so a concurrent build (two Locust processes
+starting together) or an interrupted one never leaves a half-written file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
+import shlex
 import subprocess
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from harness.home import tokenbench_home
 
-COMPILER_ENV = "TOKENBENCH_CC"
-SHARED_FLAGS = ("-O2", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra")
-BUILD_TIMEOUT_S = 120
+CC_ENV = "TOKENBENCH_CC"  # the compiler to use (default gcc)
+WARNINGS = ("-O2", "-Wall", "-Wextra")
+SHARED = ("-shared", "-fPIC", "-pthread")
+BUILD_TIMEOUT_S = 120.0
 
 
 class CBuildError(RuntimeError):
-    """The C source could not be compiled; the message names the command and the compiler's output."""
+    """A C part could not be compiled; the message names the command and the compiler's output."""
 
 
-def bin_dir(home: Path | None = None) -> Path:
-    return (home or tokenbench_home()) / "bin"
+def source_files(source: Path) -> list[Path]:
+    """A part's files: ``source`` and the headers beside it (its pieces, ``#include``d into it)."""
+    return [source, *sorted(source.parent.glob("*.h"))]
 
 
-def compiler() -> str | None:
-    """``$TOKENBENCH_CC``, else ``cc``/``gcc`` on PATH; None if there is none."""
-    given = os.environ.get(COMPILER_ENV, "").strip()
-    if given:
-        return given
-    return shutil.which("cc") or shutil.which("gcc")
+def output_path(home: Path, source: Path, stem: str, flags: Sequence[str], suffix: str = "") -> Path:
+    """``HOME/bin/<stem>-<sha256[:12]>[suffix]``, the hash over the part's files (names, bytes) and flags."""
+    h = hashlib.sha256(" ".join(flags).encode() + b"\0")
+    for path in source_files(source):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return home / "bin" / f"{stem}-{h.hexdigest()[:12]}{suffix}"
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # its folder is not there or not a folder: nothing was left behind
+
+
+def build(
+    source: Path,
+    stem: str,
+    *,
+    flags: Sequence[str] = WARNINGS,
+    libs: Sequence[str] = (),
+    suffix: str = "",
+    home: Path | None = None,
+    cc: str | None = None,
+    hint: str = "install gcc, or set " + CC_ENV,
+    what: str = "",
+) -> Path:
+    """The compiled ``source`` (built now unless a build of exactly these files and flags exists)."""
+    out = output_path(home or tokenbench_home(), source, stem, flags, suffix)
+    if out.is_file() and os.access(out, os.R_OK):
+        return out
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    cmd = [cc or os.environ.get(CC_ENV) or "gcc", *flags, "-o", str(tmp), str(source), *libs]
+    where = f"cannot build {what or source.name}: `{shlex.join(cmd)}`"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        _discard(tmp)
+        raise CBuildError(f"{where}: {err} ({hint})") from None
+    if done.returncode != 0 or not tmp.is_file():
+        _discard(tmp)
+        raise CBuildError(f"{where} exited {done.returncode}:\n{done.stderr.strip()[-4000:]}")
+    try:
+        os.replace(tmp, out)
+    except OSError as err:
+        _discard(tmp)
+        raise CBuildError(f"{where}: cannot install it as {out}: {err}") from None
+    return out
 
 
 def build_shared(source: Path, stem: str, home: Path | None = None, cc: str | None = None) -> Path:
-    """The shared library built from ``source`` (built now if no build of this source exists yet)."""
-    cc = cc or compiler()
-    if cc is None:
-        raise CBuildError(f"no C compiler to build {source.name} (set {COMPILER_ENV} or install gcc)")
-    text = source.read_bytes()
-    digest = hashlib.sha256(text + " ".join(SHARED_FLAGS).encode()).hexdigest()[:12]
-    out = bin_dir(home) / f"{stem}-{digest}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}-", suffix=".so", dir=out.parent)
-    os.close(fd)
-    cmd = [cc, *SHARED_FLAGS, "-o", tmp, str(source)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        os.unlink(tmp)
-        raise CBuildError(f"{' '.join(cmd)}: {err}") from None
-    if proc.returncode != 0:
-        os.unlink(tmp)
-        raise CBuildError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
-    os.replace(tmp, out)
-    return out
+    """A shared library for ``ctypes`` (``-shared -fPIC -pthread``)."""
+    return build(source, stem, flags=(*WARNINGS, *SHARED), suffix=".so", home=home, cc=cc, what=source.name)
