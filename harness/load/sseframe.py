@@ -97,7 +97,7 @@ class SseSplitter:
 
 
 def split_lf_vectorised(
-    buf: bytearray, ends: list[int], stamps: list[int]
+    buf: bytes | bytearray, ends: list[int], stamps: list[int], min_events: int = VECTOR_MIN_EVENTS
 ) -> tuple[list[tuple[int, bytes]], int, bytes]:
     """``split_lf``'s result without Python work per event in the common case (LF line ends).
 
@@ -122,7 +122,7 @@ def split_lf_vectorised(
     parts = bytes(buf).split(b"\n\n")
     rest = parts.pop()
     n = len(parts)
-    if n < VECTOR_MIN_EVENTS:
+    if n < min_events:
         return split_lf(buf, ends, stamps)
     closes = np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=n) + 2)
     reads = np.searchsorted(np.asarray(ends, dtype=np.int64), closes, side="left")

@@ -75,6 +75,11 @@ def parse_stream_json(events: list[tuple[int, bytes]]) -> tuple[list[tuple[int, 
     simple = parse_simple_stream(events)
     if simple is not None:
         return simple
+    return parse_events(events)
+
+
+def parse_events(events: list[tuple[int, bytes]]) -> tuple[list[tuple[int, Any]], bool, str | None]:
+    """``parse_stream_json`` for any body: the general path (and the reference the fast paths are tested on)."""
     stamps: list[int] = []
     payloads: list[bytes] = []
     done = False
