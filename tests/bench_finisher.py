@@ -8,6 +8,8 @@ one token per event), fed as the server writes them (one HTTP chunk per read)
 with every ``--coalesce``-th read carrying two chunks.
 
     PYTHONPATH=$PWD /work/main/.venv/bin/python -m tests.bench_finisher [--tokens 128] [--repeat 400]
+
+(``PYTHONPATH`` may name a checkout of an older commit, to compare.)
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def bench(tokens: int, repeat: int, coalesce: int) -> dict[str, float]:
                 sp.feed(data, 1_000_000 * (k + 1))
             t1 = time.perf_counter()
             sp.close()
-            res = spec.read_stream(sp.events)
+            # as HttpWire.unpack hands them over (before SseEvents: the events list)
+            res = spec.read_stream(sp.stream() if hasattr(sp, "stream") else sp.events)
             _ = sp.coalesced
             t2 = time.perf_counter()
             feed_s += t1 - t0

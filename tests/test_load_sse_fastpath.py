@@ -18,9 +18,22 @@ from typing import Any
 import pytest
 
 from harness.fidelity.truthsse import Shape
-from harness.load.sseframe import SseSplitter, _split_by_read, split_lf, split_lf_vectorised
+from harness.load.sseframe import (
+    SseEvents,
+    SseSplitter,
+    _materialize,
+    _split_by_read,
+    split_lf,
+    split_lf_vectorised,
+    split_simple,
+)
 from harness.protocols.base import PayloadError, StreamResult, typed
-from harness.protocols.jsonstream import parse_events, parse_simple_stream, parse_stream_json
+from harness.protocols.jsonstream import (
+    decode_simple_body,
+    parse_events,
+    parse_simple_stream,
+    parse_stream_json,
+)
 from harness.protocols.openai import chat_piece, interpret_openai, text_piece
 from harness.protocols.registry import get_protocol
 
@@ -74,6 +87,7 @@ BODIES: dict[str, bytes] = {
     "two_objects": _many(6) + b"data: {},{}\n\n" + _many(6) + DONE,
     "not_object": _many(6) + b"data: [1, 2]\n\n" + _many(6) + DONE,
     "trailing_blank": _many(6) + _chunk(6).replace(b"}\n\n", b"}  \n\n") + _many(6) + DONE,
+    "last_trailing_blank": _many(12) + _chunk(12).replace(b"}\n\n", b"} \n\n") + DONE,
     "error_event": _many(6) + _ev({"error": {"message": "boom"}}) + _many(3) + DONE,
     "wrong_text": _many(6) + _chunk(6, text=123) + _many(3) + DONE,
     "wrong_usage": _many(6) + _ev({"choices": [], "usage": []}) + DONE,
@@ -86,6 +100,18 @@ BODIES: dict[str, bytes] = {
     "chat_wrong_content": b"".join(_chat(i) for i in range(8)) + _chat(8, content=5) + DONE,
     "chat_no_delta": b"".join(_chat(i) for i in range(8)) + _ev({"choices": [{"index": 0}]}) + DONE,
 }
+# The LF bodies in SimpleBody's shape (split_simple takes them; any other LF body goes to split_lf_vectorised),
+# and those of them whose one decode stands (the others have a bad payload: the general decode names it).
+DECODED_AT_ONCE = {"truth", "truth_no_done", "no_usage", "cut", "chat", "chat_wrong_content", "chat_no_delta"}
+DECODED_AT_ONCE |= {
+    "error_event",
+    "wrong_text",
+    "wrong_usage",
+    "wrong_finish",
+    "bool_tokens",
+    "choice_not_object",
+}
+SIMPLE_SHAPED = DECODED_AT_ONCE | {"two_objects"}
 BODIES["crlf"] = BODIES["comments"].replace(b"\n", b"\r\n")
 BODIES["crlf_truth"] = BODIES["truth"].replace(b"\n", b"\r\n")
 
@@ -121,6 +147,14 @@ def test_splitter_matches_the_per_event_split(name: str, mode: str, seed: int) -
     if b"\r" not in body:
         assert split_lf_vectorised(body, ends, stamps, min_events=0) == want
         assert split_lf(body, ends, stamps) == _split_by_read(bytearray(body), ends, stamps)
+        found = split_simple(body, ends, stamps, min_events=0)
+        assert (found is not None) == (name in SIMPLE_SHAPED)
+        if found is not None:
+            simple, coalesced, rest, event_stamps, closes = found
+            assert (_materialize(body, event_stamps, closes), coalesced, rest) == want
+            decoded = decode_simple_body(simple)
+            assert (decoded is not None) == (name in DECODED_AT_ONCE)
+            assert decoded is None or decoded == parse_events(want[0])
     assert list(sp.events) == want[0]
     assert sp.coalesced == want[1]
     assert sp.close() == want[2].strip()
@@ -135,20 +169,30 @@ def test_the_coalesced_count_is_data_events_per_read_minus_one() -> None:
     assert coalesced == 1 + 2 + 3 and rest == b""
 
 
-def _events(name: str) -> list[tuple[int, bytes]]:
+def _events(name: str) -> SseEvents:
+    """The body's events as ``HttpWire.unpack`` hands them to an interpreter."""
     body = BODIES[name]
     ends, stamps, pieces = reads_of(body, random.Random(3), "events")
     sp = SseSplitter()
     for data, stamp in zip(pieces, stamps, strict=True):
         sp.feed(data, stamp)
-    return sp.events
+    return sp.stream()
 
 
 @pytest.mark.parametrize("name", list(BODIES))
 def test_parse_stream_json_matches_the_general_decode(name: str) -> None:
     events = _events(name)
-    assert parse_stream_json(events) == parse_events(events)
-    assert parse_stream_json(list(events)) == parse_events(events)
+    want = parse_events(list(events))
+    assert parse_stream_json(events) == want
+    assert parse_stream_json(list(events)) == want
+    assert parse_stream_json(_events(name)) == want  # before anything made the events list
+
+
+def test_the_events_sequence_is_the_splitters_events_list() -> None:
+    events = _events("truth")
+    assert events.simple is not None
+    assert events == list(events) and len(events) == 24 + 2 and events[-1][1] == b"data: [DONE]"
+    assert [t for t, _ in events] == [t for t, _ in _events("truth")]
 
 
 @pytest.mark.parametrize("name", ["truth", "truth_no_done", "no_usage", "chat", "crlf_truth"])

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from harness.load.sseframe import DONE, event_data
+from harness.load.sseframe import DONE, SimpleBody, SseEvents, event_data
 
 DONE_EVENT = b"data: " + DONE
 
@@ -72,10 +72,28 @@ def parse_stream_json(events: list[tuple[int, bytes]]) -> tuple[list[tuple[int, 
     error names the event. Objects before the first bad event are kept.
     ``parse_simple_stream`` answers the common body shape with less work per event.
     """
+    if events.__class__ is SseEvents:
+        body = events.simple  # type: ignore[attr-defined]
+        if body is not None:
+            decoded = decode_simple_body(body)
+            if decoded is not None:
+                return decoded
+        events = list(events)
     simple = parse_simple_stream(events)
     if simple is not None:
         return simple
     return parse_events(events)
+
+
+def decode_simple_body(body: SimpleBody) -> tuple[list[tuple[int, Any]], bool, None] | None:
+    """``parse_stream_json`` of a ``SimpleBody``: its array decoded once, or None (a bad payload: general path)."""
+    try:
+        objs = orjson.loads(body.array)
+    except orjson.JSONDecodeError:
+        return None
+    if len(objs) != len(body.stamps):
+        return None
+    return list(zip(body.stamps, objs, strict=True)), body.done, None
 
 
 def parse_events(events: list[tuple[int, bytes]]) -> tuple[list[tuple[int, Any]], bool, str | None]:

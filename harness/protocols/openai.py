@@ -99,6 +99,7 @@ def interpret_openai(events: list[Event], piece: Callable[[dict[str, Any]], str]
     finished = False
     last_ct = 0
     all_usage = True
+    inline_text = piece is text_piece
     for arrival_ns, obj in parsed:
         get = obj.get
         if get("error") is not None:
@@ -129,7 +130,14 @@ def interpret_openai(events: list[Event], piece: Callable[[dict[str, Any]], str]
         choice = choices[0]
         if choice.__class__ is not dict:
             raise PayloadError(f"choices[0] is {type(choice).__name__}, expected an object")
-        text = piece(choice)
+        if inline_text:  # text_piece, without a call per event
+            text = choice.get("text")
+            if text is None:
+                text = ""
+            elif text.__class__ is not str:
+                raise wrong_type("text", text, str)
+        else:
+            text = piece(choice)
         if ct is None:
             if text:
                 add_time(arrival_ns)
