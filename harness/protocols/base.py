@@ -19,7 +19,7 @@ validate protocol names cheaply.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -169,11 +169,11 @@ class ProtocolSpec:
         """The serialized request for one prompt (JSON body or protobuf message)."""
         raise NotImplementedError
 
-    def interpret(self, events: list[Event]) -> StreamResult:
+    def interpret(self, events: Sequence[Event]) -> StreamResult:
         """Chunks, counts and the end-of-stream verdict from a finished (or cut) stream."""
         raise NotImplementedError
 
-    def read_stream(self, events: list[Event]) -> StreamResult:
+    def read_stream(self, events: Sequence[Event]) -> StreamResult:
         """``interpret``, guarded: whatever a hostile stream does, the answer is a well-typed result.
 
         Why here, once, and not per field: before this guard a stream event

@@ -8,13 +8,12 @@ stream. It runs once per request, after the response is over (in the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from harness.load.sseframe import DONE, SimpleBody, SseEvents, event_data
-
-DONE_EVENT = b"data: " + DONE
+from harness.load.sseframe import DONE, DONE_EVENT, SimpleBody, SseEvents, event_data
 
 
 def parse_simple_stream(events: list[tuple[int, bytes]]) -> tuple[list[tuple[int, Any]], bool, None] | None:
@@ -61,7 +60,7 @@ def parse_simple_stream(events: list[tuple[int, bytes]]) -> tuple[list[tuple[int
     return list(zip(stamps, objs, strict=True)), done, None
 
 
-def parse_stream_json(events: list[tuple[int, bytes]]) -> tuple[list[tuple[int, Any]], bool, str | None]:
+def parse_stream_json(events: Sequence[tuple[int, bytes]]) -> tuple[list[tuple[int, Any]], bool, str | None]:
     """Decode every data event's JSON: ``([(arrival_ns, obj)...], saw_done, error)``.
 
     Why one ``orjson.loads`` for the whole stream: it runs once per request on
@@ -70,10 +69,13 @@ def parse_stream_json(events: list[tuple[int, bytes]]) -> tuple[list[tuple[int, 
     trusted when every payload looks like one object and the element count
     matches; otherwise (a malformed event) events are decoded one by one so the
     error names the event. Objects before the first bad event are kept.
-    ``parse_simple_stream`` answers the common body shape with less work per event.
+    The common body shape takes less work per event: from an ``SseEvents``
+    (what ``HttpWire.unpack`` hands over) its ``SimpleBody`` array is decoded
+    as it is, from a plain list ``parse_simple_stream`` builds that array; both
+    defer to ``parse_events`` (the general path) when anything is off.
     """
     if events.__class__ is SseEvents:
-        body = events.simple  # type: ignore[attr-defined]
+        body = events.simple  # type: ignore[attr-defined]  # (SseEvents, checked above)
         if body is not None:
             decoded = decode_simple_body(body)
             if decoded is not None:

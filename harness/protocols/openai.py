@@ -20,7 +20,7 @@ vLLM 0.4.x answers it with HTTP 400.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +73,7 @@ def chat_piece(choice: dict[str, Any]) -> str:
     )
 
 
-def interpret_openai(events: list[Event], piece: Callable[[dict[str, Any]], str]) -> StreamResult:
+def interpret_openai(events: Sequence[Event], piece: Callable[[dict[str, Any]], str]) -> StreamResult:
     """Turn raw SSE events into chunks and tokens (rules in the module docstring).
 
     Known fields are checked as ``typed`` does (absent/null, or exactly of the
@@ -200,7 +200,7 @@ class OpenAIProtocol(ProtocolSpec):
     def build_request(self, plan: LoadPlan, prompt: PromptSpec) -> bytes:
         return orjson.dumps(openai_body(plan, prompt, chat=self.chat))
 
-    def interpret(self, events: list[Event]) -> StreamResult:
+    def interpret(self, events: Sequence[Event]) -> StreamResult:
         return interpret_openai(events, chat_piece if self.chat else text_piece)
 
     def probe_stream_usage(
