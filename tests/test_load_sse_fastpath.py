@@ -13,6 +13,7 @@ import dataclasses
 import json
 import random
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any
 
 import pytest
@@ -36,6 +37,7 @@ from harness.protocols.jsonstream import (
 )
 from harness.protocols.openai import chat_piece, interpret_openai, text_piece
 from harness.protocols.registry import get_protocol
+from recorded_streams import load_http, names
 
 
 def _ev(obj: object) -> bytes:
@@ -297,3 +299,33 @@ def test_the_reference_comparison_can_fail() -> None:
     assert sum(truth["chunk_tokens"]) == 24 and truth["usage_source"] == "usage"
     cut = outcomes["cut"]
     assert isinstance(cut, dict) and not cut["done"] and not cut["finished"]
+
+
+def _recorded_protocol(name: str) -> str:
+    return "caikit-http" if name.startswith("caikit-http") else "chat" if "-chat" in name else "completions"
+
+
+@pytest.mark.parametrize("name", [n for n in names("http") if load_http(n).status == 200])
+def test_recorded_server_streams_read_the_same_on_every_path(name: str) -> None:
+    """Real servers' bytes, as they were read: the fast paths agree with the general ones."""
+    rec = load_http(name)
+    stamps = [1000 * (i + 1) for i in range(len(rec.chunks))]
+    sp = SseSplitter()
+    for data, stamp in zip(rec.chunks, stamps, strict=True):
+        sp.feed(data, stamp)
+    ends = list(accumulate(map(len, rec.chunks)))
+    body = rec.body
+    want = _split_by_read(bytearray(body), ends, stamps) if b"\r" in body else split_lf(body, ends, stamps)
+    assert (list(sp.events), sp.coalesced) == want[:2]
+    spec = get_protocol(_recorded_protocol(name))
+    got = dataclasses.asdict(spec.read_stream(sp.stream()))
+    assert got == dataclasses.asdict(spec.read_stream(want[0]))
+    assert (got["error"] is None) == (
+        "-error-" not in name
+    )  # the one error recording is Caikit's error event
+    assert bool(got["chunk_times_ns"]) == ("-error-" not in name)
+    if spec.name != "caikit-http":
+        piece = reference_chat_piece if spec.name == "chat" else reference_text_piece
+        assert got == dataclasses.asdict(reference_interpret(want[0], piece))
+        # vLLM's bytes are in SimpleBody's shape: the one-pass path is what reads them
+        assert split_simple(body, ends, stamps, min_events=0) is not None
