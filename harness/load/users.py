@@ -32,6 +32,7 @@ the locustfile should import it.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import gevent
@@ -93,9 +94,9 @@ class HttpWire:
         return self.client.post(head, body, timeout_s)
 
     @staticmethod
-    def unpack(raw: Outcome) -> tuple[Outcome, list[StreamEvent]]:
+    def unpack(raw: Outcome) -> tuple[Outcome, Sequence[StreamEvent]]:
         raw.splitter.close()
-        return raw, raw.splitter.events
+        return raw, raw.splitter.stream()  # with the splitter's SimpleBody: no tuple per event for OpenAI
 
     def close(self) -> None:
         self.client.close()
