@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
@@ -12,6 +13,7 @@ import pytest
 
 from harness.load.bounds import Bounds
 from harness.load.httpstream import StreamClient, finish_head, request_prefix
+from harness.load.nativeread import NativeReader, open_reader
 from harness.protocols.registry import get_protocol
 
 Script = Callable[[socket.socket, int], None]
@@ -82,6 +84,22 @@ def scripted() -> Iterator[Callable[[Script], ScriptedServer]]:
         s.close()
 
 
+@pytest.fixture(scope="module")
+def native_reader() -> Iterator[NativeReader]:
+    reader, kind = open_reader()
+    if reader is None:
+        pytest.fail(f"the native reader must build here (gcc is on every machine this suite runs on): {kind}")
+    yield reader
+    reader.close()
+
+
+@pytest.fixture(params=["python", "native"])
+def make_client(request, native_reader) -> Callable[..., StreamClient]:
+    """``StreamClient`` on the Python read path or the native reader's: every test here runs on both."""
+    reader = native_reader if request.param == "native" else None
+    return functools.partial(StreamClient, reader=reader)
+
+
 def _chunked(*payloads: bytes) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in payloads) + b"0\r\n\r\n"
 
@@ -116,7 +134,7 @@ def test_bad_base_url_is_refused() -> None:
         StreamClient("ftp://h/x", 1.0)
 
 
-def test_keep_alive_connection_is_reused_and_a_closed_one_replaced(scripted) -> None:
+def test_keep_alive_connection_is_reused_and_a_closed_one_replaced(scripted, make_client) -> None:
     body = b'data: {"choices":[{"text":"a","finish_reason":"length"}]}\n\ndata: [DONE]\n\n'
 
     def script(conn: socket.socket, index: int) -> None:
@@ -126,7 +144,7 @@ def test_keep_alive_connection_is_reused_and_a_closed_one_replaced(scripted) -> 
             conn.sendall(SSE_HEAD + _chunked(body))
 
     server = scripted(script)
-    client = StreamClient(server.url, 2.0)
+    client = make_client(server.url, 2.0)
     outcomes = [_post(client, server.url, f"s-{i}") for i in range(2)]
     time.sleep(0.2)  # the server has closed connection 0 by now
     outcomes.append(_post(client, server.url, "s-2"))
@@ -143,57 +161,57 @@ def test_keep_alive_connection_is_reused_and_a_closed_one_replaced(scripted) -> 
     client.close()
 
 
-def test_close_before_headers_is_a_connect_error(scripted) -> None:
+def test_close_before_headers_is_a_connect_error(scripted, make_client) -> None:
     def script(conn: socket.socket, index: int) -> None:
         server.read_request(conn)
 
     server = scripted(script)
-    out = _post(StreamClient(server.url, 2.0), server.url)
+    out = _post(make_client(server.url, 2.0), server.url)
     assert out.error_class == "connect" and out.status == 0
 
 
-def test_refused_connection_is_a_connect_error() -> None:
+def test_refused_connection_is_a_connect_error(make_client) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    out = _post(StreamClient(url, 2.0), url)
+    out = _post(make_client(url, 2.0), url)
     assert out.error_class == "connect"
 
 
-def test_http_error_keeps_status_and_body_text(scripted) -> None:
+def test_http_error_keeps_status_and_body_text(scripted, make_client) -> None:
     def script(conn: socket.socket, index: int) -> None:
         server.read_request(conn)
         msg = b'{"error":"slow down"}'
         conn.sendall(b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: %d\r\n\r\n%s" % (len(msg), msg))
 
     server = scripted(script)
-    out = _post(StreamClient(server.url, 2.0), server.url)
+    out = _post(make_client(server.url, 2.0), server.url)
     assert out.status == 429 and out.error_class == "http_4xx"
     assert "slow down" in (out.error_message or "")
 
 
-def test_whole_request_deadline_is_a_timeout(scripted) -> None:
+def test_whole_request_deadline_is_a_timeout(scripted, make_client) -> None:
     def script(conn: socket.socket, index: int) -> None:
         server.read_request(conn)
         conn.sendall(SSE_HEAD + b"5\r\ndata:\r\n")
         time.sleep(1.0)
 
     server = scripted(script)
-    client = StreamClient(server.url, 2.0)
+    client = make_client(server.url, 2.0)
     prefix = request_prefix(server.url, "/v1/completions", {})
     out = client.post(finish_head(prefix, "t", 2), b"{}", timeout_s=0.3)
     assert out.error_class == "timeout" and out.status == 200
 
 
-def test_stamps_bracket_the_sims_write_log(sim_server) -> None:
+def test_stamps_bracket_the_sims_write_log(sim_server, make_client) -> None:
     """sent_ns precedes the sim's arrival stamp; each chunk stamp is its write, give or take scheduling.
 
     (The sim stamps a chunk right *after* its write returns, so a fast reader
     on the other core may stamp it a few microseconds earlier.)
     """
     sim = sim_server(ttft_ms=20, itl_ms=5)
-    client = StreamClient(sim.base_url, 2.0)
+    client = make_client(sim.base_url, 2.0)
     prefix = request_prefix(sim.base_url, "/v1/completions", {"Content-Type": "application/json"})
     body = orjson.dumps(
         {"model": "m", "prompt": "a b c", "max_tokens": 6, "ignore_eos": True, "stream": True}
@@ -238,18 +256,18 @@ def full_backlog() -> Iterator[str]:
     server.close()
 
 
-def test_a_connection_never_established_is_connect_timeout(full_backlog: str) -> None:
-    out = _post(StreamClient(full_backlog, 0.4), full_backlog)
+def test_a_connection_never_established_is_connect_timeout(full_backlog: str, make_client) -> None:
+    out = _post(make_client(full_backlog, 0.4), full_backlog)
     assert out.error_class == "connect_timeout" and out.status == 0, out.error_message
     assert "no connection" in (out.error_message or "")
     # the whole-request deadline firing while still connecting is the same class
-    client = StreamClient(full_backlog, 5.0)
+    client = make_client(full_backlog, 5.0)
     prefix = request_prefix(full_backlog, "/v1/completions", {})
     out = client.post(finish_head(prefix, "t", 2), b"{}", timeout_s=0.4)
     assert out.error_class == "connect_timeout", out.error_message
 
 
-def test_retry_after_of_429_and_503_is_recorded(scripted) -> None:
+def test_retry_after_of_429_and_503_is_recorded(scripted, make_client) -> None:
     def script(conn: socket.socket, index: int) -> None:
         server.read_request(conn)
         status = (b"429 Too Many Requests", b"503 Service Unavailable", b"500 Oops")[index]
@@ -258,13 +276,13 @@ def test_retry_after_of_429_and_503_is_recorded(scripted) -> None:
         )
 
     server = scripted(script)
-    client = StreamClient(server.url, 2.0)
+    client = make_client(server.url, 2.0)
     outs = [_post(client, server.url, f"s-{i}") for i in range(3)]
     assert [o.status for o in outs] == [429, 503, 500]
     assert [o.retry_after for o in outs] == ["12", "12", None]  # only 429/503 ask to retry
 
 
-def test_a_response_past_the_bound_is_cut_as_stream_too_large(scripted) -> None:
+def test_a_response_past_the_bound_is_cut_as_stream_too_large(scripted, make_client) -> None:
     event = b'data: {"choices":[{"text":"a","finish_reason":null}]}\n\n'
 
     def script(conn: socket.socket, index: int) -> None:
@@ -275,12 +293,12 @@ def test_a_response_past_the_bound_is_cut_as_stream_too_large(scripted) -> None:
             time.sleep(0.001)
 
     server = scripted(script)
-    client = StreamClient(server.url, 2.0, bounds=Bounds(max_bytes=2**30, max_reads=20))
+    client = make_client(server.url, 2.0, bounds=Bounds(max_bytes=2**30, max_reads=20))
     out = _post(client, server.url)
     assert out.error_class == "stream_too_large" and out.status == 200
     assert "20 chunks" in (out.error_message or "")
     assert out.splitter.size == 0  # the body is dropped, not kept
     assert client._sock is None  # the connection is closed
-    client = StreamClient(server.url, 2.0, bounds=Bounds(max_bytes=1000, max_reads=10**6))
+    client = make_client(server.url, 2.0, bounds=Bounds(max_bytes=1000, max_reads=10**6))
     out = _post(client, server.url)
     assert out.error_class == "stream_too_large" and "1000 bytes" in (out.error_message or "")

@@ -295,6 +295,7 @@ def summarize_health(
                 "cpu_pct": 100.0 * r["cpu_s"] / r["wall_s"] if r.get("wall_s") else None,
                 "done": r.get("done", False),
                 "reader": r.get("reader"),
+                "reader_responses": r.get("reader_responses"),
             }
             for r in sorted(reports, key=lambda r: r.get("index", 0))
         ],

@@ -443,11 +443,18 @@ def _read_native(
                 pass  # the deadline is the error to report
         raise
     if reads.result == TOO_LARGE:
+        if reads.head_len:  # the status, as the Python path knows it by then (the body is dropped)
+            try:
+                parser.feed(reads.data[: reads.head_len])
+            except HTTPParseError:
+                pass
         raise _TooLarge(bounds.message(len(reads.data), len(reads.ends)))
     if reads.result == COMPLETE and _framing_agrees(reads, HTTPResponse("POST")):
         _framing_agrees(reads, parser)
         splitter.load(reads.body, reads.body_ends, reads.body_stamps)
+        reader.whole += 1
         return
+    reader.replayed += 1
     if _replay(reads, parser, feed_splitter):
         return
     if reads.result == ERROR:

@@ -177,6 +177,8 @@ class ProcessContext:
         self.publish()  # the final counts, before the master may quit
         report = self.state.report()
         report["reader"] = self.reader_kind
+        if self.reader is not None:  # how many responses the thread saw to their end, how many were replayed
+            report["reader_responses"] = {"whole": self.reader.whole, "replayed": self.reader.replayed}
         if self.barrier is not None:
             report["prewarm"] = self.barrier.report()
         if isinstance(self.runner, WorkerRunner):

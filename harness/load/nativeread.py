@@ -82,6 +82,10 @@ class NativeReader:
         self._h = handle
         self.max_fds = max_fds
         self.nice = int(lib.tbr_nice(handle))  # the thread's share, for the health report
+        # Responses taken whole from the thread (the common case) and those replayed read by read
+        # (errors, closes, deadlines, or a framing the parser judged otherwise): counted by httpstream.
+        self.whole = 0
+        self.replayed = 0
         self._waiters: dict[int, Waiter] = {}
         self._done = (ctypes.c_int * POP_BATCH)()
         self._info = (ctypes.c_int64 * 10)()

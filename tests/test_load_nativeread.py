@@ -1,0 +1,191 @@
+"""The native stream reader against the Python read path: the same outcome for every response framing.
+
+The reader thread only decides when a response is over; these tests pin that
+it decides the same as the HTTP parser for each framing a server may use
+(chunked split anywhere, coalesced chunks, trailers, extensions, interim 1xx,
+Content-Length, close-delimited, 204, broken framing, a close mid-body), and
+that the connection is then reused or dropped alike. Each response is sent
+in pieces with pauses, so the pieces arrive as separate reads.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from harness.cbuild import CC_ENV
+from harness.load.httpstream import Outcome, StreamClient, finish_head, request_prefix
+from harness.load.nativeread import NativeReader, open_reader
+
+PAUSE_S = 0.015
+EV1 = b'data: {"choices":[{"text":"a","finish_reason":null}]}\n\n'
+EV2 = b'data: {"choices":[{"text":"b","finish_reason":"length"}]}\n\ndata: [DONE]\n\n'
+SSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def _chunk(p: bytes, ext: bytes = b"", upper: bool = False) -> bytes:
+    size = (b"%X" if upper else b"%x") % len(p)
+    return size + ext + b"\r\n" + p + b"\r\n"
+
+
+WHOLE = _chunk(EV1) + _chunk(EV2) + b"0\r\n\r\n"
+
+# name -> the pieces of one response (each written after a pause), and whether the server keeps the connection
+CASES: dict[str, tuple[list[bytes], bool]] = {
+    "chunk per write": ([SSE, _chunk(EV1), _chunk(EV2), b"0\r\n\r\n"], True),
+    "head and body in one write": ([SSE + WHOLE], True),
+    "split in size line, data and CRLF": (
+        [SSE, WHOLE[:1], WHOLE[1:9], WHOLE[9:60], WHOLE[60:62], WHOLE[62:-3], WHOLE[-3:]],
+        True,
+    ),
+    "coalesced chunks": ([SSE, _chunk(EV1) + _chunk(EV1) + _chunk(EV2), b"0\r\n\r\n"], True),
+    "trailers": ([SSE, _chunk(EV1), _chunk(EV2) + b"0\r\nX-Trailer: 1\r\n\r\n"], True),
+    "extensions and upper-case hex": ([SSE, _chunk(EV1, b";x=1", True), _chunk(EV2) + b"0\r\n\r\n"], True),
+    "interim 100 then 200": ([b"HTTP/1.1 100 Continue\r\n\r\n", SSE + _chunk(EV2) + b"0\r\n\r\n"], True),
+    "content-length error": ([b'HTTP/1.1 429 Too Many\r\ncontent-length: 12\r\n\r\n{"e":', b'"slow"}'], True),
+    "204": ([b"HTTP/1.1 204 No Content\r\n\r\n"], True),
+    "close-delimited": ([b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + EV1, EV2], False),
+    "connection close header": ([SSE.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n") + WHOLE], False),
+    "bad chunk size": ([SSE, b"zz\r\n" + EV1], False),
+    "close mid-body": ([SSE, _chunk(EV1)[:20]], False),
+}
+# The cases the thread must see to their end itself; the rest end by a close or an error and are replayed.
+REPLAYED = {"close-delimited", "bad chunk size", "close mid-body"}
+
+
+class PiecesServer:
+    """Per connection: read a request, send the case's pieces with pauses; serve two requests if kept."""
+
+    def __init__(self, pieces: list[bytes], keep: bool, hold_s: float = 0.0) -> None:
+        self.pieces, self.keep, self.hold_s = pieces, keep, hold_s
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _read_request(self, conn: socket.socket) -> bool:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            part = conn.recv(65536)
+            if not part:
+                return False
+            data += part
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += conn.recv(65536)
+        return True
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                try:
+                    for _ in range(2 if self.keep else 1):
+                        if not self._read_request(conn):
+                            break
+                        for piece in self.pieces:
+                            time.sleep(PAUSE_S)
+                            conn.sendall(piece)
+                        time.sleep(self.hold_s)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def reader() -> Iterator[NativeReader]:
+    made, kind = open_reader()
+    assert made is not None, kind  # gcc is on every machine this suite runs on
+    yield made
+    made.close()
+
+
+def _post(client: StreamClient, url: str, rid: str) -> Outcome:
+    prefix = request_prefix(url, "/v1/completions", {"Content-Type": "application/json"})
+    body = b'{"prompt":"hi"}'
+    return client.post(finish_head(prefix, rid, len(body)), body, timeout_s=3.0)
+
+
+def _facts(out: Outcome, client: StreamClient) -> tuple[object, ...]:
+    events = out.splitter.events
+    return (
+        out.status,
+        out.error_class,
+        [raw for _, raw in events],
+        out.splitter.coalesced,
+        out.splitter.close(),
+        out.body_bytes,
+        client._sock is not None,
+    )
+
+
+def _stamps_ok(out: Outcome) -> bool:
+    stamps = [t for t, _ in out.splitter.events]
+    return stamps == sorted(stamps) and all(out.sent_ns <= t <= out.end_ns for t in stamps)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_native_reader_ends_and_reuses_like_the_python_path(case: str, reader: NativeReader) -> None:
+    pieces, keep = CASES[case]
+    seen = []
+    whole, replayed = reader.whole, reader.replayed
+    for native in (False, True):
+        server = PiecesServer(pieces, keep)
+        client = StreamClient(server.url, 2.0, reader=reader if native else None)
+        try:
+            first = _post(client, server.url, "r-0")
+            facts = [_facts(first, client)]
+            assert _stamps_ok(first), case
+            second = _post(client, server.url, "r-1")  # on the kept connection, or a new one
+            facts.append(_facts(second, client))
+            seen.append((facts, server.accepted))
+        finally:
+            client.close()
+            server.close()
+    (py_facts, py_accepted), (native_facts, native_accepted) = seen
+    assert native_facts == py_facts, case
+    assert native_accepted == py_accepted == (1 if keep else 2), case
+    if case in REPLAYED:
+        assert reader.replayed - replayed == 2, case
+    else:  # no fallback hid a wrong end: the thread's own framing found both ends
+        assert (reader.whole - whole, reader.replayed - replayed) == (2, 0), case
+
+
+def test_a_stream_read_natively_is_stamped_per_read_and_its_partial_data_kept_at_a_deadline(
+    reader: NativeReader,
+) -> None:
+    server = PiecesServer([SSE, _chunk(EV1), _chunk(EV1)], keep=False, hold_s=1.0)  # cut by the deadline
+    client = StreamClient(server.url, 2.0, reader=reader)
+    prefix = request_prefix(server.url, "/v1/completions", {})
+    out = client.post(finish_head(prefix, "t", 2), b"{}", timeout_s=0.3)
+    assert out.error_class == "timeout" and out.status == 200
+    stamps = [t for t, _ in out.splitter.events]
+    assert len(stamps) == 2 and stamps[0] < stamps[1]  # two reads, two stamps, kept past the deadline
+    assert client._sock is None
+    client.close()
+    server.close()
+
+
+def test_without_a_compiler_or_when_told_the_python_path_is_used_and_named(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("TOKENBENCH_READER", "python")
+    made, kind = open_reader(tmp_path)
+    assert made is None and kind == "python (TOKENBENCH_READER=python)"
+    monkeypatch.delenv("TOKENBENCH_READER")
+    monkeypatch.setenv(CC_ENV, "/nonexistent/cc")
+    made, kind = open_reader(tmp_path)
+    assert made is None and kind.startswith("python (native reader unavailable: cannot build nativeread.c")
+    assert not list((tmp_path / "bin").glob("*.so"))
