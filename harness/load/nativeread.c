@@ -13,7 +13,7 @@
  *
  * A finished (or failed, or bounded) response is queued and an eventfd is written; the process's
  * gevent loop watches that eventfd and wakes the waiting user. All state is behind one mutex; the
- * thread holds it only while it handles a batch of ready sockets.
+ * thread holds it only while it handles one ready socket.
  *
  * Build: gcc -O2 -shared -fPIC -pthread (harness/cbuild.py); loaded with ctypes (nativeread.py).
  */
@@ -340,9 +340,13 @@ static void *run(void *arg) {
         int n = epoll_wait(r->ep, evs, 256, 200);
         if (n <= 0) continue;
         int woke = 0;
-        pthread_mutex_lock(&r->mu);
-        for (int i = 0; i < n; i++) woke |= on_readable(r, evs[i].data.fd);
-        pthread_mutex_unlock(&r->mu);
+        /* The lock per socket, not per batch: a batch of 256 reads holds it for ~1 ms on a slow VM,
+           and the Python thread's watch/take calls (its event loop) would wait that long. */
+        for (int i = 0; i < n; i++) {
+            pthread_mutex_lock(&r->mu);
+            woke |= on_readable(r, evs[i].data.fd);
+            pthread_mutex_unlock(&r->mu);
+        }
         if (woke) {
             uint64_t one = 1;
             ssize_t w = write(r->efd, &one, sizeof one);
