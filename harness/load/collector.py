@@ -296,6 +296,7 @@ def summarize_health(
                 "done": r.get("done", False),
                 "reader": r.get("reader"),
                 "reader_responses": r.get("reader_responses"),
+                "reader_cpu_s": r.get("reader_cpu_s"),
             }
             for r in sorted(reports, key=lambda r: r.get("index", 0))
         ],

@@ -88,6 +88,7 @@ class ProcessContext:
     barrier: PrewarmBarrier | None = None  # ``connections: prewarm``: users meet here before the clock
     reader: NativeReader | None = None  # the process's native stream reader (None: the Python read path)
     reader_kind: str = "python"  # which read path, and why not native, for the step's health
+    _reader_cpu0: float = 0.0  # the reader thread's CPU at the step's start
     live: dict[int, dict[str, Any]] = field(default_factory=dict)  # latest progress snapshot per process
     index: int | None = None  # distributed: this worker's index, assigned by the master
     spool_factory: Callable[[int], RecordSpool] | None = None  # distributed: records go as messages
@@ -133,6 +134,8 @@ class ProcessContext:
         # step are still collected.
         gc.collect()
         gc.freeze()
+        if self.reader is not None:
+            self._reader_cpu0 = self.reader.cpu_s()
 
     def open_reader(self) -> None:
         """The native stream reader for an HTTP protocol (``nativeread``); the Python path if it cannot run.
@@ -179,6 +182,7 @@ class ProcessContext:
         report["reader"] = self.reader_kind
         if self.reader is not None:  # how many responses the thread saw to their end, how many were replayed
             report["reader_responses"] = {"whole": self.reader.whole, "replayed": self.reader.replayed}
+            report["reader_cpu_s"] = round(self.reader.cpu_s() - self._reader_cpu0, 4)
         if self.barrier is not None:
             report["prewarm"] = self.barrier.report()
         if isinstance(self.runner, WorkerRunner):

@@ -34,7 +34,9 @@ from harness.cbuild import CBuildError, build_shared
 
 SOURCE = Path(__file__).with_name("nativeread.c")
 MAX_FDS = 65536
-READER_NICE = -10  # asked for the reader thread alone (best effort; see nativeread.c)
+READER_NICE = -10  # asked for the reader thread alone where SCHED_FIFO is not granted (see nativeread.c)
+SCHED_ENV = "TOKENBENCH_READER_SCHED"  # fifo (default) | nice | normal: the reader thread's scheduling
+SCHED_CHOICES = {"normal": 0, "nice": 1, "fifo": 2}
 POP_BATCH = 256
 
 # why reading stopped (nativeread.c R_*)
@@ -62,26 +64,32 @@ class Reads:
 class NativeReader:
     """The process's reader thread (``nativeread.c``) and the gevent side that wakes waiting users."""
 
-    def __init__(self, library: Path, max_fds: int = MAX_FDS) -> None:
+    def __init__(self, library: Path, max_fds: int = MAX_FDS, sched: str = "fifo") -> None:
+        if sched not in SCHED_CHOICES:
+            raise ValueError(f"{SCHED_ENV}: expected one of {sorted(SCHED_CHOICES)}, got {sched!r}")
         lib = ctypes.CDLL(str(library))
         lib.tbr_new.restype = ctypes.c_void_p
-        lib.tbr_new.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.tbr_new.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         vp, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
         lib.tbr_eventfd.argtypes = [vp]
         lib.tbr_nice.argtypes = [vp]
+        lib.tbr_fifo.argtypes = [vp]
+        lib.tbr_cpu_ns.argtypes = [vp]
+        lib.tbr_cpu_ns.restype = ctypes.c_int64
         lib.tbr_watch.argtypes = [vp, i, i64, i64]
         lib.tbr_cancel.argtypes = [vp, i]
         lib.tbr_pop_done.argtypes = [vp, ctypes.c_void_p, i]
         lib.tbr_info.argtypes = [vp, i, ctypes.c_void_p]
         lib.tbr_take.argtypes = [vp, i, *([ctypes.c_void_p] * 6)]
         lib.tbr_close.argtypes = [vp]
-        handle = lib.tbr_new(max_fds, READER_NICE)
+        handle = lib.tbr_new(max_fds, SCHED_CHOICES[sched], READER_NICE)
         if not handle:
             raise OSError("the native reader could not start (epoll, eventfd or thread)")
         self._lib = lib
         self._h = handle
         self.max_fds = max_fds
         self.nice = int(lib.tbr_nice(handle))  # the thread's share, for the health report
+        self.fifo = bool(lib.tbr_fifo(handle))
         # Responses taken whole from the thread (the common case) and those replayed read by read
         # (errors, closes, deadlines, or a framing the parser judged otherwise): counted by httpstream.
         self.whole = 0
@@ -160,6 +168,10 @@ class NativeReader:
             bool(chunked),
         )
 
+    def cpu_s(self) -> float:
+        """CPU-seconds the reader thread has used (part of the process's CPU, shown apart in the health)."""
+        return self._lib.tbr_cpu_ns(self._h) / 1e9 if self._h else 0.0
+
     def close(self) -> None:
         if self._h:
             self._watcher.stop()
@@ -178,9 +190,11 @@ def open_reader(home: Path | None = None) -> tuple[NativeReader | None, str]:
     """This process's native reader, or None with the reason the Python path is used instead."""
     if os.environ.get("TOKENBENCH_READER", "").strip() == "python":
         return None, "python (TOKENBENCH_READER=python)"
+    sched = os.environ.get(SCHED_ENV, "").strip() or "fifo"
     try:
         lib = build_shared(SOURCE, "tokenbench-nativeread", home)
-        reader = NativeReader(lib)
-        return reader, f"native (reader thread nice {reader.nice})"
-    except (CBuildError, OSError) as err:
+        reader = NativeReader(lib, sched=sched)
+        how = "SCHED_FIFO 1" if reader.fifo else f"nice {reader.nice}"
+        return reader, f"native (reader thread {how})"
+    except (CBuildError, OSError, ValueError) as err:
         return None, f"python (native reader unavailable: {err})"
