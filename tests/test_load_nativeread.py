@@ -189,3 +189,15 @@ def test_without_a_compiler_or_when_told_the_python_path_is_used_and_named(monke
     made, kind = open_reader(tmp_path)
     assert made is None and kind.startswith("python (native reader unavailable: cannot build nativeread.c")
     assert not list((tmp_path / "bin").glob("*.so"))
+
+
+def test_the_reader_threads_scheduling_is_asked_for_and_reported(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("TOKENBENCH_READER_SCHED", "normal")
+    made, kind = open_reader()
+    assert made is not None and not made.fifo and kind == f"native (reader thread nice {made.nice})"
+    assert made.cpu_s() >= 0.0
+    made.close()
+    monkeypatch.setenv("TOKENBENCH_READER_SCHED", "sometimes")
+    made, kind = open_reader()
+    assert made is None
+    assert "TOKENBENCH_READER_SCHED: expected one of ['fifo', 'nice', 'normal'], got 'sometimes'" in kind

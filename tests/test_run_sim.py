@@ -100,6 +100,15 @@ def test_sim_run_with_a_failing_cell(tmp_path: Path) -> None:
     assert plan["stream_usage"] is True and plan["tls_insecure_skip_verify"] is False
     df = pq.read_table(run_dir / "records.parquet").to_pandas()
     assert len(df) == 2 * 2 * 12
+    # every stream was read and stamped by the native reader thread and seen to its end by it
+    healths = list(run_dir.rglob("health.json"))
+    assert len(healths) == 2 * 2  # one per step of each sim cell
+    for health_path in healths:
+        for worker in json.loads(health_path.read_text())["workers"]:
+            assert worker["reader"].startswith("native (reader thread "), worker
+            assert worker["reader_responses"]["replayed"] == 0
+            assert worker["reader_responses"]["whole"] >= worker["requests"] > 0
+            assert worker["reader_cpu_s"] >= 0
     assert df["simulated"].all()
     assert (df["output_tokens"] == 10).all()
     ttft = (df["first_token_ns"] - df["scheduled_ns"]) / 1e6
