@@ -147,6 +147,19 @@ static int add_body(Stream *st, const char *src, int64_t n) {
     return 0;
 }
 
+/* Move what is there of the current chunk (or Content-Length body) into the body; -1: out of memory. */
+static int take_body(Stream *st, int64_t avail) {
+    int64_t take = avail < st->remaining ? avail : st->remaining;
+    if (add_body(st, st->buf + st->pos, take) < 0) {
+        st->result = R_ERROR;
+        st->err = ENOMEM;
+        return -1;
+    }
+    st->pos += take;
+    st->remaining -= take;
+    return 0;
+}
+
 /* Advance the framing over the bytes read so far; sets st->result when the response is over. */
 static void advance(Stream *st) {
     const char *b = st->buf;
@@ -195,15 +208,10 @@ static void advance(Stream *st) {
             st->state = S_DATA;
             continue;
         }
-        case S_DATA: {
-            int64_t take = avail < st->remaining ? avail : st->remaining;
-            if (add_body(st, b + st->pos, take) < 0) { st->result = R_ERROR; st->err = ENOMEM; return; }
-            st->pos += take;
-            st->remaining -= take;
-            if (st->remaining) return;
+        case S_DATA:
+            if (take_body(st, avail) < 0 || st->remaining) return;
             st->state = S_CRLF;
             continue;
-        }
         case S_CRLF:
             if (avail < 2) return;
             if (b[st->pos] != '\r' || b[st->pos + 1] != '\n') { st->result = R_FRAMING; return; }
@@ -225,14 +233,12 @@ static void advance(Stream *st) {
             st->result = R_COMPLETE;
             return;
         }
-        case S_LENGTH: {
-            int64_t take = avail < st->remaining ? avail : st->remaining;
-            if (add_body(st, b + st->pos, take) < 0) { st->result = R_ERROR; st->err = ENOMEM; return; }
-            st->pos += take;
-            st->remaining -= take;
-            if (st->remaining == 0) { st->state = S_DONE; st->result = R_COMPLETE; }
+        case S_LENGTH:
+            if (take_body(st, avail) == 0 && st->remaining == 0) {
+                st->state = S_DONE;
+                st->result = R_COMPLETE;
+            }
             return;
-        }
         case S_EOF:
             if (add_body(st, b + st->pos, avail) < 0) { st->result = R_ERROR; st->err = ENOMEM; return; }
             st->pos = st->len;
@@ -263,15 +269,16 @@ static int grow(void **p, int64_t *cap, int64_t need, size_t item) {
     return 0;
 }
 
-static int grow_reads(Stream *st) {
-    int64_t c = st->rcap ? st->rcap * 2 : 256;
-    int64_t *e = realloc(st->ends, (size_t)c * sizeof(int64_t));
-    if (!e) return -1;
-    st->ends = e;
-    int64_t *s = realloc(st->stamps, (size_t)c * sizeof(int64_t));
-    if (!s) return -1;
-    st->stamps = s;
-    st->rcap = c;
+/* Double two parallel int64 arrays (offsets and stamps) that share one capacity. */
+static int grow_pair(int64_t **a, int64_t **b, int64_t *cap) {
+    int64_t c = *cap ? *cap * 2 : 256;
+    int64_t *na = realloc(*a, (size_t)c * sizeof(int64_t));
+    if (!na) return -1;
+    *a = na;
+    int64_t *nb = realloc(*b, (size_t)c * sizeof(int64_t));
+    if (!nb) return -1;
+    *b = nb;
+    *cap = c;
     return 0;
 }
 
@@ -292,7 +299,7 @@ static int on_readable(Reader *r, int fd) {
         finish(r, fd, R_EOF); /* a close-delimited body ends here too */
         return 1;
     }
-    if (st->nreads + 1 > st->rcap && grow_reads(st) < 0) {
+    if (st->nreads + 1 > st->rcap && grow_pair(&st->ends, &st->stamps, &st->rcap) < 0) {
         st->err = ENOMEM;
         finish(r, fd, R_ERROR);
         return 1;
@@ -305,14 +312,10 @@ static int on_readable(Reader *r, int fd) {
     int64_t before = st->blen;
     advance(st);
     if (st->blen > before) {
-        if (st->nbody + 1 > st->bkcap) {
-            int64_t c = st->bkcap ? st->bkcap * 2 : 256;
-            int64_t *e = realloc(st->bends, (size_t)c * sizeof(int64_t));
-            if (e) st->bends = e;
-            int64_t *s = e ? realloc(st->bstamps, (size_t)c * sizeof(int64_t)) : NULL;
-            if (s) st->bstamps = s;
-            if (!e || !s) { st->err = ENOMEM; finish(r, fd, R_ERROR); return 1; }
-            st->bkcap = c;
+        if (st->nbody + 1 > st->bkcap && grow_pair(&st->bends, &st->bstamps, &st->bkcap) < 0) {
+            st->err = ENOMEM;
+            finish(r, fd, R_ERROR);
+            return 1;
         }
         st->bends[st->nbody] = st->blen;
         st->bstamps[st->nbody] = t;
