@@ -19,7 +19,7 @@ import pytest
 
 from harness.cbuild import CC_ENV
 from harness.load.httpstream import Outcome, StreamClient, finish_head, request_prefix
-from harness.load.nativeread import NativeReader, open_reader
+from harness.load.nativeread import NativeReader, open_reader, python_clock_offset
 
 PAUSE_S = 0.015
 EV1 = b'data: {"choices":[{"text":"a","finish_reason":null}]}\n\n'
@@ -201,3 +201,20 @@ def test_the_reader_threads_scheduling_is_asked_for_and_reported(monkeypatch, tm
     made, kind = open_reader()
     assert made is None
     assert "TOKENBENCH_READER_SCHED: expected one of ['fifo', 'nice', 'normal'], got 'sometimes'" in kind
+
+
+def test_the_threads_stamps_follow_a_shifted_process_clock(monkeypatch, reader: NativeReader) -> None:
+    """The distributed tests shift ``time.monotonic_ns`` to play another host; the thread's stamps follow."""
+    assert python_clock_offset() == 0
+    real = time.monotonic_ns
+    monkeypatch.setattr(time, "monotonic_ns", lambda: real() + 5_000_000_000)
+    assert abs(python_clock_offset() - 5_000_000_000) < 1_000_000
+    shifted, _ = open_reader()
+    assert shifted is not None
+    server = PiecesServer(CASES["chunk per write"][0], keep=False)
+    client = StreamClient(server.url, 2.0, reader=shifted)
+    out = _post(client, server.url, "r-0")
+    assert out.error_class is None and _stamps_ok(out)  # sent_ns/end_ns (shifted) bracket the thread's stamps
+    client.close()
+    server.close()
+    shifted.close()

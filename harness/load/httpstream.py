@@ -377,10 +377,10 @@ def _replay(reads: Reads, parser: HTTPResponse, feed_splitter: Callable[[bytearr
     """
     buf: bytearray = parser._body_buffer
     feed = parser.feed
-    data = reads.data
+    raw = reads.raw
     start = 0
-    for end, stamp in zip(reads.ends, reads.stamps, strict=True):
-        feed(data[start:end])  # the C parser takes bytes only (no memoryview)
+    for end, stamp in zip(reads.ends.tolist(), reads.stamps.tolist(), strict=True):
+        feed(raw(start, end))  # the C parser takes bytes only (no memoryview)
         start = end
         if buf:
             feed_splitter(buf, stamp)
@@ -400,14 +400,13 @@ def _framing_agrees(reads: Reads, parser: HTTPResponse) -> bool:
     per-read stamps come from the thread's copy. Anything it does not agree
     with goes the long way (``_replay`` on a fresh parser).
     """
-    data = reads.data
     if not reads.head_len:
         return False
     try:
-        parser.feed(data[: reads.head_len])
+        parser.feed(reads.raw(0, reads.head_len))
         if parser.headers_complete and not parser.message_complete:
             start = reads.term_start if reads.chunked else reads.head_len
-            parser.feed(data[start : reads.consumed])
+            parser.feed(reads.raw(start, reads.consumed))
     except HTTPParseError:
         return False
     parser._body_buffer.clear()  # the parser's copy of a Content-Length body: the thread's is used
@@ -445,7 +444,7 @@ def _read_native(
     if reads.result == TOO_LARGE:
         if reads.head_len:  # the status, as the Python path knows it by then (the body is dropped)
             try:
-                parser.feed(reads.data[: reads.head_len])
+                parser.feed(reads.raw(0, reads.head_len))
             except HTTPParseError:
                 pass
         raise _TooLarge(bounds.message(len(reads.data), len(reads.ends)))

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-from array import array
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gevent
+import numpy as np
 from gevent.hub import Waiter
 
 from harness.cbuild import CBuildError, build_shared
@@ -45,20 +46,30 @@ COMPLETE, EOF, ERROR, FRAMING, TOO_LARGE, CANCELLED = 1, 2, 3, 4, 5, 6
 
 @dataclass
 class Reads:
-    """One response as the reader thread saw it."""
+    """One response as the reader thread saw it.
+
+    The offsets and stamps stay numpy arrays (no Python int per read: a
+    1,024-stream step makes 80k of them a second); ``raw`` gives bytes of the
+    response as read, for the HTTP parser.
+    """
 
     result: int
     errno: int
-    data: bytes
-    ends: list[int]  # end offset of each recv in ``data``
-    stamps: list[int]  # monotonic ns right after each recv
+    data: np.ndarray  # uint8: every byte read, in order
+    ends: np.ndarray  # int64: end offset of each recv in ``data``
+    stamps: np.ndarray  # int64: monotonic ns right after each recv
     body: bytes = b""  # the body with the chunk framing removed, as the HTTP parser would hand it over
-    body_ends: list[int] = field(default_factory=list)  # per read that added body bytes: body length after it
-    body_stamps: list[int] = field(default_factory=list)  # ... and that read's stamp
+    body_ends: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # body length after a read
+    body_stamps: np.ndarray = field(
+        default_factory=lambda: np.empty(0, np.int64)
+    )  # ... and that read's stamp
     head_len: int = 0  # end of the final (non-1xx) response head in ``data``; 0: not seen
     consumed: int = 0  # bytes of ``data`` the framing took (past it: bytes after the response)
     term_start: int = 0  # chunked: start of the last-chunk line in ``data``
     chunked: bool = False
+
+    def raw(self, start: int, end: int) -> bytes:
+        return self.data[start:end].tobytes()
 
 
 class NativeReader:
@@ -95,6 +106,7 @@ class NativeReader:
         self.whole = 0
         self.replayed = 0
         self._waiters: dict[int, Waiter] = {}
+        self.clock_offset_ns = python_clock_offset()
         self._done = (ctypes.c_int * POP_BATCH)()
         self._info = (ctypes.c_int64 * 10)()
         hub = gevent.get_hub()
@@ -140,28 +152,28 @@ class NativeReader:
         return self._take(fd)
 
     def _take(self, fd: int) -> Reads:
+        """Copy the response out of the thread's slot (which it then reuses): two allocations, one call."""
         info = self._info
         self._lib.tbr_info(self._h, fd, info)
-        result, errno, size, nreads, consumed, blen, nbody, head_len, term_start, chunked = (
-            int(v) for v in info
-        )
-        data, body = bytearray(size), bytearray(blen)
-        ends, stamps = array("q", bytes(8 * nreads)), array("q", bytes(8 * nreads))
-        bends, bstamps = array("q", bytes(8 * nbody)), array("q", bytes(8 * nbody))
+        result, errno, size, nreads, consumed, blen, nbody, head_len, term_start, chunked = info[:]
+        octets = np.empty(size + blen, np.uint8)
+        ints = np.empty(2 * (nreads + nbody), np.int64)
+        a, b = octets.ctypes.data, ints.ctypes.data
         self._lib.tbr_take(
-            self._h,
-            fd,
-            *(_address(b) for b in (data, ends, stamps, body, bends, bstamps)),
+            self._h, fd, a, b, b + 8 * nreads, a + size, b + 16 * nreads, b + 16 * nreads + 8 * nbody
         )
+        if self.clock_offset_ns:
+            ints[nreads : 2 * nreads] += self.clock_offset_ns
+            ints[2 * nreads + nbody :] += self.clock_offset_ns
         return Reads(
             result,
             errno,
-            bytes(data),
-            ends.tolist(),
-            stamps.tolist(),
-            bytes(body),
-            bends.tolist(),
-            bstamps.tolist(),
+            octets[:size],
+            ints[:nreads],
+            ints[nreads : 2 * nreads],
+            octets[size:].tobytes(),
+            ints[2 * nreads : 2 * nreads + nbody],
+            ints[2 * nreads + nbody :],
             head_len,
             consumed,
             term_start,
@@ -180,10 +192,17 @@ class NativeReader:
             self._h = None
 
 
-def _address(buffer: bytearray | array) -> ctypes.Array | None:  # type: ignore[type-arg]
-    """A ctypes view of a writable buffer for the C side to fill (None for an empty one)."""
-    size = len(buffer) * (buffer.itemsize if isinstance(buffer, array) else 1)
-    return (ctypes.c_char * size).from_buffer(buffer) if size else None
+def python_clock_offset() -> int:
+    """``time.monotonic_ns()`` minus ``CLOCK_MONOTONIC`` (what the thread stamps with): 0 unless shifted.
+
+    The one case where they differ is the distributed tests' hook that shifts
+    this process's ``time.monotonic_ns`` to play a worker on another host
+    (``clocksync.apply_test_offset``); the thread's stamps must then carry the
+    same shift as every other stamp of the process. A difference under 1 ms is
+    the two reads' own spacing, not a shift.
+    """
+    diff = time.monotonic_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    return diff if abs(diff) >= 1_000_000 else 0
 
 
 def open_reader(home: Path | None = None) -> tuple[NativeReader | None, str]:

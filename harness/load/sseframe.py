@@ -128,17 +128,19 @@ class SseSplitter:
         self._ends.append(len(buf))
         self._stamps.append(arrival_ns)
 
-    def load(self, body: bytes, ends: list[int], stamps: list[int]) -> None:
-        """Take a whole body at once, with the end offset and stamp of each read that added to it.
+    def load(self, body: bytes, ends: np.ndarray, stamps: np.ndarray) -> None:
+        """Take a whole body at once, with the end offset and stamp (int64 arrays) of each read that added to it.
 
         The same state as ``feed`` called per read (for the native reader,
         which has split the reads already): nothing may have been fed before.
+        The arrays stay arrays (``split_simple`` indexes them as such); the
+        other splits get Python lists.
         """
         if self._buf:
             raise ValueError("SseSplitter.load: bytes were fed already")
         self._buf = bytearray(body)
-        self._ends = list(ends)
-        self._stamps = list(stamps)
+        self._ends = ends  # type: ignore[assignment]
+        self._stamps = stamps  # type: ignore[assignment]
 
     @property
     def reads(self) -> int:
@@ -183,18 +185,25 @@ class SseSplitter:
         rest, self._rest = self._rest.strip(), b""
         return rest
 
+    def _read_lists(self) -> tuple[list[int], list[int]]:
+        """Per-read ends and stamps as Python ints (``load`` keeps arrays) for the per-event splits."""
+        ends, stamps = self._ends, self._stamps
+        if isinstance(ends, np.ndarray):
+            return ends.tolist(), stamps.tolist()  # type: ignore[attr-defined]
+        return ends, stamps
+
     def _split(self) -> None:
         if self._split_len == len(self._buf):
             return
         self._split_len = len(self._buf)
         self._simple = self._lazy = None
         if b"\r" in self._buf:
-            self._events, self._coalesced, self._rest = _split_by_read(self._buf, self._ends, self._stamps)
+            self._events, self._coalesced, self._rest = _split_by_read(self._buf, *self._read_lists())
             return
         body = bytes(self._buf)
         found = split_simple(body, self._ends, self._stamps)
         if found is None:
-            self._events, self._coalesced, self._rest = split_lf_vectorised(body, self._ends, self._stamps)
+            self._events, self._coalesced, self._rest = split_lf_vectorised(body, *self._read_lists())
         else:
             self._simple, self._coalesced, self._rest, event_stamps, closes = found
             self._events, self._lazy = None, (body, event_stamps, closes)
@@ -237,7 +246,7 @@ def split_simple(
     if len(joined) != end - 6 - (m - 1) * (len(JOIN_FROM) - len(JOIN_TO)):
         return None
     reads = np.searchsorted(np.asarray(ends, dtype=np.int64), closes, side="left")
-    event_stamps = list(map(stamps.__getitem__, reads.tolist()))
+    event_stamps = np.asarray(stamps, dtype=np.int64)[reads].tolist()
     coalesced = m - 1 - int(np.count_nonzero(np.diff(reads[:m])))
     simple = SimpleBody(event_stamps[:m], b"[" + joined + b"]", m < n)
     return simple, coalesced, body[cl[-1] :], event_stamps, closes
@@ -280,7 +289,7 @@ def split_lf_vectorised(
         return split_lf(buf, ends, stamps)
     closes = np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=n) + 2)
     reads = np.searchsorted(np.asarray(ends, dtype=np.int64), closes, side="left")
-    events = list(zip(map(stamps.__getitem__, reads.tolist()), parts, strict=True))
+    events = list(zip(np.asarray(stamps, dtype=np.int64)[reads].tolist(), parts, strict=True))
     is_data = np.fromiter(map(bytes.startswith, parts, repeat(OBJECT_PREFIXES)), dtype=bool, count=n)
     blank: list[int] = []
     for i in np.flatnonzero(~is_data).tolist():  # the few events that are not JSON-object data
