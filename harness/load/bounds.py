@@ -29,3 +29,7 @@ class Bounds:
             f"response cut after {nbytes} bytes in {reads} reads: past the bound of "
             f"{self.max_bytes} bytes / {self.max_reads} chunks (workload.max_response_bytes/_chunks)"
         )
+
+
+class ResponseTooLarge(Exception):
+    """The response passed the byte or read bound: cut, so one endless stream cannot eat the memory."""

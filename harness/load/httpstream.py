@@ -26,7 +26,6 @@ so it is usable and testable outside a Locust process.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import ssl
@@ -41,8 +40,9 @@ import gevent.socket
 import gevent.ssl
 from geventhttpclient.response import HTTPParseError, HTTPResponse
 
-from harness.load.bounds import Bounds
-from harness.load.nativeread import COMPLETE, EOF, ERROR, TOO_LARGE, NativeReader, Reads
+from harness.load.bounds import Bounds, ResponseTooLarge
+from harness.load.nativehttp import is_final, read_native
+from harness.load.nativeread import NativeReader
 from harness.load.sseframe import SseSplitter
 from harness.protocols.base import TlsOptions
 from harness.protocols.tls import ssl_context
@@ -78,10 +78,6 @@ class _Deadline(Exception):
 
 class _ClosedEarly(Exception):
     """The server closed the connection before the response headers were complete."""
-
-
-class _TooLarge(Exception):
-    """The response passed the byte or read bound: cut, so one endless stream cannot eat the memory."""
 
 
 def request_prefix(base_url: str, path: str, headers: Mapping[str, str]) -> bytes:
@@ -231,7 +227,7 @@ class StreamClient:
                 msg = f"no connection to {self.host}:{self.port} established: {msg}"
                 return Outcome(0, sent_ns, clock(), splitter, "connect_timeout", msg)
             return Outcome(_status(parser), sent_ns, clock(), splitter, "timeout", msg)
-        except _TooLarge as err:
+        except ResponseTooLarge as err:
             size = splitter.size
             return Outcome(
                 _status(parser),
@@ -274,7 +270,7 @@ class StreamClient:
                 if head is None:
                     return None if self._reusable() is not None else "the server closed the connection"
                 sock.sendall(head)
-                while not (parser.message_complete and _final(parser)):
+                while not (parser.message_complete and is_final(parser)):
                     data = sock.recv(READ_SIZE)
                     if not data:
                         raise _ClosedEarly("connection closed before the probe's response was complete")
@@ -353,116 +349,23 @@ def _read_response(
             bytes_left -= len(data)
             reads_left -= 1
             if bytes_left < 0 or reads_left < 0:
-                raise _TooLarge(bounds.message(bounds.max_bytes - bytes_left, bounds.max_reads - reads_left))
+                raise ResponseTooLarge(
+                    bounds.message(bounds.max_bytes - bytes_left, bounds.max_reads - reads_left)
+                )
             feed(data)
             if buf:
                 feed_splitter(buf, now)
                 buf.clear()
-            if parser.message_complete and _final(parser):
+            if parser.message_complete and is_final(parser):
                 break
     elif reader is not None:
-        _read_native(reader, raw, parser, splitter, clock, bounds)
+        read_on = lambda rest: _read_plain(raw, parser, feed_splitter, clock, rest)  # noqa: E731
+        read_native(reader, raw, parser, splitter, bounds, read_on)
     else:
         _read_plain(raw, parser, feed_splitter, clock, bounds)
     if not parser.headers_complete:
         raise _ClosedEarly("connection closed before the response headers")
     return int(parser.get_code())
-
-
-def _replay(reads: Reads, parser: HTTPResponse, feed_splitter: Callable[[bytearray, int], None]) -> bool:
-    """Feed the reader thread's reads, in order, to the parser and splitter; True once the response is over.
-
-    The same per-read steps as ``_read_plain`` after its ``recv``, with the
-    thread's stamps, so a response means what it means on the Python path.
-    """
-    buf: bytearray = parser._body_buffer
-    feed = parser.feed
-    raw = reads.raw
-    start = 0
-    for end, stamp in zip(reads.ends.tolist(), reads.stamps.tolist(), strict=True):
-        feed(raw(start, end))  # the C parser takes bytes only (no memoryview)
-        start = end
-        if buf:
-            feed_splitter(buf, stamp)
-            buf.clear()
-        if parser.message_complete and _final(parser):
-            return True
-    return False
-
-
-def _framing_agrees(reads: Reads, parser: HTTPResponse) -> bool:
-    """Feed the parser the heads and the end of the body only; True if it then agrees the response is over.
-
-    The common case (the thread saw a complete response) without a parser
-    call per read: the parser sees every head (1xx included) and the framing's
-    end (the last-chunk line and trailers; a Content-Length body whole), so
-    status, headers and keep-alive are its own, while the body and its
-    per-read stamps come from the thread's copy. Anything it does not agree
-    with goes the long way (``_replay`` on a fresh parser).
-    """
-    if not reads.head_len:
-        return False
-    try:
-        parser.feed(reads.raw(0, reads.head_len))
-        if parser.headers_complete and not parser.message_complete:
-            start = reads.term_start if reads.chunked else reads.head_len
-            parser.feed(reads.raw(start, reads.consumed))
-    except HTTPParseError:
-        return False
-    parser._body_buffer.clear()  # the parser's copy of a Content-Length body: the thread's is used
-    return bool(parser.message_complete and _final(parser))
-
-
-def _read_native(
-    reader: NativeReader,
-    raw: socket.socket,
-    parser: HTTPResponse,
-    splitter: SseSplitter,
-    clock: Callable[[], int],
-    bounds: Bounds,
-) -> None:
-    """The response read and stamped by the process's reader thread (``nativeread``), then replayed.
-
-    Where the thread stopped but the parser does not agree the response is
-    over (a framing the thread judged differently), the rest is read here,
-    on the Python path, with what is left of the bounds: the thread decides
-    only when to stop reading. A deadline stops the thread's reading of this
-    socket and keeps what it had read (so a timed-out stream's partial data is
-    interpreted as before).
-    """
-    feed_splitter = splitter.feed
-    try:
-        reads = reader.read(raw.fileno(), bounds.max_bytes, bounds.max_reads)
-    except BaseException as err:
-        partial = getattr(err, "partial", None)
-        if partial is not None:
-            try:
-                _replay(partial, parser, feed_splitter)
-            except HTTPParseError:
-                pass  # the deadline is the error to report
-        raise
-    if reads.result == TOO_LARGE:
-        if reads.head_len:  # the status, as the Python path knows it by then (the body is dropped)
-            try:
-                parser.feed(reads.raw(0, reads.head_len))
-            except HTTPParseError:
-                pass
-        raise _TooLarge(bounds.message(len(reads.data), len(reads.ends)))
-    if reads.result == COMPLETE and _framing_agrees(reads, HTTPResponse("POST")):
-        _framing_agrees(reads, parser)
-        splitter.load(reads.body, reads.body_ends, reads.body_stamps)
-        reader.whole += 1
-        return
-    reader.replayed += 1
-    if _replay(reads, parser, feed_splitter):
-        return
-    if reads.result == ERROR:
-        raise OSError(reads.errno, os.strerror(reads.errno))
-    if reads.result == EOF:
-        return  # the server closed the connection: as on the Python path, the caller judges what is missing
-    # The thread saw the end (or a framing error) where the parser sees none: the parser decides, read on.
-    rest = Bounds(max_bytes=bounds.max_bytes - len(reads.data), max_reads=bounds.max_reads - len(reads.ends))
-    _read_plain(raw, parser, feed_splitter, clock, rest)
 
 
 def _read_plain(
@@ -504,21 +407,18 @@ def _read_plain(
             bytes_left -= len(data)
             reads_left -= 1
             if bytes_left < 0 or reads_left < 0:
-                raise _TooLarge(bounds.message(bounds.max_bytes - bytes_left, bounds.max_reads - reads_left))
+                raise ResponseTooLarge(
+                    bounds.message(bounds.max_bytes - bytes_left, bounds.max_reads - reads_left)
+                )
             feed(data)
             if buf:
                 feed_splitter(buf, now)
                 buf.clear()
-            if parser.message_complete and _final(parser):
+            if parser.message_complete and is_final(parser):
                 return
     finally:
         watcher.stop()
         watcher.close()
-
-
-def _final(parser: HTTPResponse) -> bool:
-    """A complete *final* response: an interim 1xx is followed by another on the same socket."""
-    return int(parser.get_code()) >= 200
 
 
 def _msg(err: BaseException) -> str:
