@@ -61,7 +61,12 @@ def test_every_run_writes_the_exports(run_dir: Path) -> None:
         "summary.json",
     ):
         assert (run_dir / name).is_file(), name
-    assert not (run_dir.parent.parent / "home").exists()  # a sim run builds nothing in the home
+    # a sim run builds no backend environment or model in the home: only the load client's native
+    # reader (harness.load.nativeread), compiled on first use
+    home = run_dir.parent.parent / "home"
+    assert sorted(p.name for p in home.iterdir()) == ["bin"]
+    built = sorted(p.name for p in (home / "bin").iterdir())
+    assert built and all(n.startswith("tokenbench-nativeread-") and n.endswith(".so") for n in built), built
 
 
 def test_records_csv_is_the_derived_table_of_every_request(run_dir: Path) -> None:
