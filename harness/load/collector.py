@@ -312,7 +312,7 @@ def summarize_health(
         late = (
             "requests are sent late (reads are stamped by the reader thread)"
             if native
-            else ("client timestamps are late")
+            else "client timestamps are late"
         )
         reasons.append(f"event-loop lag p99 {p99:.1f} ms > {LAG_LIMIT_MS:g} ms: {late}")
     for w in health["workers"]:

@@ -222,7 +222,8 @@ void tbr_cancel(void *h, int fd) {
     pthread_mutex_unlock(&r->mu);
 }
 
-/* Finished fds, oldest first, at most n; reads the eventfd first so no wake-up is lost. */
+/* Finished fds, oldest first, at most n; reads the eventfd first so no wake-up is lost. An entry whose
+ * response is no longer over (taken after a deadline, and the fd watched again) is dropped here. */
 int tbr_pop_done(void *h, int *out, int n) {
     Reader *r = h;
     uint64_t v;
@@ -231,9 +232,10 @@ int tbr_pop_done(void *h, int *out, int n) {
     pthread_mutex_lock(&r->mu);
     int k = 0;
     while (k < n && r->done_count) {
-        out[k++] = r->done[r->done_head];
+        int fd = r->done[r->done_head];
         r->done_head = (r->done_head + 1) % r->maxfd;
         r->done_count--;
+        if (r->streams[fd].active && r->streams[fd].result != R_RUNNING) out[k++] = fd;
     }
     if (r->done_count) {
         uint64_t one = 1;

@@ -98,11 +98,10 @@ class NativeReader:
             raise OSError("the native reader could not start (epoll, eventfd or thread)")
         self._lib = lib
         self._h = handle
-        self.max_fds = max_fds
         self.nice = int(lib.tbr_nice(handle))  # the thread's share, for the health report
         self.fifo = bool(lib.tbr_fifo(handle))
         # Responses taken whole from the thread (the common case) and those replayed read by read
-        # (errors, closes, deadlines, or a framing the parser judged otherwise): counted by httpstream.
+        # (errors, closes, deadlines, or a framing the parser judged otherwise): counted by nativehttp.
         self.whole = 0
         self.replayed = 0
         self._waiters: dict[int, Waiter] = {}
@@ -114,20 +113,14 @@ class NativeReader:
         self._watcher.start(self._on_done)
 
     def _on_done(self) -> None:
-        """In the hub: wake the user of every finished response (stale entries of cancelled ones are skipped)."""
-        lib, h, done, info = self._lib, self._h, self._done, self._info
+        """In the hub: wake the user of every finished response (``tbr_pop_done`` drops stale entries)."""
+        lib, h, done = self._lib, self._h, self._done
         while True:
             n = lib.tbr_pop_done(h, done, POP_BATCH)
             for k in range(n):
-                fd = done[k]
-                waiter = self._waiters.get(fd)
-                if waiter is None:
-                    continue
-                lib.tbr_info(h, fd, info)
-                if info[0] == 0:
-                    continue  # an entry left by a cancelled earlier response on this fd
-                del self._waiters[fd]
-                waiter.switch(None)
+                waiter = self._waiters.pop(done[k], None)
+                if waiter is not None:
+                    waiter.switch(None)
             if n < POP_BATCH:
                 return
 
