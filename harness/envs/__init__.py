@@ -8,9 +8,18 @@ decides which ones get built.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness.envs.base import BackendEnvError, Environment, Progress, venv_dir, venv_python
+from harness.envs.base import (
+    BackendEnvError,
+    Environment,
+    Installer,
+    InstallerFactory,
+    Progress,
+    venv_dir,
+    venv_python,
+)
 from harness.envs.caikit import CaikitEnv
 from harness.envs.tgis import TgisEnv
 from harness.envs.vllm_cpu import VllmCpuEnv
@@ -31,6 +40,7 @@ __all__ = [
     "env_names",
     "get_env",
     "ensure_env",
+    "ensure_envs",
     "resolve_python",
 ]
 
@@ -48,9 +58,50 @@ def get_env(name: str) -> Environment:
         ) from None
 
 
-def ensure_env(name: str, home: Path, progress: Progress = print, *, force: bool = False) -> Path:
+def ensure_env(
+    name: str,
+    home: Path,
+    progress: Progress = print,
+    *,
+    force: bool = False,
+    installer: InstallerFactory = Installer,
+) -> Path:
     """Build environment ``name`` if it is not complete; its interpreter."""
-    return get_env(name).ensure(home, progress, force=force)
+    return get_env(name).ensure(home, progress, force=force, installer=installer)
+
+
+def ensure_envs(
+    names: list[str],
+    home: Path,
+    progress: Progress = print,
+    *,
+    force: bool = False,
+    installer: InstallerFactory = Installer,
+) -> dict[str, Path]:
+    """Build every named environment that is not complete, all at once; their interpreters by name.
+
+    Why at once: an install is mostly one process unpacking wheels, so two or
+    three side by side use the cores a lone one leaves idle (each env has its
+    own venv and log; pip's download cache is safe to share). Every build runs
+    to its end even when another fails, and the failures are raised together.
+    """
+    if not names:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="setup") as pool:
+        futures = {
+            name: pool.submit(ensure_env, name, home, progress, force=force, installer=installer)
+            for name in names
+        }
+    done: dict[str, Path] = {}
+    failed: list[str] = []
+    for name, future in futures.items():
+        try:
+            done[name] = future.result()
+        except BackendEnvError as err:
+            failed.append(str(err))
+    if failed:
+        raise BackendEnvError("\n\n".join(failed))
+    return done
 
 
 def resolve_python(given: str, home: Path) -> Path:
