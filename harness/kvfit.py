@@ -27,7 +27,8 @@ from harness.hardware.errors import HardwareError
 from harness.hardware.memory import kv_budget
 from harness.hardware.profiles import get_gpu, get_model, match_model
 from harness.matrix import Cell
-from harness.scenario import LengthDist, Scenario, Server
+from harness.scenario import Scenario, Server
+from harness.workload import LengthDist
 
 GB = 1e9
 FORMAT_LABELS = {"none": "bf16", "fp8": "8-bit", "awq": "4-bit AWQ", "gptq": "4-bit GPTQ"}

@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass, field
 
 from harness.bounds import MAX_CELL_ID, MAX_CELLS
-from harness.scenario import Scalar, Scenario, Server, step_id_of
+from harness.scenario import Scalar, Scenario, Server
+from harness.workload import step_id_of
 from harness.yamlfile import shown
 
 # Workload fields that say how to judge a run or guard the harness, not what is measured: changing

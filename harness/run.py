@@ -1,6 +1,7 @@
 """The run: scenario → servers → load → records → metrics → report.
 
-This module only sequences the pieces; each piece lives in its own module.
+This module only sequences the pieces; each piece lives in its own module
+(measuring one cell on a started server: ``harness.cellrun``).
 Its job is the part nobody else can own: the order of operations and what
 happens when something goes wrong. The rules it enforces:
 
@@ -16,44 +17,35 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
-
-import pandas as pd
 
 from harness import __version__
-from harness.assets import check_local_model, prepare_backends, resolve_scenario, tokenizer_path
+from harness.assets import check_local_model, prepare_backends, resolve_scenario
 from harness.atomic import write_json, write_text
-from harness.backends.base import ServerHandle
 from harness.backends.leftovers import stop_leftovers
 from harness.backends.process import ProcessRegistry
 from harness.backends.registry import get_spec
 from harness.bounds import MAX_CELL_ID
+from harness.cellrun import CellRun
 from harness.kvfit import kv_fit_warnings
 from harness.lengths import apply_length_flags
-from harness.matrix import Cell, Step, expand_cells, expand_steps, matrix_problems
+from harness.matrix import Cell, expand_cells, expand_steps, matrix_problems
 from harness.owner import owner_marker
 from harness.placement import resolve_placement
-from harness.progress import LiveProgress, step_line
-from harness.records import read_records_frame
-from harness.results import CellResult, RunSummary, StepMetrics
+from harness.progress import LiveProgress
+from harness.results import CellResult, RunSummary
 from harness.resume import launch_groups, resumable_summary
 from harness.rundir import RunDir, collect_env
 from harness.runsecrets import Redactor
-from harness.scenario import Scenario, ScenarioError, Server
+from harness.scenario import Scenario, ScenarioError
 from harness.search import search_problems
-from harness.slo import Slo
 from harness.wallclock import read_clock_anchor
 from harness.yamlfile import shown
-
-if TYPE_CHECKING:
-    from harness.protocols.base import Endpoint
 
 Progress = Callable[[str], None]
 
@@ -109,42 +101,6 @@ def _cap_fields(cell: Cell) -> dict[str, object]:
     """``concurrency_cap``/``concurrency_cap_setting`` of a cell whose backend limits concurrent streams."""
     cap = get_spec(cell.server.backend).concurrency_cap(dict(cell.settings))
     return {} if cap is None else {"concurrency_cap": cap.limit, "concurrency_cap_setting": cap.setting}
-
-
-def exceeds_cap(metrics: StepMetrics, cap: int | None) -> bool:
-    """A step over the server's concurrency cap: a closed-loop target above it, or an open-loop step
-    whose measured mean in-flight count is above it (its arrivals queue in the server's pool)."""
-    if cap is None:
-        return False
-    if metrics.kind == "concurrency":
-        return metrics.target > cap
-    return metrics.mean_in_flight is not None and metrics.mean_in_flight > cap
-
-
-def endpoint_of(server: Server, handle: ServerHandle) -> Endpoint:
-    """Where a started server listens, with its TLS trust and auth, as the protocol probes need it."""
-    from harness.protocols.base import Endpoint
-
-    return Endpoint(
-        base_url=handle.base_url,
-        model=handle.served_model,
-        grpc_target=handle.grpc_target,
-        grpc_tls=server.tls is not None,
-        tls=server.tls_options(),
-        headers=handle.headers,
-    )
-
-
-def prompt_count(scenario: Scenario, step: Step) -> int:
-    """Enough distinct prompts that a step rarely reuses one (reuse would hit the prefix cache)."""
-    w = scenario.workload
-    if w.requests is not None:
-        expected = w.requests + (step.target * w.warmup_s if step.kind == "rate" else 4 * step.target)
-    elif step.kind == "rate":
-        expected = step.target * (w.warmup_s + (w.duration_s or 0))
-    else:
-        expected = step.target * (w.warmup_s + (w.duration_s or 0)) * 4
-    return int(min(20_000, max(64, math.ceil(expected * 1.5))))
 
 
 @contextmanager
@@ -302,6 +258,17 @@ class Run:
 
         first = group[0][0]
         cell_dir = self.run_dir.cell_dir(first.cell_id)
+        cell_run = CellRun(
+            scenario,
+            self.run_dir,
+            self.summary,
+            self.steps,
+            [c.cell_id for c in self.cells],
+            registry,
+            self.secrets,
+            self.progress,
+            self.live,
+        )
         pending = list(group)
         for _, result in pending:
             result.status, result.error = "running", None
@@ -314,7 +281,7 @@ class Run:
                 while pending:
                     cell, result = pending[0]
                     try:
-                        self._measure_cell(cell, result, scenario, handle, registry, first)
+                        cell_run.measure(cell, result, handle, first)
                     except StepFailed as err:
                         result.status, result.error = (
                             "failed",
@@ -343,201 +310,3 @@ class Run:
     def _fail(pending: list[tuple[Cell, CellResult]], error: str, log_tail: list[str]) -> None:
         for _, result in pending:
             result.status, result.error, result.log_tail = "failed", error, log_tail
-
-    def _measure_cell(
-        self,
-        cell: Cell,
-        result: CellResult,
-        scenario: Scenario,
-        handle: ServerHandle,
-        registry: ProcessRegistry,
-        launched_for: Cell,
-    ) -> None:
-        result.command = self.secrets.command(handle.command)
-        result.env = self.secrets.env(handle.env)
-        result.version = handle.version
-        result.server_info = dict(handle.server_info)
-        result.launch_s = handle.launch_s
-        result.simulated = handle.simulated
-        result.simulated_band = handle.simulated_band
-        if launched_for is not cell:
-            result.server_shared_with = launched_for.cell_id
-            self.progress(f"[{cell.cell_id}] the server of {launched_for.cell_id}, now over {cell.protocol}")
-        self._decide_stream_usage(cell, result, handle)
-        self._run_steps(cell, result, scenario, handle, self.run_dir.cell_dir(cell.cell_id), registry)
-        result.status = "ok"
-
-    def _decide_stream_usage(self, cell: Cell, result: CellResult, handle: ServerHandle) -> None:
-        """Once per cell, before load: does this server take OpenAI's ``stream_options``? (Recorded.)"""
-        from harness.protocols.readiness import decide_stream_usage
-        from harness.protocols.registry import get_protocol
-
-        server = cell.server
-        result.protocol = cell.protocol
-        result.tls_insecure_skip_verify = server.tls is not None and server.tls.insecure_skip_verify
-        result.stream_usage, result.stream_usage_reason = decide_stream_usage(
-            get_protocol(cell.protocol), server.stream_usage, endpoint_of(server, handle)
-        )
-        if get_protocol(cell.protocol).stream_usage:
-            sent = "sent" if result.stream_usage else "not sent"
-            self.progress(f"[{cell.cell_id}] stream_options {sent}: {result.stream_usage_reason}")
-
-    def _run_steps(
-        self,
-        cell: Cell,
-        result: CellResult,
-        scenario: Scenario,
-        handle: ServerHandle,
-        cell_dir: Path,
-        registry: ProcessRegistry,
-    ) -> None:
-        from harness.metrics import compute_step_metrics
-        from harness.search import run_search
-        from harness.stepcheck import check_step
-        from harness.telemetry.config import DEFAULT_SAMPLES_PER_STEP, scrape_interval
-        from harness.telemetry.dcgm import RemoteGpuQuery
-        from harness.telemetry.sampler import TelemetrySampler, read_timeseries, write_timeseries
-        from harness.telemetry.server_clock import DEFAULT_NETWORK_MS, step_clock
-        from harness.telemetry.summary import measurement_note, memory_summary
-
-        # This host's GPUs and processes describe only a server launched here; others' GPUs are the cluster's.
-        local = get_spec(cell.server.backend).launches_locally
-        telemetry = scenario.telemetry
-        remote = None if local else RemoteGpuQuery.for_server(telemetry, handle.pod, handle.namespace)
-        sampler = TelemetrySampler(
-            cell_id=cell.cell_id,
-            server_pid=handle.pid,
-            processes=handle.trees(),
-            metrics_url=handle.metrics_url,
-            headers=handle.headers,
-            local=local,
-            remote=remote,
-            scrape_interval_s=scrape_interval(
-                [scenario.workload.duration_s],
-                telemetry.prometheus_samples_per_step if telemetry else DEFAULT_SAMPLES_PER_STEP,
-            ),
-        )
-        sampler.start()
-        rows: list[dict] = []
-        done = {m.step_id for m in result.steps}
-
-        histograms = get_spec(cell.server.backend).server_histograms  # the server's own clock
-        network_ms = telemetry.server_clock_network_ms if telemetry else DEFAULT_NETWORK_MS
-
-        def measure(step: Step, index: int, slo: Slo) -> tuple[pd.DataFrame, StepMetrics]:
-            sampler.set_step(step.step_id)
-            clock = step_clock(handle.metrics_url, histograms, handle.headers)
-            try:
-                if clock is not None:
-                    clock.begin()  # the step's edges: no request in flight (server_clock.py)
-                records_path, health, wall_s = self._load_step(
-                    cell, step, index, scenario, handle, registry, bool(result.stream_usage)
-                )
-                if clock is not None:
-                    clock.end()
-            finally:
-                sampler.set_step(None)
-            frame = read_records_frame(records_path)  # chunk lists stay Arrow (vectorised metrics)
-            metrics = compute_step_metrics(frame, step=step, slo=slo, duration_s=None, health=health)
-            metrics.server_clock = clock.result(frame, network_ms) if clock is not None else None
-            metrics.exceeds_concurrency_cap = exceeds_cap(metrics, result.concurrency_cap)
-            result.steps.append(metrics)
-            self.run_dir.write_summary(self.summary)
-            self.progress(step_line(cell.cell_id, metrics))
-            return frame, metrics
-
-        try:
-            for index, step in enumerate(self.steps):
-                if step.step_id in done:
-                    continue  # finished in an earlier attempt (resume)
-                check_step(*measure(step, index, scenario.slo), scenario.workload.abort_error_rate)
-            if scenario.workload.steps.search is not None:  # the loop's logic: harness/search.py
-                run_search(scenario, result, measure, len(self.steps), self.progress, cell.cell_id)
-        finally:
-            series = cell_dir / "timeseries.parquet"
-            earlier = read_timeseries(series) if series.exists() else []  # a resumed cell's first attempt
-            rows = earlier + self.secrets.data(sampler.stop())  # server-made metric names, labels
-            write_timeseries(series, rows)
-            steps = [m.step_id for m in result.steps]  # fixed steps and search probes
-            result.memory = memory_summary(rows, steps, measured_here=local, remote=sampler.remote_status)
-            note = measurement_note(result.memory)
-            if note:
-                self.progress(f"[{cell.cell_id}] memory: {note}")
-
-    def _load_step(
-        self,
-        cell: Cell,
-        step: Step,
-        index: int,
-        scenario: Scenario,
-        handle: ServerHandle,
-        registry: ProcessRegistry,
-        stream_usage: bool,
-    ) -> tuple[Path, dict, float]:
-        from harness.backends.watch import ServerWatch
-        from harness.load.plan import LoadPlan, distributed_fields
-        from harness.load.prompts import build_prompts, load_dataset, write_prompts
-        from harness.load.runner import run_step
-        from harness.protocols.registry import get_protocol
-
-        w = scenario.workload
-        tls = cell.server.tls_options()
-        step_dir = self.run_dir.step_dir(cell.cell_id, step.step_id)
-        seed = scenario.seed * 1_000_000 + cell.repeat * 1_000 + index
-        tok = tokenizer_path(cell.server)
-        style = get_protocol(cell.protocol).prompt_style
-        count = prompt_count(scenario, step)
-        if w.dataset is not None:
-            prompts = load_dataset(w.dataset, w.output_tokens, count, seed, style, tokenizer_path=tok)
-        else:
-            assert w.prompt_tokens is not None  # the scenario model requires one of the two
-            prompts = build_prompts(tok, w.prompt_tokens, w.output_tokens, count, seed, style)
-        prompts_path = step_dir / "prompts.jsonl"
-        write_prompts(prompts_path, prompts)
-        plan = LoadPlan(
-            run_id=self.summary.run_id,
-            cell_id=cell.cell_id,
-            step_id=step.step_id,
-            api=cell.protocol,
-            base_url=handle.base_url,
-            grpc_target=handle.grpc_target,
-            grpc_tls=cell.server.tls is not None,
-            tls_ca_bundle=tls.ca_bundle,
-            tls_server_name=tls.server_name,
-            tls_insecure_skip_verify=tls.insecure_skip_verify,
-            stream_usage=stream_usage,
-            model=handle.served_model,
-            kind=step.kind,
-            target=step.target,
-            warmup_s=w.warmup_s,
-            duration_s=w.duration_s,
-            requests=w.requests,
-            max_concurrency=w.max_concurrency,
-            timeout_s=w.timeout_s,
-            max_response_bytes=w.max_response_bytes,
-            max_response_chunks=w.max_response_chunks,
-            connections=w.connections,
-            processes=w.processes,
-            seed=seed,
-            ignore_eos=w.ignore_eos,
-            temperature=w.temperature,
-            prompts_path=str(prompts_path),
-            records_path=str(step_dir / "records.parquet"),
-            health_path=str(step_dir / "health.json"),
-            simulated=get_spec(cell.server.backend).simulated,
-            tokenizer_path=str(tok) if tok else None,
-            **distributed_fields(w.distributed),
-        )
-        self.progress(f"[{cell.cell_id}] step {step.step_id}: {step.kind} {step.target:g}")
-        watch, ids = ServerWatch(pids=handle.trees()), [c.cell_id for c in self.cells]
-        with self.live.step(plan, (ids.index(cell.cell_id), len(ids)), (index, len(self.steps))) as tick:
-            outcome = run_step(
-                plan,
-                step_dir,
-                headers=handle.headers,
-                registry=registry,
-                watch=watch,
-                secrets=self.secrets,
-                on_wait=tick,
-            )
-        return Path(outcome.records_path), outcome.health, outcome.wall_s

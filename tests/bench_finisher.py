@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from harness.fidelity.truthsse import Shape
-from harness.load.collector import build_record
 from harness.load.httpstream import Outcome
 from harness.load.prompts import read_prompts
+from harness.load.recordbuild import build_record
 from harness.load.sseframe import SseSplitter
 from harness.protocols.registry import get_protocol
 from tests.load_plans import sim_plan

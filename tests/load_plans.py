@@ -9,7 +9,7 @@ from harness.fidelity.steps import write_sim_tokenizer
 from harness.load.plan import LoadPlan
 from harness.load.prompts import build_prompts, write_prompts
 from harness.protocols.registry import get_protocol
-from harness.scenario import LengthDist
+from harness.workload import LengthDist
 
 
 def sim_plan(

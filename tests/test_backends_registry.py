@@ -14,8 +14,9 @@ from harness.backends import registry
 from harness.backends.base import ServerHandle
 from harness.backends.vllm import ENV_SETTINGS, FLAG_SETTINGS
 from harness.backends.vllm_settings import VllmSettings
+from harness.cellrun import exceeds_cap
 from harness.results import StepMetrics
-from harness.run import exceeds_cap, validate_cells
+from harness.run import validate_cells
 from harness.scenario import ScenarioError, load_scenario, parse_scenario
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,8 @@ from harness.hardware.memory import kv_budget, kv_bytes_per_token, weight_bytes
 from harness.hardware.profiles import get_gpu, get_model, resolve_gpu
 from harness.kvfit import kv_fit_warnings, mean_length
 from harness.matrix import expand_cells
-from harness.scenario import LengthDist, load_scenario, parse_scenario
+from harness.scenario import load_scenario, parse_scenario
+from harness.workload import LengthDist
 
 MISTRAL = "mistralai/Mistral-7B-Instruct-v0.3"
 

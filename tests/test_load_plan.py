@@ -8,16 +8,11 @@ from typing import Any
 
 import pytest
 
-from harness.load.collector import (
-    MasterCollector,
-    StepState,
-    build_record,
-    finalize_records,
-    summarize_health,
-)
+from harness.load.collector import MasterCollector, StepState, summarize_health
 from harness.load.httpstream import Outcome
 from harness.load.plan import HEADERS_ENV, PLAN_ENV, LoadPlan, PlanError, headers_from_env, plan_from_env
 from harness.load.prompts import PromptSpec
+from harness.load.recordbuild import build_record, finalize_records
 from harness.load.spool import RecordSpool, parts_dir
 from harness.load.sseframe import SseSplitter
 from harness.protocols.openai import openai_body

@@ -18,7 +18,7 @@ from harness.load.prompts import (
     read_prompts,
     write_prompts,
 )
-from harness.scenario import LengthDist
+from harness.workload import LengthDist
 
 WORDS = (
     "the quick brown fox jumps over lazy dog lorem ipsum dolor sit amet consectetur adipiscing "

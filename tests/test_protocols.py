@@ -299,8 +299,8 @@ def test_real_streams_agree_when_retokenized(tmp_path: Path, name: str, protocol
     """The recorded servers' usage (8) equals the streamed text retokenized with the model's tokenizer."""
     if not TINY_TOKENIZER.is_file():
         pytest.skip("the tiny model is not built here (make model)")
-    from harness.load.collector import build_record, finalize_records
     from harness.load.httpstream import Outcome
+    from harness.load.recordbuild import build_record, finalize_records
 
     spec = get_protocol(protocol)
     events = _replay_grpc(name) if spec.transport == "grpc" else _replay_http(name)

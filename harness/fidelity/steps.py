@@ -47,8 +47,8 @@ from harness.load.plan import LoadPlan
 from harness.load.prompts import build_prompts, write_prompts
 from harness.load.runner import PROJECT_ROOT, run_step
 from harness.records import read_records
-from harness.scenario import LengthDist
 from harness.sim.writelog import RequestTruth, read_write_log
+from harness.workload import LengthDist
 
 SIM_READY_S = 20.0
 

@@ -39,13 +39,14 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from harness.atomic import write_json
-from harness.load.collector import MSG_DONE, MasterCollector, StepState, finalize_records
+from harness.load.collector import MSG_DONE, MasterCollector, StepState
 from harness.load.finisher import Finisher
 from harness.load.live import MSG_PROGRESS, PUBLISH_S, merge_snapshots, progress_path
 from harness.load.nativeread import NativeReader, open_reader
 from harness.load.plan import PLAN_ENV, LoadPlan, headers_from_env, plan_from_env
 from harness.load.prewarm import BARRIER_SLACK_S, PrewarmBarrier
 from harness.load.prompts import PromptSpec, read_prompts
+from harness.load.recordbuild import finalize_records
 from harness.load.schedule import ArrivalPool
 from harness.load.spool import RecordSpool, parts_dir
 from harness.load.tokencount import TokenCounter

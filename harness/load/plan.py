@@ -24,7 +24,7 @@ from harness.protocols.base import ProtocolError, TlsOptions
 from harness.protocols.registry import get_protocol
 
 if TYPE_CHECKING:
-    from harness.scenario import Distributed
+    from harness.workload import Distributed
 
 PLAN_ENV = "TOKENBENCH_LOAD_PLAN"
 HEADERS_ENV = "TOKENBENCH_LOAD_HEADERS"

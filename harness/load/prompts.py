@@ -34,7 +34,7 @@ import numpy as np
 from harness.atomic import write_text
 from harness.dataset import DatasetError, read_dataset
 from harness.protocols.base import PromptStyle
-from harness.scenario import LengthDist
+from harness.workload import LengthDist
 
 _FALLBACK_WORDS = (
     "time year people way day man thing woman life child world school state family student group "

@@ -3,7 +3,7 @@
 Why not at the end of the step: that meant holding every record and streamed
 text of a process until its share was over (memory grew with the step, issue
 11 §3). Counting per part keeps one group in memory; the counts equal what
-``collector.finalize_records`` gives (``tests/test_load_plan.py``).
+``recordbuild.finalize_records`` gives (``tests/test_load_plan.py``).
 """
 
 from __future__ import annotations

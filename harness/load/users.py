@@ -40,13 +40,14 @@ import grpc
 from gevent.event import Event
 from locust import User, task
 
-from harness.load.collector import StepState, build_record, request_key
+from harness.load.collector import StepState, request_key
 from harness.load.grpcstream import GrpcStream, auth_metadata, ensure_gevent, stream_call
 from harness.load.httpstream import Outcome, StreamClient, finish_head, probe_head, request_prefix
 from harness.load.nativeread import NativeReader
 from harness.load.plan import LoadPlan
 from harness.load.prewarm import prewarm_user
 from harness.load.prompts import PromptSpec
+from harness.load.recordbuild import build_record
 from harness.load.schedule import ArrivalPool, derive_seed, poisson_arrivals
 from harness.protocols.base import Event as StreamEvent
 from harness.protocols.base import HttpProbe, ProtocolSpec, StreamResult

@@ -70,7 +70,7 @@ class StreamResult:
     makes one exist without a tokenizer (TGI: one event per token). It is
     never taken from the server's usage figures, which would make the
     server-vs-client agreement check circular; ``None`` means "retokenize the
-    text, or n/a" (``collector.finalize_records``).
+    text, or n/a" (``recordbuild.finalize_records``).
     """
 
     chunk_times_ns: list[int] = field(default_factory=list)
