@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 SCENARIO ?= scenarios/quickstart-cpu.yaml
 RUN_ARGS ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers for make test / test-fast (tests/conftest.py keeps the real-server tests on one).
+TEST_JOBS ?= 3
 # Backend environments and generated models (harness/home.py): the checkout's .cache for make targets;
 # an installed tokenbench defaults to ~/.cache/tokenbench. Exported, so tokenbench and pytest see it.
 TOKENBENCH_HOME ?= $(CURDIR)/.cache
@@ -98,11 +100,11 @@ gpucheck-wheels: install
 # The backend environments, the model and the browser are independent: built side by side (-j3).
 test: install
 	$(MAKE) --no-print-directory -j3 test-envs model browser
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadscope $(PYTEST_ARGS)
 
 # Everything but the real-vLLM, browser and wheel-install tests (seconds, not minutes).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not vllm and not browser and not wheel" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadscope -m "not vllm and not browser and not wheel" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check harness tests

@@ -28,6 +28,43 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TOKENBENCH_HOME", str(REPO / ".cache"))
 
 
+REAL_SERVERS = "real-servers"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``make test`` runs the suite on xdist workers (``-n 3 --dist loadscope``); this scheduler keeps
+    every file with real-server tests (``vllm`` marker: vLLM, TGIS, Caikit) in one work unit, started
+    first, so those servers run one after another on one worker while the rest of the suite runs
+    beside them, and module fixtures that start a server do it once.
+
+    Why not xdist's ``loadgroup``: with pytest 9 its group suffix never reaches the node id, so the
+    marked tests were spread over the workers (two vLLM servers at once, a module's server started
+    twice). The controller sees node ids only, so the files are found by their text.
+    """
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    real = {
+        f"tests/{path.name}"
+        for path in (REPO / "tests").glob("test_*.py")
+        if "pytest.mark.vllm" in path.read_text(encoding="utf-8")
+    }
+
+    class RealServersTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return REAL_SERVERS if path in real else path
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if REAL_SERVERS in self.workqueue:
+                self.workqueue.move_to_end(REAL_SERVERS, last=False)  # the longest unit goes out first
+            super()._assign_work_unit(node)
+
+    return RealServersTogether(config, log)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
