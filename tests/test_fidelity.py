@@ -253,7 +253,7 @@ def test_quick_benchmark_writes_joined_exact_results(tmp_path: Path) -> None:
         assert lag["first_ms"]["samples"] == req["joined"] and lag["all_ms"]["max"] is not None
         assert step["server_tokens_per_s"] > 0
         assert step["step"]["truth"] == truth and step["truth_server"]["kind"] == truth
-        assert step["truth_server"]["cpu_s"] > 0
+        assert step["truth_server"]["cpu_s"] > 0 and step["truth_server"]["sched"]
         assert "write_lateness_ms" in step["sim_health"] and "backpressure_ms" in step["sim_health"]
         assert step["health"]["present"] is True
         assert step["health"]["loop_lag_p99_ms"] is not None

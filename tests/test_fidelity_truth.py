@@ -327,6 +327,7 @@ def test_the_bench_table_has_the_new_columns_and_says_how_late_a_truth_limited_s
         np.zeros(12),
         0.2,
         -10,
+        "SCHED_FIFO 2",
     )
     res = summarize(run)
     for col in ("stamp lag p50/p99/max", "1st tok p50/p99/max", "srv tok/s", "in-flight", "tok/treeCPUs"):
@@ -337,6 +338,7 @@ def test_the_bench_table_has_the_new_columns_and_says_how_late_a_truth_limited_s
     assert res["client"]["tokens_per_tree_cpu_s"] == pytest.approx(12 / 0.6)
     assert res["truth_server"] == {
         "kind": "lean",
+        "sched": "SCHED_FIFO 2",
         "nice": -10,
         "cpu_s": 0.2,
         "cpu_s_per_1k_tokens_written": pytest.approx(1000 * 0.2 / 12),

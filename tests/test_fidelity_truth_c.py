@@ -397,3 +397,26 @@ def test_truth_c_is_the_default_and_a_failed_build_stops_the_run(
     err = capsys.readouterr().err
     assert "cannot build the C truth server" in err and "/nonexistent/cc" in err
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("sched", ["fifo", "nice"])
+def test_the_launcher_starts_the_truth_server_real_time_where_permitted(tmp_path: Path, sched: str) -> None:
+    """``sched="fifo"``: the server process itself runs SCHED_FIFO 2 (above the readers' 1) when this
+    process may grant it, and the step says so; ``nice``, or no privilege: the normal class."""
+    from harness.backends.process import ProcessRegistry
+    from harness.fidelity.cpushare import realtime_prefix
+    from harness.fidelity.steps import SimTiming, start_truth_server
+
+    with ProcessRegistry() as registry:
+        proc, base, _log, said = start_truth_server(tmp_path, SimTiming(), registry, "c", sched)
+        try:
+            policy = os.sched_getscheduler(proc.pid)
+            priority = os.sched_getparam(proc.pid).sched_priority
+        finally:
+            proc.terminate(5.0)
+    if sched == "fifo" and realtime_prefix():
+        assert (policy, priority, said) == (os.SCHED_FIFO, 2, "SCHED_FIFO 2")
+    else:
+        assert policy == os.SCHED_OTHER and said.startswith("normal")
+    with pytest.raises(ValueError, match="sched: expected one of"):
+        start_truth_server(tmp_path, SimTiming(), ProcessRegistry(), "c", "rr")

@@ -39,6 +39,7 @@ from harness.atomic import write_json
 from harness.backends.process import ProcessRegistry
 from harness.fidelity.cbuild import CBuildError, truthserver_binary
 from harness.fidelity.compare import compare_step
+from harness.fidelity.cpushare import TRUTH_SCHEDS
 from harness.fidelity.steps import TRUTH_KINDS, SimTiming, StepRun, StepSpec, run_fidelity_step
 
 FULL_TIMING = SimTiming()
@@ -206,6 +207,7 @@ def summarize(run: StepRun, timing: SimTiming = FULL_TIMING) -> dict[str, Any]:
     sent = sum(t.output_tokens for t in run.truth.values())  # warm-up included, as the CPU figure is
     res["truth_server"] = {
         "kind": run.truth_kind,
+        "sched": run.truth_sched,
         "nice": run.truth_nice,
         "cpu_s": run.truth_cpu_s,
         "cpu_s_per_1k_tokens_written": 1000 * run.truth_cpu_s / sent if run.truth_cpu_s and sent else None,
@@ -279,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="ground truth: the C truth server (default; compiled with gcc on first use, about half the "
         "Python one's CPU per token), the same server in Python (lean) or the sim",
     )
+    p.add_argument(
+        "--truth-sched",
+        choices=TRUTH_SCHEDS,
+        default="fifo",
+        help="the truth server's scheduling: SCHED_FIFO above the stream readers where permitted (default; "
+        "it then keeps its schedule at 1,024 streams), or only the nice it asks for",
+    )
     return p
 
 
@@ -313,6 +322,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "sim": asdict(timing),
         "truth": args.truth,
+        "truth_sched": args.truth_sched,
         "steps": [],
     }
     if args.truth == "c":  # build (or find) it before any step, so a failed build stops the run at once
@@ -321,7 +331,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tb-fidelity-") as tmp, ProcessRegistry() as registry:
         root = args.workdir or Path(tmp)
         for spec in steps:
-            run_ = run_fidelity_step(spec, timing, root / spec.name, registry, truth_kind=args.truth)
+            run_ = run_fidelity_step(
+                spec, timing, root / spec.name, registry, truth_kind=args.truth, truth_sched=args.truth_sched
+            )
             res = summarize(run_, timing)
             report["steps"].append(res)
             print(row(res), flush=True)

@@ -42,6 +42,7 @@ import psutil
 
 from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, wait_ready
 from harness.fidelity.cbuild import truthserver_binary
+from harness.fidelity.cpushare import REALTIME_PRIORITY, TRUTH_SCHEDS, realtime_prefix
 from harness.fidelity.truthlog import read_truth_log
 from harness.load.plan import LoadPlan
 from harness.load.prompts import build_prompts, write_prompts
@@ -155,15 +156,22 @@ TRUTH_LOG_KINDS = ("c", "lean")  # the truth servers (binary log with due/attemp
 
 
 def start_truth_server(
-    step_dir: Path, timing: SimTiming, registry: ProcessRegistry, kind: str = "c"
-) -> tuple[ManagedProcess, str, Path]:
-    """A truth server (``c``: the compiled one, ``lean``: Python) on a free port; returns (process, URL, log).
+    step_dir: Path, timing: SimTiming, registry: ProcessRegistry, kind: str = "c", sched: str = "fifo"
+) -> tuple[ManagedProcess, str, Path, str]:
+    """A truth server (``c``: the compiled one, ``lean``: Python) on a free port.
 
+    Returns (process, URL, log, scheduling): ``sched="fifo"`` starts it as
+    ``SCHED_FIFO`` where permitted (``cpushare.realtime_prefix``), else it runs
+    at the nice it asks for itself; the scheduling string says which it got.
     The C binary is built first if needed; a failed build raises ``CBuildError`` (never a fallback).
     """
+    if sched not in TRUTH_SCHEDS:
+        raise ValueError(f"sched: expected one of {TRUTH_SCHEDS}, got {sched!r}")
     exe = (
         [str(truthserver_binary())] if kind == "c" else [sys.executable, "-m", "harness.fidelity.truthserver"]
     )
+    prefix = realtime_prefix() if sched == "fifo" else []
+    exe = [*prefix, *exe]
     port = free_port()
     log = step_dir / "truth.bin"
     cmd = [
@@ -178,7 +186,7 @@ def start_truth_server(
         str(log),
     ]
     proc, base = _serve(cmd, port, step_dir / "truth.log", registry)
-    return proc, base, log
+    return proc, base, log, f"SCHED_FIFO {REALTIME_PRIORITY}" if prefix else "normal (its own nice)"
 
 
 def _serve(
@@ -289,6 +297,7 @@ class StepRun:
     backpressure_ns: Any = None  # numpy array of write − attempt per chunk (ditto)
     truth_cpu_s: float | None = None  # the truth server's own CPU-seconds (ditto)
     truth_nice: int | None = None  # its scheduling niceness (ditto)
+    truth_sched: str | None = None  # its scheduling class as started (ditto)
 
 
 def run_fidelity_step(
@@ -298,14 +307,18 @@ def run_fidelity_step(
     registry: ProcessRegistry,
     seed: int = 7,
     truth_kind: str = "c",
+    truth_sched: str = "fifo",
 ) -> StepRun:
     """Start the truth side, drive ``spec`` through ``run_step``, stop it (flushing its log), read both sides."""
     if truth_kind not in TRUTH_KINDS:
         raise ValueError(f"truth_kind: expected one of {TRUTH_KINDS}, got {truth_kind!r}")
     step_dir.mkdir(parents=True, exist_ok=True)
     if truth_kind in TRUTH_LOG_KINDS:
-        sim, base_url, write_log = start_truth_server(step_dir, timing, registry, truth_kind)
+        sim, base_url, write_log, sched = start_truth_server(
+            step_dir, timing, registry, truth_kind, truth_sched
+        )
     else:
+        sched = None
         sim, base_url, write_log = start_sim(step_dir, timing, registry)
     watcher = _RssWatcher()
     try:
@@ -344,4 +357,5 @@ def run_fidelity_step(
         backpressure,
         truth_cpu,
         truth_nice,
+        sched,
     )
