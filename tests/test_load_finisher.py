@@ -64,3 +64,31 @@ def test_a_failing_job_does_not_stop_the_others() -> None:
     fin.submit(lambda: seen.append("after"))
     gevent.sleep(0.05)
     assert seen == ["after"] and fin.done == 2
+
+
+def test_a_few_large_queued_responses_make_it_work_through_a_busy_loop() -> None:
+    """Idle never comes while another greenlet keeps the loop busy: small jobs wait for it, but past
+    IDLE_BACKLOG_BYTES of queued bodies the finisher takes one job per loop turn (bounded memory)."""
+    from harness.load.finisher import IDLE_BACKLOG_BYTES
+
+    def ran_while_busy(size: int) -> int:
+        fin = Finisher()
+        for _ in range(3):
+            fin.submit(lambda: None, size)
+        stop = time.monotonic() + 0.3
+        done_during = 0
+
+        def busy() -> None:
+            nonlocal done_during
+            while time.monotonic() < stop:
+                gevent.sleep(0)
+            done_during = fin.done
+
+        gevent.spawn(busy).join(5)
+        fin.drain()
+        return done_during
+
+    assert ran_while_busy(0) == 0  # the control: a busy loop holds small jobs back
+    # 3 × half the bound queued: it works the queue down to the bound (one job), then waits for idle again
+    assert ran_while_busy(IDLE_BACKLOG_BYTES // 2) == 1
+    assert ran_while_busy(IDLE_BACKLOG_BYTES + 1) == 3

@@ -77,7 +77,10 @@ def test_stall_fault_pauses_mid_stream(sim_server) -> None:
     sim.stop()
     (t,) = sim.truth().values()
     gaps = t.itls_ns
-    assert gaps[4] >= 300_000_000 and max(gaps[:4] + gaps[5:]) < 100_000_000
+    # The stall is added to the chunk schedule (harness.sim.server), and these gaps are between actual
+    # writes: a chunk before it that was written late (a busy machine) shortens the gap by that lateness
+    # (a CI run saw 298.7 ms), so the bound leaves 10 ms for it; every other gap is 1 ms on the schedule.
+    assert gaps[4] >= 290_000_000 and max(gaps[:4] + gaps[5:]) < 100_000_000
 
 
 def test_fault_rate_is_seeded_and_draws_only_given_kinds(sim_server) -> None:

@@ -11,8 +11,10 @@ greenlet per process does the interpretation, one stream at a time, and
 only when the event loop has nothing else pending (``gevent.idle``), so a
 burst of reads is stamped before any interpretation starts. Should the
 client be saturated (idle never comes), the queue would grow without bound;
-past ``IDLE_BACKLOG`` queued streams the finisher instead takes one stream
-per loop turn, so memory stays bounded and reads still wait at most one job.
+past ``IDLE_BACKLOG`` queued streams, or ``IDLE_BACKLOG_BYTES`` of queued
+response bodies (a few large responses weigh more than hundreds of small
+ones), the finisher instead takes one stream per loop turn, so memory stays
+bounded and reads still wait at most one job.
 
 Nothing is lost at shutdown: ``drain`` runs whatever is queued, and the
 process ships its records only after that.
@@ -32,6 +34,7 @@ from gevent.event import Event
 # the whole point of yielding.
 YIELD_S = 0.00005
 IDLE_BACKLOG = 512
+IDLE_BACKLOG_BYTES = 32 * 2**20
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,8 @@ class Finisher:
     """A FIFO of no-argument jobs run by one greenlet, yielding to the event loop between jobs."""
 
     def __init__(self) -> None:
-        self._jobs: deque[Callable[[], None]] = deque()
+        self._jobs: deque[tuple[Callable[[], None], int]] = deque()
+        self._queued_bytes = 0
         self._wake = Event()
         self._greenlet: gevent.Greenlet | None = None
         self.done = 0
@@ -48,9 +52,10 @@ class Finisher:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Queue ``job``; it runs after every job queued before it."""
-        self._jobs.append(job)
+    def submit(self, job: Callable[[], None], size: int = 0) -> None:
+        """Queue ``job`` (holding ``size`` bytes of response); it runs after every job queued before it."""
+        self._jobs.append((job, size))
+        self._queued_bytes += size
         if self._greenlet is None:
             self._greenlet = gevent.spawn(self._run)
         self._wake.set()
@@ -61,7 +66,8 @@ class Finisher:
             self._one()
 
     def _one(self) -> None:
-        job = self._jobs.popleft()
+        job, size = self._jobs.popleft()
+        self._queued_bytes -= size
         self.done += 1
         try:
             job()
@@ -74,7 +80,7 @@ class Finisher:
                 self._wake.clear()
                 self._wake.wait()
                 continue
-            if len(self._jobs) > IDLE_BACKLOG:
+            if len(self._jobs) > IDLE_BACKLOG or self._queued_bytes > IDLE_BACKLOG_BYTES:
                 gevent.sleep(YIELD_S)
             else:
                 gevent.idle()

@@ -209,7 +209,10 @@ class StreamingUser(User):
         if ctx.plan.kind == "concurrency":
             scheduled = raw.sent_ns  # closed loop: the request is due when it is sent
         conn = self.wire.connection()
-        ctx.finisher.submit(lambda: self.finish(request_id, ctx.prompts[index], scheduled, raw, conn))
+        ctx.finisher.submit(
+            lambda: self.finish(request_id, ctx.prompts[index], scheduled, raw, conn),
+            getattr(raw, "body_bytes", 0),  # an HTTP Outcome holds its body; gRPC messages are bounded apart
+        )
 
     def finish(
         self, request_id: int, prompt: PromptSpec, scheduled: int, raw: Any, conn: tuple[int | None, bool]
