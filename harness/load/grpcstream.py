@@ -95,6 +95,11 @@ class GrpcStream:
     too_large: str | None = None  # why the call was cancelled past the response bound
 
     @property
+    def body_bytes(self) -> int:
+        """The message bytes held: what the record reports, and what the Finisher's backlog bound counts."""
+        return sum(len(m) for m in self.messages)
+
+    @property
     def events(self) -> list[Event]:
         """``(arrival_ns, message_bytes)`` pairs: what a protocol's ``interpret`` reads."""
         return list(zip(self.arrivals_ns, self.messages, strict=True))
@@ -114,7 +119,7 @@ class GrpcStream:
             splitter=SseSplitter(),  # no SSE framing; coalescing is not observable through grpcio
             error_class=error,
             error_message=message,
-            body_bytes=sum(len(m) for m in self.messages),
+            body_bytes=self.body_bytes,
         )
 
 

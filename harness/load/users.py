@@ -211,7 +211,7 @@ class StreamingUser(User):
         conn = self.wire.connection()
         ctx.finisher.submit(
             lambda: self.finish(request_id, ctx.prompts[index], scheduled, raw, conn),
-            getattr(raw, "body_bytes", 0),  # an HTTP Outcome holds its body; gRPC messages are bounded apart
+            raw.body_bytes,  # the Finisher bounds its backlog by the bytes it holds, too
         )
 
     def finish(
