@@ -262,6 +262,13 @@ def test_quick_benchmark_writes_joined_exact_results(tmp_path: Path) -> None:
         assert step["client"]["harness_tree_cpu_s"] >= step["client"]["cpu_s"]
         assert isinstance(step["targets"], list) and step["targets"]
         assert step["step"]["name"] in proc.stdout  # one printed row per step
+        for worker in step["client"]["workers"]:  # closed loop: the reader thread sends the next request
+            chained = worker["reader_responses"]["chained"]
+            closed = step["step"]["kind"] == "concurrency"
+            assert (0 < chained < worker["requests"]) if closed else chained == 0, (
+                step["step"]["name"],
+                worker,
+            )
     rate = next(s for s in report["steps"] if s["step"]["kind"] == "rate")
     assert rate["arrivals"]["truth"]["rate"] is not None and rate["arrivals"]["truth"]["cv"] is not None
     two = next(s for s in report["steps"] if s["step"]["processes"] == 2)

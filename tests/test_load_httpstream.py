@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from harness.load.bounds import Bounds
-from harness.load.httpstream import StreamClient, finish_head, request_prefix
+from harness.load.httphead import finish_head, request_prefix
+from harness.load.httpstream import StreamClient
 from harness.load.nativeread import NativeReader, open_reader
 from harness.protocols.registry import get_protocol
 

@@ -18,7 +18,9 @@ from collections.abc import Iterator
 import pytest
 
 from harness.cbuild import CC_ENV
-from harness.load.httpstream import Outcome, StreamClient, finish_head, request_prefix
+from harness.load.httphead import finish_head, request_prefix
+from harness.load.httpstream import Outcome, StreamClient
+from harness.load.nativehttp import Chain
 from harness.load.nativeread import NativeReader, open_reader, python_clock_offset
 
 PAUSE_S = 0.015
@@ -67,6 +69,7 @@ class PiecesServer:
         self.sock.listen(8)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.accepted = 0
+        self.requests: list[tuple[int, bytes]] = []  # (monotonic ns when read, X-Request-Id) per request
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _read_request(self, conn: socket.socket) -> bool:
@@ -80,6 +83,12 @@ class PiecesServer:
         length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
         while len(body) < length:
             body += conn.recv(65536)
+        rid = (
+            head.lower().split(b"x-request-id: ")[1].split(b"\r\n")[0]
+            if b"x-request-id" in head.lower()
+            else b""
+        )
+        self.requests.append((time.monotonic_ns(), rid))
         return True
 
     def _serve(self) -> None:
@@ -114,10 +123,16 @@ def reader() -> Iterator[NativeReader]:
     made.close()
 
 
-def _post(client: StreamClient, url: str, rid: str) -> Outcome:
+BODY = b'{"prompt":"hi"}'
+
+
+def _request(url: str, rid: str) -> bytes:
     prefix = request_prefix(url, "/v1/completions", {"Content-Type": "application/json"})
-    body = b'{"prompt":"hi"}'
-    return client.post(finish_head(prefix, rid, len(body)), body, timeout_s=3.0)
+    return finish_head(prefix, rid, len(BODY))
+
+
+def _post(client: StreamClient, url: str, rid: str, chain: Chain | None = None) -> Outcome:
+    return client.post(_request(url, rid), BODY, timeout_s=3.0, chain=chain)
 
 
 def _facts(out: Outcome, client: StreamClient) -> tuple[object, ...]:
@@ -218,3 +233,72 @@ def test_the_threads_stamps_follow_a_shifted_process_clock(monkeypatch, reader: 
     client.close()
     server.close()
     shifted.close()
+
+
+def _chain(url: str, rid: str, deadline_s: float = 10.0) -> Chain:
+    return Chain(_request(url, rid) + BODY, time.monotonic_ns() + int(deadline_s * 1e9))
+
+
+def test_a_chained_request_is_sent_by_the_thread_the_moment_the_response_ends(reader: NativeReader) -> None:
+    """Closed loop: the next request reaches the server while Python is still busy elsewhere."""
+    server = PiecesServer(CASES["chunk per write"][0], keep=True)
+    client = StreamClient(server.url, 2.0, reader=reader)
+    try:
+        first = _post(client, server.url, "r-0", chain=_chain(server.url, "r-1"))
+        assert first.error_class is None and first.status == 200
+        time.sleep(0.2)  # Python does nothing: the thread sent r-1 at the end of r-0 by itself
+        assert [rid for _, rid in server.requests] == [b"r-0", b"r-1"]
+        sent = client.chain_sent()
+        assert sent is not None
+        sent_ns, sent_bytes = sent
+        assert sent_bytes == len(_request(server.url, "r-1") + BODY)
+        # the send came after the last read of r-0 (its end stamp) and before the server read it
+        assert first.end_ns <= sent_ns <= server.requests[1][0]
+        assert server.requests[1][0] - first.end_ns < 150e6  # not at the pause's end: at once
+        second = client.post(_request(server.url, "r-1"), BODY, timeout_s=3.0, sent=sent)
+        assert second.error_class is None and second.sent_ns == sent_ns
+        assert _facts(second, client) == _facts(first, client)
+        assert _stamps_ok(second)
+        assert server.accepted == 1  # the kept connection carried both
+        assert client.chain_sent() is None  # nothing armed with r-1
+    finally:
+        client.close()
+        server.close()
+
+
+@pytest.mark.parametrize("why", ["deadline passed", "server closes"])
+def test_a_chain_is_not_sent_past_its_deadline_or_on_a_closing_connection(
+    reader: NativeReader, why: str
+) -> None:
+    """The thread sends only what the step would admit, and only on a connection the server keeps."""
+    pieces = CASES["connection close header" if why == "server closes" else "chunk per write"][0]
+    # The server reads on after its "connection: close": a chain the thread sent would show up here.
+    server = PiecesServer(pieces, keep=True)
+    client = StreamClient(server.url, 2.0, reader=reader)
+    try:
+        deadline_s = -0.001 if why == "deadline passed" else 10.0
+        first = _post(client, server.url, "r-0", chain=_chain(server.url, "r-1", deadline_s))
+        assert first.error_class is None
+        time.sleep(0.1)
+        assert client.chain_sent() is None
+        assert [rid for _, rid in server.requests] == [b"r-0"]
+        second = _post(client, server.url, "r-1")  # the user sends it itself, as without a chain
+        assert second.error_class is None and [rid for _, rid in server.requests] == [b"r-0", b"r-1"]
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_closed_connection_forgets_its_chain_and_the_fd_is_reusable(reader: NativeReader) -> None:
+    server = PiecesServer(CASES["chunk per write"][0], keep=True)
+    client = StreamClient(server.url, 2.0, reader=reader)
+    try:
+        _post(client, server.url, "r-0", chain=_chain(server.url, "r-1"))
+        time.sleep(0.05)
+        client.close()  # the chained response is being read: the thread lets go of the fd first
+        again = _post(client, server.url, "r-2")  # a new connection, likely on the same fd number
+        assert again.error_class is None and again.status == 200
+        assert len(again.splitter.events) == 3
+    finally:
+        client.close()
+        server.close()

@@ -16,7 +16,8 @@ import gevent
 import pytest
 
 from harness.backends.process import free_port
-from harness.load.httpstream import StreamClient, probe_head
+from harness.load.httphead import probe_head
+from harness.load.httpstream import StreamClient
 from harness.load.plan import LoadPlan, PlanError
 from harness.load.prewarm import PrewarmBarrier, prewarm_reasons, prewarm_user, summarize_prewarm
 from harness.load.runner import run_step

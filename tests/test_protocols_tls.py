@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from fake_http import OpenAILike, serve
-from harness.load.httpstream import StreamClient, finish_head, request_prefix
+from harness.load.httphead import finish_head, request_prefix
+from harness.load.httpstream import StreamClient
 from harness.load.runner import run_step
 from harness.protocols.base import Endpoint, TlsOptions
 from harness.protocols.readiness import wait_until_ready

@@ -9,7 +9,7 @@ import yaml
 
 from harness.backends.base import ServerHandle
 from harness.backends.registry import without_url_credentials
-from harness.load.httpstream import request_prefix
+from harness.load.httphead import request_prefix
 from harness.records import RequestRecord, scrub_record
 from harness.redact import REDACTED
 from harness.runsecrets import SECRETS_ENV, Redactor, basic_auth, split_userinfo

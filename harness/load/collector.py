@@ -146,6 +146,22 @@ class StepState:
             return None
         return self.t0_ns + int((self.plan.warmup_s + self.plan.duration_s) * 1e9)
 
+    def reserve(self) -> None:
+        """A closed-loop user handed its next request to the reader thread (``nativeread`` chaining).
+
+        It is outstanding from now, so the process cannot count itself done
+        while the thread may still send it; ``release`` undoes this when the
+        thread did not send it. Chaining is only used in duration mode, where
+        a request sent before ``issue_end_ns`` (the thread's deadline) is
+        admitted whatever its send time, so nothing else is counted here.
+        """
+        self.outstanding += 1
+
+    def release(self) -> None:
+        """A reserved request the reader thread did not send (deadline, closed connection)."""
+        self.outstanding -= 1
+        self._check_done()
+
     def drop_unsent(self, count: int) -> None:
         """Admitted arrivals that never got a free user before the window closed."""
         self.unsent += count

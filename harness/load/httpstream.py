@@ -26,11 +26,10 @@ so it is usable and testable outside a Locust process.
 
 from __future__ import annotations
 
-import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,7 +40,8 @@ import gevent.ssl
 from geventhttpclient.response import HTTPParseError, HTTPResponse
 
 from harness.load.bounds import Bounds, ResponseTooLarge
-from harness.load.nativehttp import is_final, read_native
+from harness.load.httphead import retry_after
+from harness.load.nativehttp import Chain, is_final, read_native
 from harness.load.nativeread import NativeReader
 from harness.load.sseframe import SseSplitter
 from harness.protocols.base import TlsOptions
@@ -49,7 +49,6 @@ from harness.protocols.tls import ssl_context
 
 READ_SIZE = 64 * 1024
 ERROR_BODY_CHARS = 500
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
@@ -78,34 +77,6 @@ class _Deadline(Exception):
 
 class _ClosedEarly(Exception):
     """The server closed the connection before the response headers were complete."""
-
-
-def request_prefix(base_url: str, path: str, headers: Mapping[str, str]) -> bytes:
-    """Request line, ``Host`` and the fixed headers of a POST to ``base_url`` + ``path``.
-
-    Raises ``ValueError`` for a header that could break the request framing
-    (naming the header, not the value).
-    """
-    url = urlsplit(base_url)
-    prefix = url.path.rstrip("/")
-    # Never the URL's userinfo: ``Host: user:pass@h`` would send a credential in the clear and
-    # break virtual hosting (the backend moves userinfo into an Authorization header).
-    lines = [f"POST {prefix}{path} HTTP/1.1", f"Host: {url.netloc.rpartition('@')[2]}"]
-    for name, value in headers.items():
-        if not _TOKEN.match(name):
-            raise ValueError(f"request header name {name!r} is not a valid HTTP token")
-        if any(c in value for c in "\r\n\0"):
-            raise ValueError(f"request header {name!r}: value contains a line break or NUL")
-        lines.append(f"{name}: {value}")
-    try:
-        return ("\r\n".join(lines) + "\r\n").encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError("request headers must be latin-1 text (HTTP/1.1 header encoding)") from None
-
-
-def finish_head(prefix: bytes, request_id: str, body_len: int) -> bytes:
-    """The complete request head: the prefix plus this request's id and length."""
-    return prefix + b"X-Request-Id: %s\r\nContent-Length: %d\r\n\r\n" % (request_id.encode(), body_len)
 
 
 class StreamClient:
@@ -137,9 +108,18 @@ class StreamClient:
         self._sock: Any = None
         self.connect_ns: int | None = None  # the last request's connect time (None: reused)
 
+    def chain_sent(self) -> tuple[int, int] | None:
+        """Whether the reader thread sent the chained request: (its send stamp, bytes sent), or None."""
+        if self.reader is None or self._sock is None:
+            return None
+        got = self.reader.chain_result(self._sock.fileno())
+        return None if got is None else (got[0], got[1])
+
     def close(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
+            if self.reader is not None:
+                self.reader.drop(sock.fileno())  # before the fd number can be reused
             try:
                 sock.close()
             except OSError:
@@ -183,7 +163,14 @@ class StreamClient:
         self.close()
         return None
 
-    def post(self, head: bytes, body: bytes, timeout_s: float) -> Outcome:
+    def post(
+        self,
+        head: bytes,
+        body: bytes,
+        timeout_s: float,
+        chain: Chain | None = None,
+        sent: tuple[int, int] | None = None,
+    ) -> Outcome:
         """Send one request and read the response, stamping every read; never raises for network errors.
 
         Error classes: no connection within the connect or request deadline is
@@ -191,22 +178,35 @@ class StreamClient:
         after that is ``timeout``; a response past ``bounds`` is
         ``stream_too_large`` (its body is dropped and the connection closed).
         Afterwards ``connect_ns`` is the time it spent connecting (None: it reused the kept connection).
+        Closed loop on the native reader: ``chain`` is the next request, for
+        the reader thread to send when this response ends (``chain_sent``
+        says whether it did), and ``sent`` marks a request the thread sent
+        (its stamp and the bytes it got out; the rest is sent here).
         """
         self.connect_ns = None
         splitter = SseSplitter()
         clock = time.monotonic_ns
-        sent_ns = clock()
+        sent_ns = clock() if sent is None else sent[0]
         parser = HTTPResponse("POST")
         keep = False
         connecting = True
+        if sent is not None:  # the request's deadline runs from the thread's send
+            timeout_s = max(0.0, timeout_s - (clock() - sent_ns) / 1e9)
         try:
             with gevent.Timeout(timeout_s, _Deadline):
-                sock = self._reusable() or self._connect()
-                connecting = False
-                sent_ns = clock()
-                sock.sendall(head + body)
-                status = _read_response(sock, parser, splitter, clock, self.tls, self.bounds, self.reader)
-                end_ns = clock()
+                if sent is None:
+                    sock = self._reusable() or self._connect()
+                    connecting = False
+                    sent_ns = clock()
+                    sock.sendall(head + body)
+                else:
+                    sock, connecting = self._sock, False
+                    if sent[1] < len(head) + len(body):
+                        sock.sendall((head + body)[sent[1] :])
+                status, last_read_ns = _read_response(
+                    sock, parser, splitter, clock, self.tls, self.bounds, self.reader, chain, sent is not None
+                )
+                end_ns = last_read_ns if last_read_ns is not None else clock()
                 keep = parser.message_complete and not parser.should_close()
                 if status >= 400:
                     text = splitter.head(ERROR_BODY_CHARS).decode("utf-8", "replace")
@@ -288,27 +288,6 @@ class StreamClient:
         return None
 
 
-def probe_head(base_url: str, path: str, headers: Mapping[str, str]) -> bytes:
-    """A ``GET`` of ``path`` with the user's headers (auth), for ``StreamClient.probe``."""
-    prefix = request_prefix(base_url, path, headers).replace(b"POST ", b"GET ", 1)
-    return prefix + b"X-Request-Id: tokenbench-prewarm\r\n\r\n"
-
-
-RETRY_STATUSES = (429, 503)
-
-
-def retry_after(parser: HTTPResponse, status: int) -> str | None:
-    """The ``Retry-After`` value of a 429/503 (raw: seconds or an HTTP date), else None.
-
-    Recorded, never honoured: a benchmark that waited and retried would hide
-    the overload it is there to measure (docs/metrics.md).
-    """
-    if status not in RETRY_STATUSES:
-        return None
-    value = parser.get("retry-after")
-    return str(value)[:64] if value is not None else None
-
-
 def _status(parser: HTTPResponse) -> int:
     return parser.get_code() if parser.headers_complete else 0
 
@@ -321,8 +300,11 @@ def _read_response(
     tls: bool,
     bounds: Bounds,
     reader: NativeReader | None = None,
-) -> int:
-    """Read until the response is complete or the server closes; returns the status. Raises on errors.
+    chain: Chain | None = None,
+    attach: bool = False,
+) -> tuple[int, int | None]:
+    """Read until the response is complete or the server closes: the status, and the reader thread's
+    stamp of the last read (None on the Python path). Raises on errors.
 
     Per read only: wait, ``recv``, stamp, the C parser, and an append of the
     body bytes with the stamp. Two costs per token are avoided on plain
@@ -338,6 +320,7 @@ def _read_response(
     feed = parser.feed
     feed_splitter = splitter.feed
     raw = None if tls else getattr(sock, "_sock", None)
+    last: int | None = None
     if raw is None:
         recv = sock.recv
         bytes_left, reads_left = bounds.max_bytes, bounds.max_reads
@@ -360,12 +343,12 @@ def _read_response(
                 break
     elif reader is not None:
         read_on = lambda rest: _read_plain(raw, parser, feed_splitter, clock, rest)  # noqa: E731
-        read_native(reader, raw, parser, splitter, bounds, read_on)
+        last = read_native(reader, raw, parser, splitter, bounds, read_on, chain, attach)
     else:
         _read_plain(raw, parser, feed_splitter, clock, bounds)
     if not parser.headers_complete:
         raise _ClosedEarly("connection closed before the response headers")
-    return int(parser.get_code())
+    return int(parser.get_code()), last
 
 
 def _read_plain(

@@ -40,6 +40,7 @@ typedef struct {
     int64_t head_len;   /* end of the final (non-1xx) head */
     int64_t term_start; /* chunked: where the last-chunk line starts */
     int chunked;
+    int close;          /* the final head does not keep the connection (HTTP/1.0, Connection: close) */
 } Stream;
 
 static const char *find(const char *hay, int64_t n, const char *needle, int64_t m) {
@@ -82,6 +83,7 @@ static int parse_head(Stream *st, const char *s, const char *e, int *status) {
     *status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
     int chunked = 0;
     int64_t length = -1;
+    st->close = s[7] != '1'; /* HTTP/1.0 keeps a connection only when asked: never chained on */
     const char *line = find(s, e - s, "\r\n", 2);
     while (line && line + 2 < e - 2) {
         line += 2;
@@ -97,6 +99,9 @@ static int parse_head(Stream *st, const char *s, const char *e, int *status) {
                    the Python parser judges the details */
                 for (const char *q = v; q + 7 <= eol; q++)
                     if (strncasecmp(q, "chunked", 7) == 0) chunked = 1;
+            } else if (nlen == 10 && strncasecmp(line, "connection", 10) == 0) {
+                for (const char *q = v; q + 5 <= eol; q++)
+                    if (strncasecmp(q, "close", 5) == 0) st->close = 1;
             } else if (nlen == 14 && strncasecmp(line, "content-length", 14) == 0) {
                 int64_t n = 0;
                 const char *q = v;

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from geventhttpclient.response import HTTPParseError, HTTPResponse
 
@@ -71,6 +72,19 @@ def _framing_agrees(reads: Reads, parser: HTTPResponse) -> bool:
     return bool(parser.message_complete and is_final(parser))
 
 
+@dataclass(frozen=True)
+class Chain:
+    """A closed-loop user's next request, for the reader thread to send the moment this response ends.
+
+    ``deadline_ns`` (``time.monotonic_ns``) is the step's end of issuing: a
+    request the thread would send later is not sent (the user then asks the
+    step itself, as without a chain). See ``nativeread.c`` for why.
+    """
+
+    request: bytes
+    deadline_ns: int
+
+
 def read_native(
     reader: NativeReader,
     raw: socket.socket,
@@ -78,8 +92,15 @@ def read_native(
     splitter: SseSplitter,
     bounds: Bounds,
     read_on: Callable[[Bounds], None],
-) -> None:
+    chain: Chain | None = None,
+    attach: bool = False,
+) -> int | None:
     """The response read and stamped by the process's reader thread (``nativeread``), then replayed.
+
+    Returns the stamp of the response's last read when the thread saw it
+    whole (the response's end, however late this greenlet woke), else None.
+    ``attach``: the request was sent by the thread (a chain), so its response
+    is being read already; ``chain`` arms the next one.
 
     Where the thread stopped but the parser does not agree the response is
     over (a framing the thread judged differently), the rest is read here,
@@ -89,8 +110,13 @@ def read_native(
     interpreted as before).
     """
     feed_splitter = splitter.feed
+    fd = raw.fileno()
+    request, deadline = (chain.request, chain.deadline_ns) if chain is not None else (None, 0)
     try:
-        reads = reader.read(raw.fileno(), bounds.max_bytes, bounds.max_reads)
+        if attach:
+            reads = reader.attach(fd, request, deadline)
+        else:
+            reads = reader.read(fd, bounds.max_bytes, bounds.max_reads, request, deadline)
     except BaseException as err:
         partial = getattr(err, "partial", None)
         if partial is not None:
@@ -110,15 +136,18 @@ def read_native(
         _framing_agrees(reads, parser)
         splitter.load(reads.body, reads.body_ends, reads.body_stamps)
         reader.whole += 1
-        return
+        return int(reads.stamps[-1])
     reader.replayed += 1
     if _replay(reads, parser, feed_splitter):
-        return
+        return None
     if reads.result == ERROR:
         raise OSError(reads.errno, os.strerror(reads.errno))
     if reads.result == EOF:
-        return  # the server closed the connection: as on the Python path, the caller judges what is missing
+        return (
+            None  # the server closed the connection: as on the Python path, the caller judges what is missing
+        )
     # The thread saw the end (or a framing error) where the parser sees none: the parser decides, read on.
     read_on(
         Bounds(max_bytes=bounds.max_bytes - len(reads.data), max_reads=bounds.max_reads - len(reads.ends))
     )
+    return None

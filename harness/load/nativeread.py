@@ -22,6 +22,7 @@ on the Python path, with the reason kept for the step's health report.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -93,6 +94,10 @@ class NativeReader:
         lib.tbr_info.argtypes = [vp, i, ctypes.c_void_p]
         lib.tbr_take.argtypes = [vp, i, *([ctypes.c_void_p] * 6)]
         lib.tbr_close.argtypes = [vp]
+        lib.tbr_arm.argtypes = [vp, i, ctypes.c_char_p, i64, i64]
+        lib.tbr_chain.argtypes = [vp, i, ctypes.c_void_p]
+        lib.tbr_pending.argtypes = [vp, i]
+        lib.tbr_drop.argtypes = [vp, i]
         handle = lib.tbr_new(max_fds, SCHED_CHOICES[sched], READER_NICE)
         if not handle:
             raise OSError("the native reader could not start (epoll, eventfd or thread)")
@@ -108,6 +113,8 @@ class NativeReader:
         self.clock_offset_ns = python_clock_offset()
         self._done = (ctypes.c_int * POP_BATCH)()
         self._info = (ctypes.c_int64 * 10)()
+        self._chain = (ctypes.c_int64 * 3)()
+        self.chain_sends = 0  # requests the thread sent itself on a response's end (closed loop)
         hub = gevent.get_hub()
         self._watcher = hub.loop.io(lib.tbr_eventfd(handle), 1)
         self._watcher.start(self._on_done)
@@ -124,15 +131,52 @@ class NativeReader:
             if n < POP_BATCH:
                 return
 
-    def read(self, fd: int, max_bytes: int, max_reads: int) -> Reads:
+    def read(
+        self, fd: int, max_bytes: int, max_reads: int, chain: bytes | None = None, deadline_ns: int = 0
+    ) -> Reads:
         """Block this greenlet until fd's response is over (or the caller's ``gevent.Timeout`` fires).
 
-        On a timeout the thread stops reading fd and what it had read is
-        kept on the exception (``partial``) so the caller can keep it.
+        ``chain``: the user's next request, for the thread to send the moment
+        this response is complete, unless ``time.monotonic_ns()`` has reached
+        ``deadline_ns`` by then (``chain_result`` says whether it did). On a timeout
+        the thread stops reading fd and what it had read is kept on the
+        exception (``partial``) so the caller can keep it.
         """
+        if chain is not None:
+            self._arm(fd, chain, deadline_ns)
         rc = self._lib.tbr_watch(self._h, fd, max_bytes, max_reads)
         if rc != 0:
             raise OSError(-rc, f"native reader: cannot watch fd {fd}: {os.strerror(-rc)}")
+        return self._wait(fd)
+
+    def attach(self, fd: int, chain: bytes | None = None, deadline_ns: int = 0) -> Reads:
+        """``read`` for the response of a request the thread sent itself (``chain_result``): it is read already."""
+        if chain is not None:
+            self._arm(fd, chain, deadline_ns)
+        rc = self._lib.tbr_pending(self._h, fd)
+        if rc < 0:
+            raise OSError(errno.EBADF, f"native reader: fd {fd} has no chained response")
+        return self._take(fd) if rc else self._wait(fd)
+
+    def chain_result(self, fd: int) -> tuple[int, int, int] | None:
+        """Whether the thread sent fd's chained request: (sent_ns, bytes it sent, errno), or None; disarms."""
+        out = self._chain
+        if not self._lib.tbr_chain(self._h, fd, out):
+            return None
+        self.chain_sends += 1
+        return out[0] + self.clock_offset_ns, out[1], out[2]
+
+    def drop(self, fd: int) -> None:
+        """Forget fd before its socket closes: a chained response being read, a parked one, the chain."""
+        if self._h:
+            self._lib.tbr_drop(self._h, fd)
+
+    def _arm(self, fd: int, chain: bytes, deadline_ns: int) -> None:
+        rc = self._lib.tbr_arm(self._h, fd, chain, len(chain), deadline_ns - self.clock_offset_ns)
+        if rc != 0:
+            raise OSError(-rc, f"native reader: cannot arm fd {fd}: {os.strerror(-rc)}")
+
+    def _wait(self, fd: int) -> Reads:
         waiter = Waiter()
         self._waiters[fd] = waiter
         try:

@@ -10,6 +10,12 @@ comes from it). The user itself goes straight back to its next request: see
 (``grpcstream.stream_call``, per-message stamps, raw bytes) are both
 interpreted only after they are over, off the read path.
 
+Closed loop in duration mode on the native reader, the user hands its next
+request to the reader thread with the current one (``_chain_next``): the
+thread sends it the moment the current response ends, and the next task
+picks it up (``nativeread.c`` says why). Whatever the thread did not send
+the user admits and sends itself, as without a chain.
+
 Requests are serialised by the protocol once per prompt and process
 (``ProcessContext.bodies``); per request only the id (and, over HTTP, the
 length) is added, before the wait for the scheduled time.
@@ -42,7 +48,9 @@ from locust import User, task
 
 from harness.load.collector import StepState, request_key
 from harness.load.grpcstream import GrpcStream, auth_metadata, ensure_gevent, stream_call
-from harness.load.httpstream import Outcome, StreamClient, finish_head, probe_head, request_prefix
+from harness.load.httphead import finish_head, probe_head, request_prefix
+from harness.load.httpstream import Outcome, StreamClient
+from harness.load.nativehttp import Chain
 from harness.load.nativeread import NativeReader
 from harness.load.plan import LoadPlan
 from harness.load.prewarm import prewarm_user
@@ -75,6 +83,7 @@ class HttpWire:
         probe = next((p for p in spec.readiness if isinstance(p, HttpProbe)), None)
         self.probe = probe_head(plan.base_url, probe.path, headers) if probe is not None else None
         self.warm_timeout_s = min(plan.timeout_s, 30.0)
+        self.can_chain = self.client.reader is not None  # the native reader on a plain socket
 
     def warm(self) -> tuple[str | None, int | None]:
         """Open and verify the kept connection (``StreamClient.probe``); why not, and the connect time."""
@@ -91,8 +100,18 @@ class HttpWire:
     def prepare(self, key: str, body: bytes) -> bytes:
         return finish_head(self.prefix, key, len(body))
 
-    def send(self, head: bytes, body: bytes, timeout_s: float) -> Outcome:
-        return self.client.post(head, body, timeout_s)
+    def send(
+        self,
+        head: bytes,
+        body: bytes,
+        timeout_s: float,
+        chain: Chain | None = None,
+        sent: tuple[int, int] | None = None,
+    ) -> Outcome:
+        return self.client.post(head, body, timeout_s, chain, sent)
+
+    def chain_sent(self) -> tuple[int, int] | None:
+        return self.client.chain_sent()
 
     @staticmethod
     def unpack(raw: Outcome) -> tuple[Outcome, Sequence[StreamEvent]]:
@@ -107,6 +126,7 @@ class GrpcWire:
     """A server-streaming call on the user's own channel; auth headers travel as metadata."""
 
     request_type = "grpc"
+    can_chain = False  # grpc sends in its own C core; nothing to chain on
 
     def __init__(
         self, plan: LoadPlan, spec: ProtocolSpec, headers: dict[str, str], reader: NativeReader | None = None
@@ -141,7 +161,14 @@ class GrpcWire:
         # x-request-id joins the record to the server's log, as the HTTP X-Request-Id does.
         return [*self.metadata, ("x-request-id", key)]
 
-    def send(self, metadata: list[tuple[str, str]], body: bytes, timeout_s: float) -> GrpcStream:
+    def send(
+        self,
+        metadata: list[tuple[str, str]],
+        body: bytes,
+        timeout_s: float,
+        chain: None = None,
+        sent: None = None,
+    ) -> GrpcStream:
         return stream_call(self.call, body, timeout_s, metadata, self.bounds)
 
     @staticmethod
@@ -153,6 +180,7 @@ class GrpcWire:
 
 
 WIRES = {"http": HttpWire, "grpc": GrpcWire}
+CHAINED = -1  # ``_pending``: the request due is the one handed to the reader thread (``_chain_next``)
 
 
 class StreamingUser(User):
@@ -169,6 +197,9 @@ class StreamingUser(User):
         super().__init__(environment)
         self.ctx = environment.tokenbench
         self._pending: int | None = None
+        # The next request handed to the reader thread with the current one (closed loop, native
+        # reader): (request id, prompt index, prepared head, body). See ``_chain_next``.
+        self._chained: tuple[int, int, Any, bytes] | None = None
         plan = self.ctx.plan
         self.spec: ProtocolSpec = self.ctx.protocol
         self.wire: Any = WIRES[self.spec.transport](plan, self.spec, self.ctx.headers, self.ctx.reader)
@@ -177,6 +208,9 @@ class StreamingUser(User):
     def wait_time(self) -> float:
         """Block (in Locust's *waiting* state) until the next request is due."""
         ctx = self.ctx
+        if self._chained is not None:
+            self._pending = CHAINED  # sent by the reader thread, or not: ``one_request`` asks it
+            return 0.0
         pool = ctx.arrival_pool()
         if pool is not None:
             scheduled = pool.next_arrival()
@@ -195,17 +229,25 @@ class StreamingUser(User):
             return  # the very first task runs before any wait: nothing is due yet
         ctx = self.ctx
         state = ctx.state
-        request_id = state.next_request_id()
-        index = (request_id + state.worker_index) % len(ctx.prompts)
-        body = ctx.bodies.get(index)
-        if body is None:
-            body = ctx.bodies[index] = self.spec.build_request(ctx.plan, ctx.prompts[index])
-        # == request_key(step_id, request_id): joins the record to the server's log
-        prepared = self.wire.prepare(f"{self.id_prefix}{request_id}", body)
-        wait_ns = scheduled - time.monotonic_ns()
-        if wait_ns > 0:
-            gevent.sleep(wait_ns / 1e9)
-        raw = self.wire.send(prepared, body, ctx.plan.timeout_s)
+        sent = None
+        if scheduled == CHAINED:
+            assert self._chained is not None
+            (request_id, index, prepared, body), self._chained = self._chained, None
+            sent = self.wire.chain_sent()
+            if sent is None:  # not sent (past the deadline, or the connection closed): admit anew
+                state.release()
+                return
+            scheduled = sent[0]
+        else:
+            request_id = state.next_request_id()
+            index = (request_id + state.worker_index) % len(ctx.prompts)
+            body = self._body(index)
+            # == request_key(step_id, request_id): joins the record to the server's log
+            prepared = self.wire.prepare(f"{self.id_prefix}{request_id}", body)
+            wait_ns = scheduled - time.monotonic_ns()
+            if wait_ns > 0:
+                gevent.sleep(wait_ns / 1e9)
+        raw = self.wire.send(prepared, body, ctx.plan.timeout_s, self._chain_next(), sent)
         if ctx.plan.kind == "concurrency":
             scheduled = raw.sent_ns  # closed loop: the request is due when it is sent
         conn = self.wire.connection()
@@ -213,6 +255,40 @@ class StreamingUser(User):
             lambda: self.finish(request_id, ctx.prompts[index], scheduled, raw, conn),
             raw.body_bytes,  # the Finisher bounds its backlog by the bytes it holds, too
         )
+
+    def _body(self, index: int) -> bytes:
+        ctx = self.ctx
+        body = ctx.bodies.get(index)
+        if body is None:
+            body = ctx.bodies[index] = self.spec.build_request(ctx.plan, ctx.prompts[index])
+        return body
+
+    def _chain_next(self) -> Chain | None:
+        """The next request, for the reader thread to send when this response ends; None: not chained.
+
+        Closed loop in duration mode on the native reader only: there the next
+        request is due exactly when this one ends, and the thread's deadline is
+        the step's end of issuing, so it sends only what ``admit`` would have
+        admitted. The request is reserved (``StepState.reserve``) until the
+        next task learns whether it went out.
+        """
+        ctx = self.ctx
+        state = ctx.state
+        deadline = state.issue_end_ns
+        if (
+            ctx.plan.kind != "concurrency"
+            or not self.wire.can_chain
+            or deadline is None
+            or state.issuing_over
+        ):
+            return None
+        request_id = state.next_request_id()
+        index = (request_id + state.worker_index) % len(ctx.prompts)
+        body = self._body(index)
+        prepared = self.wire.prepare(f"{self.id_prefix}{request_id}", body)
+        state.reserve()
+        self._chained = (request_id, index, prepared, body)
+        return Chain(prepared + body, deadline)
 
     def finish(
         self, request_id: int, prompt: PromptSpec, scheduled: int, raw: Any, conn: tuple[int | None, bool]
@@ -267,6 +343,9 @@ class StreamingUser(User):
             prewarm_user(barrier, self.wire.warm)
 
     def on_stop(self) -> None:
+        if self._chained is not None:  # stopped with a chained request: the connection closes below
+            self._chained = None
+            self.ctx.state.release()
         self.wire.close()
 
 
