@@ -181,10 +181,8 @@ class ProcessContext:
         self.publish()  # the final counts, before the master may quit
         report = self.state.report()
         report["reader"] = self.reader_kind
-        if (
-            self.reader is not None
-        ):  # responses the thread saw to their end, replayed, and requests it chained
-            r = self.reader
+        if self.reader is not None:
+            r = self.reader  # responses the thread saw to their end, replayed, and requests it chained
             report["reader_responses"] = {"whole": r.whole, "replayed": r.replayed, "chained": r.chain_sends}
             report["reader_cpu_s"] = round(self.reader.cpu_s() - self._reader_cpu0, 4)
         if self.barrier is not None:

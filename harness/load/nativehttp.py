@@ -142,10 +142,8 @@ def read_native(
         return None
     if reads.result == ERROR:
         raise OSError(reads.errno, os.strerror(reads.errno))
-    if reads.result == EOF:
-        return (
-            None  # the server closed the connection: as on the Python path, the caller judges what is missing
-        )
+    if reads.result == EOF:  # the server closed the connection: as on the Python path, the caller judges
+        return None
     # The thread saw the end (or a framing error) where the parser sees none: the parser decides, read on.
     read_on(
         Bounds(max_bytes=bounds.max_bytes - len(reads.data), max_reads=bounds.max_reads - len(reads.ends))
