@@ -288,6 +288,7 @@ int tbr_arm(void *h, int fd, const char *buf, int64_t len, int64_t deadline) {
 /* Whether fd's chain was sent (out: sent_ns, bytes sent, errno); disarms it either way. */
 int tbr_chain(void *h, int fd, int64_t *out) {
     Reader *r = h;
+    if (fd < 0 || fd >= r->maxfd) return 0;
     pthread_mutex_lock(&r->mu);
     Chain *ch = &r->chains[fd];
     int sent = ch->sent;
@@ -303,6 +304,7 @@ int tbr_chain(void *h, int fd, int64_t *out) {
  * read (wait for the done queue), -1 not watched. */
 int tbr_pending(void *h, int fd) {
     Reader *r = h;
+    if (fd < 0 || fd >= r->maxfd) return -1;
     pthread_mutex_lock(&r->mu);
     Stream *st = &r->streams[fd];
     int rc = r->has_parked[fd] || (st->active && st->result != R_RUNNING) ? 1 : st->active ? 0 : -1;
