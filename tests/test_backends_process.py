@@ -75,6 +75,11 @@ def test_terminate_escalates_to_sigkill_when_term_is_ignored(tmp_path: Path) -> 
     script = "trap '' TERM; echo ready; sleep 300 & wait; sleep 300"
     proc = ManagedProcess(["bash", "-c", script], log_path=tmp_path / "p.log")
     members = _wait_for_members(proc.pgid, 2)
+    # Two members are the supervisor and bash before it has run the trap; "ready" comes after the trap.
+    # A TERM sent before it killed bash (exit -15 in a fresh-clone CI run).
+    deadline = time.monotonic() + 5
+    while "ready" not in (tmp_path / "p.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
     started = time.monotonic()
     code = proc.terminate(grace_s=0.5)
     assert time.monotonic() - started < 10
