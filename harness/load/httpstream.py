@@ -112,8 +112,7 @@ class StreamClient:
         """Whether the reader thread sent the chained request: (its send stamp, bytes sent), or None."""
         if self.reader is None or self._sock is None:
             return None
-        got = self.reader.chain_result(self._sock.fileno())
-        return None if got is None else (got[0], got[1])
+        return self.reader.chain_result(self._sock.fileno())
 
     def close(self) -> None:
         sock, self._sock = self._sock, None

@@ -51,7 +51,6 @@ typedef struct {
     int64_t deadline; /* CLOCK_MONOTONIC ns: not sent at or after (the step's end of issuing) */
     int armed, sent;  /* waiting for the current response's end / sent by the thread: */
     int64_t sent_ns, sent_bytes; /* stamp right before the send, bytes it took (Python sends the rest) */
-    int err;
 } Chain;
 
 typedef struct {
@@ -116,8 +115,7 @@ static int try_chain(Reader *r, int fd) {
     ssize_t n = send(fd, ch->buf, (size_t)ch->len, MSG_DONTWAIT | MSG_NOSIGNAL);
     ch->sent = 1;
     ch->sent_ns = t;
-    ch->sent_bytes = n > 0 ? n : 0;
-    ch->err = n < 0 ? errno : 0;
+    ch->sent_bytes = n > 0 ? n : 0; /* a failed send: Python sends it all and meets the error */
     r->done[(r->done_head + r->done_count) % r->maxfd] = fd; /* still watched: the next response */
     r->done_count++;
     return 1;
@@ -285,7 +283,7 @@ int tbr_arm(void *h, int fd, const char *buf, int64_t len, int64_t deadline) {
     return rc < 0 ? -ENOMEM : 0;
 }
 
-/* Whether fd's chain was sent (out: sent_ns, bytes sent, errno); disarms it either way. */
+/* Whether fd's chain was sent (out: sent_ns, bytes sent); disarms it either way. */
 int tbr_chain(void *h, int fd, int64_t *out) {
     Reader *r = h;
     if (fd < 0 || fd >= r->maxfd) return 0;
@@ -294,7 +292,6 @@ int tbr_chain(void *h, int fd, int64_t *out) {
     int sent = ch->sent;
     out[0] = ch->sent_ns;
     out[1] = ch->sent_bytes;
-    out[2] = ch->err;
     ch->armed = ch->sent = 0;
     pthread_mutex_unlock(&r->mu);
     return sent;

@@ -113,7 +113,7 @@ class NativeReader:
         self.clock_offset_ns = python_clock_offset()
         self._done = (ctypes.c_int * POP_BATCH)()
         self._info = (ctypes.c_int64 * 10)()
-        self._chain = (ctypes.c_int64 * 3)()
+        self._chain = (ctypes.c_int64 * 2)()
         self.chain_sends = 0  # requests the thread sent itself on a response's end (closed loop)
         hub = gevent.get_hub()
         self._watcher = hub.loop.io(lib.tbr_eventfd(handle), 1)
@@ -158,13 +158,16 @@ class NativeReader:
             raise OSError(errno.EBADF, f"native reader: fd {fd} has no chained response")
         return self._take(fd) if rc else self._wait(fd)
 
-    def chain_result(self, fd: int) -> tuple[int, int, int] | None:
-        """Whether the thread sent fd's chained request: (sent_ns, bytes it sent, errno), or None; disarms."""
+    def chain_result(self, fd: int) -> tuple[int, int] | None:
+        """Whether the thread sent fd's chained request: (sent_ns, bytes it sent), or None; disarms.
+
+        A failed send is (stamp, 0): the user sends the whole request and meets the error itself.
+        """
         out = self._chain
         if not self._lib.tbr_chain(self._h, fd, out):
             return None
         self.chain_sends += 1
-        return out[0] + self.clock_offset_ns, out[1], out[2]
+        return out[0] + self.clock_offset_ns, out[1]
 
     def drop(self, fd: int) -> None:
         """Forget fd before its socket closes: a chained response being read, a parked one, the chain."""

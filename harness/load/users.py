@@ -239,11 +239,7 @@ class StreamingUser(User):
                 return
             scheduled = sent[0]
         else:
-            request_id = state.next_request_id()
-            index = (request_id + state.worker_index) % len(ctx.prompts)
-            body = self._body(index)
-            # == request_key(step_id, request_id): joins the record to the server's log
-            prepared = self.wire.prepare(f"{self.id_prefix}{request_id}", body)
+            request_id, index, prepared, body = self._new_request()
             wait_ns = scheduled - time.monotonic_ns()
             if wait_ns > 0:
                 gevent.sleep(wait_ns / 1e9)
@@ -256,12 +252,16 @@ class StreamingUser(User):
             raw.body_bytes,  # the Finisher bounds its backlog by the bytes it holds, too
         )
 
-    def _body(self, index: int) -> bytes:
+    def _new_request(self) -> tuple[int, int, Any, bytes]:
+        """A fresh request: its id, prompt index, prepared head (or metadata) and body."""
         ctx = self.ctx
+        request_id = ctx.state.next_request_id()
+        index = (request_id + ctx.state.worker_index) % len(ctx.prompts)
         body = ctx.bodies.get(index)
         if body is None:
             body = ctx.bodies[index] = self.spec.build_request(ctx.plan, ctx.prompts[index])
-        return body
+        # == request_key(step_id, request_id): joins the record to the server's log
+        return request_id, index, self.wire.prepare(f"{self.id_prefix}{request_id}", body), body
 
     def _chain_next(self) -> Chain | None:
         """The next request, for the reader thread to send when this response ends; None: not chained.
@@ -282,12 +282,8 @@ class StreamingUser(User):
             or state.issuing_over
         ):
             return None
-        request_id = state.next_request_id()
-        index = (request_id + state.worker_index) % len(ctx.prompts)
-        body = self._body(index)
-        prepared = self.wire.prepare(f"{self.id_prefix}{request_id}", body)
+        self._chained = request_id, index, prepared, body = self._new_request()
         state.reserve()
-        self._chained = (request_id, index, prepared, body)
         return Chain(prepared + body, deadline)
 
     def finish(
