@@ -18,10 +18,11 @@ from collections.abc import Iterator
 import pytest
 
 from harness.cbuild import CC_ENV
+from harness.load.bounds import Bounds
 from harness.load.httphead import finish_head, request_prefix
 from harness.load.httpstream import Outcome, StreamClient
 from harness.load.nativehttp import Chain
-from harness.load.nativeread import NativeReader, open_reader, python_clock_offset
+from harness.load.nativeread import TOO_LARGE, NativeReader, open_reader, python_clock_offset
 
 PAUSE_S = 0.015
 EV1 = b'data: {"choices":[{"text":"a","finish_reason":null}]}\n\n'
@@ -302,3 +303,24 @@ def test_a_closed_connection_forgets_its_chain_and_the_fd_is_reusable(reader: Na
     finally:
         client.close()
         server.close()
+
+
+def test_a_response_cut_as_too_large_hands_python_its_head_not_its_bytes(reader: NativeReader) -> None:
+    """Past the bound the thread stops; Python gets the status and the sizes, and no copy of the body
+    (under an endless stream that copy was most of the client's memory), on the client path alike."""
+    pieces = [SSE] + [_chunk(EV1)] * 6
+    server = PiecesServer(pieces, keep=False)
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(_request(server.url, "big") + BODY)
+        reads = reader.read(sock.fileno(), max_bytes=len(SSE) + 150, max_reads=1000)
+    assert reads.result == TOO_LARGE and reads.head_len == len(SSE)
+    assert reads.size > len(SSE) + 150 and reads.size == int(reads.ends[-1])  # what was read, counted
+    assert reads.raw(0, reads.head_len) == SSE and len(reads.data) == len(SSE) and reads.body == b""
+
+    client = StreamClient(server.url, 2.0, bounds=Bounds(max_bytes=len(SSE) + 150), reader=reader)
+    out = _post(client, server.url, "big2")
+    assert (out.status, out.error_class) == (200, "stream_too_large")
+    cut_at = int(out.error_message.split("cut after ")[1].split(" bytes")[0])
+    assert cut_at > len(SSE) + 150 and client._sock is None
+    client.close()
+    server.close()

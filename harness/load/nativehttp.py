@@ -131,7 +131,7 @@ def read_native(
                 parser.feed(reads.raw(0, reads.head_len))
             except HTTPParseError:
                 pass
-        raise ResponseTooLarge(bounds.message(len(reads.data), len(reads.ends)))
+        raise ResponseTooLarge(bounds.message(reads.size, len(reads.ends)))
     if reads.result == COMPLETE and _framing_agrees(reads, HTTPResponse("POST")):
         _framing_agrees(reads, parser)
         splitter.load(reads.body, reads.body_ends, reads.body_stamps)

@@ -383,17 +383,18 @@ void tbr_info(void *h, int fd, int64_t *info) {
     pthread_mutex_unlock(&r->mu);
 }
 
-/* Copy fd's bytes and per-read ends/stamps out (sized by tbr_info) and free the slot for reuse; a
- * parked response first (the chained one is still being read). */
-void tbr_take(void *h, int fd, char *buf, int64_t *ends, int64_t *stamps, char *body, int64_t *bends,
-              int64_t *bstamps) {
+/* Copy fd's first `keep` bytes and per-read ends/stamps out (sized by tbr_info) and free the slot for
+ * reuse; a parked response first (the chained one is still being read). A response cut as too large
+ * is taken with keep = its head and no body: Python needs its status, not the megabytes. */
+void tbr_take(void *h, int fd, int64_t keep, char *buf, int64_t *ends, int64_t *stamps, char *body,
+              int64_t *bends, int64_t *bstamps) {
     Reader *r = h;
     pthread_mutex_lock(&r->mu);
     int parked = r->has_parked[fd];
     Stream *st = parked ? &r->parked[fd] : &r->streams[fd];
     r->has_parked[fd] = 0;
     if (!parked && st->result == R_RUNNING && st->active) epoll_ctl(r->ep, EPOLL_CTL_DEL, fd, NULL);
-    memcpy(buf, st->buf, (size_t)st->len);
+    memcpy(buf, st->buf, (size_t)(keep < st->len ? keep : st->len));
     memcpy(ends, st->ends, (size_t)st->nreads * sizeof(int64_t));
     memcpy(stamps, st->stamps, (size_t)st->nreads * sizeof(int64_t));
     if (body) memcpy(body, st->body, (size_t)st->blen);

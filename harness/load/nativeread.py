@@ -56,7 +56,7 @@ class Reads:
 
     result: int
     errno: int
-    data: np.ndarray  # uint8: every byte read, in order
+    data: np.ndarray  # uint8: every byte read, in order (a TOO_LARGE response: its head only)
     ends: np.ndarray  # int64: end offset of each recv in ``data``
     stamps: np.ndarray  # int64: monotonic ns right after each recv
     body: bytes = b""  # the body with the chunk framing removed, as the HTTP parser would hand it over
@@ -68,6 +68,7 @@ class Reads:
     consumed: int = 0  # bytes of ``data`` the framing took (past it: bytes after the response)
     term_start: int = 0  # chunked: start of the last-chunk line in ``data``
     chunked: bool = False
+    size: int = 0  # bytes read in all (``len(data)`` but where only the head was kept)
 
     def raw(self, start: int, end: int) -> bytes:
         return self.data[start:end].tobytes()
@@ -92,7 +93,7 @@ class NativeReader:
         lib.tbr_cancel.argtypes = [vp, i]
         lib.tbr_pop_done.argtypes = [vp, ctypes.c_void_p, i]
         lib.tbr_info.argtypes = [vp, i, ctypes.c_void_p]
-        lib.tbr_take.argtypes = [vp, i, *([ctypes.c_void_p] * 6)]
+        lib.tbr_take.argtypes = [vp, i, i64, *([ctypes.c_void_p] * 6)]
         lib.tbr_close.argtypes = [vp]
         lib.tbr_arm.argtypes = [vp, i, ctypes.c_char_p, i64, i64]
         lib.tbr_chain.argtypes = [vp, i, ctypes.c_void_p]
@@ -192,32 +193,42 @@ class NativeReader:
         return self._take(fd)
 
     def _take(self, fd: int) -> Reads:
-        """Copy the response out of the thread's slot (which it then reuses): two allocations, one call."""
+        """Copy the response out of the thread's slot (which it then reuses): two allocations, one call.
+
+        A response cut as too large keeps only its head: its bytes would be copied (twice, raw and
+        dechunked) only to be dropped, and under an endless stream that copy was most of the client's
+        peak memory.
+        """
         info = self._info
         self._lib.tbr_info(self._h, fd, info)
         result, errno, size, nreads, consumed, blen, nbody, head_len, term_start, chunked = info[:]
-        octets = np.empty(size + blen, np.uint8)
+        keep = head_len if result == TOO_LARGE else size
+        if result == TOO_LARGE:
+            blen = nbody = 0
+        octets = np.empty(keep + blen, np.uint8)
         ints = np.empty(2 * (nreads + nbody), np.int64)
         a, b = octets.ctypes.data, ints.ctypes.data
-        self._lib.tbr_take(
-            self._h, fd, a, b, b + 8 * nreads, a + size, b + 16 * nreads, b + 16 * nreads + 8 * nbody
+        body, bends, bstamps = (
+            (a + keep, b + 16 * nreads, b + 16 * nreads + 8 * nbody) if blen else (None,) * 3
         )
+        self._lib.tbr_take(self._h, fd, keep, a, b, b + 8 * nreads, body, bends, bstamps)
         if self.clock_offset_ns:
             ints[nreads : 2 * nreads] += self.clock_offset_ns
             ints[2 * nreads + nbody :] += self.clock_offset_ns
         return Reads(
             result,
             errno,
-            octets[:size],
+            octets[:keep],
             ints[:nreads],
             ints[nreads : 2 * nreads],
-            octets[size:].tobytes(),
+            octets[keep:].tobytes(),
             ints[2 * nreads : 2 * nreads + nbody],
             ints[2 * nreads + nbody :],
             head_len,
             consumed,
             term_start,
             bool(chunked),
+            size,
         )
 
     def cpu_s(self) -> float:
