@@ -9,13 +9,13 @@ behaviour (a refused server, a count that never arrives) runs in-process.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gevent
 import pytest
 
-from harness.backends.process import free_port
 from harness.load.httphead import probe_head
 from harness.load.httpstream import StreamClient
 from harness.load.plan import LoadPlan, PlanError
@@ -91,13 +91,21 @@ def test_plan_rejects_an_unknown_connections_mode(tmp_path: Path) -> None:
 # --- in-process: the probe and the barrier ----------------------------------------------------
 
 
-def _refusing_port() -> int:
-    """A port on which nothing listens: connects are refused at once."""
-    return free_port()
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A port on which nothing listens: connects are refused at once.
+
+    The port stays bound (never listening) for the test, so a server that another test starts
+    meanwhile cannot take it: a port that is merely free now can be, and a connect that reaches
+    someone's server is no longer refused (the users then wait out their timeouts).
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
 
 
-def test_probe_on_a_refusing_server_names_the_failure() -> None:
-    port = _refusing_port()
+def test_probe_on_a_refusing_server_names_the_failure(refusing_port: int) -> None:
+    port = refusing_port
     client = StreamClient(f"http://127.0.0.1:{port}", connect_timeout_s=2.0)
     why = client.probe(probe_head(f"http://127.0.0.1:{port}", "/v1/models", {}), 2.0)
     assert why is not None and "ConnectionRefusedError" in why
@@ -130,9 +138,9 @@ def test_probe_fails_when_the_server_closes_after_answering() -> None:
         srv.close()
 
 
-def test_barrier_opens_when_every_user_failed_against_a_refusing_server() -> None:
+def test_barrier_opens_when_every_user_failed_against_a_refusing_server(refusing_port: int) -> None:
     """Refused connects are counted, the barrier opens once all users arrived, nothing hangs."""
-    port = _refusing_port()
+    port = refusing_port
     barrier = PrewarmBarrier(expected=lambda: 4, deadline_s=30.0)
     head = probe_head(f"http://127.0.0.1:{port}", "/v1/models", {})
 

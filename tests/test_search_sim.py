@@ -114,23 +114,32 @@ def test_capacity_search_on_the_sim_agrees_with_the_queue_model(tmp_path: Path) 
     }
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(scenario))
-    for attempt in range(3):  # a busy shared machine can make a probe harness-limited: that stops
-        out = tmp_path / f"out{attempt}"  # the search by design (tested in test_search.py); run again
+    # A busy shared machine can stop a search at its first, easy probe for the machine's sake, not the
+    # pool's: a probe with loop lag over the limit is harness-limited (that stops the search by design,
+    # tested in test_search.py), and a stall of over a second at 5 req/s (~15 measured requests) fails
+    # the probe. Such a run is tried again; what each attempt stopped on is kept for the failure message.
+    attempts: list[str] = []
+    for attempt in range(4):
+        out = tmp_path / f"out{attempt}"
         proc = tokenbench("run", path, "--out", out, timeout=400)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         run_dir = next(out.iterdir())
         cell = json.loads((run_dir / "summary.json").read_text())["cells"][0]
         cap = cell["capacity"]
-        if cap["stop"] != "harness_limited":
+        attempts.append(f"{cap['stop']}: {cap['stop_reason']}")
+        if cap["stop"] == "harness_limited":
+            assert "was harness-limited" in cap["stop_reason"] and cap["probes"][-1] in cap["stop_reason"]
+        elif not (cap["stop"] in ("below_min_rate", "errors") and cap["probes"] == ["search-r5"]):
             break
-        assert "was harness-limited" in cap["stop_reason"] and cap["probes"][-1] in cap["stop_reason"]
+    else:
+        raise AssertionError(f"every attempt was stopped by the machine, not by the pool: {attempts}")
 
     # Every probe is a normal step with records, kept in the run, in the order probed.
     assert cap["probes"] == [s["step_id"] for s in cell["steps"]]
-    assert cap["probes"][:2] == ["search-r5", "search-r10"]
+    assert cap["probes"][:2] == ["search-r5", "search-r10"], attempts
     for step_id in cap["probes"]:
         assert (run_dir / "cells" / "pool" / "steps" / step_id / "records.parquet").is_file()
-    assert cap["stop"] == "converged", cap["stop_reason"]
+    assert cap["stop"] == "converged", attempts
     lo, hi = cap["req_s"], cap["upper_req_s"]
     assert (hi - lo) / lo <= PRECISION
     assert cap["slo"] == {"ttft": SLO_TTFT_MS} and cap["target"] == TARGET
