@@ -25,6 +25,7 @@ from harness.load.nativehttp import Chain
 from harness.load.nativeread import TOO_LARGE, NativeReader, open_reader, python_clock_offset
 
 PAUSE_S = 0.015
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; the socket module does not name it
 EV1 = b'data: {"choices":[{"text":"a","finish_reason":null}]}\n\n'
 EV2 = b'data: {"choices":[{"text":"b","finish_reason":"length"}]}\n\ndata: [DONE]\n\n'
 SSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -323,4 +324,26 @@ def test_a_response_cut_as_too_large_hands_python_its_head_not_its_bytes(reader:
     cut_at = int(out.error_message.split("cut after ")[1].split(" bytes")[0])
     assert cut_at > len(SSE) + 150 and client._sock is None
     client.close()
+    server.close()
+
+
+def test_a_read_is_stamped_when_its_bytes_arrived_not_when_the_thread_read_them(reader: NativeReader) -> None:
+    """The kernel's receive stamp: bytes that sat in the socket for 80 ms before the thread was given it
+    keep the time they arrived (here: when the server's send returned, within a few ms), and every
+    read of this response carried that stamp."""
+    server = PiecesServer([SSE + WHOLE], keep=False)
+    before = reader.stamps()
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # as the thread sets it on watch
+        sock.sendall(_request(server.url, "late") + BODY)
+        time.sleep(PAUSE_S + 0.08)  # the server answers after PAUSE_S; the bytes then wait, unread
+        handed = time.monotonic_ns()
+        reads = reader.read(sock.fileno(), max_bytes=1 << 20, max_reads=1000)
+    sent_at = server.requests[0][0] + int(PAUSE_S * 1e9)  # the request's arrival + the server's pause
+    assert reads.result != TOO_LARGE and len(reads.stamps) == 1
+    stamp = int(reads.stamps[0])
+    assert sent_at - 2_000_000 <= stamp <= sent_at + 20_000_000, (stamp - sent_at) / 1e6
+    assert handed - stamp >= 50_000_000, (handed - stamp) / 1e6  # not the moment of the read
+    after = reader.stamps()
+    assert after["reads"] == before["reads"] + 1 and after["thread_stamped"] == before["thread_stamped"]
     server.close()

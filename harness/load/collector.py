@@ -282,6 +282,7 @@ def summarize_health(
                 "reader": r.get("reader"),
                 "reader_responses": r.get("reader_responses"),
                 "reader_cpu_s": r.get("reader_cpu_s"),
+                "reader_stamps": r.get("reader_stamps"),
             }
             for r in sorted(reports, key=lambda r: r.get("index", 0))
         ],
@@ -292,10 +293,11 @@ def summarize_health(
     p99 = health["loop_lag_p99_ms"]
     if p99 is not None and p99 > LAG_LIMIT_MS:
         native = bool(reports) and all(str(r.get("reader", "")).startswith("native") for r in reports)
-        # With the native reader a busy loop no longer delays read stamps, but it still delays sends
-        # (an open-loop request leaves after its scheduled time, a closed-loop user's next request later).
+        # With the native reader a busy loop no longer delays read stamps (the kernel's, on arrival), but
+        # it still delays what Python sends: an open-loop request leaves after its scheduled time, and a
+        # closed-loop user's next request waits where the reader thread could not chain it.
         late = (
-            "requests are sent late (reads are stamped by the reader thread)"
+            "requests Python sends go late (reads are stamped on arrival by the native reader)"
             if native
             else "client timestamps are late"
         )

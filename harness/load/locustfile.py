@@ -185,6 +185,7 @@ class ProcessContext:
             r = self.reader  # responses the thread saw to their end, replayed, and requests it chained
             report["reader_responses"] = {"whole": r.whole, "replayed": r.replayed, "chained": r.chain_sends}
             report["reader_cpu_s"] = round(self.reader.cpu_s() - self._reader_cpu0, 4)
+            report["reader_stamps"] = r.stamps()  # reads stamped by the kernel on arrival, or by the thread
         if self.barrier is not None:
             report["prewarm"] = self.barrier.report()
         if isinstance(self.runner, WorkerRunner):

@@ -5,8 +5,12 @@
  * recv (about 10 µs on a slow 2-core VM), all on the event loop that also sends requests and
  * interprets finished streams; when that loop is busy the read, and so its stamp, waits. Here a
  * thread that never takes the GIL waits in epoll_wait on every response socket the process has
- * handed it, recv()s each readable one and stamps that read with clock_gettime(CLOCK_MONOTONIC),
- * the clock time.monotonic_ns() reads. It only finds where the response ends (status line,
+ * handed it and recvmsg()s each readable one. Each read is stamped with the kernel's receive stamp
+ * (SO_TIMESTAMPNS: when its last segment reached this host's TCP stack), moved onto
+ * CLOCK_MONOTONIC, the clock time.monotonic_ns() reads; a read without one (a host that gives none,
+ * bytes queued before the option was set) is stamped with clock_gettime(CLOCK_MONOTONIC) as it
+ * returns. So a read's stamp does not wait for this thread either: the thread sleeps poll_ns after
+ * each batch and takes what came meanwhile together. It only finds where the response ends (status line,
  * headers, chunked framing, Content-Length or close), so that the connection can be reused; the
  * Python side replays the kept reads through the same HTTP parser and SSE splitter as before, so a
  * response means exactly what it meant on the pure-Python path.
@@ -66,14 +70,41 @@ typedef struct {
     volatile int stop;
     int want_nice, want_sched;
     volatile int fifo;
-    volatile int64_t cpu_ns; /* the thread's own CPU time, refreshed after each batch of reads */
     volatile int nice, started;
+    int64_t real_minus_mono; /* CLOCK_REALTIME - CLOCK_MONOTONIC, read once per batch (kernel stamps) */
+    volatile int64_t reads, unstamped; /* reads, and those that carried no kernel receive stamp */
+    int64_t poll_ns;         /* kernel stamps: sleep this long after a batch, so reads come in batches */
 } Reader;
 
 static int64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int64_t real_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* CLOCK_REALTIME - CLOCK_MONOTONIC now, from a realtime read between two monotonic ones (~100 ns). */
+static int64_t realtime_offset(void) {
+    int64_t a = now_ns(), w = real_ns(), b = now_ns();
+    return w - (a + (b - a) / 2);
+}
+
+/* The kernel's receive stamp of the read (SO_TIMESTAMPNS: when the last segment it returned reached
+ * this host's TCP stack, CLOCK_REALTIME) on the monotonic clock, or -1 if the read carried none. */
+static int64_t kernel_stamp(Reader *r, struct msghdr *msg) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(c), sizeof ts);
+            return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec - r->real_minus_mono;
+        }
+    }
+    return -1;
 }
 
 static void finish(Reader *r, int fd, int result) {
@@ -126,8 +157,18 @@ static int on_readable(Reader *r, int fd) {
     Stream *st = &r->streams[fd];
     if (!st->active || st->result != R_RUNNING) return 0;
     if (grow((void **)&st->buf, &st->cap, st->len + 65536, 1) < 0) { finish(r, fd, R_ERROR); st->err = ENOMEM; return 1; }
-    ssize_t n = recv(fd, st->buf + st->len, (size_t)(st->cap - st->len), MSG_DONTWAIT);
+    struct iovec iov = {.iov_base = st->buf + st->len, .iov_len = (size_t)(st->cap - st->len)};
+    char ctrl[CMSG_SPACE(sizeof(struct timespec))];
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl, .msg_controllen = sizeof ctrl};
+    ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT);
     int64_t t = now_ns();
+    if (n > 0) {
+        int64_t k = kernel_stamp(r, &msg);
+        r->reads++;
+        if (k < 0) r->unstamped++; /* none (data queued before the option, or a host without): now */
+        else if (k < t) t = k;
+        if (st->nreads && t < st->stamps[st->nreads - 1]) t = st->stamps[st->nreads - 1]; /* offset jitter */
+    }
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
         st->err = errno;
@@ -191,9 +232,12 @@ static void *run(void *arg) {
     int got = getpriority(PRIO_PROCESS, (id_t)tid);
     r->nice = errno ? 0 : got;
     r->started = 1;
+    struct timespec poll = {.tv_sec = 0, .tv_nsec = r->poll_ns};
     while (!r->stop) {
         int n = epoll_wait(r->ep, evs, 256, 200);
         if (n <= 0) continue;
+        r->real_minus_mono = realtime_offset();
+        int64_t unstamped = r->unstamped;
         int woke = 0;
         /* The lock per socket, not per batch: a batch of 256 reads holds it for ~1 ms on a slow VM,
            and the Python thread's watch/take calls (its event loop) would wait that long. */
@@ -207,17 +251,22 @@ static void *run(void *arg) {
             ssize_t w = write(r->efd, &one, sizeof one);
             (void)w;
         }
-        struct timespec cpu;
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
-        r->cpu_ns = (int64_t)cpu.tv_sec * 1000000000LL + cpu.tv_nsec;
+        /* Each read carries the kernel's stamp, so waiting costs the stamps nothing: sleep a little and
+           take what came meanwhile in one batch. Why: a thread blocked in epoll_wait is woken by
+           every segment that arrives, and on a VM each wake-up is an IPI the sender pays for (at 1,024
+           streams, 47k wake-ups and epoll_waits a second, ~2 reads each). Only the end of a response
+           is noticed later (by at most poll_ns), and with it a chained request's send. */
+        if (r->poll_ns > 0 && n < 256 && r->unstamped == unstamped) nanosleep(&poll, NULL);
     }
     return NULL;
 }
 
-void *tbr_new(int maxfd, int want_sched, int want_nice) {
+void *tbr_new(int maxfd, int want_sched, int want_nice, int64_t poll_ns) {
     Reader *r = calloc(1, sizeof *r);
     if (!r) return NULL;
     r->maxfd = maxfd;
+    r->poll_ns = poll_ns;
+    r->real_minus_mono = realtime_offset();
     r->want_nice = want_nice;
     r->want_sched = want_sched;
     r->streams = calloc((size_t)maxfd, sizeof(Stream));
@@ -243,8 +292,23 @@ int tbr_nice(void *h) {
     return r->nice;
 }
 
-/* The reader thread's CPU time so far, in ns (as of its last batch of reads). */
-int64_t tbr_cpu_ns(void *h) { return ((Reader *)h)->cpu_ns; }
+/* The reader thread's CPU time so far, in ns, read from the caller's thread (not in the read loop,
+ * where a thread CPU clock is a real syscall per batch). */
+int64_t tbr_cpu_ns(void *h) {
+    clockid_t id;
+    struct timespec cpu;
+    if (pthread_getcpuclockid(((Reader *)h)->thread, &id) != 0 || clock_gettime(id, &cpu) != 0) return 0;
+    return (int64_t)cpu.tv_sec * 1000000000LL + cpu.tv_nsec;
+}
+
+/* Reads so far (out[0]) and those stamped by this thread because they carried no kernel stamp (out[1]). */
+void tbr_stamps(void *h, int64_t *out) {
+    Reader *r = h;
+    pthread_mutex_lock(&r->mu);
+    out[0] = r->reads;
+    out[1] = r->unstamped;
+    pthread_mutex_unlock(&r->mu);
+}
 
 /* 1 if the reader thread runs SCHED_FIFO (after tbr_nice has waited for it to start). */
 int tbr_fifo(void *h) { return ((Reader *)h)->fifo; }
@@ -253,6 +317,8 @@ int tbr_fifo(void *h) { return ((Reader *)h)->fifo; }
 int tbr_watch(void *h, int fd, int64_t max_bytes, int64_t max_reads) {
     Reader *r = h;
     if (fd < 0 || fd >= r->maxfd) return -EBADF;
+    int on = 1; /* the kernel's receive stamp on each read; idempotent, so set on every watch */
+    setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
     pthread_mutex_lock(&r->mu);
     Stream *st = &r->streams[fd];
     if (st->active) { pthread_mutex_unlock(&r->mu); return -EBUSY; }

@@ -40,6 +40,10 @@ READER_NICE = -10  # asked for the reader thread alone where SCHED_FIFO is not g
 SCHED_ENV = "TOKENBENCH_READER_SCHED"  # fifo (default) | nice | normal: the reader thread's scheduling
 SCHED_CHOICES = {"normal": 0, "nice": 1, "fifo": 2}
 POP_BATCH = 256
+# With the kernel's receive stamps the thread sleeps this long after each batch of reads (nativeread.c):
+# a response's end, and a chained send, wait up to this; the stamps do not. 0: wake on every segment.
+POLL_US = 500.0
+POLL_ENV = "TOKENBENCH_READER_POLL_US"
 
 # why reading stopped (nativeread.c R_*)
 COMPLETE, EOF, ERROR, FRAMING, TOO_LARGE, CANCELLED = 1, 2, 3, 4, 5, 6
@@ -77,12 +81,14 @@ class Reads:
 class NativeReader:
     """The process's reader thread (``nativeread.c``) and the gevent side that wakes waiting users."""
 
-    def __init__(self, library: Path, max_fds: int = MAX_FDS, sched: str = "fifo") -> None:
+    def __init__(
+        self, library: Path, max_fds: int = MAX_FDS, sched: str = "fifo", poll_us: float = POLL_US
+    ) -> None:
         if sched not in SCHED_CHOICES:
             raise ValueError(f"{SCHED_ENV}: expected one of {sorted(SCHED_CHOICES)}, got {sched!r}")
         lib = ctypes.CDLL(str(library))
         lib.tbr_new.restype = ctypes.c_void_p
-        lib.tbr_new.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.tbr_new.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
         vp, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
         lib.tbr_eventfd.argtypes = [vp]
         lib.tbr_nice.argtypes = [vp]
@@ -99,7 +105,8 @@ class NativeReader:
         lib.tbr_chain.argtypes = [vp, i, ctypes.c_void_p]
         lib.tbr_pending.argtypes = [vp, i]
         lib.tbr_drop.argtypes = [vp, i]
-        handle = lib.tbr_new(max_fds, SCHED_CHOICES[sched], READER_NICE)
+        lib.tbr_stamps.argtypes = [vp, ctypes.c_void_p]
+        handle = lib.tbr_new(max_fds, SCHED_CHOICES[sched], READER_NICE, int(poll_us * 1000))
         if not handle:
             raise OSError("the native reader could not start (epoll, eventfd or thread)")
         self._lib = lib
@@ -231,6 +238,13 @@ class NativeReader:
             size,
         )
 
+    def stamps(self) -> dict[str, int]:
+        """Reads so far, and how many carried no kernel receive stamp (stamped by the thread instead)."""
+        out = (ctypes.c_int64 * 2)()
+        if self._h:
+            self._lib.tbr_stamps(self._h, out)
+        return {"reads": int(out[0]), "thread_stamped": int(out[1])}
+
     def cpu_s(self) -> float:
         """CPU-seconds the reader thread has used (part of the process's CPU, shown apart in the health)."""
         return self._lib.tbr_cpu_ns(self._h) / 1e9 if self._h else 0.0
@@ -262,8 +276,9 @@ def open_reader(home: Path | None = None) -> tuple[NativeReader | None, str]:
         return None, "python (TOKENBENCH_READER=python)"
     sched = os.environ.get(SCHED_ENV, "").strip() or "fifo"
     try:
+        poll_us = float(os.environ.get(POLL_ENV, "").strip() or POLL_US)
         lib = build_shared(SOURCE, "tokenbench-nativeread", home)
-        reader = NativeReader(lib, sched=sched)
+        reader = NativeReader(lib, sched=sched, poll_us=poll_us)
         how = "SCHED_FIFO 1" if reader.fifo else f"nice {reader.nice}"
         return reader, f"native (reader thread {how})"
     except (CBuildError, OSError, ValueError) as err:
