@@ -218,6 +218,13 @@ def test_the_reader_threads_scheduling_is_asked_for_and_reported(monkeypatch, tm
     made, kind = open_reader()
     assert made is None
     assert "TOKENBENCH_READER_SCHED: expected one of ['fifo', 'nice', 'normal'], got 'sometimes'" in kind
+    monkeypatch.delenv("TOKENBENCH_READER_SCHED")
+    for bad in ("2000000", "-1", "soon"):  # the sleep after each batch: 0 to 100 ms, or a named refusal
+        monkeypatch.setenv("TOKENBENCH_READER_POLL_US", bad)
+        made, kind = open_reader()
+        assert made is None and kind.startswith(
+            "python (native reader unavailable: TOKENBENCH_READER_POLL_US"
+        ), kind
 
 
 def test_the_threads_stamps_follow_a_shifted_process_clock(monkeypatch, reader: NativeReader) -> None:

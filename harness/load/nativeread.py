@@ -44,6 +44,7 @@ POP_BATCH = 256
 # a response's end, and a chained send, wait up to this; the stamps do not. 0: wake on every segment.
 POLL_US = 500.0
 POLL_ENV = "TOKENBENCH_READER_POLL_US"
+MAX_POLL_US = 100_000.0
 
 # why reading stopped (nativeread.c R_*)
 COMPLETE, EOF, ERROR, FRAMING, TOO_LARGE, CANCELLED = 1, 2, 3, 4, 5, 6
@@ -62,7 +63,7 @@ class Reads:
     errno: int
     data: np.ndarray  # uint8: every byte read, in order (a TOO_LARGE response: its head only)
     ends: np.ndarray  # int64: end offset of each recv in ``data``
-    stamps: np.ndarray  # int64: monotonic ns right after each recv
+    stamps: np.ndarray  # int64: monotonic ns of each read's arrival (kernel stamp; else right after the recv)
     body: bytes = b""  # the body with the chunk framing removed, as the HTTP parser would hand it over
     body_ends: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # body length after a read
     body_stamps: np.ndarray = field(
@@ -86,6 +87,8 @@ class NativeReader:
     ) -> None:
         if sched not in SCHED_CHOICES:
             raise ValueError(f"{SCHED_ENV}: expected one of {sorted(SCHED_CHOICES)}, got {sched!r}")
+        if not 0 <= poll_us <= MAX_POLL_US:  # nanosleep takes under a second; past that, ends wait too long
+            raise ValueError(f"{POLL_ENV}: expected 0 to {MAX_POLL_US:g} µs, got {poll_us!r}")
         lib = ctypes.CDLL(str(library))
         lib.tbr_new.restype = ctypes.c_void_p
         lib.tbr_new.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
@@ -276,7 +279,11 @@ def open_reader(home: Path | None = None) -> tuple[NativeReader | None, str]:
         return None, "python (TOKENBENCH_READER=python)"
     sched = os.environ.get(SCHED_ENV, "").strip() or "fifo"
     try:
-        poll_us = float(os.environ.get(POLL_ENV, "").strip() or POLL_US)
+        raw = os.environ.get(POLL_ENV, "").strip()
+        try:
+            poll_us = float(raw) if raw else POLL_US
+        except ValueError:
+            raise ValueError(f"{POLL_ENV}: expected a number of µs, got {raw!r}") from None
         lib = build_shared(SOURCE, "tokenbench-nativeread", home)
         reader = NativeReader(lib, sched=sched, poll_us=poll_us)
         how = "SCHED_FIFO 1" if reader.fifo else f"nice {reader.nice}"
