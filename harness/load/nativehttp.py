@@ -145,7 +145,5 @@ def read_native(
     if reads.result == EOF:  # the server closed the connection: as on the Python path, the caller judges
         return None
     # The thread saw the end (or a framing error) where the parser sees none: the parser decides, read on.
-    read_on(
-        Bounds(max_bytes=bounds.max_bytes - len(reads.data), max_reads=bounds.max_reads - len(reads.ends))
-    )
+    read_on(Bounds(max_bytes=bounds.max_bytes - reads.size, max_reads=bounds.max_reads - len(reads.ends)))
     return None

@@ -212,9 +212,9 @@ class NativeReader:
         info = self._info
         self._lib.tbr_info(self._h, fd, info)
         result, errno, size, nreads, consumed, blen, nbody, head_len, term_start, chunked = info[:]
-        keep = head_len if result == TOO_LARGE else size
+        keep = size
         if result == TOO_LARGE:
-            blen = nbody = 0
+            keep, blen, nbody = head_len, 0, 0
         octets = np.empty(keep + blen, np.uint8)
         ints = np.empty(2 * (nreads + nbody), np.int64)
         a, b = octets.ctypes.data, ints.ctypes.data
