@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -22,7 +22,7 @@ from harness.load.bounds import Bounds
 from harness.load.httphead import finish_head, request_prefix
 from harness.load.httpstream import Outcome, StreamClient
 from harness.load.nativehttp import Chain
-from harness.load.nativeread import TOO_LARGE, NativeReader, open_reader, python_clock_offset
+from harness.load.nativeread import CHAIN_MAX, TOO_LARGE, NativeReader, open_reader, python_clock_offset
 
 PAUSE_S = 0.015
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; the socket module does not name it
@@ -62,10 +62,10 @@ REPLAYED = {"close-delimited", "bad chunk size", "close mid-body"}
 
 
 class PiecesServer:
-    """Per connection: read a request, send the case's pieces with pauses; serve two requests if kept."""
+    """Per connection: read a request, send the case's pieces with pauses; serve ``serves`` requests if kept."""
 
-    def __init__(self, pieces: list[bytes], keep: bool, hold_s: float = 0.0) -> None:
-        self.pieces, self.keep, self.hold_s = pieces, keep, hold_s
+    def __init__(self, pieces: list[bytes], keep: bool, hold_s: float = 0.0, serves: int = 2) -> None:
+        self.pieces, self.keep, self.hold_s, self.serves = pieces, keep, hold_s, serves
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -103,7 +103,7 @@ class PiecesServer:
             with conn:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 try:
-                    for _ in range(2 if self.keep else 1):
+                    for _ in range(self.serves if self.keep else 1):
                         if not self._read_request(conn):
                             break
                         for piece in self.pieces:
@@ -133,8 +133,8 @@ def _request(url: str, rid: str) -> bytes:
     return finish_head(prefix, rid, len(BODY))
 
 
-def _post(client: StreamClient, url: str, rid: str, chain: Chain | None = None) -> Outcome:
-    return client.post(_request(url, rid), BODY, timeout_s=3.0, chain=chain)
+def _post(client: StreamClient, url: str, rid: str, chains: Sequence[Chain] = ()) -> Outcome:
+    return client.post(_request(url, rid), BODY, timeout_s=3.0, chains=chains)
 
 
 def _facts(out: Outcome, client: StreamClient) -> tuple[object, ...]:
@@ -253,7 +253,7 @@ def test_a_chained_request_is_sent_by_the_thread_the_moment_the_response_ends(re
     server = PiecesServer(CASES["chunk per write"][0], keep=True)
     client = StreamClient(server.url, 2.0, reader=reader)
     try:
-        first = _post(client, server.url, "r-0", chain=_chain(server.url, "r-1"))
+        first = _post(client, server.url, "r-0", chains=[_chain(server.url, "r-1")])
         assert first.error_class is None and first.status == 200
         time.sleep(0.2)  # Python does nothing: the thread sent r-1 at the end of r-0 by itself
         assert [rid for _, rid in server.requests] == [b"r-0", b"r-1"]
@@ -286,7 +286,7 @@ def test_a_chain_is_not_sent_past_its_deadline_or_on_a_closing_connection(
     client = StreamClient(server.url, 2.0, reader=reader)
     try:
         deadline_s = -0.001 if why == "deadline passed" else 10.0
-        first = _post(client, server.url, "r-0", chain=_chain(server.url, "r-1", deadline_s))
+        first = _post(client, server.url, "r-0", chains=[_chain(server.url, "r-1", deadline_s)])
         assert first.error_class is None
         time.sleep(0.1)
         assert client.chain_sent() is None
@@ -298,11 +298,76 @@ def test_a_chain_is_not_sent_past_its_deadline_or_on_a_closing_connection(
         server.close()
 
 
+def test_chained_requests_go_out_in_order_each_the_moment_the_response_before_it_ends(
+    reader: NativeReader,
+) -> None:
+    """Two ahead: the thread sends r-1 at r-0's end and r-2 at r-1's, while Python takes nothing."""
+    server = PiecesServer(CASES["chunk per write"][0], keep=True, serves=3)
+    client = StreamClient(server.url, 2.0, reader=reader)
+    try:
+        first = _post(
+            client, server.url, "r-0", chains=[_chain(server.url, "r-1"), _chain(server.url, "r-2")]
+        )
+        time.sleep(0.4)  # r-1's response (three pauses) is over too: r-2 went out without Python
+        assert [rid for _, rid in server.requests] == [b"r-0", b"r-1", b"r-2"]
+        outs = [first]
+        for rid in ("r-1", "r-2"):
+            sent = client.chain_sent()
+            assert sent is not None and sent[1] == len(_request(server.url, rid) + BODY)
+            assert outs[-1].end_ns <= sent[0]  # after the response before it ended ...
+            outs.append(client.post(_request(server.url, rid), BODY, timeout_s=3.0, sent=sent))
+            assert outs[-1].error_class is None and outs[-1].sent_ns == sent[0]
+        # ... and at once: each reached the server well before Python took the response before it
+        assert all(server.requests[k][0] - outs[k - 1].end_ns < 150e6 for k in (1, 2))
+        assert [_facts(out, client) for out in outs[1:]] == [_facts(first, client)] * 2
+        assert server.accepted == 1
+        assert client.chain_sent() is None
+    finally:
+        client.close()
+        server.close()
+
+
+@pytest.mark.parametrize("late", ["first", "second"])
+def test_a_chain_that_may_not_go_takes_every_one_after_it_with_it(reader: NativeReader, late: str) -> None:
+    """Past its deadline, a chained request is not sent, nor any behind it: they would go out of order."""
+    server = PiecesServer(CASES["chunk per write"][0], keep=True, serves=3)
+    client = StreamClient(server.url, 2.0, reader=reader)
+    try:
+        deadlines = (-0.001, 10.0) if late == "first" else (10.0, -0.001)
+        chains = [_chain(server.url, f"r-{k + 1}", deadline_s) for k, deadline_s in enumerate(deadlines)]
+        _post(client, server.url, "r-0", chains=chains)
+        time.sleep(0.4)
+        if late == "second":
+            sent = client.chain_sent()
+            assert sent is not None
+            assert (
+                client.post(_request(server.url, "r-1"), BODY, timeout_s=3.0, sent=sent).error_class is None
+            )
+        assert client.chain_sent() is None
+        assert client.chain_sent() is None  # the one after it went with it
+        assert [rid for _, rid in server.requests] == [b"r-0", b"r-1"][: 2 if late == "second" else 1]
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_connection_takes_at_most_chain_max_requests_ahead(reader: NativeReader) -> None:
+    server = PiecesServer(CASES["chunk per write"][0], keep=True)
+    client = StreamClient(server.url, 2.0, reader=reader)
+    try:
+        chains = [_chain(server.url, f"r-{k + 1}") for k in range(CHAIN_MAX + 1)]
+        out = _post(client, server.url, "r-0", chains=chains)
+        assert out.error_class is not None and "cannot arm" in (out.error_message or ""), out
+    finally:
+        client.close()
+        server.close()
+
+
 def test_a_closed_connection_forgets_its_chain_and_the_fd_is_reusable(reader: NativeReader) -> None:
     server = PiecesServer(CASES["chunk per write"][0], keep=True)
     client = StreamClient(server.url, 2.0, reader=reader)
     try:
-        _post(client, server.url, "r-0", chain=_chain(server.url, "r-1"))
+        _post(client, server.url, "r-0", chains=[_chain(server.url, "r-1")])
         time.sleep(0.05)
         client.close()  # the chained response is being read: the thread lets go of the fd first
         again = _post(client, server.url, "r-2")  # a new connection, likely on the same fd number

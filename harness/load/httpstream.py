@@ -29,7 +29,7 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -109,7 +109,7 @@ class StreamClient:
         self.connect_ns: int | None = None  # the last request's connect time (None: reused)
 
     def chain_sent(self) -> tuple[int, int] | None:
-        """Whether the reader thread sent the chained request: (its send stamp, bytes sent), or None."""
+        """Whether the reader thread sent the oldest chained request: (its send stamp, bytes sent), or None."""
         if self.reader is None or self._sock is None:
             return None
         return self.reader.chain_result(self._sock.fileno())
@@ -167,7 +167,7 @@ class StreamClient:
         head: bytes,
         body: bytes,
         timeout_s: float,
-        chain: Chain | None = None,
+        chains: Sequence[Chain] = (),
         sent: tuple[int, int] | None = None,
     ) -> Outcome:
         """Send one request and read the response, stamping every read; never raises for network errors.
@@ -177,8 +177,8 @@ class StreamClient:
         after that is ``timeout``; a response past ``bounds`` is
         ``stream_too_large`` (its body is dropped and the connection closed).
         Afterwards ``connect_ns`` is the time it spent connecting (None: it reused the kept connection).
-        Closed loop on the native reader: ``chain`` is the next request, for
-        the reader thread to send when this response ends (``chain_sent``
+        Closed loop on the native reader: ``chains`` are the next requests, for
+        the reader thread to send in order as responses end (``chain_sent``
         says whether it did), and ``sent`` marks a request the thread sent
         (its stamp and the bytes it got out; the rest is sent here).
         """
@@ -203,7 +203,15 @@ class StreamClient:
                     if sent[1] < len(head) + len(body):
                         sock.sendall((head + body)[sent[1] :])
                 status, last_read_ns = _read_response(
-                    sock, parser, splitter, clock, self.tls, self.bounds, self.reader, chain, sent is not None
+                    sock,
+                    parser,
+                    splitter,
+                    clock,
+                    self.tls,
+                    self.bounds,
+                    self.reader,
+                    chains,
+                    sent is not None,
                 )
                 end_ns = last_read_ns if last_read_ns is not None else clock()
                 keep = parser.message_complete and not parser.should_close()
@@ -299,7 +307,7 @@ def _read_response(
     tls: bool,
     bounds: Bounds,
     reader: NativeReader | None = None,
-    chain: Chain | None = None,
+    chains: Sequence[Chain] = (),
     attach: bool = False,
 ) -> tuple[int, int | None]:
     """Read until the response is complete or the server closes: the status, and the reader thread's
@@ -342,7 +350,7 @@ def _read_response(
                 break
     elif reader is not None:
         read_on = lambda rest: _read_plain(raw, parser, feed_splitter, clock, rest)  # noqa: E731
-        last = read_native(reader, raw, parser, splitter, bounds, read_on, chain, attach)
+        last = read_native(reader, raw, parser, splitter, bounds, read_on, chains, attach)
     else:
         _read_plain(raw, parser, feed_splitter, clock, bounds)
     if not parser.headers_complete:

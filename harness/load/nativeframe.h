@@ -1,4 +1,4 @@
-/* tokenbench's native stream reader, part 2 of 2: the HTTP response framing (nativeread.c includes it).
+/* tokenbench's native stream reader, the HTTP response framing (nativeread.c includes it).
  *
  * Only where a response ends is decided here (heads, 1xx interim heads, chunked framing with
  * extensions and trailers, Content-Length, close-delimited, 204/304); the body is copied out with the

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from geventhttpclient.response import HTTPParseError, HTTPResponse
@@ -74,7 +74,7 @@ def _framing_agrees(reads: Reads, parser: HTTPResponse) -> bool:
 
 @dataclass(frozen=True)
 class Chain:
-    """A closed-loop user's next request, for the reader thread to send the moment this response ends.
+    """A closed-loop user's next request, for the reader thread to send the moment the response before it ends.
 
     ``deadline_ns`` (``time.monotonic_ns``) is the step's end of issuing: a
     request the thread would send later is not sent (the user then asks the
@@ -92,7 +92,7 @@ def read_native(
     splitter: SseSplitter,
     bounds: Bounds,
     read_on: Callable[[Bounds], None],
-    chain: Chain | None = None,
+    chains: Sequence[Chain] = (),
     attach: bool = False,
 ) -> int | None:
     """The response read and stamped by the process's reader thread (``nativeread``), then replayed.
@@ -100,7 +100,7 @@ def read_native(
     Returns the stamp of the response's last read when the thread saw it
     whole (the response's end, however late this greenlet woke), else None.
     ``attach``: the request was sent by the thread (a chain), so its response
-    is being read already; ``chain`` arms the next one.
+    is being read already; ``chains`` are armed after those already queued.
 
     Where the thread stopped but the parser does not agree the response is
     over (a framing the thread judged differently), the rest is read here,
@@ -111,12 +111,12 @@ def read_native(
     """
     feed_splitter = splitter.feed
     fd = raw.fileno()
-    request, deadline = (chain.request, chain.deadline_ns) if chain is not None else (None, 0)
+    armed = [(chain.request, chain.deadline_ns) for chain in chains]
     try:
         if attach:
-            reads = reader.attach(fd, request, deadline)
+            reads = reader.attach(fd, armed)
         else:
-            reads = reader.read(fd, bounds.max_bytes, bounds.max_reads, request, deadline)
+            reads = reader.read(fd, bounds.max_bytes, bounds.max_reads, armed)
     except BaseException as err:
         partial = getattr(err, "partial", None)
         if partial is not None:

@@ -19,17 +19,22 @@
  * gevent loop watches that eventfd and wakes the waiting user. All state is behind one mutex; the
  * thread holds it only while it handles one ready socket.
  *
- * Closed-loop chaining (tbr_arm): a user may hand over its *next* request with the current one.
- * When the current response is complete and keeps the connection, the thread parks it, sends the
- * next request on the same socket at once and goes on reading (and stamping) its response. Why: in
- * closed loop, streams of one length end together, and at 1,024 streams the Python thread took
- * ~100 ms to wake 1,024 users and send their next requests one by one: each stream sat idle at the
- * server for half of that (issue 11 §2: 91-95 % in flight). The thread's send costs one syscall.
+ * Closed-loop chaining (tbr_arm): a user may hand over its *next* requests with the current one, up
+ * to CHAIN_MAX of them, queued per connection in order. When the current response is complete and
+ * keeps the connection, the thread parks it, sends the oldest armed request on the same socket at
+ * once and goes on reading (and stamping) its response. Why: in closed loop, streams of one length
+ * end together, and at 1,024 streams the Python thread took ~100 ms to wake 1,024 users and send
+ * their next requests one by one: each stream sat idle at the server for half of that (issue 11 §2:
+ * 91-95 % in flight). The thread's send costs one syscall. Why more than one ahead: with one, the
+ * user must arm the request after next before the chained response ends (one response time, 1.4 s
+ * in the fidelity benchmark); after a burst of completions a starved Python thread on a 2-core VM
+ * took up to 1.9 s, and every response that ended unarmed left its stream idle until Python came.
  * Python still decides everything else (whether a request is admitted, what it holds, what a
- * response means); a chain not sent (the deadline passed, the connection closes) is sent by Python.
+ * response means); a chain not sent (the deadline passed, the connection closes) is not sent, nor
+ * any armed after it, and Python sends the user's next request itself.
  *
- * The framing is in nativeframe.h (part 2 of 2). Build: gcc -O2 -shared -fPIC -pthread
- * (harness/cbuild.py); loaded with ctypes (nativeread.py).
+ * The framing is in nativeframe.h, the chaining's queues in nativechain.h. Build: gcc -O2 -shared
+ * -fPIC -pthread (harness/cbuild.py); loaded with ctypes (nativeread.py).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -47,22 +52,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "nativechain.h"
 #include "nativeframe.h"
-
-typedef struct {
-    char *buf;        /* the next request, whole */
-    int64_t len, cap;
-    int64_t deadline; /* CLOCK_MONOTONIC ns: not sent at or after (the step's end of issuing) */
-    int armed, sent;  /* waiting for the current response's end / sent by the thread: */
-    int64_t sent_ns, sent_bytes; /* stamp right before the send, bytes it took (Python sends the rest) */
-} Chain;
 
 typedef struct {
     int ep, efd, maxfd;
     Stream *streams;
-    Stream *parked;   /* per fd: a complete response whose chained next request was sent */
-    char *has_parked;
-    Chain *chains;
+    Ahead *ahead;     /* per fd: chained requests and parked responses */
     int *done;        /* ring of finished fds */
     int done_head, done_count;
     pthread_mutex_t mu;
@@ -127,24 +123,28 @@ static void reset(Stream *st, int64_t max_bytes, int64_t max_reads) {
     st->max_reads = max_reads;
 }
 
-/* fd's response is complete: send its chained next request if one is armed and may go; 1 if sent. */
+/* fd's response is complete: send its oldest armed request if one may go; 1 if sent. One that may
+ * not is dropped with every one armed after it (they would go out of order, or past the deadline). */
 static int try_chain(Reader *r, int fd) {
-    Chain *ch = &r->chains[fd];
+    Ahead *a = &r->ahead[fd];
     Stream *st = &r->streams[fd];
-    if (!ch->armed) return 0;
-    ch->armed = 0;
-    /* only on a connection the server keeps, with nothing past the response (stray bytes: Python judges) */
-    if (st->close || st->pos != st->len || r->has_parked[fd]) return 0;
+    Chain *ch = chain_next(a);
+    if (!ch) return 0;
     int64_t t = now_ns();
-    if (t >= ch->deadline) return 0;
-    Stream done = *st; /* park it; the next response reuses the parked slot's buffers */
-    *st = r->parked[fd];
-    r->parked[fd] = done;
-    r->parked[fd].result = R_COMPLETE;
-    r->has_parked[fd] = 1;
+    Stream *slot = park_free(a);
+    /* only on a connection the server keeps, with nothing past the response (stray bytes: Python judges) */
+    if (st->close || st->pos != st->len || !slot || t >= ch->deadline) {
+        chain_disarm(a);
+        return 0;
+    }
+    Stream done = *st; /* park it; the next response reuses the free park slot's buffers */
+    *st = *slot;
+    *slot = done;
+    slot->result = R_COMPLETE;
+    a->npark++;
     reset(st, done.max_bytes, done.max_reads);
     ssize_t n = send(fd, ch->buf, (size_t)ch->len, MSG_DONTWAIT | MSG_NOSIGNAL);
-    ch->sent = 1;
+    a->nsent++;
     ch->sent_ns = t;
     ch->sent_bytes = n > 0 ? n : 0; /* a failed send: Python sends it all and meets the error */
     r->done[(r->done_head + r->done_count) % r->maxfd] = fd; /* still watched: the next response */
@@ -221,7 +221,9 @@ static void *run(void *arg) {
        2 = SCHED_FIFO at the lowest real-time priority (it only ever waits in epoll_wait or does one
        recv; the kernel's RT throttling still leaves others 5 %), falling back to 1 = nice
        want_nice for this thread alone, falling back to 0 = as started. Each needs CAP_SYS_NICE;
-       what was granted is reported (tbr_sched, tbr_nice). */
+       what was granted is reported (tbr_sched, tbr_nice). With the kernel's receive stamps it still
+       matters: a read that comes late returns every chunk queued meanwhile under the last one's
+       stamp (measured at nice 0 and nice -10: stamp-lag p99 30-72 ms at 1,024 streams). */
     pid_t tid = (pid_t)syscall(SYS_gettid);
     struct sched_param sp = {.sched_priority = 1};
     if (r->want_sched >= 2 && pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) == 0) r->fifo = 1;
@@ -270,13 +272,11 @@ void *tbr_new(int maxfd, int want_sched, int want_nice, int64_t poll_ns) {
     r->want_nice = want_nice;
     r->want_sched = want_sched;
     r->streams = calloc((size_t)maxfd, sizeof(Stream));
-    r->parked = calloc((size_t)maxfd, sizeof(Stream));
-    r->has_parked = calloc((size_t)maxfd, 1);
-    r->chains = calloc((size_t)maxfd, sizeof(Chain));
+    r->ahead = calloc((size_t)maxfd, sizeof(Ahead)); /* pages are touched only for fds that chain */
     r->done = calloc((size_t)maxfd, sizeof(int));
     r->ep = epoll_create1(EPOLL_CLOEXEC);
     r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (!r->streams || !r->parked || !r->has_parked || !r->chains || !r->done || r->ep < 0 || r->efd < 0)
+    if (!r->streams || !r->ahead || !r->done || r->ep < 0 || r->efd < 0)
         return NULL;
     pthread_mutex_init(&r->mu, NULL);
     if (pthread_create(&r->thread, NULL, run, r) != 0) return NULL;
@@ -330,37 +330,32 @@ int tbr_watch(void *h, int fd, int64_t max_bytes, int64_t max_reads) {
     return rc;
 }
 
-/* Arm fd's chain: send buf (len bytes) as soon as the response watched next is complete, unless
- * CLOCK_MONOTONIC has reached deadline by then. Call before tbr_watch (or while attaching). */
+/* Queue buf (len bytes) on fd's chain: sent as soon as a response ends with every request armed
+ * before it sent, unless CLOCK_MONOTONIC has reached deadline by then. Call before tbr_watch (or
+ * while attaching). -ENOSPC: CHAIN_MAX already queued. */
 int tbr_arm(void *h, int fd, const char *buf, int64_t len, int64_t deadline) {
     Reader *r = h;
     if (fd < 0 || fd >= r->maxfd) return -EBADF;
     pthread_mutex_lock(&r->mu);
-    Chain *ch = &r->chains[fd];
-    int rc = grow((void **)&ch->buf, &ch->cap, len, 1);
-    if (rc == 0) {
-        memcpy(ch->buf, buf, (size_t)len);
-        ch->len = len;
-        ch->deadline = deadline;
-        ch->armed = 1;
-        ch->sent = 0;
-    }
+    int rc = chain_push(&r->ahead[fd], buf, len, deadline);
     pthread_mutex_unlock(&r->mu);
-    return rc < 0 ? -ENOMEM : 0;
+    return rc;
 }
 
-/* Whether fd's chain was sent (out: sent_ns, bytes sent); disarms it either way. */
+/* Whether fd's oldest chained request was sent (out: sent_ns, bytes sent): 1, and it leaves the
+ * queue; 0, and the whole queue is disarmed (none after it can have been sent). */
 int tbr_chain(void *h, int fd, int64_t *out) {
     Reader *r = h;
     if (fd < 0 || fd >= r->maxfd) return 0;
     pthread_mutex_lock(&r->mu);
-    Chain *ch = &r->chains[fd];
-    int sent = ch->sent;
-    out[0] = ch->sent_ns;
-    out[1] = ch->sent_bytes;
-    ch->armed = ch->sent = 0;
+    int sent = chain_pop_sent(&r->ahead[fd], out);
     pthread_mutex_unlock(&r->mu);
     return sent;
+}
+
+/* fd has a response over for Python: a parked one, or the one being read has ended. */
+static int over(Reader *r, int fd) {
+    return r->ahead[fd].npark || (r->streams[fd].active && r->streams[fd].result != R_RUNNING);
 }
 
 /* fd's state for a user picking up a chained request: 1 a response is over (take it), 0 being
@@ -369,13 +364,12 @@ int tbr_pending(void *h, int fd) {
     Reader *r = h;
     if (fd < 0 || fd >= r->maxfd) return -1;
     pthread_mutex_lock(&r->mu);
-    Stream *st = &r->streams[fd];
-    int rc = r->has_parked[fd] || (st->active && st->result != R_RUNNING) ? 1 : st->active ? 0 : -1;
+    int rc = over(r, fd) ? 1 : r->streams[fd].active ? 0 : -1;
     pthread_mutex_unlock(&r->mu);
     return rc;
 }
 
-/* Forget fd (its socket is about to close): stop reading, drop a parked response and the chain. */
+/* Forget fd (its socket is about to close): stop reading, drop parked responses and the chain. */
 void tbr_drop(void *h, int fd) {
     Reader *r = h;
     if (fd < 0 || fd >= r->maxfd) return;
@@ -384,9 +378,7 @@ void tbr_drop(void *h, int fd) {
     if (st->active && st->result == R_RUNNING) epoll_ctl(r->ep, EPOLL_CTL_DEL, fd, NULL);
     st->active = 0;
     st->result = R_RUNNING;
-    r->parked[fd].active = 0;
-    r->has_parked[fd] = 0;
-    r->chains[fd].armed = r->chains[fd].sent = 0;
+    ahead_clear(&r->ahead[fd]);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -396,8 +388,9 @@ void tbr_cancel(void *h, int fd) {
     Reader *r = h;
     pthread_mutex_lock(&r->mu);
     Stream *st = &r->streams[fd];
-    if (r->has_parked[fd]) { pthread_mutex_unlock(&r->mu); return; }
-    r->chains[fd].armed = 0;
+    Ahead *a = &r->ahead[fd];
+    if (a->npark) { pthread_mutex_unlock(&r->mu); return; }
+    chain_disarm(a); /* nothing armed goes out after a cancelled response */
     if (st->active && st->result == R_RUNNING) {
         epoll_ctl(r->ep, EPOLL_CTL_DEL, fd, NULL);
         st->result = R_CANCELLED;
@@ -418,7 +411,7 @@ int tbr_pop_done(void *h, int *out, int n) {
         int fd = r->done[r->done_head];
         r->done_head = (r->done_head + 1) % r->maxfd;
         r->done_count--;
-        if (r->has_parked[fd] || (r->streams[fd].active && r->streams[fd].result != R_RUNNING)) out[k++] = fd;
+        if (over(r, fd)) out[k++] = fd;
     }
     if (r->done_count) {
         uint64_t one = 1;
@@ -435,7 +428,8 @@ int tbr_pop_done(void *h, int *out, int n) {
 void tbr_info(void *h, int fd, int64_t *info) {
     Reader *r = h;
     pthread_mutex_lock(&r->mu);
-    Stream *st = r->has_parked[fd] ? &r->parked[fd] : &r->streams[fd];
+    Stream *st = park_oldest(&r->ahead[fd]);
+    if (!st) st = &r->streams[fd];
     info[0] = st->result;
     info[1] = st->err;
     info[2] = st->len;
@@ -450,15 +444,17 @@ void tbr_info(void *h, int fd, int64_t *info) {
 }
 
 /* Copy fd's first `keep` bytes and per-read ends/stamps out (sized by tbr_info) and free the slot for
- * reuse; a parked response first (the chained one is still being read). A response cut as too large
+ * reuse; the oldest parked response first (the chained one is still being read). A response cut as too large
  * is taken with keep = its head and no body: Python needs its status, not the megabytes. */
 void tbr_take(void *h, int fd, int64_t keep, char *buf, int64_t *ends, int64_t *stamps, char *body,
               int64_t *bends, int64_t *bstamps) {
     Reader *r = h;
     pthread_mutex_lock(&r->mu);
-    int parked = r->has_parked[fd];
-    Stream *st = parked ? &r->parked[fd] : &r->streams[fd];
-    r->has_parked[fd] = 0;
+    Ahead *a = &r->ahead[fd];
+    Stream *st = park_oldest(a);
+    int parked = st != NULL;
+    if (parked) park_pop(a);
+    else st = &r->streams[fd];
     if (!parked && st->result == R_RUNNING && st->active) epoll_ctl(r->ep, EPOLL_CTL_DEL, fd, NULL);
     memcpy(buf, st->buf, (size_t)(keep < st->len ? keep : st->len));
     memcpy(ends, st->ends, (size_t)st->nreads * sizeof(int64_t));
@@ -477,20 +473,12 @@ void tbr_close(void *h) {
     Reader *r = h;
     r->stop = 1;
     pthread_join(r->thread, NULL);
-    for (int i = 0; i < 2 * r->maxfd; i++) {
-        Stream *st = i < r->maxfd ? &r->streams[i] : &r->parked[i - r->maxfd];
-        free(st->buf);
-        free(st->ends);
-        free(st->stamps);
-        free(st->body);
-        free(st->bends);
-        free(st->bstamps);
+    for (int i = 0; i < r->maxfd; i++) {
+        stream_free(&r->streams[i]);
+        ahead_free(&r->ahead[i]);
     }
-    for (int i = 0; i < r->maxfd; i++) free(r->chains[i].buf);
     free(r->streams);
-    free(r->parked);
-    free(r->has_parked);
-    free(r->chains);
+    free(r->ahead);
     free(r->done);
     close(r->ep);
     close(r->efd);

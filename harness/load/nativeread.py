@@ -25,6 +25,7 @@ import ctypes
 import errno
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,9 @@ MAX_FDS = 65536
 READER_NICE = -10  # asked for the reader thread alone where SCHED_FIFO is not granted (see nativeread.c)
 SCHED_ENV = "TOKENBENCH_READER_SCHED"  # fifo (default) | nice | normal: the reader thread's scheduling
 SCHED_CHOICES = {"normal": 0, "nice": 1, "fifo": 2}
+SCHED_DEFAULT = "fifo"  # why, and what it costs: nativeread.c (run) and docs/metrics.md
 POP_BATCH = 256
+CHAIN_MAX = 4  # requests a connection may have armed ahead (nativeread.c CHAIN_MAX)
 # With the kernel's receive stamps the thread sleeps this long after each batch of reads (nativeread.c):
 # a response's end, and a chained send, wait up to this; the stamps do not. 0: wake on every segment.
 POLL_US = 500.0
@@ -83,7 +86,7 @@ class NativeReader:
     """The process's reader thread (``nativeread.c``) and the gevent side that wakes waiting users."""
 
     def __init__(
-        self, library: Path, max_fds: int = MAX_FDS, sched: str = "fifo", poll_us: float = POLL_US
+        self, library: Path, max_fds: int = MAX_FDS, sched: str = SCHED_DEFAULT, poll_us: float = POLL_US
     ) -> None:
         if sched not in SCHED_CHOICES:
             raise ValueError(f"{SCHED_ENV}: expected one of {sorted(SCHED_CHOICES)}, got {sched!r}")
@@ -143,36 +146,39 @@ class NativeReader:
                 return
 
     def read(
-        self, fd: int, max_bytes: int, max_reads: int, chain: bytes | None = None, deadline_ns: int = 0
+        self, fd: int, max_bytes: int, max_reads: int, chains: Sequence[tuple[bytes, int]] = ()
     ) -> Reads:
         """Block this greenlet until fd's response is over (or the caller's ``gevent.Timeout`` fires).
 
-        ``chain``: the user's next request, for the thread to send the moment
-        this response is complete, unless ``time.monotonic_ns()`` has reached
-        ``deadline_ns`` by then (``chain_result`` says whether it did). On a timeout
+        ``chains``: the user's next requests with their deadlines, queued in
+        order after any already armed: the thread sends the oldest the moment
+        a response is complete, unless ``time.monotonic_ns()`` has reached its
+        deadline by then (``chain_result`` says whether it did). On a timeout
         the thread stops reading fd and what it had read is kept on the
         exception (``partial``) so the caller can keep it.
         """
-        if chain is not None:
-            self._arm(fd, chain, deadline_ns)
+        for request, deadline_ns in chains:
+            self._arm(fd, request, deadline_ns)
         rc = self._lib.tbr_watch(self._h, fd, max_bytes, max_reads)
         if rc != 0:
             raise OSError(-rc, f"native reader: cannot watch fd {fd}: {os.strerror(-rc)}")
         return self._wait(fd)
 
-    def attach(self, fd: int, chain: bytes | None = None, deadline_ns: int = 0) -> Reads:
+    def attach(self, fd: int, chains: Sequence[tuple[bytes, int]] = ()) -> Reads:
         """``read`` for the response of a request the thread sent itself (``chain_result``): it is read already."""
-        if chain is not None:
-            self._arm(fd, chain, deadline_ns)
+        for request, deadline_ns in chains:
+            self._arm(fd, request, deadline_ns)
         rc = self._lib.tbr_pending(self._h, fd)
         if rc < 0:
             raise OSError(errno.EBADF, f"native reader: fd {fd} has no chained response")
         return self._take(fd) if rc else self._wait(fd)
 
     def chain_result(self, fd: int) -> tuple[int, int] | None:
-        """Whether the thread sent fd's chained request: (sent_ns, bytes it sent), or None; disarms.
+        """Whether the thread sent fd's oldest chained request: (sent_ns, bytes it sent), or None.
 
-        A failed send is (stamp, 0): the user sends the whole request and meets the error itself.
+        Sent: it leaves the queue. None: neither it nor any armed after it was
+        sent, and the queue is disarmed. A failed send is (stamp, 0): the user
+        sends the whole request and meets the error itself.
         """
         out = self._chain
         if not self._lib.tbr_chain(self._h, fd, out):
@@ -277,7 +283,7 @@ def open_reader(home: Path | None = None) -> tuple[NativeReader | None, str]:
     """This process's native reader, or None with the reason the Python path is used instead."""
     if os.environ.get("TOKENBENCH_READER", "").strip() == "python":
         return None, "python (TOKENBENCH_READER=python)"
-    sched = os.environ.get(SCHED_ENV, "").strip() or "fifo"
+    sched = os.environ.get(SCHED_ENV, "").strip() or SCHED_DEFAULT
     try:
         raw = os.environ.get(POLL_ENV, "").strip()
         try:

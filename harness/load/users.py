@@ -10,11 +10,11 @@ comes from it). The user itself goes straight back to its next request: see
 (``grpcstream.stream_call``, per-message stamps, raw bytes) are both
 interpreted only after they are over, off the read path.
 
-Closed loop in duration mode on the native reader, the user hands its next
-request to the reader thread with the current one (``_chain_next``): the
-thread sends it the moment the current response ends, and the next task
-picks it up (``nativeread.c`` says why). Whatever the thread did not send
-the user admits and sends itself, as without a chain.
+Closed loop in duration mode on the native reader, the user keeps its next
+``CHAIN_DEPTH`` requests handed to the reader thread (``_chain_next``): the
+thread sends the oldest the moment a response ends, and the next task picks
+it up (``nativeread.c`` says why). Whatever the thread did not send the user
+admits and sends itself, as without a chain.
 
 Requests are serialised by the protocol once per prompt and process
 (``ProcessContext.bodies``); per request only the id (and, over HTTP, the
@@ -38,6 +38,7 @@ the locustfile should import it.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -105,10 +106,10 @@ class HttpWire:
         head: bytes,
         body: bytes,
         timeout_s: float,
-        chain: Chain | None = None,
+        chains: Sequence[Chain] = (),
         sent: tuple[int, int] | None = None,
     ) -> Outcome:
-        return self.client.post(head, body, timeout_s, chain, sent)
+        return self.client.post(head, body, timeout_s, chains, sent)
 
     def chain_sent(self) -> tuple[int, int] | None:
         return self.client.chain_sent()
@@ -166,7 +167,7 @@ class GrpcWire:
         metadata: list[tuple[str, str]],
         body: bytes,
         timeout_s: float,
-        chain: None = None,
+        chains: Sequence[Chain] = (),
         sent: None = None,
     ) -> GrpcStream:
         return stream_call(self.call, body, timeout_s, metadata, self.bounds)
@@ -180,7 +181,12 @@ class GrpcWire:
 
 
 WIRES = {"http": HttpWire, "grpc": GrpcWire}
-CHAINED = -1  # ``_pending``: the request due is the one handed to the reader thread (``_chain_next``)
+CHAINED = -1  # ``_pending``: the request due is the oldest handed to the reader thread (``_chain_next``)
+# Requests a closed-loop user keeps handed to the reader thread ahead of the one in flight. Two, not
+# one: with one, the request after next must be handed over within one response time of a response's
+# end, and a Python thread starved after a burst of completions (1,024 streams on 2 cores) missed it
+# for hundreds of streams at a time, each then idle until Python came (docs/metrics.md has figures).
+CHAIN_DEPTH = 2
 
 
 class StreamingUser(User):
@@ -197,9 +203,9 @@ class StreamingUser(User):
         super().__init__(environment)
         self.ctx = environment.tokenbench
         self._pending: int | None = None
-        # The next request handed to the reader thread with the current one (closed loop, native
-        # reader): (request id, prompt index, prepared head, body). See ``_chain_next``.
-        self._chained: tuple[int, int, Any, bytes] | None = None
+        # The next requests handed to the reader thread, oldest first (closed loop, native reader):
+        # (request id, prompt index, prepared head, body). See ``_chain_next``.
+        self._chained: deque[tuple[int, int, Any, bytes]] = deque()
         plan = self.ctx.plan
         self.spec: ProtocolSpec = self.ctx.protocol
         self.wire: Any = WIRES[self.spec.transport](plan, self.spec, self.ctx.headers, self.ctx.reader)
@@ -208,7 +214,7 @@ class StreamingUser(User):
     def wait_time(self) -> float:
         """Block (in Locust's *waiting* state) until the next request is due."""
         ctx = self.ctx
-        if self._chained is not None:
+        if self._chained:
             self._pending = CHAINED  # sent by the reader thread, or not: ``one_request`` asks it
             return 0.0
         pool = ctx.arrival_pool()
@@ -228,15 +234,13 @@ class StreamingUser(User):
         if scheduled is None:
             return  # the very first task runs before any wait: nothing is due yet
         ctx = self.ctx
-        state = ctx.state
         sent = None
         if scheduled == CHAINED:
-            assert self._chained is not None
-            (request_id, index, prepared, body), self._chained = self._chained, None
+            request_id, index, prepared, body = self._chained.popleft()
             sent = self.wire.chain_sent()
-            if sent is None:  # not sent (past the deadline, or the connection closed): admit anew
-                state.release()
-                return
+            if sent is None:  # not sent (past the deadline, or the connection closed), nor any after it
+                self._release_chained(1)
+                return  # admit anew
             scheduled = sent[0]
         else:
             request_id, index, prepared, body = self._new_request()
@@ -263,14 +267,14 @@ class StreamingUser(User):
         # == request_key(step_id, request_id): joins the record to the server's log
         return request_id, index, self.wire.prepare(f"{self.id_prefix}{request_id}", body), body
 
-    def _chain_next(self) -> Chain | None:
-        """The next request, for the reader thread to send when this response ends; None: not chained.
+    def _chain_next(self) -> list[Chain]:
+        """New requests for the reader thread, to keep ``CHAIN_DEPTH`` handed over; empty: not chained.
 
-        Closed loop in duration mode on the native reader only: there the next
-        request is due exactly when this one ends, and the thread's deadline is
-        the step's end of issuing, so it sends only what ``admit`` would have
-        admitted. The request is reserved (``StepState.reserve``) until the
-        next task learns whether it went out.
+        Closed loop in duration mode on the native reader only: there each
+        request is due exactly when the one before it ends, and the thread's
+        deadline is the step's end of issuing, so it sends only what ``admit``
+        would have admitted. Each request is reserved (``StepState.reserve``)
+        until a task learns whether it went out.
         """
         ctx = self.ctx
         state = ctx.state
@@ -281,10 +285,21 @@ class StreamingUser(User):
             or deadline is None
             or state.issuing_over
         ):
-            return None
-        self._chained = request_id, index, prepared, body = self._new_request()
-        state.reserve()
-        return Chain(prepared + body, deadline)
+            return []
+        chains = []
+        while len(self._chained) < CHAIN_DEPTH:
+            request = self._new_request()
+            self._chained.append(request)
+            _, _, prepared, body = request
+            state.reserve()
+            chains.append(Chain(prepared + body, deadline))
+        return chains
+
+    def _release_chained(self, popped: int) -> None:
+        """Un-reserve requests the reader thread will not send: ``popped`` taken off the queue, and the rest."""
+        for _ in range(popped + len(self._chained)):
+            self.ctx.state.release()
+        self._chained.clear()
 
     def finish(
         self, request_id: int, prompt: PromptSpec, scheduled: int, raw: Any, conn: tuple[int | None, bool]
@@ -339,9 +354,7 @@ class StreamingUser(User):
             prewarm_user(barrier, self.wire.warm)
 
     def on_stop(self) -> None:
-        if self._chained is not None:  # stopped with a chained request: the connection closes below
-            self._chained = None
-            self.ctx.state.release()
+        self._release_chained(0)  # stopped with chained requests: the connection closes below
         self.wire.close()
 
 
