@@ -22,7 +22,14 @@ from harness.load.bounds import Bounds
 from harness.load.httphead import finish_head, request_prefix
 from harness.load.httpstream import Outcome, StreamClient
 from harness.load.nativehttp import Chain
-from harness.load.nativeread import CHAIN_MAX, TOO_LARGE, NativeReader, open_reader, python_clock_offset
+from harness.load.nativeread import (
+    CHAIN_MAX,
+    TOO_LARGE,
+    NativeReader,
+    default_threads,
+    open_reader,
+    python_clock_offset,
+)
 
 PAUSE_S = 0.015
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; the socket module does not name it
@@ -225,6 +232,41 @@ def test_the_reader_threads_scheduling_is_asked_for_and_reported(monkeypatch, tm
         assert made is None and kind.startswith(
             "python (native reader unavailable: TOKENBENCH_READER_POLL_US"
         ), kind
+
+
+def test_reader_threads_share_the_sockets_by_fd_and_their_count_is_checked(monkeypatch) -> None:
+    """Each socket is read by thread ``fd % threads``: responses on both threads, their reads counted together."""
+    made, kind = open_reader(streams=1)
+    assert made is not None and made.threads == 1 and "(reader thread " in kind
+    made.close()
+    monkeypatch.setenv("TOKENBENCH_READER_THREADS", "2")
+    made, kind = open_reader(streams=1)
+    assert made is not None and made.threads == 2 and kind.startswith("native (2 reader threads "), kind
+    server = PiecesServer(CASES["chunk per write"][0], keep=False)
+    clients = [StreamClient(server.url, 2.0, reader=made) for _ in range(4)]
+    try:
+        outs = [_post(client, server.url, f"r-{k}") for k, client in enumerate(clients)]
+        fds = {client._sock.fileno() % 2 for client in clients if client._sock is not None}
+        assert all(out.error_class is None and len(out.splitter.events) == 3 for out in outs)
+        assert fds == {0, 1}  # four sockets open at once: both threads had some
+        per_thread = made.stamps()["per_thread"]
+        assert len(per_thread) == 2 and min(per_thread) >= 4 and made.whole == 4
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
+        made.close()
+    for bad in ("0", "9", "two"):
+        monkeypatch.setenv("TOKENBENCH_READER_THREADS", bad)
+        made, kind = open_reader()
+        assert made is None and "TOKENBENCH_READER_THREADS: expected" in kind, kind
+
+
+def test_a_thread_per_512_streams_by_default_at_most_one_per_core(monkeypatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert [default_threads(n) for n in (1, 512, 513, 1024, 4096)] == [1, 1, 2, 2, 2]
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert [default_threads(n) for n in (1024, 2048, 100_000)] == [2, 4, 8]
 
 
 def test_the_threads_stamps_follow_a_shifted_process_clock(monkeypatch, reader: NativeReader) -> None:

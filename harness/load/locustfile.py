@@ -145,7 +145,8 @@ class ProcessContext:
         Locust stops, and the thread holds nothing that outlives the process.
         """
         if self.protocol.transport == "http" and self.reader is None:
-            self.reader, self.reader_kind = open_reader()
+            processes = self.plan.workers_expected or self.plan.processes  # that run users
+            self.reader, self.reader_kind = open_reader(streams=-(-self.plan.users // processes))
 
     def make_spool(self) -> RecordSpool:
         """This process's spool; every part it writes is final (tokenizer counts added in the write job)."""

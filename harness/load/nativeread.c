@@ -278,7 +278,14 @@ void *tbr_new(int maxfd, int want_sched, int want_nice, int64_t poll_ns) {
     r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (!r->streams || !r->ahead || !r->done || r->ep < 0 || r->efd < 0)
         return NULL;
-    pthread_mutex_init(&r->mu, NULL);
+    /* Priority inheritance: the Python thread takes this lock too, and where it is preempted while
+       holding it (by the truth server, another real-time thread) a SCHED_FIFO reader waiting for it
+       would wait as long, and its reads come late; holding it, Python runs at the reader's priority. */
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setprotocol(&attr, PTHREAD_PRIO_INHERIT);
+    pthread_mutex_init(&r->mu, &attr);
+    pthread_mutexattr_destroy(&attr);
     if (pthread_create(&r->thread, NULL, run, r) != 0) return NULL;
     return r;
 }

@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gevent
 import numpy as np
@@ -48,6 +49,9 @@ CHAIN_MAX = 4  # requests a connection may have armed ahead (nativeread.c CHAIN_
 POLL_US = 500.0
 POLL_ENV = "TOKENBENCH_READER_POLL_US"
 MAX_POLL_US = 100_000.0
+THREADS_ENV = "TOKENBENCH_READER_THREADS"  # reader threads per process (a socket's fd picks one)
+MAX_THREADS = 8
+STREAMS_PER_THREAD = 512  # by default, a thread per 512 of the process's streams, up to its cores
 
 # why reading stopped (nativeread.c R_*)
 COMPLETE, EOF, ERROR, FRAMING, TOO_LARGE, CANCELLED = 1, 2, 3, 4, 5, 6
@@ -83,11 +87,27 @@ class Reads:
 
 
 class NativeReader:
-    """The process's reader thread (``nativeread.c``) and the gevent side that wakes waiting users."""
+    """The process's reader threads (``nativeread.c``) and the gevent side that wakes waiting users.
+
+    Each thread is a handle of its own (epoll set, done queue, eventfd); a
+    socket belongs to thread ``fd % threads`` for as long as it is open. Why
+    more than one: a read costs the thread ~10 µs on a 2-core VM, ~90 % of it
+    the kernel sending the ACK and, over loopback, taking it in for the
+    server; at 1,024 streams × 100 tokens/s one thread needed 0.95 of a core
+    and fell behind, and a read that comes late returns every chunk queued
+    meanwhile under the last one's stamp (stamp-lag p99 10 ms).
+    """
 
     def __init__(
-        self, library: Path, max_fds: int = MAX_FDS, sched: str = SCHED_DEFAULT, poll_us: float = POLL_US
+        self,
+        library: Path,
+        max_fds: int = MAX_FDS,
+        sched: str = SCHED_DEFAULT,
+        poll_us: float = POLL_US,
+        threads: int = 1,
     ) -> None:
+        if not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"{THREADS_ENV}: expected 1 to {MAX_THREADS}, got {threads!r}")
         if sched not in SCHED_CHOICES:
             raise ValueError(f"{SCHED_ENV}: expected one of {sorted(SCHED_CHOICES)}, got {sched!r}")
         if not 0 <= poll_us <= MAX_POLL_US:  # nanosleep takes under a second; past that, ends wait too long
@@ -112,13 +132,18 @@ class NativeReader:
         lib.tbr_pending.argtypes = [vp, i]
         lib.tbr_drop.argtypes = [vp, i]
         lib.tbr_stamps.argtypes = [vp, ctypes.c_void_p]
-        handle = lib.tbr_new(max_fds, SCHED_CHOICES[sched], READER_NICE, int(poll_us * 1000))
-        if not handle:
-            raise OSError("the native reader could not start (epoll, eventfd or thread)")
         self._lib = lib
-        self._h = handle
-        self.nice = int(lib.tbr_nice(handle))  # the thread's share, for the health report
-        self.fifo = bool(lib.tbr_fifo(handle))
+        self._hs: list[int] = []
+        for _ in range(threads):
+            handle = lib.tbr_new(max_fds, SCHED_CHOICES[sched], READER_NICE, int(poll_us * 1000))
+            if not handle:
+                self.close()
+                raise OSError("the native reader could not start (epoll, eventfd or thread)")
+            self._hs.append(handle)
+        self.threads = threads
+        nices = [int(lib.tbr_nice(h)) for h in self._hs]  # each waits for its thread to start
+        self.nice = nices[0]  # the threads' share, for the health report
+        self.fifo = all(lib.tbr_fifo(h) for h in self._hs)
         # Responses taken whole from the thread (the common case) and those replayed read by read
         # (errors, closes, deadlines, or a framing the parser judged otherwise): counted by nativehttp.
         self.whole = 0
@@ -130,12 +155,19 @@ class NativeReader:
         self._chain = (ctypes.c_int64 * 2)()
         self.chain_sends = 0  # requests the thread sent itself on a response's end (closed loop)
         hub = gevent.get_hub()
-        self._watcher = hub.loop.io(lib.tbr_eventfd(handle), 1)
-        self._watcher.start(self._on_done)
+        self._watchers = []
+        for h in self._hs:
+            watcher = hub.loop.io(lib.tbr_eventfd(h), 1)
+            watcher.start(self._on_done, h)
+            self._watchers.append(watcher)
 
-    def _on_done(self) -> None:
+    def _of(self, fd: int) -> int:
+        """The handle of the thread that reads fd."""
+        return self._hs[fd % self.threads]
+
+    def _on_done(self, h: int) -> None:
         """In the hub: wake the user of every finished response (``tbr_pop_done`` drops stale entries)."""
-        lib, h, done = self._lib, self._h, self._done
+        lib, done = self._lib, self._done
         while True:
             n = lib.tbr_pop_done(h, done, POP_BATCH)
             for k in range(n):
@@ -159,7 +191,7 @@ class NativeReader:
         """
         for request, deadline_ns in chains:
             self._arm(fd, request, deadline_ns)
-        rc = self._lib.tbr_watch(self._h, fd, max_bytes, max_reads)
+        rc = self._lib.tbr_watch(self._of(fd), fd, max_bytes, max_reads)
         if rc != 0:
             raise OSError(-rc, f"native reader: cannot watch fd {fd}: {os.strerror(-rc)}")
         return self._wait(fd)
@@ -168,7 +200,7 @@ class NativeReader:
         """``read`` for the response of a request the thread sent itself (``chain_result``): it is read already."""
         for request, deadline_ns in chains:
             self._arm(fd, request, deadline_ns)
-        rc = self._lib.tbr_pending(self._h, fd)
+        rc = self._lib.tbr_pending(self._of(fd), fd)
         if rc < 0:
             raise OSError(errno.EBADF, f"native reader: fd {fd} has no chained response")
         return self._take(fd) if rc else self._wait(fd)
@@ -181,18 +213,18 @@ class NativeReader:
         sends the whole request and meets the error itself.
         """
         out = self._chain
-        if not self._lib.tbr_chain(self._h, fd, out):
+        if not self._lib.tbr_chain(self._of(fd), fd, out):
             return None
         self.chain_sends += 1
         return out[0] + self.clock_offset_ns, out[1]
 
     def drop(self, fd: int) -> None:
         """Forget fd before its socket closes: a chained response being read, a parked one, the chain."""
-        if self._h:
-            self._lib.tbr_drop(self._h, fd)
+        if self._hs:
+            self._lib.tbr_drop(self._of(fd), fd)
 
     def _arm(self, fd: int, chain: bytes, deadline_ns: int) -> None:
-        rc = self._lib.tbr_arm(self._h, fd, chain, len(chain), deadline_ns - self.clock_offset_ns)
+        rc = self._lib.tbr_arm(self._of(fd), fd, chain, len(chain), deadline_ns - self.clock_offset_ns)
         if rc != 0:
             raise OSError(-rc, f"native reader: cannot arm fd {fd}: {os.strerror(-rc)}")
 
@@ -203,7 +235,7 @@ class NativeReader:
             waiter.get()
         except BaseException as err:
             self._waiters.pop(fd, None)
-            self._lib.tbr_cancel(self._h, fd)
+            self._lib.tbr_cancel(self._of(fd), fd)
             err.partial = self._take(fd)  # type: ignore[attr-defined]
             raise
         return self._take(fd)
@@ -215,8 +247,8 @@ class NativeReader:
         dechunked) only to be dropped, and under an endless stream that copy was most of the client's
         peak memory.
         """
-        info = self._info
-        self._lib.tbr_info(self._h, fd, info)
+        info, h = self._info, self._of(fd)
+        self._lib.tbr_info(h, fd, info)
         result, errno, size, nreads, consumed, blen, nbody, head_len, term_start, chunked = info[:]
         keep = size
         if result == TOO_LARGE:
@@ -227,7 +259,7 @@ class NativeReader:
         body, bends, bstamps = (
             (a + keep, b + 16 * nreads, b + 16 * nreads + 8 * nbody) if blen else (None,) * 3
         )
-        self._lib.tbr_take(self._h, fd, keep, a, b, b + 8 * nreads, body, bends, bstamps)
+        self._lib.tbr_take(h, fd, keep, a, b, b + 8 * nreads, body, bends, bstamps)
         if self.clock_offset_ns:
             ints[nreads : 2 * nreads] += self.clock_offset_ns
             ints[2 * nreads + nbody :] += self.clock_offset_ns
@@ -247,23 +279,28 @@ class NativeReader:
             size,
         )
 
-    def stamps(self) -> dict[str, int]:
-        """Reads so far, and how many carried no kernel receive stamp (stamped by the thread instead)."""
+    def stamps(self) -> dict[str, Any]:
+        """Reads so far (in all, and per thread), and how many carried no kernel receive stamp."""
+        per_thread, unstamped = [], 0
         out = (ctypes.c_int64 * 2)()
-        if self._h:
-            self._lib.tbr_stamps(self._h, out)
-        return {"reads": int(out[0]), "thread_stamped": int(out[1])}
+        for h in self._hs:
+            self._lib.tbr_stamps(h, out)
+            per_thread.append(int(out[0]))
+            unstamped += int(out[1])
+        return {"reads": sum(per_thread), "thread_stamped": unstamped, "per_thread": per_thread}
 
     def cpu_s(self) -> float:
-        """CPU-seconds the reader thread has used (part of the process's CPU, shown apart in the health)."""
-        return self._lib.tbr_cpu_ns(self._h) / 1e9 if self._h else 0.0
+        """CPU-seconds the reader threads have used (part of the process's CPU, shown apart in the health)."""
+        return sum(self._lib.tbr_cpu_ns(h) for h in self._hs) / 1e9
 
     def close(self) -> None:
-        if self._h:
-            self._watcher.stop()
-            self._watcher.close()
-            self._lib.tbr_close(self._h)
-            self._h = None
+        for watcher in getattr(self, "_watchers", []):
+            watcher.stop()
+            watcher.close()
+        self._watchers = []
+        for h in self._hs:
+            self._lib.tbr_close(h)
+        self._hs = []
 
 
 def python_clock_offset() -> int:
@@ -279,8 +316,19 @@ def python_clock_offset() -> int:
     return diff if abs(diff) >= 1_000_000 else 0
 
 
-def open_reader(home: Path | None = None) -> tuple[NativeReader | None, str]:
-    """This process's native reader, or None with the reason the Python path is used instead."""
+def default_threads(streams: int) -> int:
+    """Reader threads for a process of ``streams`` users: one per ``STREAMS_PER_THREAD``, at most its cores.
+
+    Why 512: one thread took 0.95 of a core at 1,024 streams of 100 tokens/s
+    (2-core VM), so it falls behind past about a thousand; half that leaves
+    room for a slower machine. More threads than cores would only queue.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(-(-streams // STREAMS_PER_THREAD), cores, MAX_THREADS))
+
+
+def open_reader(home: Path | None = None, streams: int = 1) -> tuple[NativeReader | None, str]:
+    """This process's native reader for ``streams`` users, or None with the reason the Python path is used."""
     if os.environ.get("TOKENBENCH_READER", "").strip() == "python":
         return None, "python (TOKENBENCH_READER=python)"
     sched = os.environ.get(SCHED_ENV, "").strip() or SCHED_DEFAULT
@@ -290,9 +338,15 @@ def open_reader(home: Path | None = None) -> tuple[NativeReader | None, str]:
             poll_us = float(raw) if raw else POLL_US
         except ValueError:
             raise ValueError(f"{POLL_ENV}: expected a number of µs, got {raw!r}") from None
+        raw = os.environ.get(THREADS_ENV, "").strip()
+        try:
+            threads = int(raw) if raw else default_threads(streams)
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV}: expected a whole number, got {raw!r}") from None
         lib = build_shared(SOURCE, "tokenbench-nativeread", home)
-        reader = NativeReader(lib, sched=sched, poll_us=poll_us)
+        reader = NativeReader(lib, sched=sched, poll_us=poll_us, threads=threads)
         how = "SCHED_FIFO 1" if reader.fifo else f"nice {reader.nice}"
-        return reader, f"native (reader thread {how})"
+        count = f"{threads} reader threads" if threads > 1 else "reader thread"
+        return reader, f"native ({count} {how})"
     except (CBuildError, OSError, ValueError) as err:
         return None, f"python (native reader unavailable: {err})"
