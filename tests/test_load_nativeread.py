@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pytest
 
@@ -290,6 +291,18 @@ def _chain(url: str, rid: str, deadline_s: float = 10.0) -> Chain:
     return Chain(_request(url, rid) + BODY, time.monotonic_ns() + int(deadline_s * 1e9))
 
 
+@contextmanager
+def _kept(reader: NativeReader, serves: int = 2) -> Iterator[tuple[PiecesServer, StreamClient]]:
+    """A kept-alive server of ``serves`` chunk-per-write responses and a native-reader client, both closed after."""
+    server = PiecesServer(CASES["chunk per write"][0], keep=True, serves=serves)
+    client = StreamClient(server.url, 2.0, reader=reader)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.close()
+
+
 def test_a_chained_request_is_sent_by_the_thread_the_moment_the_response_ends(reader: NativeReader) -> None:
     """Closed loop: the next request reaches the server while Python is still busy elsewhere."""
     server = PiecesServer(CASES["chunk per write"][0], keep=True)
@@ -344,9 +357,7 @@ def test_chained_requests_go_out_in_order_each_the_moment_the_response_before_it
     reader: NativeReader,
 ) -> None:
     """Two ahead: the thread sends r-1 at r-0's end and r-2 at r-1's, while Python takes nothing."""
-    server = PiecesServer(CASES["chunk per write"][0], keep=True, serves=3)
-    client = StreamClient(server.url, 2.0, reader=reader)
-    try:
+    with _kept(reader, serves=3) as (server, client):
         first = _post(
             client, server.url, "r-0", chains=[_chain(server.url, "r-1"), _chain(server.url, "r-2")]
         )
@@ -364,17 +375,12 @@ def test_chained_requests_go_out_in_order_each_the_moment_the_response_before_it
         assert [_facts(out, client) for out in outs[1:]] == [_facts(first, client)] * 2
         assert server.accepted == 1
         assert client.chain_sent() is None
-    finally:
-        client.close()
-        server.close()
 
 
 @pytest.mark.parametrize("late", ["first", "second"])
 def test_a_chain_that_may_not_go_takes_every_one_after_it_with_it(reader: NativeReader, late: str) -> None:
     """Past its deadline, a chained request is not sent, nor any behind it: they would go out of order."""
-    server = PiecesServer(CASES["chunk per write"][0], keep=True, serves=3)
-    client = StreamClient(server.url, 2.0, reader=reader)
-    try:
+    with _kept(reader, serves=3) as (server, client):
         deadlines = (-0.001, 10.0) if late == "first" else (10.0, -0.001)
         chains = [_chain(server.url, f"r-{k + 1}", deadline_s) for k, deadline_s in enumerate(deadlines)]
         _post(client, server.url, "r-0", chains=chains)
@@ -388,21 +394,13 @@ def test_a_chain_that_may_not_go_takes_every_one_after_it_with_it(reader: Native
         assert client.chain_sent() is None
         assert client.chain_sent() is None  # the one after it went with it
         assert [rid for _, rid in server.requests] == [b"r-0", b"r-1"][: 2 if late == "second" else 1]
-    finally:
-        client.close()
-        server.close()
 
 
 def test_a_connection_takes_at_most_chain_max_requests_ahead(reader: NativeReader) -> None:
-    server = PiecesServer(CASES["chunk per write"][0], keep=True)
-    client = StreamClient(server.url, 2.0, reader=reader)
-    try:
+    with _kept(reader) as (server, client):
         chains = [_chain(server.url, f"r-{k + 1}") for k in range(CHAIN_MAX + 1)]
         out = _post(client, server.url, "r-0", chains=chains)
         assert out.error_class is not None and "cannot arm" in (out.error_message or ""), out
-    finally:
-        client.close()
-        server.close()
 
 
 def test_a_closed_connection_forgets_its_chain_and_the_fd_is_reusable(reader: NativeReader) -> None:
