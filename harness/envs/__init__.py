@@ -68,10 +68,7 @@ def ensure_env(
     installer: InstallerFactory = Installer,
 ) -> Path:
     """Build environment ``name`` if it is not complete (``check_disk`` first); its interpreter."""
-    env = get_env(name)
-    if force or not env.is_complete(home):
-        check_disk([env], home)
-    return env.ensure(home, progress, force=force, installer=installer)
+    return ensure_envs([name], home, progress, force=force, installer=installer)[name]
 
 
 def ensure_envs(

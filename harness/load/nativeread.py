@@ -35,6 +35,7 @@ import numpy as np
 from gevent.hub import Waiter
 
 from harness.cbuild import CBuildError, build_shared
+from harness.placement import available_cpus
 
 SOURCE = Path(__file__).with_name("nativeread.c")
 MAX_FDS = 65536
@@ -323,8 +324,7 @@ def default_threads(streams: int) -> int:
     (2-core VM), so it falls behind past about a thousand; half that leaves
     room for a slower machine. More threads than cores would only queue.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(-(-streams // STREAMS_PER_THREAD), cores, MAX_THREADS))
+    return max(1, min(-(-streams // STREAMS_PER_THREAD), len(available_cpus()), MAX_THREADS))
 
 
 def open_reader(home: Path | None = None, streams: int = 1) -> tuple[NativeReader | None, str]:
