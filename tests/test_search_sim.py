@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import heapq
 import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -79,6 +81,33 @@ def pass_probability(rate: float, service_s: np.ndarray, first_s: np.ndarray) ->
     return float(np.mean(pool_attainment(rate, service_s, first_s, reps=300, seed=7) >= TARGET))
 
 
+def _search_run(
+    path: Path, tmp_path: Path, first_probe: str, timeout: float = 400
+) -> tuple[subprocess.CompletedProcess[str], Path, dict[str, Any], list[str]]:
+    """``tokenbench run`` of a search scenario, again while the machine, not the pool, stopped it.
+
+    A busy shared machine can stop a search at its first, easy probe for the machine's sake, not the
+    pool's: a probe with loop lag over the limit is harness-limited (that stops the search by design,
+    tested in test_search.py), and a stall of over a second at the first rate (a handful of measured
+    requests) fails the probe. Such a run is tried again, up to 4 times; what each attempt stopped on is
+    kept for the failure message. Returns the process, run folder, cell and the attempts.
+    """
+    attempts: list[str] = []
+    for attempt in range(4):
+        out = tmp_path / f"out{attempt}"
+        proc = tokenbench("run", path, "--out", out, timeout=timeout)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        run_dir = next(out.iterdir())
+        cell = json.loads((run_dir / "summary.json").read_text())["cells"][0]
+        cap = cell["capacity"]
+        attempts.append(f"{cap['stop']}: {cap['stop_reason']}")
+        if cap["stop"] == "harness_limited":
+            assert "was harness-limited" in cap["stop_reason"] and cap["probes"][-1] in cap["stop_reason"]
+        elif not (cap["stop"] in ("below_min_rate", "errors") and cap["probes"] == [first_probe]):
+            return proc, run_dir, cell, attempts
+    raise AssertionError(f"every attempt was stopped by the machine, not by the pool: {attempts}")
+
+
 def test_capacity_search_on_the_sim_agrees_with_the_queue_model(tmp_path: Path) -> None:
     scenario = {
         "name": "search-sim",
@@ -114,25 +143,8 @@ def test_capacity_search_on_the_sim_agrees_with_the_queue_model(tmp_path: Path) 
     }
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(scenario))
-    # A busy shared machine can stop a search at its first, easy probe for the machine's sake, not the
-    # pool's: a probe with loop lag over the limit is harness-limited (that stops the search by design,
-    # tested in test_search.py), and a stall of over a second at 5 req/s (~15 measured requests) fails
-    # the probe. Such a run is tried again; what each attempt stopped on is kept for the failure message.
-    attempts: list[str] = []
-    for attempt in range(4):
-        out = tmp_path / f"out{attempt}"
-        proc = tokenbench("run", path, "--out", out, timeout=400)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        run_dir = next(out.iterdir())
-        cell = json.loads((run_dir / "summary.json").read_text())["cells"][0]
-        cap = cell["capacity"]
-        attempts.append(f"{cap['stop']}: {cap['stop_reason']}")
-        if cap["stop"] == "harness_limited":
-            assert "was harness-limited" in cap["stop_reason"] and cap["probes"][-1] in cap["stop_reason"]
-        elif not (cap["stop"] in ("below_min_rate", "errors") and cap["probes"] == ["search-r5"]):
-            break
-    else:
-        raise AssertionError(f"every attempt was stopped by the machine, not by the pool: {attempts}")
+    proc, run_dir, cell, attempts = _search_run(path, tmp_path, "search-r5")
+    cap = cell["capacity"]
 
     # Every probe is a normal step with records, kept in the run, in the order probed.
     assert cap["probes"] == [s["step_id"] for s in cell["steps"]]
@@ -188,15 +200,11 @@ def test_resume_replays_kept_probes_and_reruns_the_rest(tmp_path: Path) -> None:
     }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(scenario))
-    first = tokenbench("run", path, "--out", tmp_path / "out", timeout=300)
-    assert first.returncode == 0, first.stdout + first.stderr
-    run_dir = next((tmp_path / "out").iterdir())
+    _, run_dir, cell, attempts = _search_run(path, tmp_path, "search-r4", timeout=300)
     summary_path = run_dir / "summary.json"
-    done = json.loads(summary_path.read_text())
-    cell = done["cells"][0]
     probes = cell["capacity"]["probes"]
     keep = len(probes) - 1  # strike the last probe (a busy machine may have stopped the search early)
-    assert keep >= 1, cell["capacity"]
+    assert keep >= 1, (cell["capacity"], attempts)
     cut = json.loads(summary_path.read_text())
     c = cut["cells"][0]
     c["steps"], c["capacity"], c["status"] = c["steps"][:keep], None, "interrupted"
