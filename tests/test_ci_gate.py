@@ -13,7 +13,12 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from cli_runner import tokenbench
+
+# Gate and search verdicts need a Locust process no real server stalls (conftest's scheduler).
+pytestmark = pytest.mark.quiet
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO / "reports" / "baselines" / "ci-sim.json"

@@ -17,6 +17,9 @@ import yaml
 
 from cli_runner import tokenbench
 
+# Gate and search verdicts need a Locust process no real server stalls (conftest's scheduler).
+pytestmark = pytest.mark.quiet
+
 REPO = Path(__file__).resolve().parents[1]
 
 

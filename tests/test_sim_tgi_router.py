@@ -5,15 +5,16 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 
 
-def _stream(base: str, words: int, new: int, out: list[int]) -> None:
+def _stream(base: str, words: int, new: int, out: list[int], started: threading.Event | None = None) -> None:
     body = {"inputs": " ".join(["w"] * words), "parameters": {"max_new_tokens": new}}
     with httpx.stream("POST", f"{base}/generate_stream", json=body, timeout=10) as r:
         out.append(r.status_code)
+        if started is not None:
+            started.set()
         r.read()
 
 
@@ -31,11 +32,14 @@ def test_info_reports_the_router_limits_and_version(sim_server) -> None:
 
 
 def test_over_max_concurrent_requests_is_429_overloaded(sim_server) -> None:
-    sim = sim_server(api="tgi", ttft_ms=400, itl_ms=10, max_concurrent_requests=1)
+    # The first stream holds the only slot for 0.4 s + 4 × 0.3 s; the second request goes once the first's
+    # response has begun (not after a fixed sleep, which a stalled CI machine outlasted), so it is refused.
+    sim = sim_server(api="tgi", ttft_ms=400, itl_ms=300, max_concurrent_requests=1)
     first: list[int] = []
-    t = threading.Thread(target=_stream, args=(sim.base_url, 4, 4, first))
+    started = threading.Event()
+    t = threading.Thread(target=_stream, args=(sim.base_url, 4, 4, first, started))
     t.start()
-    time.sleep(0.15)  # the first stream is admitted and waiting for its first token
+    assert started.wait(10)
     body = {"inputs": "a b", "parameters": {"max_new_tokens": 2}}
     r = httpx.post(sim.base_url + "/generate_stream", json=body, timeout=10)
     t.join()
