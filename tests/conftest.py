@@ -29,6 +29,12 @@ os.environ.setdefault("TOKENBENCH_HOME", str(REPO / ".cache"))
 
 
 REAL_SERVERS = "real-servers"
+UNIT_MARKS = ("pytest.mark.vllm", "pytest.mark.quiet")
+
+
+def _in_unit(text: str) -> bool:
+    """Whether a test file's text marks it for the real servers' unit (either marker)."""
+    return any(mark in text for mark in UNIT_MARKS)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -56,7 +62,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     real = {
         f"tests/{path.name}"
         for path in (REPO / "tests").glob("test_*.py")
-        if any(mark in path.read_text(encoding="utf-8") for mark in ("pytest.mark.vllm", "pytest.mark.quiet"))
+        if _in_unit(path.read_text(encoding="utf-8"))
     }
 
     class RealServersTogether(LoadScopeScheduling):
