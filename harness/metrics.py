@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 
 from harness.connects import with_connects
+from harness.heldload import mean_in_flight, with_held
 from harness.listcols import itl_from_lists, list_array, list_lengths, list_sums
 from harness.matrix import Step
 from harness.records import ERROR_CLASSES, RequestRecord, records_to_table
@@ -204,20 +205,6 @@ def arrival_stats(scheduled_ns: np.ndarray) -> tuple[float | None, float | None]
     return rate, cv
 
 
-def mean_in_flight(sent_ns: np.ndarray, end_ns: np.ndarray, window: tuple[int, int]) -> float | None:
-    """Time-average number of outstanding requests over ``window`` (sent → end intervals).
-
-    Equals the sum of each interval's overlap with the window divided by the
-    window length (Little's law, measured rather than assumed).
-    """
-    start, stop = window
-    if stop <= start:
-        return None
-    lo = np.clip(np.asarray(sent_ns, dtype="int64"), start, stop)
-    hi = np.clip(np.asarray(end_ns, dtype="int64"), start, stop)
-    return float(np.sum(np.maximum(hi - lo, 0)) / (stop - start))
-
-
 def _goodput_mask(frame: pd.DataFrame, limits: Mapping[str, float]) -> np.ndarray:
     """Successful requests whose own TTFT/TPOT/E2E meet every limit.
 
@@ -301,7 +288,9 @@ def compute_step_metrics(
         "kind": step.kind,
         "target": step.target,
         "requests_warmup": int(warm.sum()),
-        "harness": _health(with_connects(health, measured)),
+        "harness": _health(
+            with_held(with_connects(health, measured), measured, step.kind, step.target, records[warm])
+        ),
     }
     if measured.empty:
         return StepMetrics(**base, duration_s=duration_s or 0.0, requests_total=0, requests_ok=0)

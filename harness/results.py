@@ -48,6 +48,8 @@ class HarnessHealth(_Model):
     connect_p50_ms: float | None = None  # connect time of those requests (HTTP; gRPC connects in-call)
     connect_p99_ms: float | None = None
     connect_max_ms: float | None = None
+    # Closed loop: mean requests open between the first and last measured send, over the users (heldload).
+    held_fraction: float | None = None
     limited: bool = False
     reasons: list[str] = Field(default_factory=list)
 

@@ -92,3 +92,24 @@ def test_a_few_large_queued_responses_make_it_work_through_a_busy_loop() -> None
     # 3 × half the bound queued: it works the queue down to the bound (one job), then waits for idle again
     assert ran_while_busy(IDLE_BACKLOG_BYTES // 2) == 1
     assert ran_while_busy(IDLE_BACKLOG_BYTES + 1) == 3
+
+
+def test_many_small_queued_responses_make_it_work_through_a_busy_loop() -> None:
+    """Past IDLE_BACKLOG queued jobs, however small, it works the queue down to the bound through a busy loop."""
+    from harness.load.finisher import IDLE_BACKLOG
+
+    fin = Finisher()
+    for _ in range(IDLE_BACKLOG + 3):
+        fin.submit(lambda: None)
+    stop = time.monotonic() + 0.3
+    done_during = 0
+
+    def busy() -> None:
+        nonlocal done_during
+        while time.monotonic() < stop:
+            gevent.sleep(0)
+        done_during = fin.done
+
+    gevent.spawn(busy).join(5)
+    fin.drain()
+    assert done_during == 3 and fin.done == IDLE_BACKLOG + 3

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from harness.heldload import held_fraction
 from harness.load.collector import request_key
 from harness.sim.writelog import RequestTruth
 
@@ -249,6 +251,12 @@ def tokens_block(pairs: list[tuple[dict[str, Any], RequestTruth]]) -> dict[str, 
     }
 
 
+def _send_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"sent_ns": [r.get("sent_ns") for r in rows], "end_ns": [r.get("end_ns") for r in rows]}
+    )
+
+
 def compare_step(
     rows: Sequence[Mapping[str, Any]],
     truth: Mapping[str, RequestTruth],
@@ -297,6 +305,12 @@ def compare_step(
             if kind == "concurrency" and in_flight is not None
             else None,
             "window_s": (window[1] - window[0]) / 1e9,
+            # The same share from the records alone (what every run's report shows as "users held").
+            "client_held_fraction": held_fraction(
+                _send_frame(measured), target, _send_frame([r for r in rows if r.get("warmup")])
+            )
+            if kind == "concurrency"
+            else None,
         },
         "server_tokens_per_s": server_token_rate(truth, window),
     }

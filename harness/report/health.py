@@ -1,7 +1,8 @@
 """The per-step harness-health figures, shared by the HTML, Markdown and terminal views.
 
 Why one list: every report of every run carries the same self-diagnosis
-(loop lag, client CPU, coalesced chunks, connections and connect times), so
+(loop lag, client CPU, coalesced chunks, connections and connect times,
+and in closed loop the share of its users' requests really held open), so
 a CI comment, the terminal and the HTML cannot disagree about whether the
 client was in the way. Each figure reads the step's ``HarnessHealth`` and
 formats it; "–" means not measured (older runs, gRPC connect times).
@@ -67,6 +68,7 @@ HEALTH_FIGURES: list[HealthFigure] = [
     HealthFigure("connections", "connections", _connections),
     HealthFigure("connects", "connects in window", lambda h: _count(h.connects)),
     HealthFigure("connect_ms", "connect p50 / p99 / max (ms)", _connect_times),
+    HealthFigure("held", "users held (closed loop)", lambda h: fmt_pct(h.held_fraction)),
 ]
 
 

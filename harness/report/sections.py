@@ -181,7 +181,10 @@ def harness_section(rows: list[Row]) -> str:
         "not the server, set these numbers; such steps are flagged LIMITED and ringed in red in the figures. "
         "Connections: with prewarm every user's connection was opened and verified before the step's clock "
         "started, so connects in the window should be 0; with cold each user's first request connected inside "
-        "the step (connect times are those requests'; gRPC channels connect inside the call, so theirs are –).</p>"
+        "the step (connect times are those requests'; gRPC channels connect inside the call, so theirs are –). "
+        "Users held: in closed loop, the mean requests open between the first and last measured send over the "
+        "users asked for; under 97.5% the server saw less load than asked (the rest is each user's time from a "
+        "response's end to its next send).</p>"
         '<div class="table-wrap"><table id="harness_table"><thead><tr><th class="l">cell</th><th class="l">load</th>'
         f'{heads}<th>achieved rate (req/s)</th><th>verdict</th><th class="l">reasons</th></tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div></section>"
