@@ -66,41 +66,11 @@ def test_a_failing_job_does_not_stop_the_others() -> None:
     assert seen == ["after"] and fin.done == 2
 
 
-def test_a_few_large_queued_responses_make_it_work_through_a_busy_loop() -> None:
-    """Idle never comes while another greenlet keeps the loop busy: small jobs wait for it, but past
-    IDLE_BACKLOG_BYTES of queued bodies the finisher takes one job per loop turn (bounded memory)."""
-    from harness.load.finisher import IDLE_BACKLOG_BYTES
-
-    def ran_while_busy(size: int) -> int:
-        fin = Finisher()
-        for _ in range(3):
-            fin.submit(lambda: None, size)
-        stop = time.monotonic() + 0.3
-        done_during = 0
-
-        def busy() -> None:
-            nonlocal done_during
-            while time.monotonic() < stop:
-                gevent.sleep(0)
-            done_during = fin.done
-
-        gevent.spawn(busy).join(5)
-        fin.drain()
-        return done_during
-
-    assert ran_while_busy(0) == 0  # the control: a busy loop holds small jobs back
-    # 3 × half the bound queued: it works the queue down to the bound (one job), then waits for idle again
-    assert ran_while_busy(IDLE_BACKLOG_BYTES // 2) == 1
-    assert ran_while_busy(IDLE_BACKLOG_BYTES + 1) == 3
-
-
-def test_many_small_queued_responses_make_it_work_through_a_busy_loop() -> None:
-    """Past IDLE_BACKLOG queued jobs, however small, it works the queue down to the bound through a busy loop."""
-    from harness.load.finisher import IDLE_BACKLOG
-
+def _ran_while_busy(jobs: int, size: int = 0) -> int:
+    """Queue ``jobs`` no-op jobs of ``size`` bytes each, keep the loop busy for 0.3 s: jobs run meanwhile."""
     fin = Finisher()
-    for _ in range(IDLE_BACKLOG + 3):
-        fin.submit(lambda: None)
+    for _ in range(jobs):
+        fin.submit(lambda: None, size)
     stop = time.monotonic() + 0.3
     done_during = 0
 
@@ -112,4 +82,23 @@ def test_many_small_queued_responses_make_it_work_through_a_busy_loop() -> None:
 
     gevent.spawn(busy).join(5)
     fin.drain()
-    assert done_during == 3 and fin.done == IDLE_BACKLOG + 3
+    assert fin.done == jobs
+    return done_during
+
+
+def test_a_few_large_queued_responses_make_it_work_through_a_busy_loop() -> None:
+    """Idle never comes while another greenlet keeps the loop busy: small jobs wait for it, but past
+    IDLE_BACKLOG_BYTES of queued bodies the finisher takes one job per loop turn (bounded memory)."""
+    from harness.load.finisher import IDLE_BACKLOG_BYTES
+
+    assert _ran_while_busy(3, 0) == 0  # the control: a busy loop holds small jobs back
+    # 3 × half the bound queued: it works the queue down to the bound (one job), then waits for idle again
+    assert _ran_while_busy(3, IDLE_BACKLOG_BYTES // 2) == 1
+    assert _ran_while_busy(3, IDLE_BACKLOG_BYTES + 1) == 3
+
+
+def test_many_small_queued_responses_make_it_work_through_a_busy_loop() -> None:
+    """Past IDLE_BACKLOG queued jobs, however small, it works the queue down to the bound through a busy loop."""
+    from harness.load.finisher import IDLE_BACKLOG
+
+    assert _ran_while_busy(IDLE_BACKLOG + 3) == 3
