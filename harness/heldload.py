@@ -43,13 +43,11 @@ def mean_in_flight(sent_ns: np.ndarray, end_ns: np.ndarray, window: tuple[int, i
 
 
 def _stamps(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """The (sent_ns, end_ns) pairs of ``frame`` that have both (int64)."""
+    """The (sent_ns, end_ns) pairs of ``frame`` that have both, as int64 (no float round trip)."""
     if len(frame) == 0 or "sent_ns" not in frame.columns or "end_ns" not in frame.columns:
         return np.empty(0, "int64"), np.empty(0, "int64")
-    sent = pd.to_numeric(frame["sent_ns"], errors="coerce").to_numpy(dtype="float64")
-    end = pd.to_numeric(frame["end_ns"], errors="coerce").to_numpy(dtype="float64")
-    known = np.isfinite(sent) & np.isfinite(end)
-    return sent[known].astype("int64"), end[known].astype("int64")
+    both = frame[["sent_ns", "end_ns"]].dropna().to_numpy(dtype="int64")
+    return both[:, 0], both[:, 1]
 
 
 def held_fraction(measured: pd.DataFrame, target: float, warmup: pd.DataFrame | None = None) -> float | None:
