@@ -316,7 +316,10 @@ def test_missing_first_token_and_zero_tokens_do_not_crash() -> None:
 def test_health_maps_into_model() -> None:
     health = {"loop_lag_p99_ms": 12.5, "limited": True, "reasons": ["cpu"], "unrelated": 1}
     m = compute_step_metrics(records_frame(example_records()), step=STEP, slo=Slo(), health=health)
-    assert m.harness.loop_lag_p99_ms == 12.5 and m.harness.limited and m.harness.reasons[0] == "cpu"
+    assert m.harness.loop_lag_p99_ms == 12.5 and m.harness.limited
+    # the load layer's reasons come first, then the records' own (these 3 records hold 2 users 66.7%)
+    assert len(m.harness.reasons) == 2 and m.harness.reasons[0] == "cpu"
+    assert m.harness.reasons[1].startswith("the 2 users held 66.7%")
 
 
 def test_missing_required_column_names_it() -> None:
