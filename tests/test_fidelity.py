@@ -8,6 +8,7 @@ totals are exact. No timing assertions: those are what the benchmark reports.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -261,6 +262,14 @@ def test_quick_benchmark_writes_joined_exact_results(tmp_path: Path) -> None:
         # the whole tree includes the workers the load layer measured (reaped or not)
         assert step["client"]["harness_tree_cpu_s"] >= step["client"]["cpu_s"]
         assert isinstance(step["targets"], list) and step["targets"]
+        cpu = step["machine_cpu"]  # where the cores went over the measured window (cpuwatch)
+        assert cpu["cores"] == os.cpu_count() and cpu["window_s"] > 0
+        shares = [
+            cpu[k] for k in ("truth_server", "reader_threads", "locust_python", "other", "idle", "steal")
+        ]
+        assert all(v >= 0 for v in shares)
+        assert sum(shares) == pytest.approx(cpu["cores"], rel=0.15)  # /proc/stat's ticks add up to the cores
+        assert "cores in use over the measured window" in proc.stdout
         assert step["step"]["name"] in proc.stdout  # one printed row per step
         for worker in step["client"]["workers"]:  # closed loop: the reader thread sends the next request
             chained = worker["reader_responses"]["chained"]
@@ -269,6 +278,9 @@ def test_quick_benchmark_writes_joined_exact_results(tmp_path: Path) -> None:
                 step["step"]["name"],
                 worker,
             )
+    # a quick step's window is a second or two of 10-ms ticks: the kinds show up over the steps together
+    for kind in ("truth_server", "locust_python"):
+        assert sum(s["machine_cpu"][kind] for s in report["steps"]) > 0, kind
     rate = next(s for s in report["steps"] if s["step"]["kind"] == "rate")
     assert rate["arrivals"]["truth"]["rate"] is not None and rate["arrivals"]["truth"]["cv"] is not None
     two = next(s for s in report["steps"] if s["step"]["processes"] == 2)

@@ -40,6 +40,7 @@ from harness.backends.process import ProcessRegistry
 from harness.fidelity.cbuild import CBuildError, truthserver_binary
 from harness.fidelity.compare import compare_step
 from harness.fidelity.cpushare import TRUTH_SCHEDS
+from harness.fidelity.cpuwatch import window_cores
 from harness.fidelity.steps import TRUTH_KINDS, SimTiming, StepRun, StepSpec, run_fidelity_step
 
 FULL_TIMING = SimTiming()
@@ -212,8 +213,22 @@ def summarize(run: StepRun, timing: SimTiming = FULL_TIMING) -> dict[str, Any]:
         "cpu_s": run.truth_cpu_s,
         "cpu_s_per_1k_tokens_written": 1000 * run.truth_cpu_s / sent if run.truth_cpu_s and sent else None,
     }
+    res["machine_cpu"] = measured_window_cpu(run)
     res["targets"] = step_targets(spec, res)
     return res
+
+
+def measured_window_cpu(run: StepRun) -> dict[str, Any]:
+    """Cores used by each kind of work (``cpuwatch``) from the first to the last measured send.
+
+    Why that window: it is the one the in-flight figure is taken over, and it
+    leaves out start-up and the drain after the last send.
+    """
+    sent = [r["sent_ns"] for r in run.rows if not r.get("warmup") and r.get("sent_ns") is not None]
+    cores = {"cores": os.cpu_count()}
+    if not sent:
+        return cores | window_cores([], 0.0, 0.0)
+    return cores | window_cores(run.cpu_samples, min(sent) / 1e9, max(sent) / 1e9)
 
 
 def _f(v: float | None, fmt: str = "{:+.2f}") -> str:
@@ -258,6 +273,25 @@ def row(res: dict[str, Any]) -> str:
         f"{c['peak_rss_mb']:>8.0f}{_f(hl['loop_lag_p99_ms'], '{:.2f}'):>8}  {'YES' if hl['harness_limited'] else 'no ':<4} "
         f"{verdict}"
     )
+
+
+CPU_LABELS = (
+    ("truth_server", "truth server"),
+    ("reader_threads", "reader threads"),
+    ("locust_python", "Locust's other threads"),
+    ("other", "other"),
+    ("idle", "idle"),
+    ("steal", "steal"),
+)
+
+
+def cpu_line(res: dict[str, Any]) -> str:
+    """The step's ``machine_cpu`` as one indented line under its row: where the cores went while it ran."""
+    m = res.get("machine_cpu") or {}
+    if m.get("window_s") is None:
+        return "  cores in use over the measured window: n/a (not sampled)"
+    parts = ", ".join(f"{label} {m[key]:.2f}" for key, label in CPU_LABELS)
+    return f"  cores in use over the measured window ({m['window_s']:.1f} s, {m['cores']} cores): {parts}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,6 +371,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res = summarize(run_, timing)
             report["steps"].append(res)
             print(row(res), flush=True)
+            print(cpu_line(res), flush=True)
     misses = [
         f"{s['step']['name']}: {t['check']}" for s in report["steps"] for t in s["targets"] if not t["met"]
     ]

@@ -7,7 +7,9 @@ filtering, and one step's backlog cannot leak into the next.
 Why the load goes through ``harness.load.runner.run_step`` with a
 ``LoadPlan``: the benchmark must measure the code path ``tokenbench run``
 uses, not a special client. The only extra thing here is a watcher that
-samples the Locust processes' RSS (psutil) for the peak-memory figure; CPU
+samples the Locust processes' RSS (psutil) for the peak-memory figure, and
+the CPU of each kind of work by thread (``cpuwatch``: where the cores went
+during the measured window); CPU
 comes from the load layer's own health report (CPU-seconds of the processes
 running users, over the step) and, for the whole harness process tree (this
 orchestrator plus every Locust process, start-up and master included), from
@@ -43,6 +45,7 @@ import psutil
 from harness.backends.process import ManagedProcess, ProcessRegistry, free_port, wait_ready
 from harness.fidelity.cbuild import truthserver_binary
 from harness.fidelity.cpushare import REALTIME_PRIORITY, TRUTH_SCHEDS, realtime_prefix
+from harness.fidelity.cpuwatch import CpuWatcher, Sample
 from harness.fidelity.truthlog import read_truth_log
 from harness.load.plan import LoadPlan
 from harness.load.prompts import build_prompts, write_prompts
@@ -117,24 +120,34 @@ class _RssWatcher:
             self._thread.join(5.0)
 
     def _run(self) -> None:
-        me = psutil.Process()
         while not self._stop.is_set():
             total = 0
-            try:
-                children = me.children(recursive=True)
-            except psutil.Error:
-                children = []
-            for proc in children:
+            for proc in locust_processes():
                 try:
-                    if any("locust" in part for part in proc.cmdline()[:4]):
-                        total += proc.memory_info().rss
-                        t = proc.cpu_times()
-                        self.cpu_by_pid[proc.pid] = t.user + t.system
+                    total += proc.memory_info().rss
+                    t = proc.cpu_times()
+                    self.cpu_by_pid[proc.pid] = t.user + t.system
                 except psutil.Error:
                     continue  # exited between listing and reading
             self.peak = max(self.peak, total)
             self.samples += 1
             self._stop.wait(self.interval_s)
+
+
+def locust_processes() -> list[psutil.Process]:
+    """The Locust processes below this one (master and workers), now."""
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    found = []
+    for proc in children:
+        try:
+            if any("locust" in part for part in proc.cmdline()[:4]):
+                found.append(proc)
+        except psutil.Error:
+            continue  # exited between listing and reading
+    return found
 
 
 def _self_cpu_s() -> float:
@@ -298,6 +311,7 @@ class StepRun:
     truth_cpu_s: float | None = None  # the truth server's own CPU-seconds (ditto)
     truth_nice: int | None = None  # its scheduling niceness (ditto)
     truth_sched: str | None = None  # its scheduling class as started (ditto)
+    cpu_samples: list[Sample] = field(default_factory=list)  # cpuwatch: CPU by kind of work over the step
 
 
 def run_fidelity_step(
@@ -321,15 +335,18 @@ def run_fidelity_step(
         sched = None
         sim, base_url, write_log = start_sim(step_dir, timing, registry)
     watcher = _RssWatcher()
+    cpu = CpuWatcher(sim.pid, lambda: [p.pid for p in locust_processes()])
     try:
         plan = make_plan(spec, timing, step_dir, base_url, seed)
         cpu0, self0 = _tree_cpu_s(), _self_cpu_s()
         watcher.start()
+        cpu.start()
         started = time.monotonic()
         try:
             outcome = run_step(plan, step_dir / "load", registry=registry)
         finally:
             watcher.stop()
+            cpu.stop()
         wall = time.monotonic() - started
         # Both are lower bounds of the tree's CPU (reaping vs sampling every 0.2 s): take the larger.
         sampled = _self_cpu_s() - self0 + sum(watcher.cpu_by_pid.values())
@@ -358,4 +375,5 @@ def run_fidelity_step(
         truth_cpu,
         truth_nice,
         sched,
+        cpu.samples,
     )

@@ -225,6 +225,7 @@ static void *run(void *arg) {
        matters: a read that comes late returns every chunk queued meanwhile under the last one's
        stamp (measured at nice 0 and nice -10: stamp-lag p99 30-72 ms at 1,024 streams). */
     pid_t tid = (pid_t)syscall(SYS_gettid);
+    pthread_setname_np(pthread_self(), "tb-reader"); /* so a CPU sampler tells it apart (fidelity/cpuwatch.py) */
     struct sched_param sp = {.sched_priority = 1};
     if (r->want_sched >= 2 && pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) == 0) r->fifo = 1;
     if (!r->fifo && r->want_sched >= 1 && setpriority(PRIO_PROCESS, (id_t)tid, r->want_nice) != 0) {
