@@ -47,7 +47,9 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Server:
     """A running truth server (the C binary or the Python module) with its log path."""
 
-    def __init__(self, cmd: list[str], tmp: Path, ttft_ms: float, itl_ms: float) -> None:
+    def __init__(
+        self, cmd: list[str], tmp: Path, ttft_ms: float, itl_ms: float, extra: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.log = tmp / f"truth-{self.port}.bin"
         self.proc = subprocess.Popen(
@@ -63,6 +65,7 @@ class Server:
                 str(self.log),
                 "--nice",
                 "0",
+                *extra,
             ],
             cwd=REPO,
             stdout=subprocess.PIPE,
@@ -420,3 +423,45 @@ def test_the_launcher_starts_the_truth_server_real_time_where_permitted(tmp_path
         assert policy == os.SCHED_OTHER and said.startswith("normal")
     with pytest.raises(ValueError, match="sched: expected one of"):
         start_truth_server(tmp_path, SimTiming(), ProcessRegistry(), "c", "rr")
+
+
+def _server_cmd(kind: str, binary: Path) -> list[str]:
+    return [str(binary)] if kind == "c" else [sys.executable, "-m", "harness.fidelity.truthserver"]
+
+
+@needs_gcc
+@pytest.mark.parametrize("kind", ["c", "lean"])
+def test_the_congestion_control_asked_for_is_the_one_its_connections_use(
+    kind: str, binary: Path, tmp_path: Path
+) -> None:
+    """``--congestion reno`` (the fidelity driver's default; steps.py says why) on every connection."""
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("no ss (iproute2) to read a socket's congestion control")
+    srv = Server(_server_cmd(kind, binary), tmp_path, ttft_ms=30, itl_ms=5, extra=("--congestion", "reno"))
+    try:
+        with srv.connect() as sock:
+            _post(sock, "cc-1", _request(2))
+            assert _read_response(sock).endswith(b"0\r\n\r\n")
+            info = subprocess.run(
+                [ss, "-tin", "state", "established", f"( sport = :{srv.port} )"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        assert " reno " in info, info
+    finally:
+        srv.stop()
+
+
+@needs_gcc
+@pytest.mark.parametrize("kind", ["c", "lean"])
+def test_an_unknown_congestion_control_stops_the_server_naming_it(
+    kind: str, binary: Path, tmp_path: Path
+) -> None:
+    cmd = [*_server_cmd(kind, binary), "--port", str(free_port()), "--log", str(tmp_path / "t.bin")]
+    proc = subprocess.run(
+        [*cmd, "--congestion", "no-such-cc"], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode != 0
+    assert "--congestion no-such-cc" in proc.stdout + proc.stderr

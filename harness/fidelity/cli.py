@@ -41,7 +41,14 @@ from harness.fidelity.cbuild import CBuildError, truthserver_binary
 from harness.fidelity.compare import compare_step
 from harness.fidelity.cpushare import TRUTH_SCHEDS
 from harness.fidelity.cpuwatch import window_cores
-from harness.fidelity.steps import TRUTH_KINDS, SimTiming, StepRun, StepSpec, run_fidelity_step
+from harness.fidelity.steps import (
+    TRUTH_CONGESTION,
+    TRUTH_KINDS,
+    SimTiming,
+    StepRun,
+    StepSpec,
+    run_fidelity_step,
+)
 
 FULL_TIMING = SimTiming()
 QUICK_TIMING = SimTiming(output_tokens=24)
@@ -322,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the truth server's scheduling: SCHED_FIFO above the stream readers where permitted (default; "
         "it then keeps its schedule at 1,024 streams), or only the nice it asks for",
     )
+    p.add_argument(
+        "--truth-congestion",
+        default=TRUTH_CONGESTION,
+        help=f"the truth server's TCP congestion control (default {TRUTH_CONGESTION}: the least per-ACK work, "
+        "which over loopback the client's CPU pays; 'system' keeps the system's)",
+    )
     return p
 
 
@@ -339,6 +352,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the selected steps and return the report (also printed row by row)."""
     timing = QUICK_TIMING if args.quick else FULL_TIMING
     steps = quick_steps() if args.quick else full_steps(_parse_processes(args.processes))
+    # the truth servers' option; the sim keeps the system's
+    congestion = None if args.truth_congestion == "system" or args.truth == "sim" else args.truth_congestion
     only = {s for s in args.only.split(",") if s}
     if only:
         unknown = only - {s.name for s in steps}
@@ -357,6 +372,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sim": asdict(timing),
         "truth": args.truth,
         "truth_sched": args.truth_sched,
+        "truth_congestion": congestion,
         "steps": [],
     }
     if args.truth == "c":  # build (or find) it before any step, so a failed build stops the run at once
@@ -366,7 +382,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         root = args.workdir or Path(tmp)
         for spec in steps:
             run_ = run_fidelity_step(
-                spec, timing, root / spec.name, registry, truth_kind=args.truth, truth_sched=args.truth_sched
+                spec,
+                timing,
+                root / spec.name,
+                registry,
+                truth_kind=args.truth,
+                truth_sched=args.truth_sched,
+                truth_congestion=congestion,
             )
             res = summarize(run_, timing)
             report["steps"].append(res)

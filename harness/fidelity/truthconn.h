@@ -35,6 +35,7 @@ typedef struct {
 typedef struct {
     int64_t ttft_ns, itl_ns, created;
     int lfd, ep, tfd;
+    const char *congestion; /* TCP congestion control for every connection (--congestion), or NULL */
     int64_t armed_ns;
     Conn **conns; /* by fd */
     size_t nconns;

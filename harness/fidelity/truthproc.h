@@ -39,7 +39,7 @@ static void on_signal(int sig) {
 
 static void usage_exit(const char *msg) {
     fprintf(stderr,
-            "usage: tokenbench-truthserver --port PORT [--ttft-ms MS] [--itl-ms MS] --log PATH [--nice N]\n"
+            "usage: tokenbench-truthserver --port PORT [--ttft-ms MS] [--itl-ms MS] --log PATH [--nice N] [--congestion NAME]\n"
             "tokenbench-truthserver: error: %s\n",
             msg);
     exit(2);

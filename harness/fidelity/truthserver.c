@@ -288,6 +288,8 @@ static void accept_all(Server *sv) {
         if (fd < 0) return; /* EAGAIN, or out of fds: the rest wait in the backlog */
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (sv->congestion)
+            setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, sv->congestion, (socklen_t)strlen(sv->congestion));
         if ((size_t)fd >= sv->nconns) {
             size_t n = sv->nconns ? sv->nconns : 1024;
             while (n <= (size_t)fd) n *= 2;
@@ -371,13 +373,13 @@ int main(int argc, char **argv) {
     long port = -1;
     double ttft_ms = 100.0, itl_ms = 10.0;
     int nice = -10;
-    const char *log_path = NULL;
+    const char *log_path = NULL, *congestion = NULL;
     for (int k = 1; k < argc; k++) {
         const char *a = argv[k], *v = NULL, *eq = strchr(a, '=');
-        static const char *flags[] = {"--port", "--ttft-ms", "--itl-ms", "--log", "--nice"};
+        static const char *flags[] = {"--port", "--ttft-ms", "--itl-ms", "--log", "--nice", "--congestion"};
         size_t name_len = eq && strncmp(a, "--", 2) == 0 ? (size_t)(eq - a) : strlen(a);
         int which = -1;
-        for (int f = 0; f < 5; f++)
+        for (int f = 0; f < 6; f++)
             if (strlen(flags[f]) == name_len && strncmp(a, flags[f], name_len) == 0) which = f;
         if (which < 0) {
             char msg[256];
@@ -395,7 +397,8 @@ int main(int argc, char **argv) {
         else if (which == 1) ttft_ms = num_arg(flags[1], v, 0);
         else if (which == 2) itl_ms = num_arg(flags[2], v, 0);
         else if (which == 3) log_path = v;
-        else nice = (int)num_arg(flags[4], v, 1);
+        else if (which == 4) nice = (int)num_arg(flags[4], v, 1);
+        else congestion = v;
     }
     if (port < 0 || !log_path) usage_exit("the following arguments are required: --port, --log");
 
@@ -422,6 +425,14 @@ int main(int argc, char **argv) {
     if (port > 65535 || bind(sv->lfd, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(sv->lfd, 4096) != 0) {
         fprintf(stderr, "truth server: cannot listen on 127.0.0.1:%ld: %s\n", port,
                 port > 65535 ? "port out of range" : strerror(errno));
+        return 1;
+    }
+    /* Why a congestion control of its own (the fidelity driver asks for reno): over loopback the kernel
+       takes in the client's ACKs on the client's CPU, so this socket's per-ACK work (BBR's model) is
+       charged to the client's reader threads; a remote server would pay it on its own host. */
+    sv->congestion = congestion;
+    if (congestion && setsockopt(sv->lfd, IPPROTO_TCP, TCP_CONGESTION, congestion, (socklen_t)strlen(congestion)) != 0) {
+        fprintf(stderr, "truth server: --congestion %s: %s\n", congestion, strerror(errno));
         return 1;
     }
     sv->ep = epoll_create1(EPOLL_CLOEXEC);

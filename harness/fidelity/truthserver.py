@@ -43,6 +43,7 @@ import heapq
 import select
 import signal
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -107,17 +108,29 @@ class TruthServer:
     """The event loop: accept, parse, schedule, write, log."""
 
     def __init__(
-        self, port: int, ttft_ns: int, itl_ns: int, log: TruthLogWriter, model: str = "sim-model"
+        self,
+        port: int,
+        ttft_ns: int,
+        itl_ns: int,
+        log: TruthLogWriter,
+        model: str = "sim-model",
+        congestion: str | None = None,
     ) -> None:
         self.ttft_ns, self.itl_ns = ttft_ns, itl_ns
         self.log = log
         self.model = model
+        self.congestion = congestion  # why: truthserver.c, at --congestion
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.lsock.bind(("127.0.0.1", port))
         except OSError as err:
             raise TruthServerError(f"cannot listen on 127.0.0.1:{port}: {err}") from None
+        if congestion:
+            try:
+                self.lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion.encode())
+            except OSError as err:
+                raise TruthServerError(f"--congestion {congestion}: {err}") from None
         self.lsock.listen(4096)
         self.lsock.setblocking(False)
         self.ep = select.epoll()
@@ -255,6 +268,8 @@ class TruthServer:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.congestion:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, self.congestion.encode())
             conn = Conn(sock)
             self.conns[conn.fd] = conn
             self.ep.register(conn.fd, select.EPOLLIN)
@@ -395,11 +410,22 @@ def main(argv: list[str] | None = None) -> int:
         default=-10,
         help="scheduling niceness to ask for (default -10; best effort, kept at 0 without the privilege)",
     )
+    p.add_argument(
+        "--congestion",
+        default=None,
+        help="TCP congestion control for every connection (e.g. reno; default: the system's)",
+    )
     args = p.parse_args(argv)
     tighten_timer_slack()
     log = TruthLogWriter()
     log.nice = raise_priority(args.nice)
-    server = TruthServer(args.port, int(args.ttft_ms * 1e6), int(args.itl_ms * 1e6), log)
+    try:
+        server = TruthServer(
+            args.port, int(args.ttft_ms * 1e6), int(args.itl_ms * 1e6), log, congestion=args.congestion
+        )
+    except TruthServerError as err:
+        print(f"truth server: {err}", file=sys.stderr)
+        return 1
 
     def stop(_sig: int, _frame: object) -> None:
         server.running = False
