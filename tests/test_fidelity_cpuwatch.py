@@ -65,10 +65,12 @@ def test_a_window_the_samples_do_not_cover_has_no_figures() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl are Linux's")
 def test_a_thread_named_like_the_reader_counts_as_reader_time_and_the_rest_as_the_process() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    done, sampled = threading.Event(), threading.Event()
+    named, go, done, sampled = threading.Event(), threading.Event(), threading.Event(), threading.Event()
 
     def reader_like() -> None:
         libc.prctl(15, READER_THREAD_NAME.encode(), 0, 0, 0)  # PR_SET_NAME, as pthread_setname_np does
+        named.set()
+        go.wait(60)  # spin only after the first sample
         end = time.thread_time() + 0.2  # CPU time: a loaded machine cannot shrink it
         while time.thread_time() < end:
             pass
@@ -78,15 +80,16 @@ def test_a_thread_named_like_the_reader_counts_as_reader_time_and_the_rest_as_th
     watcher = CpuWatcher(truth_pid=None, locust_pids=lambda: [os.getpid()])
     worker = threading.Thread(target=reader_like)
     worker.start()
-    time.sleep(0.05)  # named by now
+    assert named.wait(30)
     watcher.sample()
-    done.wait(5)
+    go.set()
+    assert done.wait(60)  # 0.2 CPU-s, however busy the machine
     watcher.sample()
     sampled.set()
     worker.join()
     first, last = watcher.samples
     spun = last.kinds["reader_threads"] - first.kinds["reader_threads"]
-    assert spun >= 0.1  # most of the named thread's 0.2 s spin (ticks are 10 ms)
+    assert spun >= 0.15  # the named thread's 0.2 s spin, all of it after the first sample (10-ms ticks)
     assert last.kinds["truth_server"] == 0.0  # no truth process given
     assert last.t > first.t and last.busy >= first.busy
 
@@ -107,7 +110,7 @@ def test_a_thread_that_exits_keeps_its_time_so_no_total_goes_down() -> None:
     watcher = CpuWatcher(truth_pid=None, locust_pids=lambda: [os.getpid()])
     worker = threading.Thread(target=short_lived)
     worker.start()
-    named.wait(5)
+    assert named.wait(60)
     watcher.sample()
     go.set()
     worker.join()  # gone from /proc/<pid>/task now
