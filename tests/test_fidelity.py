@@ -322,3 +322,51 @@ def test_a_step_whose_sim_missed_its_own_timing_is_labelled_sim_limited() -> Non
     assert ok["limited"] is False and abs(ok["ttft_p50_late_ms"] - 0.4) < 1e-9
     assert sim_keeping_time(res(1516.3, 10.0), timing)["limited"] is True
     assert sim_keeping_time(res(100.4, 1.1), timing)["limited"] is True
+
+
+def _ports(monkeypatch: pytest.MonkeyPatch, first: int) -> list[int]:
+    """Make ``free_port`` in the fidelity steps hand out ``first``, then really free ports; returns those given."""
+    from harness.backends.process import free_port
+    from harness.fidelity import steps
+
+    given: list[int] = []
+
+    def fake() -> int:
+        given.append(first if not given else free_port())
+        return given[-1]
+
+    monkeypatch.setattr(steps, "free_port", fake)
+    return given
+
+
+def test_a_port_taken_before_the_server_binds_it_is_retried_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from harness.backends.process import ProcessRegistry
+    from harness.fidelity.steps import SimTiming, start_sim
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        given = _ports(monkeypatch, taken.getsockname()[1])
+        with ProcessRegistry() as registry:
+            proc, base, _log = start_sim(tmp_path, SimTiming(), registry)
+            proc.terminate(10.0)
+    assert len(given) == 2 and base.endswith(f":{given[1]}")
+    assert "address already in use" in (tmp_path / "sim.log").read_text().lower()
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc to build the C truth server")
+def test_a_server_that_fails_for_another_reason_is_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.backends.base import BackendStartError
+    from harness.backends.process import ProcessRegistry, free_port
+    from harness.fidelity.steps import SimTiming, start_truth_server
+
+    given = _ports(monkeypatch, free_port())
+    with ProcessRegistry() as registry, pytest.raises(BackendStartError):
+        start_truth_server(tmp_path, SimTiming(), registry, "c", "nice", congestion="no-such-cc")
+    assert len(given) == 1
