@@ -62,31 +62,49 @@ def test_a_window_the_samples_do_not_cover_has_no_figures() -> None:
     assert window_cores([], 0.0, 1.0)["reader_threads"] is None
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl are Linux's")
-def test_a_thread_named_like_the_reader_counts_as_reader_time_and_the_rest_as_the_process() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    named, go, done, sampled = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+class NamedSpinner:
+    """A thread named like the reader that spins ``cpu_s`` of its own CPU when told to, then stays alive until let go.
 
-    def reader_like() -> None:
+    CPU time, not wall time: a loaded machine cannot shrink what it spins.
+    Alive until ``finish``: a thread gone from /proc keeps its last figure.
+    """
+
+    def __init__(self, cpu_s: float) -> None:
+        self.cpu_s = cpu_s
+        self.named, self._go, self.spun, self._release = (threading.Event() for _ in range(4))
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+        assert self.named.wait(30)
+
+    def _run(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(15, READER_THREAD_NAME.encode(), 0, 0, 0)  # PR_SET_NAME, as pthread_setname_np does
-        named.set()
-        go.wait(60)  # spin only after the first sample
-        end = time.thread_time() + 0.2  # CPU time: a loaded machine cannot shrink it
+        self.named.set()
+        self._go.wait(60)
+        end = time.thread_time() + self.cpu_s
         while time.thread_time() < end:
             pass
-        done.set()
-        sampled.wait(5)  # alive while sampled: a thread gone from /proc keeps its last figure
+        self.spun.set()
+        self._release.wait(60)
 
-    watcher = CpuWatcher(truth_pid=None, locust_pids=lambda: [os.getpid()])
-    worker = threading.Thread(target=reader_like)
-    worker.start()
-    assert named.wait(30)
-    watcher.sample()
-    go.set()
-    assert done.wait(60)  # 0.2 CPU-s, however busy the machine
-    watcher.sample()
-    sampled.set()
-    worker.join()
+    def spin(self) -> None:
+        """Spin now and return when done."""
+        self._go.set()
+        assert self.spun.wait(60)
+
+    def finish(self) -> None:
+        self._release.set()
+        self._thread.join()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl are Linux's")
+def test_a_thread_named_like_the_reader_counts_as_reader_time_and_the_rest_as_the_process() -> None:
+    watcher = CpuWatcher(truth_pid=None)
+    worker = NamedSpinner(0.2)
+    watcher.sample([os.getpid()])
+    worker.spin()
+    watcher.sample([os.getpid()])
+    worker.finish()
     first, last = watcher.samples
     spun = last.kinds["reader_threads"] - first.kinds["reader_threads"]
     assert spun >= 0.15  # the named thread's 0.2 s spin, all of it after the first sample (10-ms ticks)
@@ -96,25 +114,12 @@ def test_a_thread_named_like_the_reader_counts_as_reader_time_and_the_rest_as_th
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl are Linux's")
 def test_a_thread_that_exits_keeps_its_time_so_no_total_goes_down() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    named, go = threading.Event(), threading.Event()
-
-    def short_lived() -> None:
-        libc.prctl(15, READER_THREAD_NAME.encode(), 0, 0, 0)
-        end = time.thread_time() + 0.05
-        while time.thread_time() < end:
-            pass
-        named.set()
-        go.wait(5)
-
-    watcher = CpuWatcher(truth_pid=None, locust_pids=lambda: [os.getpid()])
-    worker = threading.Thread(target=short_lived)
-    worker.start()
-    assert named.wait(60)
-    watcher.sample()
-    go.set()
-    worker.join()  # gone from /proc/<pid>/task now
-    watcher.sample()
+    watcher = CpuWatcher(truth_pid=None)
+    worker = NamedSpinner(0.05)
+    worker.spin()
+    watcher.sample([os.getpid()])
+    worker.finish()  # gone from /proc/<pid>/task now
+    watcher.sample([os.getpid()])
     first, last = watcher.samples
     assert first.kinds["reader_threads"] > 0
     assert last.kinds["reader_threads"] >= first.kinds["reader_threads"]

@@ -8,8 +8,9 @@ which get what the first two leave. When the Python side falls behind,
 streams sit idle and the in-flight target is missed. The CPU-seconds a step
 reports per process include start-up and the drain after the last send, so
 they cannot say whether the Python threads were short of CPU *while the load
-ran*. This watcher samples, every ``interval_s``, the cumulative CPU time of
-each kind (per thread, from ``/proc/<pid>/task/*/stat``) and the machine's
+ran*. This watcher is handed a sample at every turn of the fidelity step's
+process watcher (every 0.2 s, with the Locust processes it found) and keeps
+the cumulative CPU time of each kind (per thread, from ``/proc/<pid>/task/*/stat``) and the machine's
 idle and steal time (``/proc/stat``), and averages each over the measured
 window: cores in use by each kind, so a miss says where the time went.
 
@@ -22,13 +23,10 @@ The reader threads are told apart by the name the reader gives them
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import psutil
 
 READER_THREAD_NAME = "tb-reader"  # nativeread.c: pthread_setname_np
 KINDS = ("truth_server", "reader_threads", "locust_python")
@@ -78,37 +76,17 @@ class Sample:
 
 @dataclass
 class CpuWatcher:
-    """Samples the truth server's and the Locust processes' threads, and the machine, until stopped.
+    """The truth server's and the Locust processes' threads, and the machine, sample by sample.
 
-    ``truth_pid``: the truth server's process. ``locust_pids``: returns the
-    pids of the Locust processes now (the caller knows how to find them). A
-    thread that exits keeps the last CPU time it was seen with, so each
-    kind's total never goes down.
+    ``truth_pid``: the truth server's process. The caller samples (``sample``)
+    with the pids of the Locust processes it found. A thread that exits
+    keeps the last CPU time it was seen with, so each kind's total never
+    goes down.
     """
 
     truth_pid: int | None
-    locust_pids: Callable[[], list[int]]
-    interval_s: float = 0.25
     samples: list[Sample] = field(default_factory=list)
     _last: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if not (PROC / "stat").exists():
-            return  # not Linux: no figures
-        self._thread = threading.Thread(target=self._run, name="fidelity-cpu", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5.0)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval_s)
 
     def _threads(self, pid: int, kind_of: Callable[[str], str]) -> None:
         for task in (PROC / str(pid) / "task").glob("*"):
@@ -118,16 +96,12 @@ class CpuWatcher:
                 continue  # exited between listing and reading
             self._last[(pid, int(task.name))] = (kind_of(name), ticks)
 
-    def sample(self) -> None:
-        """Take one sample now."""
+    def sample(self, locust_pids: Sequence[int]) -> None:
+        """Take one sample now; nothing where there is no ``/proc`` (not Linux)."""
         t = time.monotonic()
         if self.truth_pid is not None:
             self._threads(self.truth_pid, lambda _name: "truth_server")
-        try:
-            pids = self.locust_pids()
-        except psutil.Error:
-            pids = []
-        for pid in pids:
+        for pid in locust_pids:
             self._threads(
                 pid, lambda name: "reader_threads" if name == READER_THREAD_NAME else "locust_python"
             )

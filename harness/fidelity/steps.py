@@ -103,8 +103,11 @@ class _RssWatcher:
     without reaping its ``--processes`` workers drops their CPU (one
     1024×2 step showed 2.4 CPU-s for a tree that used over 10). The last CPU
     time seen per process is a lower bound that does not depend on reaping.
+    Each turn also hands the processes it found to ``cpu`` (``cpuwatch``), so
+    they are listed once per turn for both.
     """
 
+    cpu: CpuWatcher
     interval_s: float = 0.2
     peak: int = 0
     samples: int = 0
@@ -124,7 +127,9 @@ class _RssWatcher:
     def _run(self) -> None:
         while not self._stop.is_set():
             total = 0
-            for proc in locust_processes():
+            procs = locust_processes()
+            self.cpu.sample([proc.pid for proc in procs])
+            for proc in procs:
                 try:
                     total += proc.memory_info().rss
                     t = proc.cpu_times()
@@ -372,19 +377,17 @@ def run_fidelity_step(
     else:
         sched = None
         sim, base_url, write_log = start_sim(step_dir, timing, registry)
-    watcher = _RssWatcher()
-    cpu = CpuWatcher(sim.pid, lambda: [p.pid for p in locust_processes()])
+    cpu = CpuWatcher(sim.pid)
+    watcher = _RssWatcher(cpu)
     try:
         plan = make_plan(spec, timing, step_dir, base_url, seed)
         cpu0, self0 = _tree_cpu_s(), _self_cpu_s()
         watcher.start()
-        cpu.start()
         started = time.monotonic()
         try:
             outcome = run_step(plan, step_dir / "load", registry=registry)
         finally:
             watcher.stop()
-            cpu.stop()
         wall = time.monotonic() - started
         # Both are lower bounds of the tree's CPU (reaping vs sampling every 0.2 s): take the larger.
         sampled = _self_cpu_s() - self0 + sum(watcher.cpu_by_pid.values())
